@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+APT_PKGS := sip-tester tshark espeak-ng sox kamailio
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py requirements-dev.txt
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==24.3.1
+	$(BIN)/pip install -q -e . -r requirements-dev.txt
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/callengine serve --listen 127.0.0.1:5060
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests
+
+test: lint typecheck unit
+
+bench: install
+	$(BIN)/python -m benchmarks.sip_cps
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,555 @@
+"""SIP messages: parse from bytes, build, serialize (RFC 3261 §7, §18.3, §20).
+
+Theory of operation
+-------------------
+``parse_message(data)`` turns one datagram (or one framed stream message) into a
+:class:`Request` or :class:`Response`. It parses eagerly only what every message needs
+for routing and transaction matching: the start line, Via, From, To, Call-ID, CSeq,
+Max-Forwards and Content-Length. Everything else is kept as text in :class:`Headers`
+and parsed on first use (``msg.contacts``, ``msg.routes``...). A lazy accessor may raise
+:class:`RemoteProtocolError`; the server core turns that into a response.
+
+Malformed input raises :class:`RemoteProtocolError` with ``status`` (400, 505...) and a
+reason naming the fault; when enough of a request was read to answer it, the error's
+``request`` attribute holds the partial request so a response can be built.
+
+Serialization joins strings once; Content-Length is always written from the body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from ._abnf import CALLID_RE, CANONICAL, COMPACT, LIST_HEADERS, SINGLE_HEADERS, TOKEN_RE, split_commas
+from .errors import RemoteProtocolError
+from .headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_name_addr_list, parse_via
+from .uri import URI, parse_uri
+
+MAX_MESSAGE = 65535  # largest datagram; also the stream framer's limit for one message
+
+
+class Headers:
+    """Header fields keyed case-insensitively, values kept as received, in order per name."""
+
+    __slots__ = ("_d", "_names")
+
+    def __init__(self) -> None:
+        self._d: dict[str, list[str]] = {}
+        self._names: dict[str, str] = {}
+
+    def get(self, name: str) -> str | None:
+        """The first value of a header, or ``None``."""
+        values = self._d.get(name.lower())
+        return values[0] if values else None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every header line's value for ``name`` (not split at commas)."""
+        return self._d.get(name.lower(), [])
+
+    def get_list(self, name: str) -> list[str]:
+        """The comma-separated elements of every ``name`` header (RFC 3261 §7.3.1)."""
+        out: list[str] = []
+        for v in self._d.get(name.lower(), ()):
+            out.extend(split_commas(v))
+        return out
+
+    def add(self, name: str, value: str) -> None:
+        key = name.lower()
+        self._d.setdefault(key, []).append(value)
+        if key not in CANONICAL:
+            self._names.setdefault(key, name)
+
+    def set(self, name: str, value: str) -> None:
+        key = name.lower()
+        self._d[key] = [value]
+        if key not in CANONICAL:
+            self._names.setdefault(key, name)
+
+    def set_all(self, name: str, values: list[str]) -> None:
+        key = name.lower()
+        if values:
+            self._d[key] = list(values)
+            if key not in CANONICAL:
+                self._names.setdefault(key, name)
+        else:
+            self._d.pop(key, None)
+
+    def remove(self, name: str) -> None:
+        self._d.pop(name.lower(), None)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._d
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        """(display name, value) pairs in order."""
+        names = self._names
+        for key, values in self._d.items():
+            display = CANONICAL.get(key) or names.get(key, key)
+            for v in values:
+                yield display, v
+
+    def first_values(self) -> dict[str, str]:
+        """Canonical name -> first value, for application code."""
+        return {CANONICAL.get(k) or self._names.get(k, k): v[0] for k, v in self._d.items() if v}
+
+    def copy(self) -> Headers:
+        h = Headers()
+        h._d = {k: list(v) for k, v in self._d.items()}
+        h._names = dict(self._names)
+        return h
+
+
+class Message:
+    """Common part of requests and responses."""
+
+    __slots__ = (
+        "headers",
+        "body",
+        "vias",
+        "from_",
+        "to",
+        "call_id",
+        "cseq",
+        "cseq_method",
+        "max_forwards",
+        "source",
+        "transport",
+        "received_at",
+        "_contacts",
+    )
+
+    def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+        self.vias: list[Via] = []
+        self.from_: NameAddr | None = None
+        self.to: NameAddr | None = None
+        self.call_id = ""
+        self.cseq = 0
+        self.cseq_method = ""
+        self.max_forwards: int | None = None
+        # Where it came from: set by the transport; ``received_at`` is the loop time.
+        self.source: tuple[str, int] | None = None
+        self.transport = "UDP"
+        self.received_at = 0.0
+        self._contacts: list[NameAddr] | None = None
+
+    @property
+    def via(self) -> Via:
+        """The top Via."""
+        return self.vias[0]
+
+    @property
+    def branch(self) -> str:
+        return (self.vias[0].branch or "") if self.vias else ""
+
+    @property
+    def from_tag(self) -> str | None:
+        return self.from_.tag if self.from_ else None
+
+    @property
+    def to_tag(self) -> str | None:
+        return self.to.tag if self.to else None
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        """Parsed Contact values ("*" is not a name-addr: see :attr:`contact_is_star`)."""
+        if self._contacts is None:
+            values = self.headers.get_all("contact")
+            if self.contact_is_star:
+                self._contacts = []
+            else:
+                self._contacts = parse_name_addr_list(values, where="Contact")
+        return self._contacts
+
+    @property
+    def contact_is_star(self) -> bool:
+        values = self.headers.get_all("contact")
+        return len(values) == 1 and values[0].strip() == "*"
+
+    def routes(self, name: str = "route") -> list[NameAddr]:
+        return parse_name_addr_list(self.headers.get_all(name), where=CANONICAL[name])
+
+    @property
+    def content_type(self) -> str:
+        ct = self.headers.get("content-type")
+        return ct.partition(";")[0].strip().lower() if ct else ""
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Serialize; Content-Length always states the body's length (RFC 3261 §18.3)."""
+        parts = [self._start_line()]
+        for name, value in self.headers.items():
+            if name != "Content-Length":
+                parts.append(f"{name}: {value}")
+        parts.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        head = "\r\n".join(parts).encode("utf-8", "surrogateescape")
+        return head + self.body if self.body else head
+
+    __bytes__ = to_bytes
+
+    def _fill_routing_fields(self) -> None:
+        """Parse the headers every message needs (eager part of the parse)."""
+        h = self.headers._d
+        for key in SINGLE_HEADERS:
+            values = h.get(key)
+            if values is not None and len(values) > 1 and key != "content-length":
+                raise RemoteProtocolError(f"Bad Request - more than one {CANONICAL[key]}")
+        vias = h.get("via")
+        if not vias:
+            raise RemoteProtocolError("Bad Request - missing Via")
+        out = []
+        for line in vias:
+            for element in split_commas(line):
+                if not element:
+                    raise RemoteProtocolError("Bad Request - empty Via element")
+                out.append(parse_via(element))
+        self.vias = out
+        missing = [n for n in ("call-id", "from", "to", "cseq") if n not in h]
+        if missing:
+            raise RemoteProtocolError(
+                "Bad Request - missing " + ", ".join(CANONICAL[n] for n in missing)
+            )
+        call_id = h["call-id"][0].strip()
+        if not CALLID_RE.match(call_id):
+            raise RemoteProtocolError("Bad Request - malformed Call-ID")
+        self.call_id = call_id
+        self.cseq, self.cseq_method = parse_cseq(h["cseq"][0])
+        self.from_ = parse_name_addr(h["from"][0], where="From")
+        self.to = parse_name_addr(h["to"][0], where="To")
+        mf = h.get("max-forwards")
+        if mf is not None:
+            text = mf[0].strip()
+            if not text.isdigit() or int(text) > 255:
+                raise RemoteProtocolError("Bad Request - Max-Forwards out of range")
+            self.max_forwards = int(text)
+        date = h.get("date")
+        if date is not None and not date[0].rstrip().endswith(" GMT"):
+            # RFC 3261 §20.17: SIP-date is always GMT (RFC 4475 §3.1.2.12).
+            raise RemoteProtocolError("Bad Request - Date not in GMT")
+
+
+class Request(Message):
+    """A SIP request. ``uri`` is parsed; ``uri_text`` is what was on the request line."""
+
+    __slots__ = ("method", "uri", "uri_text")
+
+    def __init__(
+        self,
+        method: str,
+        uri: URI | str,
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        if isinstance(uri, str):
+            self.uri_text = uri
+            self.uri = parse_uri(uri, where="Request-URI")
+        else:
+            self.uri = uri
+            self.uri_text = str(uri)
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri_text} SIP/2.0"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri_text} call_id={self.call_id!r} cseq={self.cseq}>"
+
+
+class Response(Message):
+    """A SIP response."""
+
+    __slots__ = ("status", "reason")
+
+    def __init__(
+        self, status: int, reason: str, headers: Headers | None = None, body: bytes = b""
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+
+    def _start_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason} call_id={self.call_id!r} cseq={self.cseq} {self.cseq_method}>"
+
+
+class PartialRequestError(RemoteProtocolError):
+    """A request too broken to process, but with enough to answer (``request`` is set)."""
+
+    def __init__(self, reason: str, status: int, request: Request) -> None:
+        super().__init__(reason, status)
+        self.request = request
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    """Split header section and the rest at the empty line (CRLF CRLF, or LF LF)."""
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return data[:end], data[end + 4 :]
+    end = data.find(b"\n\n")
+    if end >= 0:
+        return data[:end], data[end + 2 :]
+    raise RemoteProtocolError("Bad Request - no end of headers")
+
+
+def _parse_headers(lines: list[str]) -> Headers:
+    headers = Headers()
+    d = headers._d
+    names = headers._names
+    current: list[str] | None = None
+    for line in lines:
+        if not line:
+            continue
+        if line[0] in " \t":
+            # RFC 3261 §7.3.1 line folding: continuation replaced by one SP.
+            if current is None:
+                raise RemoteProtocolError("Bad Request - continuation line before any header")
+            current[-1] = current[-1] + " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise RemoteProtocolError("Bad Request - header line without colon")
+        name = name.rstrip(" \t")
+        if not TOKEN_RE.match(name):
+            raise RemoteProtocolError("Bad Request - bad header name")
+        key = name.lower()
+        if len(key) == 1:
+            key = COMPACT.get(key, key)
+        elif key not in CANONICAL:
+            names.setdefault(key, name)
+        current = d.get(key)
+        if current is None:
+            current = d[key] = []
+        current.append(value.strip(" \t"))
+    return headers
+
+
+def _content_length(headers: Headers) -> int | None:
+    values = headers._d.get("content-length")
+    if not values:
+        return None
+    texts = {v.strip() for v in values}
+    if len(texts) > 1:
+        raise RemoteProtocolError("Bad Request - conflicting Content-Length values")
+    text = texts.pop()
+    if not text.isdigit():
+        raise RemoteProtocolError("Bad Request - malformed Content-Length")
+    return int(text)
+
+
+def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
+    """Parse one message. Over a datagram transport (``stream=False``) a missing
+    Content-Length means "the rest of the datagram" and octets beyond it are ignored
+    (RFC 3261 §18.3; RFC 4475 §3.1.1.8, §3.4.1). Raises :class:`RemoteProtocolError`.
+    """
+    head_bytes, rest = _split_head(data)
+    head = head_bytes.decode("utf-8", "surrogateescape")
+    sep = "\r\n" if "\r\n" in head else "\n"
+    # RFC 3261 §7.5: implementations SHOULD ignore CRLFs preceding the start line.
+    lines = head.lstrip("\r\n").split(sep)
+    start = lines[0]
+    headers = _parse_headers(lines[1:])
+    msg: Request | Response
+    if start.startswith("SIP/"):
+        parts = start.split(" ", 2)
+        if len(parts) < 2 or parts[0] != "SIP/2.0":
+            raise RemoteProtocolError("Bad Response - version", 505)
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise RemoteProtocolError("Bad Response - status code out of range")
+        msg = Response(int(code), parts[2] if len(parts) > 2 else "", headers)
+        msg._fill_routing_fields()
+    else:
+        parts = start.split(" ")
+        if len(parts) != 3 or not all(parts):
+            raise RemoteProtocolError("Bad Request - malformed Request-Line")
+        method, uri_text, version = parts
+        if not TOKEN_RE.match(method):
+            raise RemoteProtocolError("Bad Request - bad method")
+        if uri_text.startswith("<"):
+            raise RemoteProtocolError("Bad Request - Request-URI in <>")
+        uri = parse_uri(uri_text, where="Request-URI")
+        if uri.headers is not None:
+            raise RemoteProtocolError("Bad Request - Request-URI carries headers")
+        msg = Request(method, uri, headers)
+        msg.uri_text = uri_text
+        if version != "SIP/2.0":
+            # Answer what we can: the response copies Via/From/To/Call-ID/CSeq as text.
+            with contextlib.suppress(RemoteProtocolError):
+                msg._fill_routing_fields()
+            if version.startswith("SIP/"):
+                raise PartialRequestError("Version Not Supported", 505, msg)
+            raise PartialRequestError("Bad Request - malformed Request-Line", 400, msg)
+        try:
+            msg._fill_routing_fields()
+        except RemoteProtocolError as exc:
+            raise PartialRequestError(exc.reason, exc.status, msg) from None
+    try:
+        length = _content_length(headers)
+    except RemoteProtocolError as exc:
+        if isinstance(msg, Request):
+            raise PartialRequestError(exc.reason, exc.status, msg) from None
+        raise
+    if length is None:
+        if stream:
+            raise RemoteProtocolError("Bad Request - Content-Length required on a stream")
+        msg.body = rest
+    elif length > len(rest):
+        exc = RemoteProtocolError("Bad Request - Content-Length larger than the body")
+        if isinstance(msg, Request):
+            raise PartialRequestError(exc.reason, exc.status, msg)
+        raise exc
+    else:
+        msg.body = rest[:length]
+    return msg
+
+
+class StreamFramer:
+    """Frames messages on a byte stream by Content-Length (RFC 3261 §18.3).
+
+    ``feed(data)`` returns the complete messages (as bytes) now available. Keep-alive
+    CRLFs (RFC 5626 §3.5.1) between messages are skipped. A framing error (no or bad
+    Content-Length, a header section over the limit) raises :class:`RemoteProtocolError`:
+    the connection can no longer be framed and must be closed.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        while True:
+            # skip keep-alives and stray CRLFs between messages
+            i = 0
+            while i < len(buf) and buf[i] in (13, 10):
+                i += 1
+            if i:
+                del buf[:i]
+            if not buf:
+                return out
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_MESSAGE:
+                    raise RemoteProtocolError("Bad Request - header section too large")
+                return out
+            head = bytes(buf[:end])
+            length = None
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                key = name.strip().lower()
+                if key in (b"content-length", b"l"):
+                    text = value.strip()
+                    if not text.isdigit():
+                        raise RemoteProtocolError("Bad Request - malformed Content-Length")
+                    if length is not None and length != int(text):
+                        raise RemoteProtocolError("Bad Request - conflicting Content-Length values")
+                    length = int(text)
+            if length is None:
+                raise RemoteProtocolError("Bad Request - Content-Length required on a stream")
+            total = end + 4 + length
+            if total > MAX_MESSAGE:
+                raise RemoteProtocolError("Bad Request - message too large")
+            if len(buf) < total:
+                return out
+            out.append(bytes(buf[:total]))
+            del buf[:total]
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Response:
+    """Build a response to ``request`` (RFC 3261 §8.2.6.2): Via, From, Call-ID and CSeq
+    copied; To copied with ``to_tag`` added when it has none."""
+    h = Headers()
+    src = request.headers._d
+    d = h._d
+    for key in ("via", "from", "to", "call-id", "cseq"):
+        values = src.get(key)
+        if values:
+            d[key] = list(values)
+    if to_tag and request.to is not None and request.to.tag is None and "to" in d:
+        d["to"] = [d["to"][0] + ";tag=" + to_tag]
+    if status == 100 and "timestamp" in src:
+        d["timestamp"] = list(src["timestamp"])  # RFC 3261 §8.2.6.1
+    if headers:
+        for name, value in headers:
+            h.add(name, value)
+    if content_type:
+        h.set("Content-Type", content_type)
+    resp = Response(status, reason or REASONS.get(status, "Unknown"), h, body)
+    resp.vias = request.vias
+    resp.from_ = request.from_
+    resp.to = request.to
+    resp.call_id = request.call_id
+    resp.cseq = request.cseq
+    resp.cseq_method = request.cseq_method
+    return resp
+
+
+REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    493: "Undecipherable",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}

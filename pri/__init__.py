@@ -1,0 +1,112 @@
+"""pri: PRI trunks reached through SIP media gateways.
+
+Sans-IO cores for issue #6 (multi-PRI trunk groups with failover): the RFC 3398
+Q.850 <-> SIP cause mapping and the RFC 3326 Reason header (``causes``), trunks,
+spans, B-channel accounting, hunting and routes (``trunk``), the per-call
+failover planner (``failover``) and per-trunk health probes with a circuit
+breaker (``health``).
+"""
+
+from __future__ import annotations
+
+from pri.causes import (
+    CAUSE_TABLE,
+    CAUSE_TEXT,
+    CauseMapping,
+    Direction,
+    Reason,
+    cause_for_status,
+    format_reason,
+    parse_reason,
+    parse_reasons,
+    q850_cause,
+    status_for_cause,
+)
+from pri.failover import (
+    FAILOVER_CAUSES,
+    Attempt,
+    CallAttempts,
+    Decision,
+    EndedBy,
+    FinalResult,
+    Outcome,
+    Skip,
+    Target,
+    classify,
+)
+from pri.health import (
+    HealthBoard,
+    HealthChanged,
+    HealthState,
+    SendProbe,
+    TrunkHealth,
+    is_failure_status,
+    options_target,
+)
+from pri.trunk import (
+    ALL_BUSY_CAUSE,
+    ALL_BUSY_STATUS,
+    SPAN_CHANNELS,
+    Channel,
+    Credentials,
+    DidRange,
+    Gateway,
+    HealthConfig,
+    Hunting,
+    OutboundRoute,
+    RouteMatch,
+    Span,
+    Trunk,
+    TrunkConfigError,
+    TrunkGroup,
+    TrunkPlan,
+    load_trunks,
+)
+
+__all__ = [
+    "ALL_BUSY_CAUSE",
+    "ALL_BUSY_STATUS",
+    "CAUSE_TABLE",
+    "CAUSE_TEXT",
+    "FAILOVER_CAUSES",
+    "SPAN_CHANNELS",
+    "Attempt",
+    "CallAttempts",
+    "CauseMapping",
+    "Channel",
+    "Credentials",
+    "Decision",
+    "DidRange",
+    "Direction",
+    "EndedBy",
+    "FinalResult",
+    "Gateway",
+    "HealthBoard",
+    "HealthChanged",
+    "HealthConfig",
+    "HealthState",
+    "Hunting",
+    "OutboundRoute",
+    "Outcome",
+    "Reason",
+    "RouteMatch",
+    "SendProbe",
+    "Skip",
+    "Span",
+    "Target",
+    "Trunk",
+    "TrunkConfigError",
+    "TrunkGroup",
+    "TrunkHealth",
+    "TrunkPlan",
+    "cause_for_status",
+    "classify",
+    "format_reason",
+    "is_failure_status",
+    "load_trunks",
+    "options_target",
+    "parse_reason",
+    "parse_reasons",
+    "q850_cause",
+    "status_for_cause",
+]
