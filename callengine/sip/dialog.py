@@ -6,7 +6,7 @@ import enum
 import secrets
 
 from .errors import RemoteProtocolError
-from .headers import NameAddr
+from .headers import NameAddr, Via
 from .message import Request, Response
 from .transaction import new_branch
 from .uri import URI, parse_uri
@@ -181,7 +181,10 @@ class Dialog:
                 uri = first
         req = Request(method, uri)
         h = req.headers
-        h.set("Via", f"SIP/2.0/{self.transport} {via_host};branch={new_branch()};rport")
+        host, _, port = via_host.rpartition(":")
+        via = Via(self.transport, host, int(port), {"branch": new_branch(), "rport": None})
+        req.vias = [via]
+        h.set("Via", str(via))
         h.set("Max-Forwards", "70")
         h.set("From", f"{self.local_uri};tag={self.local_tag}")
         h.set("To", f"{self.remote_uri};tag={self.remote_tag}")

@@ -401,10 +401,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             raise RemoteProtocolError("Bad Request - Content-Length required on a stream")
         msg.body = rest
     elif length > len(rest):
-        exc = RemoteProtocolError("Bad Request - Content-Length larger than the body")
+        reason = "Bad Request - Content-Length larger than the body"
         if isinstance(msg, Request):
-            raise PartialRequestError(exc.reason, exc.status, msg)
-        raise exc
+            raise PartialRequestError(reason, 400, msg)
+        raise RemoteProtocolError(reason)
     else:
         msg.body = rest[:length]
     return msg
@@ -484,8 +484,10 @@ def make_response(
         values = src.get(key)
         if values:
             d[key] = list(values)
-    if to_tag and request.to is not None and request.to.tag is None and "to" in d:
+    to = request.to
+    if to_tag and to is not None and to.tag is None and "to" in d:
         d["to"] = [d["to"][0] + ";tag=" + to_tag]
+        to = NameAddr(uri=to.uri, display=to.display, params={**to.params, "tag": to_tag})
     if status == 100 and "timestamp" in src:
         d["timestamp"] = list(src["timestamp"])  # RFC 3261 §8.2.6.1
     if headers:
@@ -496,7 +498,7 @@ def make_response(
     resp = Response(status, reason or REASONS.get(status, "Unknown"), h, body)
     resp.vias = request.vias
     resp.from_ = request.from_
-    resp.to = request.to
+    resp.to = to
     resp.call_id = request.call_id
     resp.cseq = request.cseq
     resp.cseq_method = request.cseq_method
