@@ -1,0 +1,123 @@
+"""The only module that imports plyvel: a small LevelDB interface.
+
+Opening: an absent or empty directory is created; an existing one is opened
+without ``create_if_missing`` so a directory whose ``CURRENT`` file was lost is
+treated as damage, not silently replaced by an empty database. On corruption we
+log, run ``plyvel.repair_db`` once (it salvages every readable table and log
+record) and reopen; if that fails, :class:`ConfigError` names the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import plyvel
+
+from .errors import ConfigError
+
+__all__ = ["LocalDB"]
+
+log = logging.getLogger("config_cache.leveldb")
+
+
+class LocalDB:
+    """A LevelDB database in one directory (one process may hold it open)."""
+
+    def __init__(self, db: plyvel.DB, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> LocalDB:
+        """Open (or create) the database at ``path``; repair once if corrupt."""
+        p = Path(path)
+        fresh = not p.exists() or (p.is_dir() and not any(p.iterdir()))
+        if fresh:
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+                return cls(plyvel.DB(str(p), create_if_missing=True), p)
+            except (OSError, plyvel.Error) as exc:
+                raise ConfigError(f"cannot create LevelDB: {_text(exc)}", file=str(p)) from exc
+        if not p.is_dir():
+            raise ConfigError("LevelDB path is not a directory", file=str(p))
+        try:
+            return cls(plyvel.DB(str(p), create_if_missing=False), p)
+        except plyvel.Error as exc:
+            first = _text(exc)
+            if isinstance(exc, plyvel.IOError) and "lock" in first.lower():
+                # Held by another process: repairing would not help (and must not run).
+                raise ConfigError(f"cannot open LevelDB: {first}", file=str(p)) from exc
+        log.warning("LevelDB at %s cannot be opened (%s); running plyvel.repair_db once", p, first)
+        try:
+            plyvel.repair_db(str(p))
+            db = cls(plyvel.DB(str(p), create_if_missing=False), p)
+        except plyvel.Error as exc:
+            raise ConfigError(
+                f"LevelDB is corrupt and repair failed: {_text(exc)} (first error: {first})",
+                file=str(p),
+            ) from exc
+        log.warning("LevelDB at %s repaired; readable records were kept", p)
+        return db
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        if not self._db.closed:
+            self._db.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return bool(self._db.closed)
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value at ``key`` or None."""
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def put(self, key: bytes, value: bytes, *, sync: bool = False) -> None:
+        """Store one value; ``sync=True`` waits for the disk (fsync)."""
+        self._db.put(key, value, sync=sync)
+
+    def delete(self, key: bytes, *, sync: bool = False) -> None:
+        """Delete one key."""
+        self._db.delete(key, sync=sync)
+
+    def write(
+        self,
+        puts: Iterable[tuple[bytes, bytes]] = (),
+        deletes: Iterable[bytes] = (),
+        *,
+        sync: bool = False,
+    ) -> None:
+        """Apply ``deletes`` then ``puts`` atomically (one LevelDB WriteBatch)."""
+        with self._db.write_batch(sync=sync) as batch:
+            for key in deletes:
+                batch.delete(key)
+            for key, value in puts:
+                batch.put(key, value)
+
+    def items(self, prefix: bytes, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, value)`` pairs under ``prefix`` in key order, from one
+        consistent read snapshot."""
+        with self._db.iterator(prefix=prefix, reverse=reverse) as it:
+            yield from it
+
+    def values(self, prefix: bytes) -> Iterator[bytes]:
+        """Values under ``prefix`` in key order."""
+        with self._db.iterator(prefix=prefix, include_key=False) as it:
+            yield from it
+
+    def keys(self, prefix: bytes, *, reverse: bool = False) -> Iterator[bytes]:
+        """Keys under ``prefix`` in key order."""
+        with self._db.iterator(prefix=prefix, include_value=False, reverse=reverse) as it:
+            yield from it
+
+
+def _text(exc: BaseException) -> str:
+    arg = exc.args[0] if exc.args else exc
+    if isinstance(arg, bytes):
+        return arg.decode("utf-8", "replace")
+    return str(arg)

@@ -1,0 +1,189 @@
+"""``callengine config ...`` and ``callengine logs`` subcommands.
+
+The daemon's CLI calls :func:`add_subcommands` on its argparse subparsers; each
+subcommand stores its handler as ``func`` (``args.func(args) -> int`` exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from .calllog import CallLog
+from .errors import ConfigError, UpstreamError
+from .files import load_tenant_file
+from .store import open_store
+
+__all__ = ["add_subcommands"]
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``config push|import|show`` and ``logs``."""
+    config = subparsers.add_parser("config", help="tenant configuration")
+    sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+
+    push = sub.add_parser("push", help="validate a tenant file and store it in the master DB")
+    push.add_argument("file", help="tenant file (JSON or YAML; one tenant or a list)")
+    push.add_argument("--master", required=True, help="MongoDB URL of the master Configuration DB")
+    push.add_argument("--database", default="callengine", help="database name (default callengine)")
+    push.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    push.set_defaults(func=_push)
+
+    imp = sub.add_parser("import", help="validate a tenant file and store it in the local cache")
+    imp.add_argument("file", help="tenant file (JSON or YAML; one tenant or a list)")
+    imp.add_argument("--data-dir", required=True, help="the node's LevelDB directory")
+    imp.set_defaults(func=_import)
+
+    show = sub.add_parser("show", help="print a cached tenant as JSON")
+    show.add_argument("tenant", help="tenant id")
+    show.add_argument("--data-dir", required=True, help="the node's LevelDB directory")
+    show.add_argument("--show-secrets", action="store_true", help="print SIP passwords")
+    show.set_defaults(func=_show)
+
+    logs = subparsers.add_parser("logs", help="call logs in the outbox and recently shipped")
+    logs.add_argument("--data-dir", required=True, help="the node's LevelDB directory")
+    logs.add_argument("--json", action="store_true", help="one JSON object per line")
+    logs.add_argument("--limit", type=int, default=None, help="at most N shipped logs")
+    logs.set_defaults(func=_logs)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, ConfigError) else 1
+
+
+def _push(args: argparse.Namespace) -> int:
+    from ._mongo import MongoMaster
+
+    try:
+        tenants = load_tenant_file(args.file)
+        master = MongoMaster(args.master, database=args.database, timeout=args.timeout)
+        try:
+            for tenant in tenants:
+                doc = tenant.to_doc()
+                if tenant.rev == 0:
+                    doc.pop("rev", None)
+                rev = master.push(doc)
+                print(f"pushed tenant {tenant.id} rev {rev}")
+        finally:
+            master.close()
+    except (ConfigError, UpstreamError) as exc:
+        return _fail(exc)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    try:
+        tenants = load_tenant_file(args.file)
+        store = open_store(args.data_dir)
+        try:
+            for tenant in tenants:
+                current = store.config.tenant(tenant.id)
+                if current is not None and tenant.rev <= current.rev:
+                    # A file edited by hand often keeps its rev: import anyway
+                    # as the next rev, so the follower still sees newer master revs.
+                    doc = tenant.to_doc()
+                    doc["rev"] = current.rev + 1
+                    from .schema import validate_tenant
+
+                    tenant = validate_tenant(doc, file=str(args.file))
+                store.config.apply(tenant, source=str(args.file), force=True)
+                print(f"imported tenant {tenant.id} rev {tenant.rev}")
+        finally:
+            store.close()
+    except ConfigError as exc:
+        return _fail(exc)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    try:
+        store = open_store(args.data_dir)
+    except ConfigError as exc:
+        return _fail(exc)
+    try:
+        tenant = store.config.tenant(args.tenant)
+        if tenant is None:
+            print(f"error: tenant {args.tenant!r} is not in {args.data_dir}", file=sys.stderr)
+            return 1
+        doc = tenant.to_doc()
+        if not args.show_secrets:
+            for user in doc.get("users", {}).values():
+                if "password" in user:
+                    user["password"] = "********"
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    finally:
+        store.close()
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    try:
+        store = open_store(args.data_dir)
+    except ConfigError as exc:
+        return _fail(exc)
+    try:
+        rows: list[tuple[str, float | None, CallLog]] = [
+            ("shipped", at, rec) for at, rec in store.outbox.recently_shipped(args.limit)
+        ]
+        pending = sorted(store.outbox.entries(), key=lambda e: e[1].start_time)
+        rows += [(state, None, rec) for state, rec in pending]
+    finally:
+        store.close()
+    if args.json:
+        for state, at, rec in rows:
+            doc: dict[str, Any] = {"state": state, **rec.to_dict()}
+            if at is not None:
+                doc["shipped_at"] = at
+            print(json.dumps(doc, sort_keys=True))
+        return 0
+    print(_table(rows))
+    return 0
+
+
+def _when(t: float | None) -> str:
+    if not t:
+        return "-"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(rows: list[tuple[str, float | None, CallLog]]) -> str:
+    header = (
+        "STATE",
+        "START (UTC)",
+        "DUR",
+        "TENANT",
+        "FROM",
+        "TO",
+        "RESULT",
+        "SIP",
+        "Q850",
+        "CALL-ID",
+    )
+    lines = [header]
+    for state, _at, rec in rows:
+        end = rec.end_time if rec.end_time is not None else time.time()
+        dur = f"{end - rec.answer_time:.0f}s" if rec.answer_time else "-"
+        lines.append(
+            (
+                state,
+                _when(rec.start_time),
+                dur,
+                rec.tenant or "-",
+                rec.caller or "-",
+                rec.callee or "-",
+                rec.result or "-",
+                str(rec.sip_status or "-"),
+                str(rec.q850_cause or "-"),
+                rec.call_id,
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    )
