@@ -1,0 +1,92 @@
+"""Recorder: writes decoded call audio to WAV or FLAC with soundfile.
+
+The session feeds it one decoded frame at a time (from the recording jitter
+buffer, with silence for missing frames, so the file's length is the call's
+wall time). :meth:`Recorder.write` says when to stop: ``"max_seconds"`` once
+the limit is reached, ``"silence"`` after ``silence_timeout`` seconds below
+``silence_threshold_dbfs``. The beep before recording is played by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+import soundfile
+
+__all__ = ["RecordingResult", "Recorder"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingResult:
+    """How a recording ended: its length in seconds and why it stopped
+    (``"max_seconds"``, ``"silence"``, ``"dtmf"``, ``"hangup"``, ``"stopped"``)."""
+
+    seconds: float
+    reason: str
+    digit: str | None = None
+
+
+class Recorder:
+    """Streams mono int16 frames to a WAV or FLAC file."""
+
+    def __init__(
+        self,
+        file: str | os.PathLike[str] | BinaryIO,
+        *,
+        sample_rate: int = 8000,
+        format: str = "WAV",
+        max_seconds: float = 120.0,
+        silence_timeout: float | None = None,
+        silence_threshold_dbfs: float = -45.0,
+    ) -> None:
+        fmt = format.upper()
+        if fmt not in ("WAV", "FLAC"):
+            raise ValueError(f"unsupported recording format {format!r}; use WAV or FLAC")
+        if max_seconds <= 0:
+            raise ValueError("max_seconds must be positive")
+        self.sample_rate = sample_rate
+        self.max_samples = int(max_seconds * sample_rate)
+        self.silence_samples = (
+            int(silence_timeout * sample_rate) if silence_timeout is not None else None
+        )
+        # Mean-square threshold for a frame to count as silence.
+        self._threshold = (32768.0 * 10 ** (silence_threshold_dbfs / 20)) ** 2
+        self._file = soundfile.SoundFile(
+            file, mode="w", samplerate=sample_rate, channels=1, format=fmt, subtype="PCM_16"
+        )
+        self.samples = 0
+        self._silent_run = 0
+        self.closed = False
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.sample_rate
+
+    def write(self, pcm: npt.NDArray[np.int16]) -> str | None:
+        """Append samples; return a stop reason when the recording should end."""
+        if self.closed:
+            return "stopped"
+        room = self.max_samples - self.samples
+        chunk = pcm[:room]
+        if len(chunk):
+            self._file.write(chunk)
+            self.samples += len(chunk)
+        if self.samples >= self.max_samples:
+            return "max_seconds"
+        if self.silence_samples is not None and len(chunk):
+            level = float(np.mean(np.square(chunk, dtype=np.float64)))
+            self._silent_run = self._silent_run + len(chunk) if level < self._threshold else 0
+            if self._silent_run >= self.silence_samples:
+                return "silence"
+        return None
+
+    def close(self, reason: str = "stopped", digit: str | None = None) -> RecordingResult:
+        """Finish the file and return the result (idempotent on the file)."""
+        if not self.closed:
+            self._file.close()
+            self.closed = True
+        return RecordingResult(round(self.seconds, 3), reason, digit)

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import random
+
+from media.codecs import PCMU
+from media.dtmf import DtmfEvent
+from media.rtcp import (
+    ReportBlock,
+    RtcpReceiverReport,
+    RtcpSenderReport,
+    ntp_middle32,
+    ntp_timestamp,
+    parse_compound,
+    serialize_compound,
+)
+from media.rtp import RtpPacket
+from media.stream import RtpStream
+
+PEER = ("192.0.2.10", 4000)
+NAT = ("198.51.100.7", 30000)
+
+
+def _stream(now: float = 0.0, **kw: object) -> RtpStream:
+    return RtpStream(PCMU, now=now, remote=PEER, rng=random.Random(1), **kw)  # type: ignore[arg-type]
+
+
+def _pkt(seq: int, ssrc: int = 0x1234, pt: int = 0, ts: int | None = None) -> bytes:
+    return RtpPacket(
+        pt, False, seq, seq * 160 if ts is None else ts, ssrc, payload=b"\xff" * 160
+    ).serialize()
+
+
+def test_send_sequence_timestamp_and_marker_rules() -> None:
+    s = _stream()
+    seq0, ts0 = s.seq, s.timestamp
+    p1 = RtpPacket.parse(s.tick(b"\x01" * 160) or b"")
+    p2 = RtpPacket.parse(s.tick(b"\x02" * 160) or b"")
+    assert s.tick(None) is None  # silence: nothing sent, the clock runs on
+    p3 = RtpPacket.parse(s.tick(b"\x03" * 160) or b"")
+    assert (p1.sequence_number, p2.sequence_number, p3.sequence_number) == (
+        seq0,
+        (seq0 + 1) & 0xFFFF,
+        (seq0 + 2) & 0xFFFF,
+    )
+    assert (p1.timestamp, p2.timestamp, p3.timestamp) == (ts0, ts0 + 160, ts0 + 480)
+    assert (p1.marker, p2.marker, p3.marker) == (True, False, True)
+    assert p1.ssrc == s.ssrc and p1.payload == b"\x01" * 160
+    # Random initial values (RFC 3550 5.1): two streams differ.
+    other = RtpStream(PCMU, now=0.0, remote=PEER)
+    assert (other.ssrc, other.seq) != (s.ssrc, s.seq)
+
+
+def test_dtmf_replaces_audio_with_event_packets() -> None:
+    s = _stream()
+    s.queue_digit("4", duration_ms=60)
+    ts0 = s.timestamp
+    sent = [RtpPacket.parse(s.tick(b"\x00" * 160) or b"") for _ in range(6)]
+    assert [p.payload_type for p in sent] == [101] * 5 + [0]
+    assert {p.timestamp for p in sent[:5]} == {ts0}
+    assert [p.marker for p in sent[:5]] == [True, False, False, False, False]
+    assert sent[5].timestamp == ts0 + 5 * 160
+
+
+def test_latching_and_source_rules() -> None:
+    s = _stream()
+    assert isinstance(s.receive(_pkt(1), NAT, 0.0), RtpPacket)
+    assert s.remote == NAT and s.source == NAT  # symmetric RTP: reply to the source
+    # Same SSRC from another address while the source is live: dropped.
+    assert s.receive(_pkt(2), ("203.0.113.5", 9), 0.02) is None
+    assert s.counters.wrong_source == 1 and s.remote == NAT
+    # After the source has been silent, the same SSRC may move (NAT rebinding).
+    assert s.receive(_pkt(3), ("203.0.113.5", 9), 1.0) is not None
+    assert s.remote == ("203.0.113.5", 9) and s.counters.relatches == 1
+    # A new SSRC is a new source and is accepted at once; the old one is retired.
+    assert s.receive(_pkt(500, ssrc=0x9999), NAT, 1.02) is not None
+    assert s.remote_ssrc == 0x9999 and s.counters.ssrc_changes == 1
+    assert s.receive(_pkt(4), NAT, 1.04) is None
+    assert s.counters.wrong_ssrc == 1
+
+
+def test_malformed_and_wrong_payload_type_are_counted() -> None:
+    s = _stream()
+    assert s.receive(b"\x00" * 5, PEER, 0.0) is None
+    assert s.receive(_pkt(1, pt=18), PEER, 0.0) is None
+    assert (s.counters.malformed, s.counters.wrong_pt, s.counters.packets_received) == (1, 1, 0)
+    assert s.source is None
+
+
+def test_received_dtmf_events() -> None:
+    sender = _stream()
+    sender.queue_digit("9")
+    rx = _stream()
+    events: list[DtmfEvent] = []
+    for _ in range(10):
+        data = sender.tick(None)
+        if data is not None:
+            out = rx.receive(data, PEER, 0.0)
+            if isinstance(out, list):
+                events += out
+    assert [e.digit for e in events] == ["9"]
+
+
+def test_inactivity_deadline_and_hold() -> None:
+    s = _stream(now=100.0, rtp_timeout=30.0, rtcp_interval=5.0)
+    assert not s.timed_out(129.9)
+    assert s.timed_out(130.0)
+    s.receive(_pkt(1), PEER, 120.0)
+    assert not s.timed_out(149.0) and s.timed_out(150.0)
+    s.set_expect_media(False, 150.0)
+    assert not s.timed_out(1000.0)
+    assert s.next_deadline() < 1000.0  # RTCP still scheduled
+    s.set_expect_media(True, 1000.0)
+    assert s.timed_out(1030.0) and not s.timed_out(1029.0)
+
+
+def test_rtcp_schedule_and_report_contents() -> None:
+    s = _stream(now=0.0, rtcp_interval=5.0)
+    first = s.next_deadline()
+    assert 1.25 <= first <= 3.75  # half the interval, randomised 0.5..1.5
+    for seq in [1, 2, 4]:
+        s.receive(_pkt(seq), PEER, seq * 0.02)
+    s.tick(b"\xff" * 160)
+    assert s.rtcp_due(first) and not s.rtcp_due(first - 0.001)
+    packets = parse_compound(s.build_rtcp(first))
+    sr = packets[0]
+    assert isinstance(sr, RtcpSenderReport) and sr.ssrc == s.ssrc and sr.packet_count == 1
+    assert sr.reports[0].packets_lost == 1 and sr.reports[0].highest_sequence == 4
+    nxt = s.next_deadline()
+    assert first + 2.5 <= nxt <= first + 7.5
+    # Nothing sent since: the next report is an RR.
+    assert isinstance(parse_compound(s.build_rtcp(nxt))[0], RtcpReceiverReport)
+
+
+def test_rtt_from_peer_report_and_quality() -> None:
+    s = _stream(now=0.0, wallclock_offset=1_700_000_000.0)
+    s.receive(_pkt(1), PEER, 0.0)
+    s.receive(_pkt(3), PEER, 0.04)
+    s.tick(b"\xff" * 160)
+    our_sr = parse_compound(s.build_rtcp(1.0))[0]
+    assert isinstance(our_sr, RtcpSenderReport)
+    # The peer holds our SR for 0.5 s; the report arrives 0.56 s after we sent it.
+    block = ReportBlock(s.ssrc, 0, 0, 0, 0, ntp_middle32(our_sr.ntp_timestamp), 32768)
+    s.receive_rtcp(serialize_compound([RtcpReceiverReport(0x1234, (block,))]), PEER, 1.56)
+    q = s.quality()
+    assert q["rtt_ms"] == 60.0
+    assert q["packets_lost"] == 1 and q["packets_expected"] == 3
+    assert q["loss_percent"] == 33.33
+    assert q["packets_received"] == 2 and q["packets_sent"] == 1
+    assert s.receive_rtcp(b"\x00\x01", PEER, 2.0) is None and s.counters.rtcp_malformed == 1
+    assert ntp_timestamp(1_700_000_001.0) == our_sr.ntp_timestamp
