@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .calllog import CallLog
@@ -35,20 +36,31 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
     imp = sub.add_parser("import", help="validate a tenant file and store it in the local cache")
     imp.add_argument("file", help="tenant file (JSON or YAML; one tenant or a list)")
-    imp.add_argument("--data-dir", required=True, help="the node's LevelDB directory")
+    imp.add_argument(
+        "--data-dir", required=True, help="the node data directory (its LevelDB is DIR/leveldb)"
+    )
     imp.set_defaults(func=_import)
 
     show = sub.add_parser("show", help="print a cached tenant as JSON")
     show.add_argument("tenant", help="tenant id")
-    show.add_argument("--data-dir", required=True, help="the node's LevelDB directory")
+    show.add_argument(
+        "--data-dir", required=True, help="the node data directory (its LevelDB is DIR/leveldb)"
+    )
     show.add_argument("--show-secrets", action="store_true", help="print SIP passwords")
     show.set_defaults(func=_show)
 
     logs = subparsers.add_parser("logs", help="call logs in the outbox and recently shipped")
-    logs.add_argument("--data-dir", required=True, help="the node's LevelDB directory")
+    logs.add_argument(
+        "--data-dir", required=True, help="the node data directory (its LevelDB is DIR/leveldb)"
+    )
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
     logs.add_argument("--limit", type=int, default=None, help="at most N shipped logs")
     logs.set_defaults(func=_logs)
+
+
+def node_db_dir(data_dir: str) -> str:
+    """The LevelDB directory inside a node's data directory (``DIR/leveldb``)."""
+    return str(Path(data_dir) / "leveldb")
 
 
 def _fail(exc: Exception) -> int:
@@ -79,7 +91,7 @@ def _push(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     try:
         tenants = load_tenant_file(args.file)
-        store = open_store(args.data_dir)
+        store = open_store(node_db_dir(args.data_dir))
         try:
             for tenant in tenants:
                 current = store.config.tenant(tenant.id)
@@ -102,7 +114,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     try:
-        store = open_store(args.data_dir)
+        store = open_store(node_db_dir(args.data_dir))
     except ConfigError as exc:
         return _fail(exc)
     try:
@@ -123,7 +135,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     try:
-        store = open_store(args.data_dir)
+        store = open_store(node_db_dir(args.data_dir))
     except ConfigError as exc:
         return _fail(exc)
     try:

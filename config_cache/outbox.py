@@ -117,6 +117,27 @@ class Outbox:
             self._final[rec.call_id] = rec.end_time
             self._gauges()
 
+    def commit(self, opens: Sequence[CallLog], finals: Sequence[CallLog]) -> None:
+        """Group commit: write many open and final records in one fsynced batch.
+
+        The engine's call-log writer calls this from its own thread so that one
+        fsync serves every call that answered or ended meanwhile."""
+        puts: list[tuple[bytes, bytes]] = [(_okey(r.call_id), _encode("open", r)) for r in opens]
+        for rec in finals:
+            if rec.end_time is None:
+                rec.end_time = rec.answer_time or rec.start_time
+            puts.append((_okey(rec.call_id), _encode("final", rec)))
+        if not puts:
+            return
+        self._db.write(puts=puts, sync=True)
+        with self._lock:
+            for rec in opens:
+                self._open.add(rec.call_id)
+            for rec in finals:
+                self._open.discard(rec.call_id)
+                self._final[rec.call_id] = rec.end_time or rec.start_time
+            self._gauges()
+
     def recover_interrupted(self, now: float) -> list[str]:
         """Finalise records left open by a previous process (call at start-up,
         before taking calls). They get ``result="interrupted"``,

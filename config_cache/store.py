@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ._leveldb import LocalDB
 from .demo import load_demo_tenant
@@ -53,6 +53,8 @@ P_TENANT = b"t/"
 P_REV = b"r/"
 P_NUMBER = b"n/"
 P_BINDING = b"b/"
+#: registrar records per AOR (the registrar's own JSON format): a/<aor>
+P_AOR = b"a/"
 
 OnEmpty = Literal["demo", "refuse"]
 
@@ -285,6 +287,27 @@ class BindingStore:
         dead = [k for k, v in self._db.items(P_BINDING) if json.loads(v)["expires_at"] <= now]
         self._db.write((), dead)
         return len(dead)
+
+    def put_aor(self, aor: str, records: list[dict[str, Any]]) -> None:
+        """Replace every binding record of ``aor`` in one write (the registrar's
+        own record format, JSON-able dicts); an empty list removes the AOR."""
+        key = P_AOR + aor.encode("utf-8", "surrogatepass")
+        if records:
+            self._db.put(key, json.dumps(records, separators=(",", ":")).encode())
+        else:
+            self._db.delete(key)
+
+    def get_aor(self, aor: str) -> list[dict[str, Any]]:
+        """The records :meth:`put_aor` stored for ``aor`` (empty when none or unreadable)."""
+        raw = self._db.get(P_AOR + aor.encode("utf-8", "surrogatepass"))
+        if raw is None:
+            return []
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            log.error("unreadable binding record for %r ignored", aor)
+            return []
+        return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
 
 
 @dataclass(slots=True)

@@ -104,7 +104,9 @@ class Dialog:
         )
 
     @classmethod
-    def from_uac(cls, invite: Request, response: Response, peer_addr: Address, local_addr: Address) -> Dialog:
+    def from_uac(
+        cls, invite: Request, response: Response, peer_addr: Address, local_addr: Address
+    ) -> Dialog:
         """UAC side (§12.1.2): route set from Record-Route in reverse order."""
         contacts = response.contacts
         target = contacts[0].uri if contacts else invite.uri

@@ -119,7 +119,9 @@ def parse_name_addr(value: str, *, where: str) -> NameAddr:
             uri_text, semi, ptext = v.partition(";")
             uri_text = uri_text.strip()
             if "?" in uri_text or "," in uri_text:
-                raise RemoteProtocolError(f"Bad Request - URI with headers must be in <> in {where}")
+                raise RemoteProtocolError(
+                    f"Bad Request - URI with headers must be in <> in {where}"
+                )
             uri = parse_uri(uri_text, where=where)
             params = parse_header_params(ptext, where=where) if semi else {}
             return NameAddr(uri=uri, params=params)

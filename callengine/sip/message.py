@@ -21,7 +21,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from ._abnf import CALLID_RE, CANONICAL, COMPACT, LIST_HEADERS, SINGLE_HEADERS, TOKEN_RE, split_commas
+from ._abnf import (
+    CALLID_RE,
+    CANONICAL,
+    COMPACT,
+    SINGLE_HEADERS,
+    TOKEN_RE,
+    split_commas,
+)
 from .errors import RemoteProtocolError
 from .headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_name_addr_list, parse_via
 from .uri import URI, parse_uri

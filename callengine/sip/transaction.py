@@ -101,7 +101,9 @@ class ServerTransaction:
         "context",
     )
 
-    def __init__(self, layer: TransactionLayer, key: tuple[str, ...], request: Request, dest: Address) -> None:
+    def __init__(
+        self, layer: TransactionLayer, key: tuple[str, ...], request: Request, dest: Address
+    ) -> None:
         self.layer = layer
         self.key = key
         self.request = request
@@ -211,7 +213,9 @@ class ClientTransaction:
         "last_status",
     )
 
-    def __init__(self, layer: TransactionLayer, request: Request, dest: Address, transport: str) -> None:
+    def __init__(
+        self, layer: TransactionLayer, request: Request, dest: Address, transport: str
+    ) -> None:
         self.layer = layer
         self.request = request
         self.branch = request.vias[0].branch or ""
@@ -250,7 +254,9 @@ class ClientTransaction:
             self._interval = T2
         else:
             self._interval = min(2 * self._interval, T2)
-        self._retransmit = self.layer.timers.schedule(now + self._interval, self._retransmit_request)
+        self._retransmit = self.layer.timers.schedule(
+            now + self._interval, self._retransmit_request
+        )
 
     def _timed_out(self, now: float) -> None:
         if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
@@ -370,8 +376,10 @@ class TransactionLayer:
     def find_invite_for_cancel(self, cancel: Request) -> ServerTransaction | None:
         """The INVITE server transaction a CANCEL targets (§9.2: same key but method)."""
         key = server_key(cancel)
-        return self.server.get((*key[:-1], "INVITE")) if key[0] != "2543" else self.server.get(
-            (*key[:-2], "INVITE", key[-1])
+        return (
+            self.server.get((*key[:-1], "INVITE"))
+            if key[0] != "2543"
+            else self.server.get((*key[:-2], "INVITE", key[-1]))
         )
 
     def _remove_server(self, txn: ServerTransaction) -> None:
@@ -380,7 +388,9 @@ class TransactionLayer:
         self.tu.on_terminated(txn)
 
     # -- client side --
-    def start_client(self, request: Request, dest: Address, transport: str, now: float) -> ClientTransaction:
+    def start_client(
+        self, request: Request, dest: Address, transport: str, now: float
+    ) -> ClientTransaction:
         txn = ClientTransaction(self, request, dest, transport)
         self.client[txn.key] = txn
         txn.start(now)

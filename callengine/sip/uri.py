@@ -141,7 +141,7 @@ def parse_uri(text: str, *, where: str = "URI") -> URI:
     colon = text.find(":")
     if colon <= 0 or not SCHEME_RE.match(text[:colon]):
         raise RemoteProtocolError(f"Bad Request - no scheme in {where}")
-    for ch in " \t\r\n<>\"":
+    for ch in ' \t\r\n<>"':
         if ch in text:
             raise RemoteProtocolError(f"Bad Request - illegal character in {where}")
     scheme = text[:colon].lower()

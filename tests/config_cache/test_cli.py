@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from config_cache import CacheSettings, CallLog, ConfigError, open_store
-from config_cache.cli import add_subcommands
+from config_cache.cli import add_subcommands, node_db_dir
 
 from .conftest import MongoServer
 
@@ -35,7 +35,7 @@ def test_import_show_logs(tmp_path: Path, acme: Any, capsys: pytest.CaptureFixtu
     shown = json.loads(capsys.readouterr().out)
     assert shown["rev"] == 2 and shown["users"]["100"]["password"] == "********"
 
-    store = open_store(data)
+    store = open_store(node_db_dir(data))
     rec = CallLog(
         "abc@host",
         tenant="acme",

@@ -1,0 +1,129 @@
+"""Glue between calls and the media package: one clock, one prompt cache, storage.
+
+The Engine owns one :class:`MediaManager`; a :class:`~callengine.call.Call` asks it for
+an RTP session when it answers or offers, and for ready payloads when it plays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from media.codecs import CodecInfo
+from media.prompts import PromptCache
+from media.recorder import Recorder
+from media.session import MediaClock, RtpSession
+from media.storage import LocalMediaStorage
+
+from .sip import sdp as sdpmod
+
+log = logging.getLogger("callengine.media")
+
+
+class MediaManager:
+    """Per-process media resources."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        port_range: tuple[int, int],
+        rtp_timeout: float,
+        codecs: Sequence[CodecInfo],
+    ) -> None:
+        self.clock = MediaClock()
+        self.storage = LocalMediaStorage(Path(data_dir) / "media")
+        self.prompts = PromptCache(self.storage)
+        self.port_range = port_range
+        self.rtp_timeout = rtp_timeout
+        self.codecs = list(codecs)
+        self.sessions = 0
+
+    async def open(
+        self,
+        host: str,
+        negotiated: sdpmod.Answer | None,
+        *,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> RtpSession:
+        """Bind a port pair; with an SDP answer, point it at the peer at once."""
+        codec = negotiated.codec if negotiated is not None else self.codecs[0]
+        te = negotiated.telephone_event_pt if negotiated is not None else 101
+        options: dict[str, Any] = {}
+        if self.rtp_timeout > 0:
+            options["rtp_timeout"] = self.rtp_timeout
+        session = await RtpSession.open(
+            codec,
+            clock=self.clock,
+            host=host,
+            port_range=self.port_range,
+            telephone_event_pt=te,
+            inband_dtmf=negotiated is not None and negotiated.telephone_event is None,
+            on_timeout=on_timeout,
+            **options,
+        )
+        self.sessions += 1
+        if negotiated is not None:
+            apply_answer(session, negotiated)
+        return session
+
+    def payloads(
+        self, names: Sequence[str], codec: CodecInfo, tenant: str | None
+    ) -> list[Iterable[bytes]]:
+        """Prompt names (or ``tone:NAME``) -> payload sequences for ``codec``."""
+        out: list[Iterable[bytes]] = []
+        for name in names:
+            if name.startswith("tone:"):
+                tone = name[5:]
+                cycle = self.prompts.tone(tone, codec)
+                # ringback/busy repeat for a few seconds; a beep plays once
+                out.append(
+                    cycle
+                    if tone == "beep"
+                    else itertools.chain.from_iterable(itertools.repeat(cycle, 10))
+                )
+            else:
+                out.append(self.prompts.payloads(name, codec, tenant=tenant))
+        return out
+
+    def recorder(
+        self,
+        tenant: str,
+        key: str,
+        *,
+        sample_rate: int,
+        max_seconds: float,
+        silence_timeout: float | None,
+    ) -> tuple[Recorder, Path]:
+        kind, _, rest = key.partition("/")
+        if kind not in ("recordings", "voicemail", "prompts") or not rest:
+            kind, rest = "recordings", key
+        path = self.storage.path(tenant, kind, rest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
+        rec = Recorder(
+            path,
+            sample_rate=sample_rate,
+            format=fmt,
+            max_seconds=max_seconds,
+            silence_timeout=silence_timeout,
+        )
+        return rec, path
+
+    async def close(self) -> None:
+        await asyncio.sleep(0)
+
+
+def apply_answer(session: RtpSession, negotiated: sdpmod.Answer) -> None:
+    """Point an RTP session at the peer the SDP names (hold: no sending)."""
+    session.set_remote(
+        (negotiated.remote_address, negotiated.remote_port),
+        codec=negotiated.codec,
+        telephone_event_pt=negotiated.telephone_event_pt,
+        direction=negotiated.direction,
+        remote_rtcp=(negotiated.remote_address, negotiated.remote_rtcp_port),
+    )

@@ -1,0 +1,405 @@
+"""The application's view of one call (asyncio), over an :class:`InviteSession`.
+
+The Engine creates a :class:`Call` for each incoming INVITE and runs the handler the
+call was routed to; outgoing calls come from :meth:`Engine.originate`. Every method
+turns into commands on the sans-IO user agent; nothing here parses SIP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .sip import sdp as sdpmod
+from .sip.message import Request, Response
+from .sip.useragent import InviteSession, SessionState
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("callengine.call")
+
+__all__ = ["Call", "CallEvent", "RecordResult", "SipError", "TransferResult"]
+
+
+class SipError(Exception):
+    """A call attempt that ended with a SIP failure (drachtio's ``SipError``)."""
+
+    def __init__(self, status: int, reason: str = "", cause: int | None = None) -> None:
+        super().__init__(f"{status} {reason}".strip())
+        self.status = status
+        self.reason = reason
+        self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """Something that happened to a call: ``kind`` is one of ringing, progress,
+    answered, confirmed, dtmf, hold, unhold, ended."""
+
+    kind: str
+    at: float
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    key: str
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    answered: bool
+    status: int
+    cause: int
+    target: str | None
+
+
+class Call:
+    """One call leg as application code sees it (see docs/interfaces.md)."""
+
+    def __init__(self, engine: Engine, session: InviteSession, *, direction: str) -> None:
+        self.engine = engine
+        self.session = session
+        self.direction = direction
+        inv = session.invite
+        self.call_id = inv.call_id
+        from_uri = inv.from_.uri if inv.from_ else None
+        self.caller = (from_uri.user_unescaped or from_uri.host) if from_uri else ""
+        self.caller_display = inv.from_.display if inv.from_ else None
+        self.callee = inv.uri.user_unescaped or ""
+        self.headers: Mapping[str, str] = inv.headers.first_values()
+        self.source = inv.source
+        self.tenant: str | None = None
+        self.did: str | None = None
+        self.variables: dict[str, str] = {}
+        self.ivr_path: list[dict[str, Any]] = []
+        self.digits: list[str] = []
+        self.trunk_attempts: list[dict[str, Any]] = []
+        self.recordings: list[str] = []
+        self.started_at = engine.wallclock()
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self.end_reason = ""
+        self.cause = 0
+        self.status = 0
+        self.media: Any = None  # media.session.RtpSession once answered
+        self.sdp_answer: sdpmod.Answer | None = None
+        self._sdp_session: sdpmod.SdpSession | None = None
+        self._ended = asyncio.get_running_loop().create_future()
+        self._confirmed = asyncio.get_running_loop().create_future()
+        self._events: asyncio.Queue[CallEvent] = asyncio.Queue()
+        self._offer: sdpmod.SessionDescription | None = None
+        self.quality: dict[str, Any] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.finished = False
+
+    # ------------------------------------------------------------ properties
+    @property
+    def state(self) -> str:
+        return self.session.state.value
+
+    @property
+    def active(self) -> bool:
+        return self.session.state is not SessionState.TERMINATED
+
+    @property
+    def answered(self) -> bool:
+        """True once a 2xx answered the INVITE (sent by us or received)."""
+        return 200 <= self.status < 300
+
+    def __repr__(self) -> str:
+        return f"<Call {self.direction} {self.caller}->{self.callee} {self.state} {self.call_id}>"
+
+    # ------------------------------------------------------------- signalling
+    async def ring(self, *, early_media: bool = False) -> None:
+        """Send 180 Ringing (or 183 Session Progress with SDP when ``early_media``)."""
+        if early_media:
+            answer = await self._prepare_media()
+            self.engine.ua.provisional(self.session, self.engine.now(), 183, answer)
+        else:
+            self.engine.ua.provisional(self.session, self.engine.now(), 180)
+        self.engine.flush()
+
+    async def answer(self) -> None:
+        """Answer with 200 OK and the negotiated SDP; media starts at once."""
+        if self.answered or not self.active:
+            if not self.active:
+                raise SipError(487, "call ended before answer")
+            return
+        answer = await self._prepare_media()
+        if answer is None:
+            return
+        if not self.active:
+            raise SipError(487, "call ended before answer")
+        # The call log's "open" record is on disk before the 200 OK leaves (nothing lost).
+        self.answered_at = self.engine.wallclock()
+        waits = [
+            hook.before_answer(self) for hook in self.engine.hooks if hasattr(hook, "before_answer")
+        ]
+        if waits:
+            await asyncio.gather(*waits)
+        if not self.active:
+            self.answered_at = None
+            raise SipError(487, "call ended before answer")
+        self.engine.ua.answer(self.session, answer, self.engine.now())
+        self.status = 200
+        self.engine.flush()
+        self.engine.call_answered(self)
+        self._emit("answered")
+
+    async def _prepare_media(self) -> bytes | None:
+        """Negotiate SDP (488 when nothing is common) and open the RTP session."""
+        engine = self.engine
+        offer_body = self.session.invite.body
+        if self._sdp_session is None:
+            self._sdp_session = sdpmod.SdpSession(engine.media_address(self.session.local_addr[0]))
+        if not offer_body:
+            # late offer: we offer in the 200, the ACK answers (RFC 3261 §13.2.1)
+            return await self._make_offer()
+        try:
+            offer = sdpmod.SessionDescription.parse(offer_body)
+        except ValueError as exc:
+            self.engine.ua.reject(
+                self.session, 400, engine.now(), f"Bad Request - SDP: {exc}"[:120]
+            )
+            engine.flush()
+            return None
+        negotiated = sdpmod.negotiate(offer, engine.codecs)
+        if negotiated is None:
+            self.engine.ua.reject(self.session, 488, engine.now())
+            self.engine.flush()
+            return None
+        self.sdp_answer = negotiated
+        port = await engine.open_media(self, negotiated)
+        return negotiated.to_sdp(
+            self._sdp_session, address=self._sdp_session.address, port=port
+        ).serialize()
+
+    def reoffer(self, body: bytes) -> bytes | None:
+        """A re-INVITE/UPDATE offer (hold/unhold): our answer, or None for 488."""
+        if self._sdp_session is None:
+            return None
+        try:
+            offer = sdpmod.SessionDescription.parse(body)
+        except ValueError:
+            return None
+        negotiated = sdpmod.negotiate(offer, self.engine.codecs)
+        if negotiated is None:
+            return None
+        self.sdp_answer = negotiated
+        port = self.media.rtp_port if self.media is not None else 9
+        if self.media is not None:
+            from ._media import apply_answer
+
+            apply_answer(self.media, negotiated)
+        self._emit("hold" if negotiated.on_hold else "unhold")
+        return negotiated.to_sdp(
+            self._sdp_session, address=self._sdp_session.address, port=port
+        ).serialize()
+
+    async def reject(self, status: int = 486, reason: str | None = None) -> None:
+        """Refuse an unanswered call with a final response."""
+        self.engine.ua.reject(self.session, status, self.engine.now(), reason)
+        self.status = status
+        self.engine.flush()
+
+    async def hangup(self, cause: int = 16) -> None:
+        """End the call: BYE when answered, a final response (or CANCEL) before."""
+        if not self.active:
+            return
+        self.engine.ua.hangup(self.session, self.engine.now(), cause)
+        self.engine.flush()
+
+    async def wait_hangup(self) -> None:
+        """Wait until the call has ended, whoever ended it."""
+        await asyncio.shield(self._ended)
+
+    async def wait_confirmed(self, timeout: float = 32.0) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._confirmed), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def events(self) -> AsyncIterator[CallEvent]:
+        """Events in order until (and including) ``ended``."""
+        while True:
+            ev = await self._events.get()
+            yield ev
+            if ev.kind == "ended":
+                return
+
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """Append a step (IVR node, prompt, digits) to the call log's path."""
+        entry = {"kind": kind, "at": round(self.engine.wallclock(), 3)}
+        entry.update(fields)
+        self.ivr_path.append(entry)
+
+    # ------------------------------------------------------------------ media
+    def _need_media(self) -> Any:
+        if self.media is None:
+            raise SipError(500, "call has no media session (answer first)")
+        return self.media
+
+    async def play(self, prompts: Sequence[str], *, barge_in: bool = True) -> str | None:
+        """Play prompts (names, or ``tone:ringback|busy|beep``) in order.
+
+        Returns the digit that barged in (when ``barge_in``), else ``None``."""
+        media = self._need_media()
+        mm = self.engine.media_manager
+        payloads = mm.payloads(prompts, media.codec, self.tenant)
+        digit: str | None = await media.play(payloads, barge_in=barge_in)
+        if digit is not None:
+            self.digits.append(digit)
+        return digit
+
+    async def gather(
+        self,
+        *,
+        max_digits: int,
+        timeout: float,
+        terminator: str | None = "#",
+        inter_digit_timeout: float | None = None,
+        first_digit: str | None = None,
+    ) -> str:
+        """Collect DTMF digits (RFC 4733, SIP INFO or in-band Goertzel).
+
+        Ends on ``max_digits``, the ``terminator`` (not returned), ``timeout`` before the
+        first digit, ``inter_digit_timeout`` between digits, or hangup."""
+        media = self._need_media()
+        queue = media.digits()
+        collected = first_digit or ""
+        if collected and (collected == terminator):
+            return ""
+        wait = timeout if not collected else (inter_digit_timeout or timeout)
+        while len(collected) < max_digits and self.active:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait(
+                {getter, self._ended}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter not in done:
+                getter.cancel()
+                break
+            digit = getter.result().digit
+            self.digits.append(digit)
+            if terminator is not None and digit == terminator:
+                break
+            collected += digit
+            wait = inter_digit_timeout or timeout
+        return collected
+
+    async def record(
+        self,
+        key: str,
+        *,
+        max_seconds: float,
+        beep: bool = True,
+        silence_timeout: float | None = None,
+        stop_on_dtmf: bool = True,
+    ) -> RecordResult:
+        """Record what the caller says into media storage under ``key``
+        (``voicemail/...``, ``recordings/...``); WAV or FLAC by the key's suffix."""
+        media = self._need_media()
+        if beep:
+            await self.play(["tone:beep"], barge_in=False)
+        mm = self.engine.media_manager
+        recorder, _ = mm.recorder(
+            self.tenant or "default",
+            key,
+            sample_rate=media.codec.sample_rate,
+            max_seconds=max_seconds,
+            silence_timeout=silence_timeout,
+        )
+        future = media.start_recording(recorder, stop_on_dtmf=stop_on_dtmf)
+        result = await future
+        self.recordings.append(key)
+        return RecordResult(key=key, seconds=result.seconds, reason=result.reason)
+
+    async def send_dtmf(self, digits: str, *, duration_ms: int = 100) -> None:
+        """Send digits as RFC 4733 events, one after the other."""
+        media = self._need_media()
+        for digit in digits:
+            media.send_digit(digit, duration_ms=duration_ms)
+            await asyncio.sleep(duration_ms / 1000 + 0.1)
+
+    async def transfer(
+        self, targets: Sequence[str], *, strategy: str = "parallel", timeout: float = 20.0
+    ) -> TransferResult:
+        """Connect the caller to targets (users, groups, external numbers) and bridge."""
+        return await self.engine.transfer(self, targets, strategy=strategy, timeout=timeout)
+
+    async def _make_offer(self) -> bytes:
+        engine = self.engine
+        if self._sdp_session is None:
+            self._sdp_session = sdpmod.SdpSession(engine.media_address(self.session.local_addr[0]))
+        port = await engine.open_media(self, None)
+        offer = sdpmod.build_offer(
+            self._sdp_session,
+            [c for c in engine.codecs if not c.is_dtmf],
+            address=self._sdp_session.address,
+            port=port,
+            telephone_event=engine.telephone_event,
+        )
+        self._offer = offer
+        return offer.serialize()
+
+    def _outbound_answered(self, response: Response) -> None:
+        self.answered_at = self.engine.wallclock()
+        self.status = response.status
+        offer = getattr(self, "_offer", None)
+        if offer is None or not response.body:
+            return
+        try:
+            answer = sdpmod.accept_answer(offer, sdpmod.SessionDescription.parse(response.body))
+        except ValueError:
+            log.warning("unusable SDP answer from %s", self.callee)
+            return
+        if answer is not None:
+            self.sdp_answer = answer
+            if self.media is not None:
+                from ._media import apply_answer
+
+                apply_answer(self.media, answer)
+
+    # --------------------------------------------------- from the engine (sync)
+    def _emit(self, kind: str, **data: Any) -> None:
+        self._events.put_nowait(CallEvent(kind, self.engine.wallclock(), data))
+
+    def _on_confirmed(self) -> None:
+        if not self._confirmed.done():
+            self._confirmed.set_result(True)
+        self._emit("confirmed")
+
+    def _on_ended(self, reason: str, cause: int) -> None:
+        self.ended_at = self.engine.wallclock()
+        self.end_reason = reason
+        self.cause = cause
+        if self.session.final_status and not self.status:
+            self.status = self.session.final_status
+        if not self._ended.done():
+            self._ended.set_result(None)
+        if not self._confirmed.done():
+            self._confirmed.set_result(False)
+        self._emit("ended", reason=reason, cause=cause)
+
+    def _on_info(self, request: Request) -> None:
+        from media.dtmf import parse_dtmf_info
+
+        if request.content_type not in ("application/dtmf-relay", "application/dtmf"):
+            return
+        try:
+            event = parse_dtmf_info(request.content_type, request.body)
+        except ValueError:
+            return
+        self._emit("dtmf", digit=event.digit, source="info")
+        if self.media is not None:
+            self.media.deliver_digit(event)
+
+    def _on_progress(self, response: Response) -> None:
+        self._emit("ringing" if response.status == 180 else "progress", status=response.status)

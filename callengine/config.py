@@ -1,0 +1,185 @@
+"""Engine (node) configuration: one dataclass, loaded from YAML, JSON or TOML.
+
+Every field has a default that works on one machine with nothing else running
+(DESIGN.md principle 6). A mistake raises :class:`~config_cache.ConfigError` at load
+time naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from config_cache import ConfigError
+
+__all__ = ["EngineConfig", "load_config"]
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Settings of one call-server node."""
+
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:5060"])
+    """``HOST:PORT`` addresses; each opens UDP and TCP (and TLS on ``tls_port`` when a
+    certificate is set)."""
+    transports: list[str] = field(default_factory=lambda: ["UDP", "TCP"])
+    tls_cert: str | None = None
+    """PEM certificate chain; with ``tls_key`` enables TLS listeners."""
+    tls_key: str | None = None
+    tls_port: int = 5061
+    data_dir: str = "./data"
+    """Node state: LevelDB configuration cache, call-log outbox, media storage."""
+    metrics: str | None = "127.0.0.1:9090"
+    """Prometheus endpoint ``HOST:PORT`` (path /metrics); null disables it."""
+    max_calls: int = 10000
+    """Concurrent calls; excess INVITEs get 503 with Retry-After."""
+    max_cps: float = 0.0
+    """New calls per second (token bucket); 0 means unlimited."""
+    retry_after: int = 5
+    drain_grace: float = 30.0
+    """Seconds active calls may continue after SIGTERM before the node exits."""
+    rtp_port_min: int = 10000
+    rtp_port_max: int = 20000
+    rtp_timeout: float = 60.0
+    """Seconds without RTP before an answered call is hung up (0 disables)."""
+    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "telephone-event"])
+    media: bool = True
+    """Open an RTP session for each answered call (false: signalling only)."""
+    user_agent: str = "callengine/0.1"
+    log_format: str = "plain"
+    """``plain`` or ``json`` lines."""
+    log_level: str = "INFO"
+    history_url: str | None = None
+    master_url: str | None = None
+    on_empty: str = "demo"
+    """With an empty cache and no master: ``demo`` serves the embedded demo tenant,
+    ``refuse`` exits with an error."""
+    node_id: str = field(default_factory=lambda: os.uname().nodename)
+    trunks: dict[str, Any] = field(default_factory=dict)
+    trunk_groups: dict[str, Any] = field(default_factory=dict)
+    outbound_routes: list[Any] = field(default_factory=list)
+    trusted_sources: list[Any] = field(default_factory=list)
+    probe: dict[str, Any] = field(default_factory=dict)
+    config_cache: dict[str, Any] = field(default_factory=dict)
+    """Settings of the configuration cache and History DB shipper (docs/config.md)."""
+    source: str = "<defaults>"
+    """The file this configuration came from (for error messages)."""
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "listen": (list,),
+    "transports": (list,),
+    "tls_cert": (str, type(None)),
+    "tls_key": (str, type(None)),
+    "tls_port": (int,),
+    "data_dir": (str,),
+    "metrics": (str, type(None)),
+    "max_calls": (int,),
+    "max_cps": (int, float),
+    "retry_after": (int,),
+    "drain_grace": (int, float),
+    "rtp_port_min": (int,),
+    "rtp_port_max": (int,),
+    "rtp_timeout": (int, float),
+    "codecs": (list,),
+    "media": (bool,),
+    "user_agent": (str,),
+    "log_format": (str,),
+    "log_level": (str,),
+    "history_url": (str, type(None)),
+    "master_url": (str, type(None)),
+    "on_empty": (str,),
+    "node_id": (str,),
+    "trunks": (dict,),
+    "trunk_groups": (dict,),
+    "outbound_routes": (list,),
+    "trusted_sources": (list,),
+    "probe": (dict,),
+    "config_cache": (dict,),
+}
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return json.loads(text)
+    if suffix == ".toml":
+        return tomllib.loads(text)
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> EngineConfig:
+    """Load a node configuration file (YAML, JSON or TOML); unknown keys are errors.
+
+    Keys the engine does not own (``tenants``) are ignored here and read by the
+    configuration cache.
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(path)
+        try:
+            raw = _read(p)
+        except FileNotFoundError:
+            raise ConfigError("no such file", file=source) from None
+        except (OSError, ValueError, yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot parse: {exc}".splitlines()[0], file=source) from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError("top level must be a mapping", file=source)
+        data = dict(raw)
+    data.pop("tenants", None)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(EngineConfig)}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError("unknown setting", file=source, field=key)
+        types = _TYPES.get(key)
+        if (
+            types
+            and not isinstance(value, types)
+            or (isinstance(value, bool) and bool not in (types or ()))
+        ):
+            want = " or ".join(t.__name__ for t in types or ())
+            raise ConfigError(
+                f"expected {want}, got {type(value).__name__}", file=source, field=key
+            )
+    cfg = EngineConfig(**data, source=source)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: EngineConfig) -> None:
+    from .transport import parse_listen
+
+    for i, item in enumerate(cfg.listen):
+        try:
+            parse_listen(str(item))
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=cfg.source, field=f"listen[{i}]") from None
+    for i, t in enumerate(cfg.transports):
+        if t not in ("UDP", "TCP", "TLS"):
+            raise ConfigError(f"unknown transport {t!r}", file=cfg.source, field=f"transports[{i}]")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise ConfigError("tls_cert and tls_key go together", file=cfg.source, field="tls_key")
+    if not 1024 <= cfg.rtp_port_min < cfg.rtp_port_max <= 65535:
+        raise ConfigError(
+            "need 1024 <= rtp_port_min < rtp_port_max <= 65535",
+            file=cfg.source,
+            field="rtp_port_min",
+        )
+    if cfg.log_format not in ("plain", "json"):
+        raise ConfigError("must be plain or json", file=cfg.source, field="log_format")
+    if cfg.on_empty not in ("demo", "refuse"):
+        raise ConfigError("must be demo or refuse", file=cfg.source, field="on_empty")
+    if cfg.max_calls < 1:
+        raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")

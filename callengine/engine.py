@@ -1,0 +1,448 @@
+"""The Engine: one per process, one event loop; the asyncio shell around the SIP core.
+
+Theory of operation
+-------------------
+The whole glue is aioquic's: a datagram (or framed stream message) arrives -> it is fed
+to the sans-IO :class:`UserAgent` with ``now=loop.time()`` -> the user agent sends what
+it must through :class:`TransportSet` and calls back into this class -> the one timer
+is re-armed from ``ua.next_deadline()``.
+
+For each new INVITE the Engine builds a :class:`Call`, routes it (handlers registered
+with :meth:`on_call`, then the tenant configuration, then the default) and runs the
+handler as one task. When the handler returns, a call it left up is hung up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import fnmatch
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .call import Call, SipError, TransferResult
+from .config import EngineConfig, load_config
+from .sip.message import Request, Response
+from .sip.useragent import InviteSession, UserAgent
+from .transport import TransportSet, parse_listen
+
+log = logging.getLogger("callengine.engine")
+
+Handler = Callable[[Call], Awaitable[None]]
+current_call_id: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
+
+__all__ = ["Engine", "Handler", "current_call_id"]
+
+
+class Engine:
+    """A call server: SIP transports, the user agent core, call handlers, media.
+
+    >>> engine = Engine(EngineConfig(listen=["127.0.0.1:5060"]))
+    >>> @engine.on_call("1800*")
+    ... async def toll_free(call): ...
+    """
+
+    def __init__(self, config: EngineConfig | str | None = None, **overrides: Any) -> None:
+        if config is None or isinstance(config, str):
+            config = load_config(config, **overrides)
+        self.config = config
+        self._handlers: list[tuple[Callable[[str], bool], Handler]] = []
+        self._default: Handler | None = None
+        self.calls: dict[str, Call] = {}
+        self._ua: UserAgent | None = None
+        self.transports: TransportSet | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stopping = False
+        self.results: dict[str, int] = {}
+        self.hooks: list[Any] = []  # objects with on_call_started/answered/ended (call logs)
+        self.router: Callable[[Call], Handler | None] | None = None
+        self.media_manager: Any = None
+        self.transfer_handler: Callable[..., Awaitable[TransferResult]] | None = None
+        self.register_handler: Callable[[Request, float], Response | None] | None = None
+        self._outbound: dict[str, asyncio.Future[Response]] = {}
+        from media.codecs import CODECS
+
+        self.codecs = [
+            CODECS[name.upper()]
+            for name in config.codecs
+            if name.upper() in CODECS and name != "telephone-event"
+        ]
+        te = CODECS.get("TELEPHONE-EVENT")
+        self.telephone_event = te if "telephone-event" in config.codecs else None
+        if self.telephone_event is not None:
+            self.codecs.append(self.telephone_event)
+
+    # -------------------------------------------------------------- handlers
+    def on_call(self, pattern: str | re.Pattern[str] | None = None) -> Callable[[Handler], Handler]:
+        """Register an async handler for called numbers matching ``pattern``
+        (fnmatch syntax such as ``1800*``, or a compiled regex); ``None`` is the default."""
+
+        def register(fn: Handler) -> Handler:
+            if pattern is None:
+                self._default = fn
+            elif isinstance(pattern, re.Pattern):
+                self._handlers.append((lambda n, p=pattern: p.fullmatch(n) is not None, fn))  # type: ignore[misc]
+            else:
+                self._handlers.append((lambda n, p=pattern: fnmatch.fnmatchcase(n, p), fn))  # type: ignore[misc]
+            return fn
+
+        return register
+
+    def _route(self, call: Call) -> Handler:
+        for match, handler in self._handlers:
+            if match(call.callee):
+                return handler
+        if self.router is not None:
+            routed = self.router(call)
+            if routed is not None:
+                return routed
+        return self._default or _answer_until_hangup
+
+    # ------------------------------------------------------------ lifecycle
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    @staticmethod
+    def wallclock() -> float:
+        return time.time()
+
+    async def start(self) -> None:
+        """Open the listeners. Raises OSError when an address is in use."""
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        self._ua = UserAgent(
+            self,
+            self._send,
+            user_agent=cfg.user_agent,
+            max_calls=cfg.max_calls,
+            max_cps=cfg.max_cps,
+            retry_after=cfg.retry_after,
+        )
+        tls = None
+        if cfg.tls_cert and cfg.tls_key:
+            import ssl
+
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        self.transports = TransportSet(self._deliver, tls_context=tls)
+        self.transports.on_send_error = self._on_send_error
+        try:
+            for item in cfg.listen:
+                host, port = parse_listen(item)
+                await self.transports.listen(
+                    host, port, tuple(t for t in cfg.transports if t != "TLS")
+                )
+                if tls is not None:
+                    await self.transports.listen(host, cfg.tls_port, ("TLS",))
+        except BaseException:
+            await self.transports.close()
+            raise
+        if cfg.media:
+            from ._media import MediaManager
+
+            self.media_manager = MediaManager(
+                data_dir=cfg.data_dir,
+                port_range=(cfg.rtp_port_min, cfg.rtp_port_max),
+                rtp_timeout=cfg.rtp_timeout,
+                codecs=self.codecs,
+            )
+        log.info(
+            "listening on %s",
+            ", ".join(f"{s.transport} {s.host}:{s.port}" for s in self.transports.bound),
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new calls (503), let active calls run for ``grace`` s, then end them."""
+        self._stopping = True
+        if self._ua is not None:
+            self._ua.draining = True
+        grace = self.config.drain_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        while self.calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for call in list(self.calls.values()):
+            await call.hangup(cause=16)
+        if self.calls:
+            await asyncio.sleep(0.2)
+        for call in list(self.calls.values()):
+            if call.task is not None:
+                call.task.cancel()
+        if self.media_manager is not None:
+            await self.media_manager.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transports is not None:
+            await self.transports.close()
+
+    @property
+    def ua(self) -> UserAgent:
+        """The SIP user agent core (exists once :meth:`start` ran)."""
+        if self._ua is None:
+            raise RuntimeError("engine not started")
+        return self._ua
+
+    @property
+    def bound(self) -> list[tuple[str, str, int]]:
+        assert self.transports is not None
+        return [(s.transport, s.host, s.port) for s in self.transports.bound]
+
+    # --------------------------------------------------------------- I/O glue
+    def _deliver(
+        self, data: bytes, source: tuple[str, int], transport: str, local: tuple[str, int]
+    ) -> None:
+        assert self._loop is not None
+        self.ua.receive(data, source, transport, local, self._loop.time())
+        self._arm()
+
+    def _send(self, data: bytes, dest: tuple[str, int], transport: str) -> None:
+        assert self.transports is not None
+        self.transports.send(data, dest, transport)
+
+    def _on_send_error(self, dest: tuple[str, int], transport: str) -> None:
+        # §17.1.4: a transport failure is reported to client transactions to that peer
+        ua = self._ua
+        if ua is None:
+            return
+        for txn in list(ua.transactions.client.values()):
+            if txn.dest == dest and txn.transport == transport:
+                txn.transport_error(self.now())
+        self._arm()
+
+    def flush(self) -> None:
+        """Re-arm the timer after a command from application code."""
+        self._arm()
+
+    def _arm(self) -> None:
+        assert self._loop is not None
+        deadline = self.ua.next_deadline()
+        if deadline is None:
+            return
+        if self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        self._timer_at = None
+        self.ua.handle_timer(self._loop.time())
+        self._arm()
+
+    # ------------------------------------------------ the user agent's events
+    def on_incoming_call(self, session: InviteSession, now: float) -> None:
+        call = Call(self, session, direction="inbound")
+        session.context = call
+        self.calls[call.call_id + session.local_tag] = call
+        for hook in self.hooks:
+            hook.on_call_started(call)
+        assert self._loop is not None
+        ctx = contextvars.copy_context()
+        ctx.run(current_call_id.set, call.call_id)
+        call.task = self._loop.create_task(self._run(call), context=ctx)
+
+    async def _run(self, call: Call) -> None:
+        try:
+            handler = self._route(call)
+            await handler(call)
+        except asyncio.CancelledError:
+            pass
+        except SipError as exc:
+            if call.active and not call.answered:
+                await call.reject(exc.status if exc.status >= 400 else 500, exc.reason or None)
+        except Exception:
+            log.exception("call handler failed")
+            if call.active and not call.answered:
+                await call.reject(500)
+        finally:
+            if call.active:
+                await call.hangup(cause=16)
+            if not call.active:
+                self._finish(call)
+
+    def _finish(self, call: Call) -> None:
+        """The call and its handler are both done: write its log, forget it (once)."""
+        if call.finished:
+            return
+        call.finished = True
+        self.calls.pop(call.call_id + call.session.local_tag, None)
+        for hook in self.hooks:
+            hook.on_call_ended(call)
+
+    def _reap(self, call: Call) -> None:
+        # A handler still running 5 s after its call ended is cancelled; its log follows.
+        if call.task is not None and not call.task.done():
+            log.warning("handler still running 5 s after hangup: cancelled")
+            call.task.cancel()
+
+    def on_call_confirmed(self, session: InviteSession, now: float) -> None:
+        call = session.context
+        if isinstance(call, Call):
+            call._on_confirmed()
+
+    def on_call_ended(self, session: InviteSession, reason: str, cause: int, now: float) -> None:
+        call = session.context
+        if not isinstance(call, Call):
+            return
+        call._on_ended(reason, cause)
+        result = "answered" if call.answered else reason
+        self.results[result] = self.results.get(result, 0) + 1
+        if call.media is not None:
+            media = call.media
+            call.quality = media.quality()
+            assert self._loop is not None
+            self._loop.create_task(media.stop(reason))
+        if call.task is None or call.task.done():
+            self._finish(call)
+        else:
+            assert self._loop is not None
+            self._loop.call_later(5.0, self._reap, call)
+
+    def call_answered(self, call: Call) -> None:
+        for hook in self.hooks:
+            hook.on_call_answered(call)
+
+    def on_reoffer(self, session: InviteSession, sdp: bytes) -> bytes | None:
+        call = session.context
+        if isinstance(call, Call):
+            return call.reoffer(sdp)
+        return None
+
+    def on_info(self, session: InviteSession, request: Request) -> None:
+        call = session.context
+        if isinstance(call, Call):
+            call._on_info(request)
+
+    def on_progress(self, session: InviteSession, response: Response, now: float) -> None:
+        call = session.context
+        if isinstance(call, Call):
+            call._on_progress(response)
+
+    def on_answered(self, session: InviteSession, response: Response, now: float) -> None:
+        fut = self._outbound.pop(session.call_id + session.local_tag, None)
+        if fut is not None and not fut.done():
+            fut.set_result(response)
+
+    def on_failed(
+        self, session: InviteSession, status: int, response: Response | None, now: float
+    ) -> None:
+        fut = self._outbound.pop(session.call_id + session.local_tag, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(SipError(status, response.reason if response else "Request Timeout"))
+
+    def on_register(self, request: Request, now: float) -> Response | None:
+        if self.register_handler is None:
+            return None
+        return self.register_handler(request, now)
+
+    # ---------------------------------------------------------------- media
+    def media_address(self, local_host: str) -> str:
+        """The address we put in SDP: the SIP listening address (never a wildcard)."""
+        if local_host in ("0.0.0.0", "::", ""):
+            return "127.0.0.1"
+        return local_host
+
+    async def open_media(self, call: Call, negotiated: Any) -> int:
+        """Open the call's RTP session; returns its port for the SDP.
+
+        With media disabled (signalling-only benchmarks) the SDP names the discard
+        port 9 and no socket is opened."""
+        mm = self.media_manager
+        if mm is None:
+            return 9
+        if call.media is None:
+            host = self.media_address(call.session.local_addr[0])
+
+            def on_timeout(call: Call = call) -> None:
+                log.info("RTP timeout, hanging up %s", call.call_id)
+                if self._loop is not None:
+                    self._loop.create_task(call.hangup(cause=102))
+
+            call.media = await mm.open(host, negotiated, on_timeout=on_timeout)
+        return int(call.media.rtp_port)
+
+    def storage_path(self, tenant: str, key: str) -> Path:
+        assert self.media_manager is not None
+        kind, _, rest = key.partition("/")
+        return Path(self.media_manager.storage.path(tenant, kind, rest))
+
+    async def transfer(
+        self, call: Call, targets: Sequence[str], *, strategy: str, timeout: float
+    ) -> TransferResult:
+        if self.transfer_handler is None:
+            return TransferResult(answered=False, status=480, cause=18, target=None)
+        return await self.transfer_handler(call, targets, strategy=strategy, timeout=timeout)
+
+    # ------------------------------------------------------------- outbound
+    async def originate(
+        self,
+        target: str,
+        *,
+        dest: tuple[str, int] | None = None,
+        from_uri: str | None = None,
+        from_display: str | None = None,
+        transport: str = "UDP",
+        headers: list[tuple[str, str]] | None = None,
+        credentials: tuple[str, str] | None = None,
+        timeout: float = 60.0,
+        sdp: bytes | None = None,
+    ) -> Call:
+        """Place a call to ``target`` (a SIP URI); returns the answered :class:`Call`.
+
+        Raises :class:`SipError` with the final status when it is not answered. ``dest``
+        defaults to the URI's host and port (an IP address).
+        """
+        from .sip.uri import parse_uri
+
+        assert self.transports is not None
+        uri = parse_uri(target, where="target")
+        if dest is None:
+            dest = (uri.host.strip("[]"), uri.port or 5060)
+        local = self.transports.local_for(transport, dest[0])
+        session = self.ua.invite(
+            uri,
+            self.now(),
+            dest=dest,
+            local=local,
+            sdp=b"",
+            from_uri=from_uri or f"sip:callengine@{local[0]}",
+            from_display=from_display,
+            transport=transport,
+            headers=headers,
+            credentials=credentials,
+            defer=True,
+        )
+        call = Call(self, session, direction="outbound")
+        session.context = call
+        key = session.call_id + session.local_tag
+        self.calls[key] = call
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._outbound[key] = fut
+        offer = sdp if sdp is not None else await call._make_offer()
+        self.ua.send_invite(session, offer, self.now())
+        self.flush()
+        try:
+            response = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            await call.hangup(cause=102)
+            raise SipError(408, "no answer") from None
+        except SipError:
+            self.calls.pop(key, None)
+            raise
+        call._outbound_answered(response)
+        return call
+
+
+async def _answer_until_hangup(call: Call) -> None:
+    """The default for a number nothing else routes: answer and stay up until hangup."""
+    await call.answer()
+    await call.wait_hangup()

@@ -1,0 +1,165 @@
+"""Prometheus metrics for a node, read at scrape time from plain counters.
+
+The hot path only increments ints in dicts (``UserAgent.counters``, ``Engine.results``);
+this collector turns them into metric families when Prometheus scrapes, so no metric
+library call sits on the per-message path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["EngineCollector", "LoopLagMonitor", "serve_metrics"]
+
+
+class LoopLagMonitor:
+    """Measures event-loop lag: how late a 100 ms sleep wakes up."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.last = 0.0
+        self.max = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.interval)
+            lag = max(0.0, loop.time() - t0 - self.interval)
+            self.last = lag
+            self.max = max(self.max, lag)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class EngineCollector(Collector):
+    """Exports the engine's counters (and whatever extra collectors add)."""
+
+    def __init__(self, engine: Engine, lag: LoopLagMonitor | None = None) -> None:
+        self.engine = engine
+        self.lag = lag
+        self.started = time.time()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        engine = self.engine
+        ua = engine._ua
+        g = GaugeMetricFamily("callengine_active_calls", "Calls in progress")
+        g.add_metric([], len(engine.calls))
+        yield g
+        c = CounterMetricFamily("callengine_calls", "Ended calls by result", labels=["result"])
+        for result, n in sorted(engine.results.items()):
+            c.add_metric([result], n)
+        yield c
+        if ua is not None:
+            counters = ua.counters
+            m = CounterMetricFamily(
+                "callengine_sip_requests_in", "SIP requests received", labels=["method"]
+            )
+            for k, n in sorted(counters.requests_in.items()):
+                m.add_metric([k], n)
+            yield m
+            m = CounterMetricFamily(
+                "callengine_sip_requests_out", "SIP requests sent", labels=["method"]
+            )
+            for k, n in sorted(counters.requests_out.items()):
+                m.add_metric([k], n)
+            yield m
+            m = CounterMetricFamily(
+                "callengine_sip_responses_in", "SIP responses received", labels=["status"]
+            )
+            for s, n in sorted(counters.responses_in.items()):
+                m.add_metric([str(s)], n)
+            yield m
+            m = CounterMetricFamily(
+                "callengine_sip_responses_out", "SIP responses sent", labels=["status"]
+            )
+            for s, n in sorted(counters.responses_out.items()):
+                m.add_metric([str(s)], n)
+            yield m
+            e = CounterMetricFamily(
+                "callengine_sip_parse_errors", "Malformed SIP messages (answered or dropped)"
+            )
+            e.add_metric([], counters.parse_errors)
+            yield e
+            d = CounterMetricFamily("callengine_sip_dropped", "Messages dropped", labels=["kind"])
+            d.add_metric(["response"], counters.dropped_responses)
+            d.add_metric(["ack"], counters.dropped_acks)
+            yield d
+            o = CounterMetricFamily(
+                "callengine_overload_rejected", "INVITEs refused with 503 (limits, draining)"
+            )
+            o.add_metric([], counters.rejected_overload)
+            yield o
+            t = CounterMetricFamily(
+                "callengine_sip_transaction_timeouts", "Transactions that timed out (Timer B/F/H)"
+            )
+            t.add_metric([], ua.transactions.timeouts)
+            yield t
+            r = CounterMetricFamily(
+                "callengine_sip_retransmissions", "Retransmissions", labels=["direction"]
+            )
+            r.add_metric(["in"], ua.transactions.retransmissions_in)
+            r.add_metric(["out"], ua.transactions.retransmissions_out)
+            yield r
+        if engine.transports is not None:
+            f = CounterMetricFamily(
+                "callengine_transport_errors", "Transport errors", labels=["kind"]
+            )
+            f.add_metric(["send"], engine.transports.send_errors)
+            f.add_metric(["framing"], engine.transports.framing_errors)
+            yield f
+        if self.lag is not None:
+            lag = GaugeMetricFamily(
+                "callengine_event_loop_lag_seconds", "Event-loop lag (last, max)", labels=["stat"]
+            )
+            lag.add_metric(["last"], self.lag.last)
+            lag.add_metric(["max"], self.lag.max)
+            yield lag
+        mm = engine.media_manager
+        if mm is not None:
+            clock = mm.clock
+            h = HistogramMetricFamily(
+                "callengine_media_tick_lateness_ms", "Lateness of the 20 ms media clock ticks"
+            )
+            buckets = []
+            acc = 0
+            for bound, count in zip(clock.lateness_buckets_ms, clock.lateness_counts, strict=False):
+                acc += count
+                buckets.append((str(bound), acc))
+            buckets.append(("+Inf", acc + clock.lateness_counts[-1]))
+            h.add_metric([], buckets, clock.lateness_sum)
+            yield h
+            streams = GaugeMetricFamily("callengine_media_streams", "Active RTP streams")
+            streams.add_metric([], len(clock))
+            yield streams
+
+
+def serve_metrics(
+    engine: Engine,
+    host: str,
+    port: int,
+    *,
+    lag: LoopLagMonitor | None = None,
+    registry: CollectorRegistry | None = None,
+) -> CollectorRegistry:
+    """Start the /metrics HTTP endpoint (prometheus-client's own server thread)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    registry.register(EngineCollector(engine, lag))
+    start_http_server(port, addr=host, registry=registry)
+    return registry

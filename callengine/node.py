@@ -1,0 +1,292 @@
+"""A call-server node: the Engine plus the configuration cache, call logs, registrar,
+IVR routing and metrics. ``callengine serve`` runs one of these in the foreground.
+
+Start-up order (so that nothing is lost): open the LevelDB store -> close the call logs
+a previous process left open as interrupted -> first poll of the master (offline is not
+an error) -> demo tenant or refusal on an empty cache -> History DB shipper -> SIP
+listeners. Shutdown runs it backwards after draining calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from config_cache import (
+    CacheMetrics,
+    CacheSettings,
+    ConfigError,
+    HistoryShipper,
+    LocalStore,
+    MasterFollower,
+    MongoHistory,
+    MongoMaster,
+    open_store,
+)
+from config_cache.shipper import Backoff
+
+from .call import Call
+from .calllogs import CallLogHook, CallLogWriter
+from .config import EngineConfig
+from .engine import Engine, Handler
+from .sip.auth import DigestServer
+from .sip.message import Request, Response
+from .sip.registrar import Binding as RegBinding
+from .sip.registrar import Registrar, UserRecord
+
+log = logging.getLogger("callengine.node")
+
+__all__ = ["Node", "PersistentBindings"]
+
+
+class PersistentBindings:
+    """The registrar's binding store on the node's LevelDB (survives restarts)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._cache: dict[str, list[RegBinding]] = {}
+
+    def get(self, aor: str) -> list[RegBinding]:
+        cached = self._cache.get(aor)
+        if cached is None:
+            cached = []
+            for record in self._store.get_aor(aor):
+                try:
+                    cached.append(RegBinding.from_dict(record))
+                except (KeyError, TypeError, ValueError):
+                    log.error("bad stored binding for %s ignored", aor)
+            self._cache[aor] = cached
+        return list(cached)
+
+    def put(self, aor: str, bindings: list[RegBinding]) -> None:
+        self._cache[aor] = list(bindings)
+        self._store.put_aor(aor, [b.to_dict() for b in bindings])
+
+
+class Node:
+    """Everything one ``callengine serve`` process runs."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        data = dict(config.config_cache)
+        data.update(
+            data_dir=str(Path(config.data_dir) / "leveldb"),
+            on_empty=config.on_empty,
+            master_url=config.master_url,
+            history_url=config.history_url,
+        )
+        self.settings = CacheSettings.from_mapping(data, source=config.source)
+        self.engine = Engine(config)
+        self.store: LocalStore | None = None
+        self.follower: MasterFollower | None = None
+        self.shipper: HistoryShipper | None = None
+        self.writer: CallLogWriter | None = None
+        self.registry = CollectorRegistry()
+        self.cache_metrics = CacheMetrics(registry=self.registry)
+        self._registrars: dict[str, Registrar] = {}
+        self._secret = secrets.token_bytes(32)
+        self.python_actions: dict[str, Callable[..., Awaitable[str | None]]] = {}
+        self.recovered: list[str] = []
+
+    # ----------------------------------------------------------------- start
+    async def start(self) -> None:
+        cfg = self.config
+        settings = self.settings
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = open_store(
+            settings.data_dir,
+            default_tenant=settings.default_tenant,
+            metrics=self.cache_metrics,
+            shipped_keep=settings.shipped_keep,
+        )
+        self.recovered = self.store.outbox.recover_interrupted(time.time())
+        if self.recovered:
+            log.warning(
+                "closed %d call logs left open by the previous run as interrupted",
+                len(self.recovered),
+            )
+        if settings.master_url:
+            self.follower = MasterFollower(
+                self.store.config,
+                MongoMaster(
+                    settings.master_url,
+                    database=settings.master_database,
+                    timeout=settings.timeout,
+                    read_preference=settings.read_preference,
+                ),
+                poll_interval=settings.poll_interval,
+                use_change_stream=settings.use_change_stream,
+                prune_missing=settings.prune_missing,
+                metrics=self.cache_metrics,
+            )
+            await self.follower.start()
+        self.store.config.ensure_not_empty(settings.on_empty)  # type: ignore[arg-type]
+        if settings.history_url:
+            self.shipper = HistoryShipper(
+                self.store.outbox,
+                MongoHistory(
+                    settings.history_url,
+                    database=settings.history_database,
+                    timeout=settings.timeout,
+                    write_concern=settings.write_concern,
+                    tenant_regions=dict(settings.tenant_regions),
+                    default_region=settings.region,
+                ),
+                batch_size=settings.batch_size,
+                interval=settings.ship_interval,
+                backoff=Backoff(maximum=settings.backoff_max),
+                metrics=self.cache_metrics,
+            )
+            await self.shipper.start()
+        self.writer = CallLogWriter(self.store.outbox, on_written=self._on_logs_written)
+        self.writer.start()
+        engine = self.engine
+        engine.hooks.append(CallLogHook(self.writer, node_id=cfg.node_id))
+        engine.hooks.append(self)
+        engine.router = self.route
+        engine.register_handler = self.on_register
+        await engine.start()
+
+    def _on_logs_written(self) -> None:
+        if self.shipper is not None:
+            self.shipper.notify()
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.engine.stop(grace)
+        hook_pending = [h for h in self.engine.hooks if isinstance(h, CallLogHook)]
+        for hook in hook_pending:
+            if hook.pending:
+                await asyncio.wait(list(hook.pending), timeout=10)
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.stop)
+        if self.shipper is not None:
+            await self.shipper.stop()
+        if self.follower is not None:
+            await self.follower.stop()
+        if self.store is not None:
+            self.store.close()
+
+    # ----------------------------------------------------------- engine hooks
+    def on_call_started(self, call: Call) -> None:
+        return None
+
+    def on_call_answered(self, call: Call) -> None:
+        return None
+
+    def on_call_ended(self, call: Call) -> None:
+        return None
+
+    # ----------------------------------------------------------------- routing
+    def route(self, call: Call) -> Handler | None:
+        """Number -> tenant -> route (IVR flow, user, group, voicemail)."""
+        assert self.store is not None
+        match = self.store.config.lookup(call.callee)
+        if match is None:
+            return None
+        tenant = match.tenant
+        call.tenant = tenant.id
+        call.did = match.did
+        route = match.route
+        if route.kind == "ivr":
+            flow = tenant.compiled_flows.get(route.target)
+            if flow is None:
+                return None
+            return self._ivr_handler(flow)
+        if route.kind in ("user", "group"):
+            targets = [f"{route.kind}:{route.target}"]
+
+            async def ring(call: Call) -> None:
+                result = await call.transfer(targets, timeout=30.0)
+                if not result.answered and call.active and not call.answered:
+                    await call.reject(result.status or 480)
+
+            return ring
+        if route.kind == "voicemail":
+            box = route.target
+
+            async def voicemail(call: Call) -> None:
+                await call.answer()
+                await call.play(["voicemail_greeting"], barge_in=False)
+                await call.record(
+                    f"voicemail/{box}/{call.call_id}.wav", max_seconds=120, silence_timeout=5
+                )
+
+            return voicemail
+        return None
+
+    def _ivr_handler(self, flow: Any) -> Handler:
+        from ivr import run_flow
+
+        actions = self.python_actions
+
+        async def run(call: Call) -> None:
+            await call.answer()
+            runner = asyncio.ensure_future(run_flow(call, flow, actions=actions))
+            ended = asyncio.ensure_future(call.wait_hangup())
+            done, _ = await asyncio.wait({runner, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if runner not in done:
+                runner.cancel()
+                try:
+                    await runner
+                except (asyncio.CancelledError, Exception):
+                    pass
+            else:
+                ended.cancel()
+                exc = runner.exception()
+                if exc is not None:
+                    log.error("IVR flow failed: %r", exc)
+
+        return run
+
+    # --------------------------------------------------------------- registrar
+    def on_register(self, request: Request, now: float) -> Response | None:
+        assert self.store is not None
+        domain = request.to.uri.host if request.to is not None else ""
+        tenant = None
+        for t in self.store.config.snapshot.tenants.values():
+            if t.realm == domain or t.id == domain:
+                tenant = t
+                break
+        realm = tenant.realm if tenant is not None else domain
+        registrar = self._registrars.get(realm)
+        if registrar is None:
+            store = PersistentBindings(self.store.bindings)
+
+            def lookup_user(domain: str, user: str) -> UserRecord | None:
+                snap = self.store.config.snapshot  # type: ignore[union-attr]
+                for t in snap.tenants.values():
+                    if t.realm == domain or t.id == domain:
+                        u = t.users.get(user)
+                        return UserRecord(password=u.password, tenant=t.id) if u else None
+                return None
+
+            registrar = Registrar(
+                lookup_user=lookup_user,
+                store=store,
+                auth=DigestServer(realm or "callengine", self._secret),
+            )
+            self._registrars[realm] = registrar
+        return registrar.handle(request, time.time())
+
+    def contacts_of(self, tenant: str, user: str) -> list[RegBinding]:
+        """Registered phones of a user (for ringing)."""
+        assert self.store is not None
+        t = self.store.config.tenant(tenant)
+        if t is None:
+            return []
+        registrar = self._registrars.get(t.realm)
+        if registrar is None:
+            store = PersistentBindings(self.store.bindings)
+            return [b for b in store.get(f"{user}@{t.realm}") if b.expires_at > time.time()]
+        return registrar.bindings_for(f"{user}@{t.realm}", time.time())
+
+
+def config_error_line(exc: ConfigError) -> str:
+    return f"callengine: configuration error: {exc}"

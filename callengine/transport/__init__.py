@@ -1,0 +1,224 @@
+"""SIP transports over asyncio: UDP, TCP and TLS, IPv4 and IPv6 (the only SIP socket code).
+
+A :class:`TransportSet` owns every listening socket and connection of one worker and
+gives the sans-IO core two things: ``deliver(data, source, transport, local)`` calls for
+what arrives, and a ``send(data, dest, transport)`` function for what leaves. Stream
+messages are framed by Content-Length (:class:`~callengine.sip.message.StreamFramer`);
+a connection whose framing breaks is closed (RFC 3261 §18.3). Responses over TCP go back
+on the connection the request came in on (RFC 3261 §18.2.2): connections are keyed by
+the peer's address, so sending to the request's source finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..sip.errors import RemoteProtocolError
+from ..sip.message import StreamFramer
+
+log = logging.getLogger("callengine.transport")
+
+Address = tuple[str, int]
+Deliver = Callable[[bytes, Address, str, Address], None]
+
+__all__ = ["ListenSpec", "TransportSet", "parse_listen"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSpec:
+    host: str
+    port: int
+    transport: str  # UDP, TCP or TLS
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[v6]:PORT`` -> (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"bad listen address {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def _norm(addr: tuple[object, ...]) -> Address:
+    return (str(addr[0]), int(addr[1]))  # type: ignore[call-overload]
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, owner: TransportSet, local: Address) -> None:
+        self.owner = owner
+        self.local = local
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.owner.deliver(data, (addr[0], addr[1]), "UDP", self.local)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable etc. on a connected-less socket: counted, not fatal
+        self.owner.send_errors += 1
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, owner: TransportSet, name: str, local: Address | None = None) -> None:
+        self.owner = owner
+        self.name = name
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Address = ("", 0)
+        self.local: Address = local or ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = _norm(transport.get_extra_info("peername"))
+        self.local = _norm(transport.get_extra_info("sockname"))
+        self.owner.connections[(self.name, self.peer)] = self
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.framer.feed(data)
+        except RemoteProtocolError as exc:
+            self.owner.framing_errors += 1
+            log.info("closing %s connection from %s: %s", self.name, self.peer, exc.reason)
+            if self.transport:
+                self.transport.close()
+            return
+        for msg in messages:
+            self.owner.deliver(msg, self.peer, self.name, self.local)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.owner.connections.get((self.name, self.peer)) is self:
+            del self.owner.connections[(self.name, self.peer)]
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class TransportSet:
+    """Every SIP socket of one worker."""
+
+    def __init__(self, deliver: Deliver, *, tls_context: ssl.SSLContext | None = None) -> None:
+        self.deliver = deliver
+        self.tls_context = tls_context
+        self.udp: list[_Udp] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self.connections: dict[tuple[str, Address], _Stream] = {}
+        self._pending: dict[tuple[str, Address], list[bytes]] = {}
+        self.send_errors = 0
+        self.framing_errors = 0
+        self.bound: list[ListenSpec] = []
+        self.on_send_error: Callable[[Address, str], None] | None = None
+
+    async def listen(
+        self, host: str, port: int, transports: tuple[str, ...] = ("UDP", "TCP")
+    ) -> None:
+        """Open the given transports on host:port. Raises OSError (port in use...)."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for name in transports:
+            if name == "UDP":
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * 1024 * 1024)
+                    sock.bind((host, port))
+                except OSError:
+                    sock.close()
+                    raise
+                local = _norm(sock.getsockname())
+                proto = _Udp(self, local)
+                await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)  # type: ignore[misc]
+                self.udp.append(proto)
+                self.bound.append(ListenSpec(local[0], local[1], "UDP"))
+                port = local[1]
+            else:
+                ctx = self.tls_context if name == "TLS" else None
+                if name == "TLS" and ctx is None:
+                    raise ValueError("TLS listen needs a certificate and key")
+                server = await loop.create_server(
+                    lambda n=name: _Stream(self, n), host, port, ssl=ctx, reuse_address=True
+                )
+                self.servers.append(server)
+                sockname = _norm(server.sockets[0].getsockname())
+                self.bound.append(ListenSpec(sockname[0], sockname[1], name))
+                port = sockname[1]
+
+    def local_for(self, transport: str, family_host: str = "") -> Address:
+        want_v6 = ":" in family_host
+        for spec in self.bound:
+            if spec.transport == transport and ((":" in spec.host) == want_v6 or not family_host):
+                return (spec.host, spec.port)
+        for spec in self.bound:
+            if spec.transport == "UDP":
+                return (spec.host, spec.port)
+        raise RuntimeError("no listening address")
+
+    def send(self, data: bytes, dest: Address, transport: str) -> None:
+        """Send one message (non-blocking). Stream connections are opened on demand."""
+        if transport == "UDP":
+            want_v6 = ":" in dest[0]
+            for proto in self.udp:
+                if (":" in proto.local[0]) == want_v6 and proto.transport is not None:
+                    try:
+                        proto.transport.sendto(data, dest)
+                    except OSError:
+                        self.send_errors += 1
+                    return
+            self.send_errors += 1
+            return
+        key = (transport, dest)
+        conn = self.connections.get(key)
+        if conn is not None:
+            conn.write(data)
+            return
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.append(data)
+            return
+        self._pending[key] = [data]
+        asyncio.get_running_loop().create_task(self._connect(transport, dest))
+
+    async def _connect(self, transport: str, dest: Address) -> None:
+        loop = asyncio.get_running_loop()
+        key = (transport, dest)
+        try:
+            ctx: ssl.SSLContext | None = None
+            if transport == "TLS":
+                ctx = ssl.create_default_context()
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _Stream(self, transport), dest[0], dest[1], ssl=ctx),
+                timeout=5.0,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            log.info("cannot connect %s to %s: %s", transport, dest, exc)
+            self._pending.pop(key, None)
+            self.send_errors += 1
+            if self.on_send_error is not None:
+                self.on_send_error(dest, transport)
+            return
+        for data in self._pending.pop(key, []):
+            proto.write(data)
+
+    async def close(self) -> None:
+        for proto in self.udp:
+            if proto.transport is not None:
+                proto.transport.close()
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        for server in self.servers:
+            await server.wait_closed()
