@@ -1,0 +1,161 @@
+"""Helpers for tests against real programs: `callengine serve`, SIPp, ports on loopback.
+
+Every external program is started by the test itself and stopped at the end; nothing
+is assumed to be running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SIPP = shutil.which("sipp") or "/usr/bin/sipp"
+CALLENGINE = str(Path(sys.executable).with_name("callengine"))
+
+
+def free_port(kind: int = socket.SOCK_DGRAM, *, both: bool = True) -> int:
+    """A port free for UDP and TCP on 127.0.0.1 (both, since `--listen` opens both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not both:
+            return int(port)
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, other) as s2:
+            try:
+                s2.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return int(port)
+    raise RuntimeError("no free port")
+
+
+def wait_udp_sip(port: int, timeout: float = 15.0) -> None:
+    """Wait until a SIP node answers OPTIONS on 127.0.0.1:port (UDP)."""
+    deadline = time.monotonic() + timeout
+    msg = (
+        "OPTIONS sip:ping@127.0.0.1:{p} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bK-ping{n};rport\r\n"
+        "From: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:ping@127.0.0.1>\r\n"
+        "Call-ID: ping{n}@test\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    n = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.3)
+        lp = s.getsockname()[1]
+        while time.monotonic() < deadline:
+            n += 1
+            s.sendto(msg.format(p=port, lp=lp, n=n).encode(), ("127.0.0.1", port))
+            try:
+                data = s.recv(65535)
+            except OSError:
+                continue
+            if data.startswith(b"SIP/2.0 200"):
+                return
+    raise TimeoutError(f"no SIP node on 127.0.0.1:{port}")
+
+
+@dataclass
+class Daemon:
+    """A running `callengine serve` process."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+    metrics_port: int | None = None
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def start_daemon(
+    tmp: Path,
+    *extra: str,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    metrics: bool = False,
+    wait: bool = True,
+    env: dict[str, str] | None = None,
+) -> Daemon:
+    port = port or free_port()
+    data_dir = data_dir or (tmp / "data")
+    log_path = tmp / f"serve-{port}-{int(time.monotonic() * 1000)}.log"
+    args = [CALLENGINE, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+    metrics_port = None
+    if metrics:
+        metrics_port = free_port(socket.SOCK_STREAM, both=False)
+        args += ["--metrics", f"127.0.0.1:{metrics_port}"]
+    else:
+        args.append("--no-metrics")
+    args += list(extra)
+    with open(log_path, "wb") as logf:
+        proc = subprocess.Popen(
+            args, stdout=logf, stderr=subprocess.STDOUT, cwd=tmp, env={**os.environ, **(env or {})}
+        )
+    daemon = Daemon(proc, port, data_dir, log_path, metrics_port, args)
+    if wait:
+        try:
+            wait_udp_sip(port)
+        except TimeoutError:
+            daemon.stop(signal.SIGKILL)
+            raise AssertionError(f"daemon did not start:\n{daemon.log()}") from None
+    return daemon
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    stats: dict[str, str]
+    stdout: str
+    stderr: str
+
+
+def run_sipp(
+    args: list[str],
+    *,
+    cwd: Path,
+    timeout: float = 120.0,
+) -> SippResult:
+    """Run SIPp in the background mode-free way (-nostdin) and read its final CSV stats."""
+    stat_file = cwd / f"sipp-stats-{int(time.monotonic() * 1e6)}.csv"
+    cmd = [SIPP, *args, "-nostdin", "-trace_stat", "-stf", str(stat_file), "-fd", "3600"]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=timeout, check=False)
+    stats: dict[str, str] = {}
+    if stat_file.exists():
+        lines = [ln for ln in stat_file.read_text().splitlines() if ln.strip()]
+        if len(lines) >= 2:
+            header = lines[0].rstrip(";").split(";")
+            last = lines[-1].rstrip(";").split(";")
+            stats = dict(zip(header, last, strict=False))
+    return SippResult(
+        proc.returncode,
+        stats,
+        proc.stdout.decode(errors="replace"),
+        proc.stderr.decode(errors="replace"),
+    )
