@@ -1,1 +1,18 @@
-"""callengine."""
+"""callengine: a SIP/RTP call engine (Engine and Call API, daemon, metrics)."""
+
+from __future__ import annotations
+
+from .call import Call, CallEvent, RecordResult, SipError, TransferResult
+from .config import EngineConfig, load_config
+from .engine import Engine
+
+__all__ = [
+    "Call",
+    "CallEvent",
+    "Engine",
+    "EngineConfig",
+    "RecordResult",
+    "SipError",
+    "TransferResult",
+    "load_config",
+]

@@ -194,6 +194,9 @@ class RtpSession:
         self._rx_codec: Codec | None = None
         self._inband = InbandDtmfDetector(stream.codec.sample_rate) if inband_dtmf else None
         self.timed_out = asyncio.Event()
+        #: Called with each received audio payload (before recording): a B2BUA's
+        #: media relay hooks here.
+        self.on_audio: Callable[[bytes], None] | None = None
         self._closed = False
         rtp_protocol = rtp_transport.get_protocol()
         rtcp_protocol = rtcp_transport.get_protocol()
@@ -416,6 +419,8 @@ class RtpSession:
         if result is None:
             return
         if isinstance(result, RtpPacket):
+            if self.on_audio is not None:
+                self.on_audio(result.payload)
             if self._jitter is not None:
                 self._jitter.push(result.timestamp, result.payload, now)
             if self._inband is not None:
