@@ -132,7 +132,7 @@ LIST_HEADERS = frozenset(
 )
 
 # Headers that may appear at most once (RFC 3261 §7.3.1 / Table 2); more than one is a 400.
-SINGLE_HEADERS = frozenset({"call-id", "cseq", "from", "to", "max-forwards", "content-length"})
+SINGLE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards", "content-length")
 
 
 def split_commas(value: str) -> list[str]:

@@ -6,6 +6,7 @@ or raises :class:`RemoteProtocolError` with a reason that names the header.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ._abnf import TOKEN_RE, quote, split_commas, unquote
@@ -89,12 +90,40 @@ class NameAddr:
         return f"{head}<{self.uri}>{format_params(self.params)}"
 
 
+# ``"Display" <uri>;params`` and ``Display <uri>;params``, the shapes nearly every
+# peer sends, in one linear match; the addr-spec form and oddities take the long path.
+_FAST_NAME_ADDR = re.compile(r'[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^"<]*))<([^<>]*)>(.*)\Z', re.S)
+
+
 def parse_name_addr(value: str, *, where: str) -> NameAddr:
     """Parse a From/To/Contact/Route element. Raises 400 naming ``where``."""
+    m = _FAST_NAME_ADDR.match(value)
+    if m is not None:
+        quoted, bare, uri_text, after = m.groups()
+        if quoted is not None:
+            display: str | None = unquote(f'"{quoted}"') if "\\" in quoted else quoted
+        else:
+            words = bare.split()
+            for word in words:
+                if not TOKEN_RE.match(word):
+                    raise RemoteProtocolError(f"Bad Request - unquoted display name in {where}")
+            display = " ".join(words) or None
+        uri = parse_uri(uri_text, where=where)
+        after = after.strip()
+        params: dict[str, str | None] = {}
+        if after:
+            if after[0] != ";":
+                raise RemoteProtocolError(f"Bad Request - junk after > in {where}")
+            params = parse_header_params(after[1:], where=where)
+        return NameAddr(uri=uri, display=display, params=params)
+    return _parse_name_addr_slow(value, where=where)
+
+
+def _parse_name_addr_slow(value: str, *, where: str) -> NameAddr:
     v = value.strip()
     if not v:
         raise RemoteProtocolError(f"Bad Request - empty {where}")
-    display: str | None = None
+    display = None
     if v[0] == '"':
         end = _quote_end(v, 0)
         if end < 0:
@@ -168,8 +197,23 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
 
 
+_FAST_VIA = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?(?:;([^\s\"]*))?\Z"
+)
+
+
 def parse_via(value: str) -> Via:
     """Parse one Via element. LWS around "/" is allowed (RFC 4475 §3.1.1.1)."""
+    m = _FAST_VIA.match(value)
+    if m is not None:
+        transport, host, port_text, ptext = m.groups()
+        port = int(port_text) if port_text is not None else None
+        if port is not None and not 0 < port < 65536:
+            raise RemoteProtocolError("Bad Request - bad port in Via")
+        params = parse_header_params(ptext, where="Via") if ptext is not None else {}
+        if params.get("branch") == BRANCH_COOKIE:
+            raise RemoteProtocolError("Bad Request - Via branch is only the magic cookie")
+        return Via(transport=transport.upper(), host=host.lower(), port=port, params=params)
     head, semi, ptext = value.partition(";")
     parts = head.split("/")
     if len(parts) != 3:

@@ -114,8 +114,8 @@ class Message:
         "headers",
         "body",
         "vias",
-        "from_",
-        "to",
+        "_from",
+        "_to",
         "call_id",
         "cseq",
         "cseq_method",
@@ -130,8 +130,8 @@ class Message:
         self.headers = headers if headers is not None else Headers()
         self.body = body
         self.vias: list[Via] = []
-        self.from_: NameAddr | None = None
-        self.to: NameAddr | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
         self.call_id = ""
         self.cseq = 0
         self.cseq_method = ""
@@ -152,12 +152,44 @@ class Message:
         return (self.vias[0].branch or "") if self.vias else ""
 
     @property
+    def from_(self) -> NameAddr | None:
+        """The parsed From (on first use; may raise :class:`RemoteProtocolError`)."""
+        if self._from is None:
+            values = self.headers._d.get("from")
+            if values:
+                self._from = parse_name_addr(values[0], where="From")
+        return self._from
+
+    @from_.setter
+    def from_(self, value: NameAddr | None) -> None:
+        self._from = value
+
+    @property
+    def to(self) -> NameAddr | None:
+        """The parsed To (on first use; may raise :class:`RemoteProtocolError`)."""
+        if self._to is None:
+            values = self.headers._d.get("to")
+            if values:
+                self._to = parse_name_addr(values[0], where="To")
+        return self._to
+
+    @to.setter
+    def to(self, value: NameAddr | None) -> None:
+        self._to = value
+
+    @property
     def from_tag(self) -> str | None:
-        return self.from_.tag if self.from_ else None
+        if self._from is not None:
+            return self._from.tag
+        values = self.headers._d.get("from")
+        return _tag_of(values[0], self, "from_") if values else None
 
     @property
     def to_tag(self) -> str | None:
-        return self.to.tag if self.to else None
+        if self._to is not None:
+            return self._to.tag
+        values = self.headers._d.get("to")
+        return _tag_of(values[0], self, "to") if values else None
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -201,42 +233,68 @@ class Message:
     def _fill_routing_fields(self) -> None:
         """Parse the headers every message needs (eager part of the parse)."""
         h = self.headers._d
-        for key in SINGLE_HEADERS:
-            values = h.get(key)
-            if values is not None and len(values) > 1 and key != "content-length":
-                raise RemoteProtocolError(f"Bad Request - more than one {CANONICAL[key]}")
-        vias = h.get("via")
+        get = h.get
+        vias = get("via")
         if not vias:
             raise RemoteProtocolError("Bad Request - missing Via")
-        out = []
-        for line in vias:
-            for element in split_commas(line):
-                if not element:
-                    raise RemoteProtocolError("Bad Request - empty Via element")
-                out.append(parse_via(element))
-        self.vias = out
-        missing = [n for n in ("call-id", "from", "to", "cseq") if n not in h]
-        if missing:
-            raise RemoteProtocolError(
-                "Bad Request - missing " + ", ".join(CANONICAL[n] for n in missing)
-            )
-        call_id = h["call-id"][0].strip()
-        if not CALLID_RE.match(call_id):
+        if len(vias) == 1 and "," not in vias[0]:
+            self.vias = [parse_via(vias[0])]
+        else:
+            out = []
+            for line in vias:
+                for element in split_commas(line):
+                    if not element:
+                        raise RemoteProtocolError("Bad Request - empty Via element")
+                    out.append(parse_via(element))
+            self.vias = out
+        call_id = get("call-id")
+        cseq = get("cseq")
+        from_ = get("from")
+        to = get("to")
+        if call_id is None or cseq is None or from_ is None or to is None:
+            missing = [CANONICAL[n] for n in ("call-id", "from", "to", "cseq") if n not in h]
+            raise RemoteProtocolError("Bad Request - missing " + ", ".join(missing))
+        mf = get("max-forwards")
+        if (
+            len(call_id) > 1
+            or len(cseq) > 1
+            or len(from_) > 1
+            or len(to) > 1
+            or (mf and len(mf) > 1)
+        ):
+            for key in SINGLE_HEADERS:
+                values = get(key)
+                if values is not None and len(values) > 1 and key != "content-length":
+                    raise RemoteProtocolError(f"Bad Request - more than one {CANONICAL[key]}")
+        cid = call_id[0]
+        if not CALLID_RE.match(cid):
             raise RemoteProtocolError("Bad Request - malformed Call-ID")
-        self.call_id = call_id
-        self.cseq, self.cseq_method = parse_cseq(h["cseq"][0])
-        self.from_ = parse_name_addr(h["from"][0], where="From")
-        self.to = parse_name_addr(h["to"][0], where="To")
-        mf = h.get("max-forwards")
+        self.call_id = cid
+        self.cseq, self.cseq_method = parse_cseq(cseq[0])
         if mf is not None:
-            text = mf[0].strip()
+            text = mf[0]
             if not text.isdigit() or int(text) > 255:
                 raise RemoteProtocolError("Bad Request - Max-Forwards out of range")
             self.max_forwards = int(text)
-        date = h.get("date")
-        if date is not None and not date[0].rstrip().endswith(" GMT"):
+        date = get("date")
+        if date is not None and not date[0].endswith(" GMT"):
             # RFC 3261 §20.17: SIP-date is always GMT (RFC 4475 §3.1.2.12).
             raise RemoteProtocolError("Bad Request - Date not in GMT")
+
+
+def _tag_of(value: str, msg: Message, attr: str) -> str | None:
+    """The tag parameter of a From/To value without a full parse when it has the
+    usual ``...>;tag=x`` shape; anything unusual goes through the full parser."""
+    gt = value.rfind(">")
+    i = value.find(";tag=", gt + 1)
+    if i < 0:
+        if "tag" in value.lower():
+            parsed = getattr(msg, attr)
+            return parsed.tag if parsed is not None else None
+        return None
+    end = value.find(";", i + 5)
+    tag = value[i + 5 : end] if end >= 0 else value[i + 5 :]
+    return tag.strip() or None
 
 
 class Request(Message):
@@ -305,6 +363,19 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     raise RemoteProtocolError("Bad Request - no end of headers")
 
 
+# Exact spellings seen on the wire -> canonical key (canonical, lower-case, compact).
+_KNOWN_NAMES: dict[str, str] = {}
+for _key, _display in CANONICAL.items():
+    _KNOWN_NAMES[_display] = _key
+    _KNOWN_NAMES[_key] = _key
+for _short, _key in COMPACT.items():
+    _KNOWN_NAMES[_short] = _key
+    _KNOWN_NAMES[_short.upper()] = _key
+_KNOWN_NAMES.update(
+    {"Call-Id": "call-id", "Cseq": "cseq", "CSEQ": "cseq", "Www-Authenticate": "www-authenticate"}
+)
+
+
 def _parse_headers(lines: list[str]) -> Headers:
     headers = Headers()
     d = headers._d
@@ -322,14 +393,16 @@ def _parse_headers(lines: list[str]) -> Headers:
         name, sep, value = line.partition(":")
         if not sep:
             raise RemoteProtocolError("Bad Request - header line without colon")
-        name = name.rstrip(" \t")
-        if not TOKEN_RE.match(name):
-            raise RemoteProtocolError("Bad Request - bad header name")
-        key = name.lower()
-        if len(key) == 1:
-            key = COMPACT.get(key, key)
-        elif key not in CANONICAL:
-            names.setdefault(key, name)
+        key = _KNOWN_NAMES.get(name)  # the usual spellings skip validation and lower()
+        if key is None:
+            name = name.rstrip(" \t")
+            if not TOKEN_RE.match(name):
+                raise RemoteProtocolError("Bad Request - bad header name")
+            key = name.lower()
+            if len(key) == 1:
+                key = COMPACT.get(key, key)
+            elif key not in CANONICAL:
+                names.setdefault(key, name)
         current = d.get(key)
         if current is None:
             current = d[key] = []
@@ -491,10 +564,10 @@ def make_response(
         values = src.get(key)
         if values:
             d[key] = list(values)
-    to = request.to
-    if to_tag and to is not None and to.tag is None and "to" in d:
+    to = request._to
+    if to_tag and "to" in d and request.to_tag is None:
         d["to"] = [d["to"][0] + ";tag=" + to_tag]
-        to = NameAddr(uri=to.uri, display=to.display, params={**to.params, "tag": to_tag})
+        to = None  # parsed again on demand, with its tag
     if status == 100 and "timestamp" in src:
         d["timestamp"] = list(src["timestamp"])  # RFC 3261 §8.2.6.1
     if headers:
@@ -504,8 +577,8 @@ def make_response(
         h.set("Content-Type", content_type)
     resp = Response(status, reason or REASONS.get(status, "Unknown"), h, body)
     resp.vias = request.vias
-    resp.from_ = request.from_
-    resp.to = to
+    resp._from = request._from
+    resp._to = to
     resp.call_id = request.call_id
     resp.cseq = request.cseq
     resp.cseq_method = request.cseq_method

@@ -7,6 +7,7 @@ out the parts a call server routes on: scheme, user, host, port, parameters and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ._abnf import HOST_RE, SCHEME_RE
@@ -132,12 +133,37 @@ def parse_host_port(text: str, *, where: str) -> tuple[str, int | None]:
     return host, port
 
 
+# The common shape of a SIP URI, matched in one pass (each group is a run of one
+# character class ending at a delimiter it excludes: no backtracking). Anything else
+# (user parts holding ";" or "?", passwords, odd hosts) takes the general path below.
+_FAST_SIP = re.compile(
+    r"(sips?):(?:([^@;?:\s<>\"]+)@)?([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
+    r"(?:;([^?\s<>\"]*))?\Z"
+)
+
+
 def parse_uri(text: str, *, where: str = "URI") -> URI:
     """Parse a URI. Raises :class:`RemoteProtocolError` (400) naming ``where``.
 
     Non-SIP schemes are accepted as opaque URIs (RFC 4475 §3.3.4): whether the scheme is
     acceptable is the caller's decision (416 for a Request-URI).
     """
+    m = _FAST_SIP.match(text)
+    if m is not None:
+        scheme, user, host, port_text, ptext = m.groups()
+        port = None
+        if port_text is not None:
+            port = int(port_text)
+            if not 0 < port < 65536:
+                raise RemoteProtocolError(f"Bad Request - bad port in {where}")
+        return URI(
+            scheme=scheme,
+            user=user,
+            host=host.lower(),
+            port=port,
+            params=parse_params(ptext, where=where) if ptext is not None else {},
+            raw=text,
+        )
     colon = text.find(":")
     if colon <= 0 or not SCHEME_RE.match(text[:colon]):
         raise RemoteProtocolError(f"Bad Request - no scheme in {where}")

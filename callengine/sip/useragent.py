@@ -376,6 +376,10 @@ class UserAgent:
         if method == "CANCEL":
             self._on_cancel(req, now)
             return
+        to_tag = req.to_tag
+        if not to_tag:
+            # a new request: From and To must parse (RFC 4475 §3.1.2.6, §3.1.2.14-15)
+            _ = req.from_, req.to
         # §8.2.1 method inspection
         if method not in ALLOWED:
             status = 405 if method in KNOWN_NOT_ALLOWED else 501
@@ -395,7 +399,6 @@ class UserAgent:
         if unsupported:
             self._reply(req, 420, now, headers=[("Unsupported", ", ".join(unsupported))])
             return
-        to_tag = req.to_tag
         if to_tag:
             self._in_dialog(req, now)
             return
@@ -857,6 +860,37 @@ class UserAgent:
         session.client_txn = txn
         self._count_out(req)
 
+    def send_options(
+        self,
+        target: URI | str,
+        now: float,
+        *,
+        dest: Address,
+        local: Address,
+        on_result: Callable[[Response | None, float], None],
+        transport: str = "UDP",
+    ) -> None:
+        """Send an out-of-dialog OPTIONS (RFC 3261 §11), e.g. a trunk health probe.
+
+        ``on_result`` gets the final response, or ``None`` when Timer F fired or the
+        transport failed (§17.1.4)."""
+        uri = parse_uri(target, where="target") if isinstance(target, str) else target
+        req = Request("OPTIONS", uri)
+        h = req.headers
+        h.set("Via", f"SIP/2.0/{transport} {_host_port(local)};branch={new_branch()};rport")
+        h.set("Max-Forwards", "70")
+        h.set("From", f"<sip:{self.user_agent.split('/')[0]}@{_host_port(local)}>;tag={new_tag()}")
+        h.set("To", f"<{uri}>")
+        h.set("Call-ID", f"{secrets.token_hex(12)}@{local[0]}")
+        h.set("CSeq", "1 OPTIONS")
+        h.set("Accept", SDP)
+        h.set("User-Agent", self.user_agent)
+        req = _reparse(req)
+        req.transport = transport
+        txn = self.transactions.start_client(req, dest, transport, now)
+        txn.context = ("options", on_result)
+        self._count_out(req)
+
     def cancel(self, session: InviteSession, now: float, cause: int = 16) -> None:
         """§9.1: CANCEL once a provisional response has arrived; before that, remember."""
         txn = session.client_txn
@@ -932,6 +966,8 @@ class UserAgent:
                     self._send(ack.to_bytes(), session.dialog.next_hop(), session.transport)
                     if resp.body:
                         self.app.on_reoffer(session, resp.body)
+        elif kind == "options" and resp.status >= 200:
+            session(resp, now)  # out-of-dialog OPTIONS: the caller's callback
         # BYE / INFO / CANCEL responses need no action
 
     def _on_invite_response(
@@ -1030,6 +1066,8 @@ class UserAgent:
             self.app.on_failed(session, 408, None, now)
         elif kind == "reinvite":
             session._reinvite_out = None
+        elif kind == "options":
+            session(None, now)
 
     def on_terminated(self, txn: ClientTransaction | ServerTransaction) -> None:
         if isinstance(txn, ServerTransaction) and txn.invite:
