@@ -110,7 +110,7 @@ def test_tls_options_and_call(tmp_path: Path) -> None:
             assert ("TLS", "127.0.0.1", tls_port) in engine.bound
             ctx = ssl.create_default_context(cafile=str(cert))
             reader, writer = await asyncio.open_connection("127.0.0.1", tls_port, ssl=ctx)
-            local = "127.0.0.1:%d" % writer.get_extra_info("sockname")[1]
+            local = f"127.0.0.1:{writer.get_extra_info('sockname')[1]}"
             writer.write(_request("OPTIONS", "TLS", "127.0.0.1", tls_port, local))
             options = await _read_response(reader)
             writer.write(_request("INVITE", "TLS", "127.0.0.1", tls_port, local, cseq=2, body=SDP))
@@ -159,14 +159,14 @@ def test_ipv6_udp_and_tcp(tmp_path: Path) -> None:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             sock.bind(("::1", 0))
             sock.setblocking(False)
-            local = "[::1]:%d" % sock.getsockname()[1]
+            local = f"[::1]:{sock.getsockname()[1]}"
             await loop.sock_sendto(
                 sock, _request("OPTIONS", "UDP", "[::1]", port, local), ("::1", port)
             )
             udp = await asyncio.wait_for(loop.sock_recv(sock, 65535), 5)
             sock.close()
             reader, writer = await asyncio.open_connection("::1", port)
-            local = "[::1]:%d" % writer.get_extra_info("sockname")[1]
+            local = f"[::1]:{writer.get_extra_info('sockname')[1]}"
             writer.write(_request("OPTIONS", "TCP", "[::1]", port, local, cseq=2))
             tcp = await _read_response(reader)
             writer.close()
