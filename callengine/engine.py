@@ -241,6 +241,7 @@ class Engine:
     # ------------------------------------------------ the user agent's events
     def on_incoming_call(self, session: InviteSession, now: float) -> None:
         call = Call(self, session, direction="inbound")
+        log.debug("INVITE %s -> %s from %s", call.caller, call.callee, call.source, extra={"call_id": call.call_id})
         session.context = call
         self.calls[call.call_id + session.local_tag] = call
         for hook in self.hooks:
@@ -277,6 +278,19 @@ class Engine:
         self.calls.pop(call.call_id + call.session.local_tag, None)
         for hook in self.hooks:
             hook.on_call_ended(call)
+        if log.isEnabledFor(logging.INFO):
+            duration = (call.ended_at or call.started_at) - (call.answered_at or call.started_at)
+            log.info(
+                "call %s %s -> %s: %s, status %s, cause %s, %.1f s",
+                call.direction,
+                call.caller,
+                call.callee,
+                call.end_reason,
+                call.status,
+                call.cause,
+                duration if call.answered else 0.0,
+                extra={"call_id": call.call_id},
+            )
 
     def _reap(self, call: Call) -> None:
         # A handler still running 5 s after its call ended is cancelled; its log follows.
