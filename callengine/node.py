@@ -152,6 +152,10 @@ class Node:
         engine.hooks.append(self)
         engine.router = self.route
         engine.register_handler = self.on_register
+        # issue #6: trunks, failover, transfers (B2BUA); before the listeners open
+        from .b2bua import B2BUA
+
+        self.b2bua = B2BUA.install(self)
         await engine.start()
 
     def _on_logs_written(self) -> None:
@@ -185,8 +189,18 @@ class Node:
 
     # ----------------------------------------------------------------- routing
     def route(self, call: Call) -> Handler | None:
-        """Number -> tenant -> route (IVR flow, user, group, voicemail)."""
+        """Number -> tenant -> route (IVR flow, user, group, voicemail).
+
+        Trunks first (issue #6): calls from a trunk gateway for one of its DIDs seize
+        a B-channel around the tenant route; numbers that leave through a trunk go to
+        the B2BUA (403 from untrusted sources)."""
         assert self.store is not None
+        b2bua = getattr(self, "b2bua", None)
+        if b2bua is not None and not call.variables.get("_trunk_routed"):
+            call.variables["_trunk_routed"] = "1"
+            trunk_handler = b2bua.route(call, self.route)
+            if trunk_handler is not None:
+                return trunk_handler
         match = self.store.config.lookup(call.callee)
         if match is None:
             return None

@@ -259,7 +259,10 @@ class ClientTransaction:
         )
 
     def _timed_out(self, now: float) -> None:
-        if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+        # Timer B matters only while Calling (§17.1.1.2): a ringing call waits as long
+        # as the callee rings. Timer F covers Trying and Proceeding (§17.1.2.2).
+        live = (State.CALLING,) if self.invite else (State.TRYING, State.PROCEEDING)
+        if self.state in live:
             self.layer.timeouts += 1
             self._finish()
             self.layer.tu.on_timeout(self, now)

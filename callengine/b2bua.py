@@ -1,0 +1,1048 @@
+"""The back-to-back user agent: trunk routing, failover, ringing users, bridging.
+
+Theory of operation
+-------------------
+Decisions live in the sans-IO cores of :mod:`pri` (which trunk next, failover or
+stop, breaker state, Q.850 causes); this module is the thin asyncio shell that
+turns them into SIP legs (drachtio's ``createB2BUA`` idea: failover decided by
+status code)::
+
+    caller INVITE --Node.route--> B2BUA.route(call)
+        from a trunk gateway for one of its DIDs  -> seize a B-channel, tenant route
+        dialled number leaves through a trunk     -> trusted source? dial_trunks : 403
+    IVR ``transfer`` / user and group routes  -> Engine.transfer_handler = B2BUA.transfer
+
+    dial_trunks: attempts = CallAttempts(group, ...)
+        for target in attempts.next_trunk():  INVITE leg to target.trunk.gateway
+            1xx -> attempts.on_provisional; 180/183 relayed to the caller
+            2xx / failure / setup timeout -> attempts.on_result / handle_timer
+            Decision: CONNECTED -> bridge, FAILOVER -> next trunk, FINAL -> caller
+
+A leg is a :class:`~callengine.call.Call` of its own (so the engine's SIP events
+reach it) that writes no call log: the caller's call log carries the leg's
+``trunk_attempts``. When the engine has no media (``media: false``) the B2BUA
+passes SDP through unchanged (media flows end to end, no RTP socket per leg);
+with media it answers each side itself and relays RTP between the two legs'
+sessions, transcoding PCMU <-> PCMA only when their codecs differ.
+
+Hang-up crosses the bridge with its Q.850 cause (RFC 3326 ``Reason`` read from the
+peer's BYE/CANCEL/final response, written on ours). Health probes (SIP OPTIONS)
+run from one timer re-armed from ``HealthBoard.next_deadline()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from pri import (
+    Attempt,
+    CallAttempts,
+    Decision,
+    FinalResult,
+    HealthBoard,
+    HealthChanged,
+    HealthState,
+    Outcome,
+    SendProbe,
+    Target,
+    Trunk,
+    TrunkGroup,
+    TrunkPlan,
+    format_reason,
+    load_trunks,
+)
+
+from .call import Call, SipError, TransferResult
+from .sip import sdp as sdpmod
+from .sip.message import Response
+from .sip.useragent import InviteSession, SessionState
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from media.session import RtpSession
+
+    from .engine import Engine, Handler
+    from .node import Node
+
+log = logging.getLogger("callengine.b2bua")
+
+__all__ = ["B2BUA", "LegTarget", "TrunkCollector"]
+
+# Q.850 causes used on our own CANCEL/BYE (ITU-T Q.850 table 1).
+CAUSE_NORMAL = 16
+CAUSE_NO_ANSWER = 19
+CAUSE_NON_SELECTED = 26  # "non-selected user clearing": another phone answered
+CAUSE_TIMER = 102
+DEFAULT_RING_TIMEOUT = 120.0
+"""Seconds an outbound trunk call may ring before the caller gets 480."""
+_RELAY_DEPTH = 4  # packets queued per relay direction (80 ms) before the oldest is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class LegTarget:
+    """Where one leg's INVITE goes: a registered phone or a trunk gateway."""
+
+    uri: str
+    dest: tuple[str, int]
+    transport: str = "UDP"
+    label: str = ""
+    """What the call log and ``TransferResult.target`` name (``user:100``...)."""
+    credentials: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    """Targets rung together for ``timeout`` seconds, or one trunk-group dial."""
+
+    timeout: float
+    legs: tuple[LegTarget, ...] = ()
+    group: TrunkGroup | None = None
+    number: str = ""
+    label: str = ""
+
+
+class _Leg(Call):
+    """An outgoing leg: a Call whose progress reaches the B2BUA and that logs nothing."""
+
+    def __init__(self, engine: Engine, session: InviteSession, target: LegTarget) -> None:
+        super().__init__(engine, session, direction="outbound")
+        self.finished = True  # one call log per bridged call: the caller's
+        self.target = target
+        loop = asyncio.get_running_loop()
+        self.final: asyncio.Future[Response] = loop.create_future()
+        self.progressed: asyncio.Future[None] = loop.create_future()
+        self.on_progress: Callable[[_Leg, Response], None] | None = None
+        self.early_sdp: bytes | None = None
+
+    def _on_progress(self, response: Response) -> None:
+        if not self.progressed.done():
+            self.progressed.set_result(None)
+        if response.body:
+            self.early_sdp = response.body
+        if self.on_progress is not None:
+            self.on_progress(self, response)
+
+
+def _u8_table(array: Any) -> bytes:
+    return bytes(int(v) for v in array)
+
+
+class B2BUA:
+    """Trunks, failover and bridging for one Engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        plan: TrunkPlan,
+        *,
+        node: Node | None = None,
+        registry: CollectorRegistry | None = None,
+        media_relay: bool | None = None,
+    ) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.node = node
+        self.media_relay = media_relay
+        """``None``: relay RTP whenever the engine has media; ``False``: pass SDP through."""
+        self.board: HealthBoard | None = None
+        self.health_changes: list[HealthChanged] = []
+        """Breaker changes since start (most recent last, capped)."""
+        self.counters: dict[str, int] = {}
+        """Plain counters (exported at scrape time, see :class:`TrunkCollector`)."""
+        self.attempts_by_trunk: dict[tuple[str, str], int] = {}
+        self.changes_by_trunk: dict[tuple[str, str], int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._wall_offset = 0.0
+        self._u2a = b""
+        self._a2u = b""
+        self._relays: dict[int, tuple[_Leg, list[asyncio.Task[Any]]]] = {}
+        if registry is not None:
+            registry.register(TrunkCollector(self))
+
+    # ------------------------------------------------------------- install
+    @classmethod
+    def install(cls, node: Node, *, media_relay: bool | None = None) -> B2BUA:
+        """Load the node's trunks, hook routing/transfers into its engine, start probes."""
+        cfg = node.config
+        plan = load_trunks(
+            {
+                "trunks": cfg.trunks,
+                "trunk_groups": cfg.trunk_groups,
+                "outbound_routes": cfg.outbound_routes,
+                "trusted_sources": cfg.trusted_sources,
+            },
+            source=cfg.source,
+        )
+        b2bua = cls(node.engine, plan, node=node, registry=node.registry, media_relay=media_relay)
+        b2bua.attach()
+        return b2bua
+
+    def attach(self) -> None:
+        """Set the engine's transfer handler; probes start once the engine listens."""
+        self.engine.transfer_handler = self.transfer
+        self._loop = asyncio.get_running_loop()
+        self._wall_offset = time.time() - self._loop.time()
+        self.board = HealthBoard(self.plan.trunks.values(), now=self._loop.time())
+        self._loop.call_soon(self._start_when_ready)
+
+    def _start_when_ready(self) -> None:
+        if self._closed or self._loop is None:
+            return
+        transports = self.engine.transports
+        if self.engine._ua is None or transports is None or not transports.bound:
+            self._loop.call_later(0.05, self._start_when_ready)
+            return
+        self._arm()
+
+    def close(self) -> None:
+        """Stop probing (the engine's calls are ended by ``Engine.stop``)."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    # ------------------------------------------------------------- health
+    def _arm(self) -> None:
+        if self._closed or self.board is None or self._loop is None or self.engine._ua is None:
+            return
+        deadline = self.board.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None and self.board is not None
+        self._timer = None
+        self._timer_at = None
+        for item in self.board.handle_timer(self._loop.time()):
+            if isinstance(item, SendProbe):
+                self._send_probe(item)
+            else:
+                self._health_changed(item)
+        self._arm()
+
+    def _send_probe(self, probe: SendProbe) -> None:
+        engine = self.engine
+        assert engine.transports is not None
+        transport = probe.transport.upper()
+        self._count("probes_sent")
+
+        def on_result(response: Response | None, now: float) -> None:
+            assert self.board is not None
+            status = response.status if response is not None else None
+            self._health_events(
+                self.board.on_probe_response(
+                    probe.trunk, probe.probe_id, status, now=now, transport_error=status is None
+                )
+            )
+
+        try:
+            local = engine.transports.local_for(transport, probe.host)
+            engine.ua.send_options(
+                probe.request_uri,
+                engine.now(),
+                dest=(probe.host, probe.port),
+                local=local,
+                on_result=on_result,
+                transport=transport,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            log.warning("cannot probe trunk %s: %s", probe.trunk, exc)
+            return
+        engine.flush()
+
+    def _health_events(self, events: Sequence[HealthChanged]) -> None:
+        for event in events:
+            self._health_changed(event)
+        if events:
+            self._arm()
+
+    def _health_changed(self, event: HealthChanged) -> None:
+        level = logging.WARNING if event.new is HealthState.DOWN else logging.INFO
+        log.log(
+            level,
+            "trunk %s %s -> %s: %s",
+            event.trunk,
+            event.old.value,
+            event.new.value,
+            event.reason,
+        )
+        key = (event.trunk, event.new.value)
+        self.changes_by_trunk[key] = self.changes_by_trunk.get(key, 0) + 1
+        self.health_changes.append(event)
+        del self.health_changes[:-100]
+
+    def collect_metrics(self) -> dict[str, Any]:
+        """A snapshot of trunk state and counters (what :class:`TrunkCollector` exports)."""
+        trunks: dict[str, Any] = {}
+        for name, trunk in self.plan.trunks.items():
+            state = self.board.state(name).value if self.board is not None else "up"
+            trunks[name] = {
+                "state": state,
+                "in_use": trunk.in_use,
+                "capacity": trunk.capacity,
+                "attempts": {
+                    outcome: n for (t, outcome), n in self.attempts_by_trunk.items() if t == name
+                },
+            }
+        return {"trunks": trunks, "counters": dict(self.counters)}
+
+    # ------------------------------------------------------------- routing
+    def route(self, call: Call, tenant_route: Callable[[Call], Handler | None]) -> Handler | None:
+        """Trunk routing for a new call; ``None`` leaves it to the tenant routes.
+
+        ``tenant_route`` is the node's own number -> tenant routing (used for
+        calls that arrive from a trunk, inside a B-channel seizure).
+        """
+        source_ip = call.source[0] if call.source else ""
+        number = call.callee
+        plan = self.plan
+        if not plan.trunks:
+            return None
+        trunk = plan.match_inbound(source_ip, number)
+        if trunk is not None:
+            return self._inbound(trunk, tenant_route(call))
+        if self._tenant_number(number):
+            return None
+        match = plan.route_outbound(number, source_ip=source_ip)
+        if match is not None:
+            group, dialled = match.group, match.number
+
+            async def outbound(call: Call) -> None:
+                await self._outbound(call, group, dialled)
+
+            return outbound
+        if any(number.startswith(r.prefix) for r in plan.routes):
+            # would leave through a trunk, from a source that may not: toll fraud
+            self._count("toll_fraud_rejected")
+            log.warning("403 for %s -> %s: source not trusted for trunk routes", source_ip, number)
+
+            async def forbidden(call: Call) -> None:
+                self._reject(call, 403, None, "Forbidden")
+
+            return forbidden
+        return None
+
+    def _tenant_number(self, number: str) -> bool:
+        node = self.node
+        if node is None or node.store is None:
+            return False
+        match = node.store.config.lookup(number)
+        return match is not None and not match.default
+
+    def _inbound(self, trunk: Trunk, inner: Handler | None) -> Handler:
+        async def from_trunk(call: Call) -> None:
+            key = _channel_key(call)
+            channel = trunk.seize(key)
+            self._count("inbound_calls")
+            if channel is None:
+                self._count("inbound_all_busy")
+                self._reject(call, 503, 34)
+                return
+            call.trunk_attempts.append(
+                {
+                    "direction": "inbound",
+                    "trunk": trunk.name,
+                    "carrier": trunk.carrier,
+                    "span": channel.span,
+                    "channel": channel.number,
+                }
+            )
+            try:
+                if inner is None:
+                    self._reject(call, 404, None)
+                    return
+                await inner(call)
+            finally:
+                trunk.release(key)
+
+        return from_trunk
+
+    def _reject(
+        self, call: Call, status: int, cause: int | None, reason: str | None = None
+    ) -> None:
+        if not call.active or call.answered:
+            return
+        headers = [("Reason", format_reason(cause))] if cause is not None else None
+        self.engine.ua.reject(call.session, status, self.engine.now(), reason, headers=headers)
+        call.status = status
+        self.engine.flush()
+
+    async def _outbound(self, call: Call, group: TrunkGroup, number: str) -> None:
+        if call.session.invite.max_forwards == 0:
+            self._reject(call, 483, None)
+            return
+        self._count("outbound_calls")
+        result = await self.dial_trunks(call, group, number, timeout=DEFAULT_RING_TIMEOUT)
+        if isinstance(result, FinalResult):
+            self._stop_relay(call)
+            self._reject(call, result.status, result.cause)
+            return
+        cause = await self._bridge(call, result)
+        if call.active:
+            await call.hangup(cause)
+
+    # ------------------------------------------------------------- legs
+    def _relaying(self) -> bool:
+        if self.media_relay is False:
+            return False
+        return self.engine.media_manager is not None
+
+    async def _start_leg(self, caller: Call, target: LegTarget) -> _Leg:
+        engine = self.engine
+        assert engine.transports is not None
+        local = engine.transports.local_for(target.transport, target.dest[0])
+        host = engine.media_address(local[0])
+        user = caller.caller or "anonymous"
+        session = engine.ua.invite(
+            target.uri,
+            engine.now(),
+            dest=target.dest,
+            local=local,
+            sdp=b"",
+            from_uri=f"sip:{user}@{host}",
+            from_display=caller.caller_display,
+            transport=target.transport,
+            credentials=target.credentials,
+            defer=True,
+        )
+        hops = caller.session.invite.max_forwards
+        session.invite.headers.set("Max-Forwards", str(max(0, (hops or 70) - 1)))
+        leg = _Leg(engine, session, target)
+        session.context = leg
+        engine._outbound[session.call_id + session.local_tag] = leg.final
+        if self._relaying():
+            offer = await self._relay_offer(caller, leg)
+        else:
+            offer = caller.session.invite.body or await leg._make_offer()
+        if not caller.active and not caller.answered:
+            leg.final.cancel()
+            engine._outbound.pop(session.call_id + session.local_tag, None)
+            engine.ua.sessions.pop(session.call_id + session.local_tag, None)
+            if leg.media is not None:
+                await leg.media.stop("caller gone")
+            raise SipError(487, "caller gone")
+        engine.ua.send_invite(session, offer, engine.now())
+        engine.flush()
+        return leg
+
+    async def _relay_offer(self, caller: Call, leg: _Leg) -> bytes:
+        """Offer our codecs, the caller's negotiated one first (no transcoding if taken)."""
+        engine = self.engine
+        codecs = [c for c in engine.codecs if not c.is_dtmf]
+        preferred = caller.sdp_answer.codec.name if caller.sdp_answer is not None else None
+        if preferred is None and caller.session.invite.body:
+            try:
+                offer = sdpmod.SessionDescription.parse(caller.session.invite.body)
+                answer = sdpmod.negotiate(offer, engine.codecs)
+                preferred = answer.codec.name if answer is not None else None
+            except ValueError:
+                preferred = None
+        codecs.sort(key=lambda c: c.name != preferred)
+        sdp_session = sdpmod.SdpSession(engine.media_address(leg.session.local_addr[0]))
+        leg._sdp_session = sdp_session
+        port = await engine.open_media(leg, None)
+        offer_sdp = sdpmod.build_offer(
+            sdp_session,
+            codecs,
+            address=sdp_session.address,
+            port=port,
+            telephone_event=engine.telephone_event,
+        )
+        leg._offer = offer_sdp
+        return offer_sdp.serialize()
+
+    def _abandon(self, leg: _Leg, cause: int) -> None:
+        """We no longer want this leg: CANCEL (or BYE), and forget its result."""
+        engine = self.engine
+        session = leg.session
+        engine._outbound.pop(session.call_id + session.local_tag, None)
+        if not leg.final.done():
+            leg.final.cancel()
+        if leg.active:
+            engine.ua.hangup(session, engine.now(), cause)
+            engine.flush()
+        if leg.media is not None and session.state is not SessionState.CONFIRMED:
+            asyncio.get_running_loop().create_task(leg.media.stop("abandoned"))
+
+    def _progress_relay(
+        self, caller: Call, *, early_media: bool
+    ) -> Callable[[_Leg, Response], None]:
+        """Relay 180 / 183 from a leg to a caller that has not been answered."""
+
+        def relay(leg: _Leg, response: Response) -> None:
+            if caller.answered or caller.session.state is not SessionState.EARLY:
+                return
+            engine = self.engine
+            status = response.status
+            if early_media and status == 183 and response.body:
+                if self._relaying():
+                    loop = asyncio.get_running_loop()
+                    loop.create_task(self._early_media(caller, leg, response.body))
+                    return
+                engine.ua.provisional(caller.session, engine.now(), 183, response.body)
+            else:
+                engine.ua.provisional(caller.session, engine.now(), 180)
+            engine.flush()
+
+        return relay
+
+    async def _early_media(self, caller: Call, leg: _Leg, body: bytes) -> None:
+        self._apply_leg_answer(leg, body)
+        if caller.answered or not caller.active:
+            return
+        await caller.ring(early_media=True)
+        self._start_relay(caller, leg)
+
+    def _apply_leg_answer(self, leg: _Leg, body: bytes) -> None:
+        if leg._offer is None or leg.media is None:
+            return
+        try:
+            answer = sdpmod.accept_answer(leg._offer, sdpmod.SessionDescription.parse(body))
+        except ValueError:
+            return
+        if answer is not None:
+            from ._media import apply_answer
+
+            leg.sdp_answer = answer
+            apply_answer(leg.media, answer)
+
+    async def _answer_caller(self, caller: Call, leg: _Leg) -> bool:
+        """Answer the caller once the leg answered; False if the caller is gone."""
+        if caller.answered:
+            return caller.active
+        if self._relaying():
+            try:
+                await caller.answer()
+            except SipError:
+                return False
+            return caller.answered and caller.active
+        engine = self.engine
+        sdp = leg.session.remote_sdp or b""
+        caller.answered_at = engine.wallclock()
+        waits = [h.before_answer(caller) for h in engine.hooks if hasattr(h, "before_answer")]
+        if waits:
+            await asyncio.gather(*waits)
+        if not caller.active:
+            caller.answered_at = None
+            return False
+        engine.ua.answer(caller.session, sdp, engine.now())
+        caller.status = 200
+        engine.flush()
+        engine.call_answered(caller)
+        caller._emit("answered")
+        return True
+
+    # ------------------------------------------------------------- trunks
+    async def dial_trunks(
+        self,
+        caller: Call,
+        group: TrunkGroup,
+        number: str,
+        *,
+        timeout: float,
+        label: str = "",
+    ) -> _Leg | FinalResult:
+        """Hunt ``group`` for ``number`` with failover; the answered leg or the failure.
+
+        The answered leg holds its B-channel until :meth:`_bridge` ends.
+        """
+        loop = asyncio.get_running_loop()
+        key = _channel_key(caller)
+        attempts = CallAttempts(group, key, loop.time(), health=self.board)
+        ring_deadline = loop.time() + timeout
+        try:
+            while (target := attempts.next_trunk(now=loop.time())) is not None:
+                decision, leg = await self._attempt(caller, attempts, target, number, ring_deadline)
+                self._record(caller, decision.attempt, number, label)
+                self._health_events(decision.events)
+                if decision.outcome is Outcome.CONNECTED and leg is not None:
+                    leg.variables["trunk_group"] = group.name
+                    leg.variables["channel_key"] = key
+                    return leg
+                self._stop_relay(caller)  # early media of a failed attempt
+                if decision.outcome is Outcome.FINAL:
+                    assert decision.final is not None
+                    return decision.final
+                if not caller.active and not caller.answered:
+                    return FinalResult(487, CAUSE_NORMAL)
+            return attempts.final_result()
+        finally:
+            for skip in attempts.skipped:
+                caller.trunk_attempts.append(
+                    {"trunk": skip.trunk, "outcome": "skipped", "reason": skip.why}
+                )
+
+    async def _attempt(
+        self,
+        caller: Call,
+        attempts: CallAttempts,
+        target: Target,
+        number: str,
+        ring_deadline: float,
+    ) -> tuple[Decision, _Leg | None]:
+        loop = asyncio.get_running_loop()
+        trunk = target.trunk
+        gw = trunk.gateway
+        host = f"[{gw.host}]" if ":" in gw.host else gw.host
+        params = "" if gw.transport == "udp" else f";transport={gw.transport}"
+        scheme = "sips" if gw.transport == "tls" else "sip"
+        creds = (
+            (trunk.credentials.username, trunk.credentials.password) if trunk.credentials else None
+        )
+        leg_target = LegTarget(
+            f"{scheme}:{number}@{host}:{gw.port}{params}",
+            (gw.host, gw.port),
+            gw.transport.upper(),
+            label=trunk.name,
+            credentials=creds,
+        )
+        self._count("trunk_attempts")
+        try:
+            leg = await self._start_leg(caller, leg_target)
+        except SipError:
+            return attempts.on_result(
+                487, now=loop.time(), reason=format_reason(CAUSE_NORMAL)
+            ), None
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("cannot send INVITE to trunk %s: %s", trunk.name, exc)
+            return attempts.on_result(None, now=loop.time(), transport_error=True), None
+
+        def on_progress(leg: _Leg, response: Response) -> None:
+            attempts.on_provisional(response.status, now=loop.time())
+            relay(leg, response)
+
+        relay = self._progress_relay(caller, early_media=True)
+        leg.on_progress = on_progress
+        while True:
+            setup = attempts.next_deadline()
+            until = ring_deadline if setup is None else min(setup, ring_deadline)
+            waiters: set[asyncio.Future[Any]] = {leg.final, caller._ended}
+            if setup is not None:
+                waiters.add(leg.progressed)
+            delay = until - loop.time()
+            if delay > 0:
+                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            now = loop.time()
+            if leg.final.done():
+                return self._leg_result(attempts, leg, now)
+            if caller._ended.done() and not caller.answered:
+                cause = _q850(caller.session.end_cause)
+                self._abandon(leg, cause)
+                return attempts.on_result(487, now=now, reason=format_reason(cause)), None
+            if caller._ended.done():
+                self._abandon(leg, CAUSE_NORMAL)
+                return attempts.on_result(487, now=now, reason=format_reason(CAUSE_NORMAL)), None
+            timed_out = attempts.handle_timer(now)
+            if timed_out is not None:
+                self._abandon(leg, CAUSE_TIMER)
+                return timed_out, None
+            if now >= ring_deadline:
+                self._abandon(leg, CAUSE_NO_ANSWER)
+                return attempts.on_result(480, now=now, reason=format_reason(CAUSE_NO_ANSWER)), None
+
+    def _leg_result(
+        self, attempts: CallAttempts, leg: _Leg, now: float
+    ) -> tuple[Decision, _Leg | None]:
+        try:
+            response = leg.final.result()
+        except SipError as exc:
+            cause = leg.session.end_cause
+            reason = format_reason(cause) if cause else None
+            if exc.status == 408 and leg.session.state is SessionState.TERMINATED and not cause:
+                # no final response at all: Timer B or a transport error (§17.1.4)
+                return attempts.on_result(None, now=now, transport_error=True), None
+            return attempts.on_result(exc.status, now=now, reason=reason), None
+        except asyncio.CancelledError:
+            return attempts.on_result(None, now=now, transport_error=True), None
+        leg._outbound_answered(response)
+        return attempts.on_result(response.status, now=now), leg
+
+    def _record(self, caller: Call, attempt: Attempt, number: str, label: str) -> None:
+        key = (attempt.trunk, attempt.outcome.value)
+        self.attempts_by_trunk[key] = self.attempts_by_trunk.get(key, 0) + 1
+        entry: dict[str, Any] = {
+            "index": attempt.index,
+            "trunk": attempt.trunk,
+            "carrier": attempt.carrier,
+            "span": attempt.span,
+            "channel": attempt.channel,
+            "number": number,
+            "started": round(attempt.started + self._wall_offset, 3),
+            "ended": round(attempt.ended + self._wall_offset, 3),
+            "ended_by": attempt.ended_by.value,
+            "status": attempt.status,
+            "cause": attempt.cause,
+            "reason": attempt.reason,
+            "outcome": attempt.outcome.value,
+        }
+        if label:
+            entry["target"] = label
+        caller.trunk_attempts.append(entry)
+        routine = attempt.index == 1 and attempt.outcome is Outcome.CONNECTED
+        log.log(
+            logging.DEBUG if routine else logging.INFO,
+            "trunk %s attempt %d for %s: %s cause %d -> %s",
+            attempt.trunk,
+            attempt.index,
+            number,
+            attempt.status if attempt.status is not None else attempt.ended_by.value,
+            attempt.cause,
+            attempt.outcome.value,
+        )
+
+    # ------------------------------------------------------------- bridge
+    async def _bridge(self, caller: Call, leg: _Leg) -> int:
+        """Answer the caller if needed, relay media, and carry the hangup across.
+
+        Returns the Q.850 cause of whichever side ended the call.
+        """
+        try:
+            if not await self._answer_caller(caller, leg):
+                self._abandon(leg, _q850(caller.session.end_cause))
+                return _q850(caller.session.end_cause)
+            self._start_relay(caller, leg)
+            await asyncio.wait({caller._ended, leg._ended}, return_when=asyncio.FIRST_COMPLETED)
+            if caller._ended.done():
+                cause = _q850(caller.session.end_cause)
+                if leg.active:
+                    self.engine.ua.hangup(leg.session, self.engine.now(), cause)
+                    self.engine.flush()
+            else:
+                cause = _q850(leg.session.end_cause)
+            return cause
+        finally:
+            self._stop_relay(caller)
+            group = leg.variables.get("trunk_group")
+            if group is not None:
+                self.plan.groups[group].release(leg.variables["channel_key"])
+
+    def _start_relay(self, caller: Call, leg: _Leg) -> None:
+        """Relay RTP both ways between the caller's and ``leg``'s sessions (idempotent)."""
+        a: RtpSession | None = caller.media
+        b: RtpSession | None = leg.media
+        if a is None or b is None:
+            return
+        current = self._relays.get(id(caller))
+        if current is not None:
+            if current[0] is leg:
+                return
+            self._stop_relay(caller)
+        if not self._u2a:
+            from media.codecs.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
+
+            self._u2a = _u8_table(ULAW_TO_ALAW)
+            self._a2u = _u8_table(ALAW_TO_ULAW)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._pipe(a, b)), loop.create_task(self._pipe(b, a))]
+        self._relays[id(caller)] = (leg, tasks)
+
+    def _stop_relay(self, caller: Call) -> None:
+        entry = self._relays.pop(id(caller), None)
+        if entry is not None:
+            for task in entry[1]:
+                task.cancel()
+
+    async def _pipe(self, src: RtpSession, dst: RtpSession) -> None:
+        """Send what ``src`` receives out of ``dst`` (transcoded when codecs differ)."""
+        queue: deque[bytes] = deque(maxlen=_RELAY_DEPTH)
+        s, d = src.codec.name.upper(), dst.codec.name.upper()
+        table = (
+            None
+            if s == d
+            else self._u2a
+            if (s, d) == ("PCMU", "PCMA")
+            else self._a2u
+            if (s, d) == ("PCMA", "PCMU")
+            else None
+        )
+        if table is None:
+            src.on_audio = queue.append
+        else:
+            src.on_audio = lambda payload: queue.append(payload.translate(table))
+        silence = _silence(dst)
+
+        def relay() -> Iterator[bytes]:
+            while True:
+                yield queue.popleft() if queue else silence
+
+        try:
+            await dst.play([relay()], barge_in=False)
+        finally:
+            src.on_audio = None
+
+    # ------------------------------------------------------------- transfers
+    async def transfer(
+        self, call: Call, targets: Sequence[str], *, strategy: str, timeout: float
+    ) -> TransferResult:
+        """``Engine.transfer_handler``: ring users, groups, external numbers and bridge.
+
+        ``user:100`` / ``ext:100`` ring the user's registered phones in parallel;
+        ``group:NAME`` rings its members (its own strategy and timeout);
+        ``external:NUMBER`` leaves through the tenant's outbound route's trunk group.
+        ``strategy`` ``parallel`` rings all targets at once, ``sequential`` one
+        after another, ``timeout`` seconds each.
+        """
+        if call.session.invite.max_forwards == 0 and not call.answered:
+            self._reject(call, 483, None)
+            return TransferResult(answered=False, status=483, cause=25, target=None)
+        was_answered = call.answered
+        stages = self._expand(call, targets, strategy, timeout)
+        status, cause = 480, 18  # "no user responding": nobody to ring
+        busy = False
+        for stage in stages:
+            if not call.active:
+                break
+            if stage.group is not None:
+                result = await self.dial_trunks(
+                    call, stage.group, stage.number, timeout=stage.timeout, label=stage.label
+                )
+                if isinstance(result, FinalResult):
+                    status, cause = result.status, result.cause
+                    busy = busy or status in (486, 600)
+                    continue
+                leg = result
+            else:
+                rung = await self._ring_parallel(call, stage)
+                if isinstance(rung, FinalResult):
+                    if rung.status in (486, 600):
+                        busy = True
+                    status, cause = rung.status, rung.cause
+                    continue
+                leg = rung
+            end_cause = await self._bridge(call, leg)
+            if not was_answered and call.active:
+                await call.hangup(end_cause)
+            return TransferResult(
+                answered=True, status=200, cause=end_cause, target=leg.target.label
+            )
+        if busy:
+            status, cause = 486, 17
+        self._stop_relay(call)
+        return TransferResult(answered=False, status=status, cause=cause, target=None)
+
+    def _expand(
+        self, call: Call, targets: Sequence[str], strategy: str, timeout: float
+    ) -> list[_Stage]:
+        tenant = None
+        node = self.node
+        if node is not None and node.store is not None and call.tenant is not None:
+            tenant = node.store.config.tenant(call.tenant)
+        parallel: list[LegTarget] = []
+        stages: list[_Stage] = []
+        for target in targets:
+            kind, _, name = target.partition(":")
+            if kind in ("user", "ext"):
+                legs = self._contacts(call, name, label=target)
+                if strategy == "sequential":
+                    stages.append(_Stage(timeout, tuple(legs), label=target))
+                else:
+                    parallel += legs
+            elif kind == "group" and tenant is not None and name in tenant.ring_groups:
+                group = tenant.ring_groups[name]
+                members = [self._contacts(call, m, label=f"user:{m}") for m in group.members]
+                if group.strategy == "sequential":
+                    stages += [_Stage(group.timeout, tuple(m), label=target) for m in members if m]
+                else:
+                    flat = tuple(itertools.chain.from_iterable(members))
+                    if strategy == "sequential":
+                        stages.append(_Stage(min(timeout, group.timeout), flat, label=target))
+                    else:
+                        parallel += flat
+            elif kind == "external":
+                stage = self._external(call, tenant, name, timeout, target)
+                if stage is not None:
+                    stages.append(stage)
+            else:
+                log.warning("transfer target %r cannot be rung", target)
+        if parallel:
+            stages.insert(0, _Stage(timeout, tuple(parallel), label="parallel"))
+        return stages
+
+    def _contacts(self, call: Call, user: str, *, label: str) -> list[LegTarget]:
+        node = self.node
+        if node is None or call.tenant is None:
+            return []
+        out: list[LegTarget] = []
+        for binding in node.contacts_of(call.tenant, user):
+            contact = binding.contact
+            dest = binding.source
+            if dest is None:
+                from .sip.uri import parse_uri
+
+                try:
+                    uri = parse_uri(contact, where="contact")
+                except ValueError:
+                    continue
+                dest = (uri.host.strip("[]"), uri.port or 5060)
+            out.append(LegTarget(contact, dest, binding.transport.upper(), label=label))
+        return out
+
+    def _external(
+        self, call: Call, tenant: Any, number: str, timeout: float, label: str
+    ) -> _Stage | None:
+        route = tenant.outbound_route(number) if tenant is not None else None
+        if route is not None and route.trunk_group in self.plan.groups:
+            group = self.plan.groups[route.trunk_group]
+            return _Stage(timeout, group=group, number=route.translate(number), label=label)
+        match = self.plan.route_outbound(number, source_ip=_first_trusted(self.plan))
+        if match is None:
+            log.warning("no trunk route for external:%s", number)
+            return None
+        return _Stage(timeout, group=match.group, number=match.number, label=label)
+
+    async def _ring_parallel(self, caller: Call, stage: _Stage) -> _Leg | FinalResult:
+        """Ring every target of ``stage`` at once; the first to answer wins."""
+        if not stage.legs:
+            return FinalResult(480, 18)
+        loop = asyncio.get_running_loop()
+        ringback = self._ringback(caller)
+        relay = self._progress_relay(caller, early_media=len(stage.legs) == 1)
+        legs: list[_Leg] = []
+        for target in stage.legs:
+            try:
+                leg = await self._start_leg(caller, target)
+            except SipError:
+                break
+            except (OSError, RuntimeError, ValueError) as exc:
+                log.warning("cannot ring %s: %s", target.uri, exc)
+                continue
+            leg.on_progress = relay
+            legs.append(leg)
+        deadline = loop.time() + stage.timeout
+        failures: list[tuple[int, int]] = []
+        try:
+            pending = {leg.final: leg for leg in legs}
+            while pending:
+                delay = deadline - loop.time()
+                if delay <= 0 or caller._ended.done():
+                    break
+                await asyncio.wait(
+                    {*pending, caller._ended}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+                )
+                for fut in [f for f in pending if f.done()]:
+                    leg = pending.pop(fut)
+                    try:
+                        response = fut.result()
+                    except SipError as exc:
+                        failures.append((exc.status, leg.session.end_cause))
+                        continue
+                    except asyncio.CancelledError:
+                        continue
+                    leg._outbound_answered(response)
+                    for other in pending.values():
+                        self._abandon(other, CAUSE_NON_SELECTED)
+                    pending.clear()
+                    return leg
+            ended = caller._ended.done() and not caller.answered
+            cause = _q850(caller.session.end_cause) if ended else CAUSE_NO_ANSWER
+            for leg in pending.values():
+                self._abandon(leg, cause)
+            if any(status in (486, 600) for status, _ in failures):
+                return FinalResult(486, 17)
+            if failures and len(failures) == len(legs):
+                status, leg_cause = failures[-1]
+                return FinalResult(status, leg_cause or 18)
+            return FinalResult(480, CAUSE_NO_ANSWER)
+        finally:
+            if ringback is not None:
+                ringback.cancel()
+
+    def _ringback(self, caller: Call) -> asyncio.Task[Any] | None:
+        """An answered caller (IVR transfer) hears ringback while the target rings."""
+        if not caller.answered or caller.media is None:
+            return None
+        try:
+            return asyncio.get_running_loop().create_task(
+                caller.play(["tone:ringback"], barge_in=False)
+            )
+        except SipError:
+            return None
+
+
+class TrunkCollector(Collector):
+    """Prometheus export of the B2BUA's trunk state and counters (read at scrape time)."""
+
+    def __init__(self, b2bua: B2BUA) -> None:
+        self.b2bua = b2bua
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        b = self.b2bua
+        state = GaugeMetricFamily(
+            "callengine_trunk_state", "Trunk breaker state (1 = current)", labels=["trunk", "state"]
+        )
+        in_use = GaugeMetricFamily(
+            "callengine_trunk_channels_in_use", "Seized B-channels", labels=["trunk"]
+        )
+        capacity = GaugeMetricFamily(
+            "callengine_trunk_channels", "B-channels over all spans", labels=["trunk"]
+        )
+        for name, trunk in b.plan.trunks.items():
+            current = b.board.state(name) if b.board is not None else HealthState.UP
+            for s in HealthState:
+                state.add_metric([name, s.value], 1.0 if s is current else 0.0)
+            in_use.add_metric([name], trunk.in_use)
+            capacity.add_metric([name], trunk.capacity)
+        yield state
+        yield in_use
+        yield capacity
+        attempts = CounterMetricFamily(
+            "callengine_trunk_attempts",
+            "Call attempts by trunk and outcome",
+            labels=["trunk", "outcome"],
+        )
+        for (trunk_name, outcome), n in sorted(b.attempts_by_trunk.items()):
+            attempts.add_metric([trunk_name, outcome], n)
+        yield attempts
+        changes = CounterMetricFamily(
+            "callengine_trunk_health_changes", "Breaker state changes", labels=["trunk", "state"]
+        )
+        for (trunk_name, new), n in sorted(b.changes_by_trunk.items()):
+            changes.add_metric([trunk_name, new], n)
+        yield changes
+        events = CounterMetricFamily("callengine_b2bua_events", "B2BUA counters", labels=["event"])
+        for name, n in sorted(b.counters.items()):
+            events.add_metric([name], n)
+        yield events
+
+
+def _channel_key(call: Call) -> str:
+    return f"{call.call_id}/{call.session.local_tag}"
+
+
+def _q850(cause: int) -> int:
+    """A Q.850 cause for our own BYE/CANCEL (a SIP status stored as cause -> 16)."""
+    return cause if 1 <= cause <= 127 else CAUSE_NORMAL
+
+
+def _first_trusted(plan: TrunkPlan) -> str:
+    for net in plan.trusted_sources:
+        return str(net.network_address)
+    return ""
+
+
+def _silence(session: RtpSession) -> bytes:
+    silence: bytes = session._silence
+    return silence
