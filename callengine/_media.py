@@ -43,6 +43,21 @@ class MediaManager:
         self.codecs = list(codecs)
         self.sessions = 0
 
+    def preload(self) -> int:
+        """Decode, resample and encode every bundled prompt for every codec now, at
+        start-up, so that no first call stalls the event loop doing it."""
+        count = 0
+        names = sorted(self.prompts.names())
+        for codec in self.codecs:
+            if codec.is_dtmf:
+                continue
+            for name in names:
+                self.prompts.payloads(name, codec)
+                count += 1
+            for tone in ("beep", "ringback", "busy"):
+                self.prompts.tone(tone, codec)
+        return count
+
     async def open(
         self,
         host: str,

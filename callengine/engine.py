@@ -153,6 +153,7 @@ class Engine:
                 rtp_timeout=cfg.rtp_timeout,
                 codecs=self.codecs,
             )
+            self.media_manager.preload()
         log.info(
             "listening on %s",
             ", ".join(f"{s.transport} {s.host}:{s.port}" for s in self.transports.bound),
@@ -241,7 +242,13 @@ class Engine:
     # ------------------------------------------------ the user agent's events
     def on_incoming_call(self, session: InviteSession, now: float) -> None:
         call = Call(self, session, direction="inbound")
-        log.debug("INVITE %s -> %s from %s", call.caller, call.callee, call.source, extra={"call_id": call.call_id})
+        log.debug(
+            "INVITE %s -> %s from %s",
+            call.caller,
+            call.callee,
+            call.source,
+            extra={"call_id": call.call_id},
+        )
         session.context = call
         self.calls[call.call_id + session.local_tag] = call
         for hook in self.hooks:

@@ -114,7 +114,7 @@ class Dialog:
             call_id=invite.call_id,
             local_tag=invite.from_tag or "",
             remote_tag=response.to_tag or "",
-            local_uri=invite.headers.get("from") or "",
+            local_uri=_strip_tag(invite.headers.get("from") or ""),
             remote_uri=_strip_tag(response.headers.get("to") or ""),
             remote_target=target,
             route_set=[str(r) for r in reversed(response.routes("record-route"))],

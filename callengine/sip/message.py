@@ -423,16 +423,52 @@ def _content_length(headers: Headers) -> int | None:
     return int(text)
 
 
+_PLACEHOLDER_URI = "sip:invalid.invalid"
+
+
+def _request_from_line(start: str, headers: Headers) -> Request:
+    """The Request of a Request-Line; a malformed line still yields a request that can be
+    answered (RFC 4475 §3.1.2.7-11 expect 400), raised as :class:`PartialRequestError`."""
+    parts = start.split(" ")
+    method = parts[0] if parts and TOKEN_RE.match(parts[0]) else "UNKNOWN"
+    problem = None
+    uri: URI | None = None
+    if len(parts) != 3 or not all(parts):
+        problem = "Bad Request - malformed Request-Line"
+    elif method == "UNKNOWN":
+        problem = "Bad Request - bad method"
+    elif parts[1].startswith("<"):
+        problem = "Bad Request - Request-URI in <>"
+    else:
+        try:
+            uri = parse_uri(parts[1], where="Request-URI")
+        except RemoteProtocolError as exc:
+            problem = exc.reason
+        else:
+            if uri.headers is not None:
+                problem = "Bad Request - Request-URI carries headers"
+    if problem is None and uri is not None:
+        msg = Request(method, uri, headers)
+        msg.uri_text = parts[1]
+        return msg
+    msg = Request(method, _PLACEHOLDER_URI, headers)
+    with contextlib.suppress(RemoteProtocolError):
+        msg._fill_routing_fields()
+    raise PartialRequestError(problem or "Bad Request", 400, msg)
+
+
 def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     """Parse one message. Over a datagram transport (``stream=False``) a missing
     Content-Length means "the rest of the datagram" and octets beyond it are ignored
     (RFC 3261 §18.3; RFC 4475 §3.1.1.8, §3.4.1). Raises :class:`RemoteProtocolError`.
     """
+    if data[:1] in (b"\r", b"\n"):
+        # RFC 3261 §7.5: implementations SHOULD ignore CRLFs preceding the start line.
+        data = data.lstrip(b"\r\n")
     head_bytes, rest = _split_head(data)
     head = head_bytes.decode("utf-8", "surrogateescape")
     sep = "\r\n" if "\r\n" in head else "\n"
-    # RFC 3261 §7.5: implementations SHOULD ignore CRLFs preceding the start line.
-    lines = head.lstrip("\r\n").split(sep)
+    lines = head.split(sep)
     start = lines[0]
     headers = _parse_headers(lines[1:])
     msg: Request | Response
@@ -446,19 +482,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
         msg = Response(int(code), parts[2] if len(parts) > 2 else "", headers)
         msg._fill_routing_fields()
     else:
-        parts = start.split(" ")
-        if len(parts) != 3 or not all(parts):
-            raise RemoteProtocolError("Bad Request - malformed Request-Line")
-        method, uri_text, version = parts
-        if not TOKEN_RE.match(method):
-            raise RemoteProtocolError("Bad Request - bad method")
-        if uri_text.startswith("<"):
-            raise RemoteProtocolError("Bad Request - Request-URI in <>")
-        uri = parse_uri(uri_text, where="Request-URI")
-        if uri.headers is not None:
-            raise RemoteProtocolError("Bad Request - Request-URI carries headers")
-        msg = Request(method, uri, headers)
-        msg.uri_text = uri_text
+        msg = _request_from_line(start, headers)
+        version = start.rsplit(" ", 1)[-1]
         if version != "SIP/2.0":
             # Answer what we can: the response copies Via/From/To/Call-ID/CSeq as text.
             with contextlib.suppress(RemoteProtocolError):
@@ -565,7 +590,11 @@ def make_response(
         if values:
             d[key] = list(values)
     to = request._to
-    if to_tag and "to" in d and request.to_tag is None:
+    try:
+        has_tag = request.to_tag is not None
+    except RemoteProtocolError:  # a broken To still gets its answer (copied as text)
+        has_tag = ";tag=" in (d.get("to") or [""])[0].lower()
+    if to_tag and "to" in d and not has_tag:
         d["to"] = [d["to"][0] + ";tag=" + to_tag]
         to = None  # parsed again on demand, with its tag
     if status == 100 and "timestamp" in src:

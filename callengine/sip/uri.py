@@ -138,7 +138,7 @@ def parse_host_port(text: str, *, where: str) -> tuple[str, int | None]:
 # (user parts holding ";" or "?", passwords, odd hosts) takes the general path below.
 _FAST_SIP = re.compile(
     r"(sips?):(?:([^@;?:\s<>\"]+)@)?([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
-    r"(?:;([^?\s<>\"]*))?\Z"
+    r"(?:;([^?@\s<>\"]*))?\Z"
 )
 
 

@@ -116,6 +116,7 @@ class InviteSession:
         "_ack_bytes",
         "_pending_bye",
         "_pending_cancel",
+        "_cancelled",
         "_reinvite_in",
         "_reinvite_out",
         "credentials",
@@ -149,6 +150,7 @@ class InviteSession:
         self._ack_bytes: bytes | None = None
         self._pending_bye: int | None = None
         self._pending_cancel = False
+        self._cancelled = False
         self._reinvite_in: ServerTransaction | None = None
         self._reinvite_out: ClientTransaction | None = None
         self.credentials: tuple[str, str] | None = None
@@ -399,12 +401,9 @@ class UserAgent:
         if unsupported:
             self._reply(req, 420, now, headers=[("Unsupported", ", ".join(unsupported))])
             return
-        if to_tag:
-            self._in_dialog(req, now)
-            return
         # §8.2.2.2 merged requests
         mkey = (req.call_id, req.from_tag or "", req.cseq)
-        if method == "INVITE":
+        if method == "INVITE" and not to_tag:
             branch = self._merged.get(mkey)
             if branch is not None and branch != req.branch:
                 self._reply(req, 482, now)
@@ -420,6 +419,9 @@ class UserAgent:
             if req.headers.get("content-encoding") not in (None, "identity"):
                 self._reply(req, 415, now, headers=[("Accept-Encoding", "identity")])
                 return
+        if to_tag:
+            self._in_dialog(req, now)
+            return
         if method in ("INVITE", "OPTIONS") and "accept" in req.headers:
             accepted = {a.partition(";")[0].strip().lower() for a in req.headers.get_list("accept")}
             if accepted and not accepted & {SDP, "application/*", "*/*"}:
@@ -437,6 +439,9 @@ class UserAgent:
                 return
         if method == "INVITE":
             self._new_invite(req, local, mkey, now)
+        elif method == "OPTIONS" and self.draining:
+            # a load balancer's probe takes a draining node out of rotation
+            self._reply(req, 503, now, headers=[("Retry-After", str(self.retry_after))])
         elif method == "OPTIONS":
             self._reply(
                 req,
@@ -610,7 +615,7 @@ class UserAgent:
             return
         if session.dialog is None:
             self._make_uas_dialog(session)
-        headers = [("Contact", session.contact)]
+        headers = [("Contact", session.contact), *_record_route(session.invite)]
         resp = self._response(
             session.invite,
             status,
@@ -643,6 +648,7 @@ class UserAgent:
         session.local_sdp = sdp
         hdrs = [
             ("Contact", session.contact),
+            *_record_route(session.invite),
             ("Allow", self._allow),
             ("Supported", ", ".join(SUPPORTED)),
             ("Server", self.user_agent),
@@ -922,6 +928,7 @@ class UserAgent:
         ctx = self.transactions.start_client(req, session.dest, session.transport, now)
         ctx.context = ("cancel", session)
         session.end_cause = cause
+        session._cancelled = True
         self._count_out(req)
 
     def _count_out(self, req: Request) -> None:
@@ -1002,17 +1009,20 @@ class UserAgent:
                 session.dialog = dialog
                 self.dialogs[dialog.key] = session
             dialog = session.dialog
+            if session.state is SessionState.CONFIRMED and session._ack_bytes is not None:
+                # a retransmitted 2xx: the same ACK again (§13.2.2.4)
+                self._send(session._ack_bytes, dialog.next_hop(), session.transport)
+                return
             ack = dialog.create_request(
                 "ACK", via_host=_host_port(session.local_addr), cseq=session.invite.cseq
             )
             session._ack_bytes = ack.to_bytes()
             self._send(session._ack_bytes, dialog.next_hop(), session.transport)
-            if session.state is SessionState.CONFIRMED:
-                return  # a retransmitted 2xx
             session.state = SessionState.CONFIRMED
             session.final_status = status
             session.remote_sdp = resp.body or session.remote_sdp
-            if session._pending_cancel:
+            if session._pending_cancel or session._cancelled:
+                # the 2xx crossed our CANCEL (§9.1): confirm, then end it at once
                 self._send_bye(session, session.end_cause or 16, now)
                 return
             self.app.on_answered(session, resp, now)
@@ -1094,6 +1104,11 @@ class UserAgent:
     def _forget_dialog(self, now: float, session: InviteSession) -> None:
         if session.dialog is not None and self.dialogs.get(session.dialog.key) is session:
             del self.dialogs[session.dialog.key]
+
+
+def _record_route(request: Request) -> list[tuple[str, str]]:
+    """Record-Route copied, in order, into responses that create a dialog (§12.1.1)."""
+    return [("Record-Route", v) for v in request.headers.get_all("record-route")]
 
 
 def _host_port(addr: Address) -> str:
