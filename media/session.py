@@ -37,6 +37,7 @@ __all__ = ["DEFAULT_PORT_RANGE", "MediaClock", "RtpSession"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT_RANGE = (10000, 20000)
+_OCTET_PER_TICK = frozenset({"PCMU", "PCMA", "G722"})
 _LATENESS_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 
@@ -47,6 +48,9 @@ class MediaClock:
         self.interval = interval
         self.max_lag_ticks = max_lag_ticks
         self._sessions: dict[int, RtpSession] = {}
+        # What a tick iterates: the sessions' bound _on_tick methods, rebuilt lazily
+        # after add/remove (a list of bound methods: no attribute lookup per stream).
+        self._ticks: list[Callable[[float], None]] | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
@@ -64,6 +68,7 @@ class MediaClock:
     def add(self, session: RtpSession) -> None:
         """Start ticking ``session`` (starts the clock on first use)."""
         self._sessions[id(session)] = session
+        self._ticks = None
         if self._handle is None:
             self._loop = asyncio.get_running_loop()
             self._due = self._loop.time() + self.interval
@@ -72,6 +77,7 @@ class MediaClock:
     def remove(self, session: RtpSession) -> None:
         """Stop ticking ``session``; the clock stops when none are left."""
         self._sessions.pop(id(session), None)
+        self._ticks = None
         if not self._sessions and self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -95,13 +101,17 @@ class MediaClock:
         self.lateness_sum += late_ms
         self.lateness_max = max(self.lateness_max, late_ms)
         self.ticks += 1
-        for session in tuple(self._sessions.values()):
+        ticks = self._ticks
+        if ticks is None:
+            ticks = self._ticks = [session._on_tick for session in self._sessions.values()]
+        for on_tick in ticks:
             try:
-                session._on_tick(now)
+                on_tick(now)
             except Exception:
                 # One broken session must not stop every call's audio.
                 self.errors += 1
-                logger.exception("media tick failed for session on port %s", session.rtp_port)
+                port = getattr(getattr(on_tick, "__self__", None), "rtp_port", None)
+                logger.exception("media tick failed for session on port %s", port)
         if not self._sessions:
             self._handle = None
             return
@@ -176,7 +186,10 @@ class RtpSession:
         self.stream = stream
         self.clock = clock
         self._rtp = rtp_transport
+        self._sendto = rtp_transport.sendto
         self._rtcp = rtcp_transport
+        # Next time the RTCP and inactivity checks can change (0: check on the next tick).
+        self._checks_at = 0.0
         self.local = local
         self.idle_silence = idle_silence
         self.on_timeout = on_timeout
@@ -300,6 +313,7 @@ class RtpSession:
         the peer does (``sendrecv``/``recvonly``: the RTP timeout is armed)."""
         self.stream.sending = direction in ("sendrecv", "sendonly")
         self.stream.set_expect_media(direction in ("sendrecv", "recvonly"), self._loop.time())
+        self._checks_at = 0.0
 
     def hold(self, on: bool = True) -> None:
         """Local hold: stop sending and stop expecting media (and back)."""
@@ -377,9 +391,12 @@ class RtpSession:
             self._finish_recording("stopped")
         self._recorder = recorder
         self._record_stop_on_dtmf = stop_on_dtmf
+        codec = self.stream.codec
         self._jitter = RecordingJitterBuffer(
-            frame_seconds=self.stream.codec.frame_ms / 1000,
-            timestamp_step=self.stream.codec.timestamp_step,
+            frame_seconds=codec.frame_ms / 1000,
+            timestamp_step=codec.timestamp_step,
+            # Octet-per-tick codecs: packets of any ptime are cut into 20 ms frames.
+            silence=self._silence if codec.name.upper() in _OCTET_PER_TICK else None,
         )
         self._rx_codec = create_codec(self.stream.codec)
         future: asyncio.Future[RecordingResult] = self._loop.create_future()
@@ -435,23 +452,38 @@ class RtpSession:
         self.stream.receive_rtcp(data, addr, self._loop.time())
 
     def _on_tick(self, now: float) -> None:
-        stream = self.stream
-        payload: bytes | None = None
-        if self._play_iter is not None:
-            payload = next(self._play_iter, None)
+        # The per-stream hot path (20 ms, every call): next payload, one sendto, and
+        # the rarer work only when due.
+        it = self._play_iter
+        if it is not None:
+            payload = next(it, None)
             if payload is None:
                 self._finish_play(None)
-        if payload is None and self.idle_silence:
-            payload = self._silence
+                if self.idle_silence:
+                    payload = self._silence
+        else:
+            payload = self._silence if self.idle_silence else None
+        stream = self.stream
         datagram = stream.tick(payload)
-        if datagram is not None and stream.remote is not None:
-            self._rtp.sendto(datagram, stream.remote)
-        if self._jitter is not None and self._recorder is not None:
-            for frame in self._jitter.pop(now):
-                reason = self._recorder.write(self._decode(frame))
-                if reason is not None:
-                    self._finish_recording(reason)
-                    break
+        if datagram is not None:
+            self._sendto(datagram, stream.remote)
+        if self._jitter is not None:
+            self._record_tick(now)
+        if now >= self._checks_at:
+            self._checks(now)
+
+    def _record_tick(self, now: float) -> None:
+        jitter, recorder = self._jitter, self._recorder
+        if jitter is None or recorder is None:
+            return
+        for frame in jitter.pop(now):
+            reason = recorder.write(self._decode(frame))
+            if reason is not None:
+                self._finish_recording(reason)
+                break
+
+    def _checks(self, now: float) -> None:
+        stream = self.stream
         if stream.rtcp_due(now):
             report = stream.build_rtcp(now)
             if stream.remote_rtcp is not None:
@@ -460,6 +492,11 @@ class RtpSession:
             self.timed_out.set()
             if self.on_timeout is not None:
                 self.on_timeout()
+        # The inactivity deadline only moves later as packets arrive, so checking at
+        # the earlier of the two deadlines never misses one.
+        self._checks_at = (
+            stream.next_deadline() if not self.timed_out.is_set() else (stream._next_rtcp)
+        )
 
     # --- figures and teardown --------------------------------------------------------
 

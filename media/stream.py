@@ -20,8 +20,10 @@ Theory of operation. The session shell calls, with ``now`` from the loop clock:
 Symmetric RTP (RFC 4961; "latching" as SBCs do it): the first valid packet
 fixes the peer's source address and from then on we send there, whatever SDP
 said (NAT). Later the source may move only when the SSRC changes (a new
-stream) or after the current source has been silent for ``relatch_after``
-seconds (NAT rebinding); packets from another address while the current
+stream: at once from the same address; from another address while the current
+source is live, only after ``MIN_SEQUENTIAL`` packets in sequence, RFC 3550
+A.1, else it is ``wrong_ssrc``) or after the current source has been silent for
+``relatch_after`` seconds (NAT rebinding); packets from another address while the current
 source is live are dropped (``wrong_source``). An SSRC that was replaced is
 retired: stragglers from it are dropped (``wrong_ssrc``), so two sources cannot
 make the stream flap.
@@ -48,13 +50,14 @@ from .rtcp import (
     rtt_from_report,
     serialize_compound,
 )
-from .rtp import RTP_HEADER_SIZE, RtpPacket, pack_header_into
+from .rtp import RtpPacket, packet_packer
 
 __all__ = ["COMFORT_NOISE_PT", "RtpStream", "StreamCounters"]
 
 Address = tuple[str, int]
 
 COMFORT_NOISE_PT = 13  # RFC 3389
+MIN_SEQUENTIAL = 2  # RFC 3550 A.1: in-sequence packets before a new source is valid
 
 
 @dataclass(slots=True)
@@ -100,7 +103,7 @@ class RtpStream:
     ) -> None:
         self._rng = rng or random.Random()
         # RFC 3550 5.1: SSRC, initial sequence number and timestamp are random.
-        self.ssrc = ssrc if ssrc is not None else self._rng.getrandbits(32)
+        self.ssrc = (ssrc if ssrc is not None else self._rng.getrandbits(32)) & 0xFFFFFFFF
         self.seq = self._rng.getrandbits(16)
         self.timestamp = self._rng.getrandbits(32)
         self.codec = codec
@@ -119,8 +122,9 @@ class RtpStream:
         self.sending = True
         self.expect_media = True
         self.counters = StreamCounters()
-        self._buf = bytearray(RTP_HEADER_SIZE + 1500)
-        self._view = memoryview(self._buf)
+        self._ts_step = codec.timestamp_step
+        self._packer_size = -1
+        self._packer = packet_packer(0)
         self._talkspurt = True
         self._dtmf_out: deque[DtmfPacket] = deque()
         self._dtmf_sender = DtmfSender(codec.clock_rate)
@@ -131,6 +135,7 @@ class RtpStream:
         self._source: Address | None = None
         self._remote_ssrc: int | None = None
         self._retired: set[int] = set()
+        self._probation: tuple[int, Address, int, int] | None = None  # ssrc, addr, seq, count
         self.stats: ReceptionStats | None = None
         self._past_received = 0
         self._past_lost = 0
@@ -156,6 +161,7 @@ class RtpStream:
         self.telephone_event_pt = telephone_event_pt
         self._accepted_pts = self._pts()
         self._dtmf_sender = DtmfSender(codec.clock_rate)
+        self._ts_step = codec.timestamp_step
 
     def set_remote(self, remote: Address, remote_rtcp: Address | None = None) -> None:
         """Set the SDP destination (re-INVITE); latching starts again."""
@@ -166,14 +172,25 @@ class RtpStream:
     # --- sending ---------------------------------------------------------------
 
     def _pack(self, pt: int, marker: bool, ts: int, payload: bytes) -> bytes:
+        # The hot path: one Struct.pack into a new bytes (see rtp.packet_packer); the
+        # Struct for the last payload size is kept (G.711 frames are all 160 octets).
         n = len(payload)
-        pack_header_into(self._buf, 0, pt, marker, self.seq, ts, self.ssrc)
-        self._buf[RTP_HEADER_SIZE : RTP_HEADER_SIZE + n] = payload
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.counters.packets_sent += 1
-        self.counters.octets_sent += n
+        if n != self._packer_size:
+            self._packer = packet_packer(n)
+            self._packer_size = n
+        seq = self.seq
+        self.seq = (seq + 1) & 0xFFFF
+        counters = self.counters
+        counters.packets_sent += 1
+        counters.octets_sent += n
         self._sent_since_report = True
-        return bytes(self._view[: RTP_HEADER_SIZE + n])
+        return self._packer.pack(
+            (0x8080 if marker else 0x8000) | (pt & 0x7F),
+            seq,
+            ts & 0xFFFFFFFF,
+            self.ssrc & 0xFFFFFFFF,
+            payload,
+        )
 
     def queue_digit(self, digit: str, *, duration_ms: int = 100) -> None:
         """Queue an RFC 4733 digit; it starts at the next tick."""
@@ -189,7 +206,25 @@ class RtpStream:
     def tick(self, payload: bytes | None) -> bytes | None:
         """One 20 ms frame time: the datagram to send (or ``None``)."""
         ts = self.timestamp
-        self.timestamp = (ts + self.codec.timestamp_step) & 0xFFFFFFFF
+        self.timestamp = (ts + self._ts_step) & 0xFFFFFFFF
+        if payload is not None and self.sending and not self._dtmf_out and self.remote:
+            # Fast path (every stream, every 20 ms): audio, no digit in flight; _pack
+            # inlined.
+            n = len(payload)
+            if n != self._packer_size:
+                self._packer = packet_packer(n)
+                self._packer_size = n
+            seq = self.seq
+            self.seq = (seq + 1) & 0xFFFF
+            counters = self.counters
+            counters.packets_sent += 1
+            counters.octets_sent += n
+            self._sent_since_report = True
+            first = 0x8000 | (self.codec.payload_type & 0x7F)
+            if self._talkspurt:
+                self._talkspurt = False
+                first |= 0x80
+            return self._packer.pack(first, seq, ts, self.ssrc, payload)
         if not self.sending or self.remote is None:
             self._talkspurt = True
             self._dtmf_out.clear()
@@ -230,6 +265,20 @@ class RtpStream:
         if self.symmetric:
             self.remote = addr
 
+    def _passes_probation(self, ssrc: int, addr: Address, seq: int) -> bool:
+        # RFC 3550 A.1: a new source is valid after MIN_SEQUENTIAL packets in sequence.
+        # Applied only to an SSRC from another address while the current source is
+        # live, so a stray or spoofed packet cannot steal the stream.
+        candidate = self._probation
+        if candidate is not None and candidate[:2] == (ssrc, addr):
+            if (seq - candidate[2]) & 0xFFFF == 1:
+                if candidate[3] + 1 >= MIN_SEQUENTIAL:
+                    return True
+                self._probation = (ssrc, addr, seq, candidate[3] + 1)
+                return False
+        self._probation = (ssrc, addr, seq, 1)
+        return False
+
     def receive(self, data: bytes, addr: Address, now: float) -> RtpPacket | list[DtmfEvent] | None:
         """Handle one RTP datagram: audio packet, completed digits, or ``None`` (dropped)."""
         counters = self.counters
@@ -247,6 +296,15 @@ class RtpStream:
             if ssrc in self._retired:
                 counters.wrong_ssrc += 1
                 return None
+            if (
+                addr != self._source
+                and self._last_rx is not None
+                and now - self._last_rx < self.relatch_after
+                and not self._passes_probation(ssrc, addr, packet.sequence_number)
+            ):
+                counters.wrong_ssrc += 1
+                return None
+            self._probation = None
             self._new_source(ssrc)
             if addr != self._source:
                 self._latch(addr)

@@ -39,3 +39,31 @@ def test_timestamp_wrap_and_resync_on_new_stream() -> None:
     assert jb.resyncs == 1
     jb.push(123456789 + 160, b"z2", 0.05)
     assert jb.pop(0.065) == [b"z", b"z2"]
+
+
+def test_30ms_packets_are_cut_into_20ms_frames() -> None:
+    # SIPp's g711a.pcap: 240 octets every 30 ms. 3 packets = 90 ms = 4.5 frames.
+    jb = RecordingJitterBuffer(frame_seconds=0.02, delay=0.0, silence=b"\xd5" * 160)
+    for k in range(3):
+        assert jb.push(1000 + 240 * k, bytes([k + 1]) * 240, 0.03 * k)
+    frames = jb.flush(0.09)
+    assert [len(f or b"") for f in frames] == [160] * 5
+    audio = b"".join(f or b"" for f in frames)
+    assert audio[:720] == b"\x01" * 240 + b"\x02" * 240 + b"\x03" * 240
+    assert audio[720:] == b"\xd5" * 80  # the half frame no packet covered stays silent
+
+
+def test_10ms_packets_fill_one_frame_each_pair() -> None:
+    jb = RecordingJitterBuffer(frame_seconds=0.02, delay=0.0, silence=b"\xff" * 160)
+    for k in range(4):
+        jb.push(80 * k, bytes([k]) * 80, 0.01 * k)
+    frames = jb.flush(0.04)
+    assert frames[:2] == [b"\x00" * 80 + b"\x01" * 80, b"\x02" * 80 + b"\x03" * 80]
+    assert jb.duplicates == 0 and jb.late == 0
+
+
+def test_silence_frame_must_match_the_timestamp_step() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="silence frame has 10 octets, expected 160"):
+        RecordingJitterBuffer(silence=b"\x00" * 10)

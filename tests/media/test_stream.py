@@ -71,11 +71,26 @@ def test_latching_and_source_rules() -> None:
     # After the source has been silent, the same SSRC may move (NAT rebinding).
     assert s.receive(_pkt(3), ("203.0.113.5", 9), 1.0) is not None
     assert s.remote == ("203.0.113.5", 9) and s.counters.relatches == 1
-    # A new SSRC is a new source and is accepted at once; the old one is retired.
-    assert s.receive(_pkt(500, ssrc=0x9999), NAT, 1.02) is not None
-    assert s.remote_ssrc == 0x9999 and s.counters.ssrc_changes == 1
-    assert s.receive(_pkt(4), NAT, 1.04) is None
-    assert s.counters.wrong_ssrc == 1
+    # A new SSRC from another address while the source is live must pass probation
+    # (RFC 3550 A.1: two packets in sequence): a lone stray packet is dropped.
+    assert s.receive(_pkt(500, ssrc=0x9999), NAT, 1.02) is None
+    assert s.counters.wrong_ssrc == 1 and s.remote_ssrc != 0x9999
+    assert s.receive(_pkt(501, ssrc=0x9999), NAT, 1.03) is not None
+    assert s.remote_ssrc == 0x9999 and s.counters.ssrc_changes == 1 and s.remote == NAT
+    # The old SSRC is retired: its stragglers are dropped.
+    assert s.receive(_pkt(4), ("203.0.113.5", 9), 1.04) is None
+    assert s.counters.wrong_ssrc == 2
+    # A new SSRC from the current source's address is a new stream at once.
+    assert s.receive(_pkt(9, ssrc=0x7777), NAT, 1.05) is not None
+    assert s.remote_ssrc == 0x7777 and s.counters.ssrc_changes == 2
+
+
+def test_wrong_ssrc_out_of_sequence_never_passes_probation() -> None:
+    s = _stream()
+    s.receive(_pkt(1), NAT, 0.0)
+    for i, seq in enumerate((100, 300, 50, 7000)):
+        assert s.receive(_pkt(seq, ssrc=0xBAD), ("198.51.100.9", 4000), 0.01 * (i + 1)) is None
+    assert s.counters.wrong_ssrc == 4 and s.remote_ssrc != 0xBAD and s.remote == NAT
 
 
 def test_malformed_and_wrong_payload_type_are_counted() -> None:
