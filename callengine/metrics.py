@@ -145,6 +145,17 @@ class EngineCollector(Collector):
             buckets.append(("+Inf", acc + clock.lateness_counts[-1]))
             h.add_metric([], buckets, clock.lateness_sum)
             yield h
+            errors = CounterMetricFamily(
+                "callengine_media_tick_errors", "Media tick failures (per session)"
+            )
+            errors.add_metric([], clock.errors)
+            yield errors
+            resyncs = CounterMetricFamily(
+                "callengine_media_clock_resyncs",
+                "Times the media clock skipped ahead after a stall",
+            )
+            resyncs.add_metric([], clock.resyncs)
+            yield resyncs
             streams = GaugeMetricFamily("callengine_media_streams", "Active RTP streams")
             streams.add_metric([], len(clock))
             yield streams
