@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .call import Call, CallEvent, RecordResult, SipError, TransferResult
+from .call import Call, CallEnded, CallEvent, RecordResult, SipError, TransferResult
 from .config import EngineConfig, load_config
 from .engine import Engine
 
 __all__ = [
     "Call",
+    "CallEnded",
     "CallEvent",
     "Engine",
     "EngineConfig",

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from media.codecs import CodecInfo
+from media.dtmf import DtmfEvent
 from media.prompts import PromptCache
-from media.recorder import Recorder
+from media.recorder import Recorder, RecordingResult
 from media.session import MediaClock, RtpSession
 from media.storage import LocalMediaStorage
 
@@ -34,6 +35,7 @@ class MediaManager:
         port_range: tuple[int, int],
         rtp_timeout: float,
         codecs: Sequence[CodecInfo],
+        sockets: bool = True,
     ) -> None:
         self.clock = MediaClock()
         self.storage = LocalMediaStorage(Path(data_dir) / "media")
@@ -42,6 +44,7 @@ class MediaManager:
         self.rtp_timeout = rtp_timeout
         self.codecs = list(codecs)
         self.sessions = 0
+        self.sockets = sockets
 
     def preload(self) -> int:
         """Decode, resample and encode every bundled prompt for every codec now, at
@@ -65,8 +68,12 @@ class MediaManager:
         *,
         on_timeout: Callable[[], None] | None = None,
     ) -> RtpSession:
-        """Bind a port pair; with an SDP answer, point it at the peer at once."""
+        """Bind a port pair; with an SDP answer, point it at the peer at once.
+
+        Without sockets (signalling-only mode) the call gets :class:`SilentMedia`."""
         codec = negotiated.codec if negotiated is not None else self.codecs[0]
+        if not self.sockets:
+            return SilentMedia(codec)  # type: ignore[return-value]
         te = negotiated.telephone_event_pt if negotiated is not None else 101
         options: dict[str, Any] = {}
         if self.rtp_timeout > 0:
@@ -142,3 +149,67 @@ def apply_answer(session: RtpSession, negotiated: sdpmod.Answer) -> None:
         direction=negotiated.direction,
         remote_rtcp=(negotiated.remote_address, negotiated.remote_rtcp_port),
     )
+
+
+class SilentMedia:
+    """The media of a call on a signalling-only node: no socket, no packets.
+
+    Prompts take as long as they would take to play (so IVR timing holds), digits arrive
+    only by SIP INFO, recordings are empty files of the same shape. It answers the
+    parts of :class:`~media.session.RtpSession` that calls use.
+    """
+
+    rtp_port = 9
+
+    def __init__(self, codec: CodecInfo) -> None:
+        self.codec = codec
+        self._digits: asyncio.Queue[DtmfEvent] = asyncio.Queue()
+        self._ended = asyncio.get_running_loop().create_future()
+        self.on_audio: Callable[[bytes], None] | None = None
+
+    def digits(self) -> asyncio.Queue[DtmfEvent]:
+        return self._digits
+
+    def deliver_digit(self, event: DtmfEvent) -> None:
+        self._digits.put_nowait(event)
+
+    async def play(
+        self, payloads: Iterable[Iterable[bytes]], *, barge_in: bool = True
+    ) -> str | None:
+        frames = sum(sum(1 for _ in seq) for seq in payloads)
+        try:
+            if barge_in:
+                event = await asyncio.wait_for(self._digits.get(), frames * 0.02)
+                return event.digit
+            await asyncio.sleep(frames * 0.02)
+        except TimeoutError:
+            pass
+        return None
+
+    def send_digit(self, digit: str, *, duration_ms: int = 100) -> None:
+        return None
+
+    def start_recording(
+        self, recorder: Recorder, *, stop_on_dtmf: bool = True
+    ) -> asyncio.Future[RecordingResult]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RecordingResult] = loop.create_future()
+        limit = recorder.max_samples / recorder.sample_rate
+
+        def finish(reason: str) -> None:
+            if not future.done():
+                future.set_result(recorder.close(reason))
+
+        loop.call_later(limit, finish, "max_seconds")
+        self._ended.add_done_callback(lambda _: finish("hangup"))
+        return future
+
+    def set_remote(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def quality(self) -> dict[str, Any]:
+        return {}
+
+    async def stop(self, reason: str = "hangup") -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)

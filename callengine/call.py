@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callengine.call")
 
-__all__ = ["Call", "CallEvent", "RecordResult", "SipError", "TransferResult"]
+__all__ = ["Call", "CallEnded", "CallEvent", "RecordResult", "SipError", "TransferResult"]
 
 
 class SipError(Exception):
@@ -33,6 +33,14 @@ class SipError(Exception):
         self.status = status
         self.reason = reason
         self.cause = cause
+
+
+class CallEnded(SipError):
+    """Raised by media operations (play, gather, record) when the call has ended:
+    what the caller would have heard or said never happened."""
+
+    def __init__(self, cause: int = 16) -> None:
+        super().__init__(487, "call ended", cause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +251,8 @@ class Call:
 
     # ------------------------------------------------------------------ media
     def _need_media(self) -> Any:
+        if not self.active:
+            raise CallEnded(self.cause)
         if self.media is None:
             raise SipError(500, "call has no media session (answer first)")
         return self.media
@@ -257,6 +267,8 @@ class Call:
         digit: str | None = await media.play(payloads, barge_in=barge_in)
         if digit is not None:
             self.digits.append(digit)
+        elif not self.active:
+            raise CallEnded(self.cause)
         return digit
 
     async def gather(
@@ -292,6 +304,8 @@ class Call:
                 break
             collected += digit
             wait = inter_digit_timeout or timeout
+        if not self.active and len(collected) < max_digits:
+            raise CallEnded(self.cause)
         return collected
 
     async def record(

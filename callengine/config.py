@@ -42,6 +42,8 @@ class EngineConfig:
     max_cps: float = 0.0
     """New calls per second (token bucket); 0 means unlimited."""
     retry_after: int = 5
+    overload_lag: float = 0.25
+    """Seconds of event-loop lag above which new INVITEs get 503 (0 disables)."""
     drain_grace: float = 30.0
     """Seconds active calls may continue after SIGTERM before the node exits."""
     rtp_port_min: int = 10000
@@ -83,6 +85,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_calls": (int,),
     "max_cps": (int, float),
     "retry_after": (int,),
+    "overload_lag": (int, float),
     "drain_grace": (int, float),
     "rtp_port_min": (int,),
     "rtp_port_max": (int,),

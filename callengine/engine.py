@@ -66,6 +66,7 @@ class Engine:
         self.transfer_handler: Callable[..., Awaitable[TransferResult]] | None = None
         self.register_handler: Callable[[Request, float], Response | None] | None = None
         self._outbound: dict[str, asyncio.Future[Response]] = {}
+        self._shed_task: asyncio.Task[None] | None = None
         from media.codecs import CODECS
 
         self.codecs = [
@@ -131,6 +132,17 @@ class Engine:
 
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        # media first: a datagram may arrive as soon as the first socket is bound
+        from ._media import MediaManager
+
+        self.media_manager = MediaManager(
+            data_dir=cfg.data_dir,
+            port_range=(cfg.rtp_port_min, cfg.rtp_port_max),
+            rtp_timeout=cfg.rtp_timeout,
+            codecs=self.codecs,
+            sockets=cfg.media,
+        )
+        self.media_manager.preload()
         self.transports = TransportSet(self._deliver, tls_context=tls)
         self.transports.on_send_error = self._on_send_error
         try:
@@ -144,16 +156,7 @@ class Engine:
         except BaseException:
             await self.transports.close()
             raise
-        if cfg.media:
-            from ._media import MediaManager
-
-            self.media_manager = MediaManager(
-                data_dir=cfg.data_dir,
-                port_range=(cfg.rtp_port_min, cfg.rtp_port_max),
-                rtp_timeout=cfg.rtp_timeout,
-                codecs=self.codecs,
-            )
-            self.media_manager.preload()
+        self._shed_task = self._loop.create_task(self._watch_lag())
         log.info(
             "listening on %s",
             ", ".join(f"{s.transport} {s.host}:{s.port}" for s in self.transports.bound),
@@ -179,8 +182,32 @@ class Engine:
             await self.media_manager.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._shed_task is not None:
+            self._shed_task.cancel()
         if self.transports is not None:
             await self.transports.close()
+
+    async def _watch_lag(self) -> None:
+        """Shed load when the loop falls behind (DESIGN: 503, never unbounded memory).
+
+        Every 50 ms: if the loop woke more than ``overload_lag`` late, new INVITEs get
+        503 with Retry-After until it keeps time again."""
+        loop = asyncio.get_running_loop()
+        limit = self.config.overload_lag
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.05)
+            lag = loop.time() - t0 - 0.05
+            ua = self._ua
+            if ua is not None and limit > 0:
+                shedding = lag > limit
+                if shedding != ua.shedding:
+                    ua.shedding = shedding
+                    log.warning(
+                        "event loop %.0f ms late: %s",
+                        lag * 1000,
+                        "shedding new calls" if shedding else "taking calls again",
+                    )
 
     @property
     def ua(self) -> UserAgent:
@@ -375,18 +402,22 @@ class Engine:
     async def open_media(self, call: Call, negotiated: Any) -> int:
         """Open the call's RTP session; returns its port for the SDP.
 
-        With media disabled (signalling-only benchmarks) the SDP names the discard
-        port 9 and no socket is opened."""
+        With media disabled (signalling-only benchmarks) the call gets silent media: the
+        SDP names the discard port 9, no socket is opened, prompts take their time and
+        digits come only by SIP INFO."""
         mm = self.media_manager
-        if mm is None:
-            return 9
+        assert mm is not None
         if call.media is None:
             host = self.media_address(call.session.local_addr[0])
 
             def on_timeout(call: Call = call) -> None:
-                log.info("RTP timeout, hanging up %s", call.call_id)
+                log.info(
+                    "RTP timeout: hanging up %s", call.call_id, extra={"call_id": call.call_id}
+                )
                 if self._loop is not None:
-                    self._loop.create_task(call.hangup(cause=102))
+                    ctx = contextvars.copy_context()
+                    ctx.run(current_call_id.set, call.call_id)
+                    self._loop.create_task(call.hangup(cause=102), context=ctx)
 
             call.media = await mm.open(host, negotiated, on_timeout=on_timeout)
         return int(call.media.rtp_port)

@@ -32,7 +32,7 @@ from config_cache import (
 )
 from config_cache.shipper import Backoff
 
-from .call import Call
+from .call import Call, CallEnded
 from .calllogs import CallLogHook, CallLogWriter
 from .config import EngineConfig
 from .engine import Engine, Handler
@@ -254,7 +254,7 @@ class Node:
             else:
                 ended.cancel()
                 exc = runner.exception()
-                if exc is not None:
+                if exc is not None and not isinstance(exc, CallEnded):
                     log.error("IVR flow failed: %r", exc)
 
         return run

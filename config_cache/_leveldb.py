@@ -2,9 +2,15 @@
 
 Opening: an absent or empty directory is created; an existing one is opened
 without ``create_if_missing`` so a directory whose ``CURRENT`` file was lost is
-treated as damage, not silently replaced by an empty database. On corruption we
-log, run ``plyvel.repair_db`` once (it salvages every readable table and log
-record) and reopen; if that fails, :class:`ConfigError` names the path.
+treated as damage, not silently replaced by an empty database. LevelDB opens
+table files lazily and, by default, silently drops damaged write-ahead-log
+records, so opening alone proves little: an existing directory is opened with
+``paranoid_checks`` and read once end to end with checksums verified (a node's
+store is small: tenants, bindings, the outbox and the shipped ring). On any
+damage we log (naming the file LevelDB names), run ``plyvel.repair_db`` once
+(it salvages every readable table and log record, and moves what it cannot
+read to ``lost/``), log what was moved, reopen and verify again; if that fails,
+:class:`ConfigError` names the path.
 """
 
 from __future__ import annotations
@@ -44,23 +50,47 @@ class LocalDB:
         if not p.is_dir():
             raise ConfigError("LevelDB path is not a directory", file=str(p))
         try:
-            return cls(plyvel.DB(str(p), create_if_missing=False), p)
+            return cls(_open_verified(p), p)
         except plyvel.Error as exc:
             first = _text(exc)
             if isinstance(exc, plyvel.IOError) and "lock" in first.lower():
                 # Held by another process: repairing would not help (and must not run).
                 raise ConfigError(f"cannot open LevelDB: {first}", file=str(p)) from exc
-        log.warning("LevelDB at %s cannot be opened (%s); running plyvel.repair_db once", p, first)
+        log.error("LevelDB at %s is damaged (%s); running plyvel.repair_db once", p, first)
+        lost_before = _lost_tables(p)
+        checked = True
         try:
             plyvel.repair_db(str(p))
-            db = cls(plyvel.DB(str(p), create_if_missing=False), p)
+            try:
+                db = _open_verified(p)
+            except plyvel.CorruptionError as exc:
+                checked = False
+                # Repair keeps a table whose blocks fail their checksum: serve
+                # what reads (bad records surface as unreadable, and stay).
+                log.error(
+                    "LevelDB at %s still fails its checksums after repair (%s); "
+                    "serving the readable records",
+                    p,
+                    _text(exc),
+                )
+                db = _open_scanned(p)
         except plyvel.Error as exc:
             raise ConfigError(
                 f"LevelDB is corrupt and repair failed: {_text(exc)} (first error: {first})",
                 file=str(p),
             ) from exc
-        log.warning("LevelDB at %s repaired; readable records were kept", p)
-        return db
+        moved = sorted(_lost_tables(p) - lost_before)
+        if moved:
+            log.error(
+                "LevelDB at %s repaired; unreadable table file(s) moved to %s, "
+                "their records are lost: %s",
+                p,
+                p / "lost",
+                ", ".join(moved),
+            )
+        elif checked:
+            log.warning("LevelDB at %s repaired; readable records were kept", p)
+        return cls(db, p)
 
     def close(self) -> None:
         """Close the database (idempotent)."""
@@ -114,6 +144,48 @@ class LocalDB:
         """Keys under ``prefix`` in key order."""
         with self._db.iterator(prefix=prefix, include_value=False, reverse=reverse) as it:
             yield from it
+
+
+def _open_verified(p: Path) -> plyvel.DB:
+    """Open an existing database and read every record with checksums on.
+
+    ``paranoid_checks`` makes a damaged write-ahead log an error instead of
+    silently dropped records; the scan touches every table file, which LevelDB
+    otherwise opens only when a read first needs it (a truncated table would
+    then fail in the middle of serving). The handle returned is reopened
+    without ``paranoid_checks``, so a later background error cannot stop the
+    node's writes."""
+    db = plyvel.DB(str(p), create_if_missing=False, paranoid_checks=True)
+    try:
+        with db.iterator(verify_checksums=True, fill_cache=False) as it:
+            for _ in it:
+                pass
+    finally:
+        db.close()
+    return plyvel.DB(str(p), create_if_missing=False)
+
+
+def _open_scanned(p: Path) -> plyvel.DB:
+    """Open without checksum verification and read every record once, so
+    that a read failing outright fails here, not while serving."""
+    db = plyvel.DB(str(p), create_if_missing=False)
+    try:
+        with db.iterator(fill_cache=False) as it:
+            for _ in it:
+                pass
+    except plyvel.Error:
+        db.close()
+        raise
+    return db
+
+
+def _lost_tables(p: Path) -> set[str]:
+    """Table files ``repair_db`` set aside in ``lost/`` (it also archives the
+    logs and manifests it rebuilt from: those lost nothing)."""
+    lost = p / "lost"
+    if not lost.is_dir():
+        return set()
+    return {f.name for f in lost.iterdir() if f.suffix in (".ldb", ".sst")}
 
 
 def _text(exc: BaseException) -> str:

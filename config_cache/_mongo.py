@@ -84,14 +84,29 @@ class MongoMaster:
         self._stream: CollectionChangeStream[dict[str, Any]] | None = None
         #: False once the server said it has no change streams.
         self.change_streams: bool = True
+        self._bad_ids: set[str] = set()
 
-    def revisions(self) -> dict[str, int]:
-        """Tenant id -> rev for every tenant document (projection, cheap)."""
+    def revisions(self) -> dict[str, Any]:
+        """Tenant id -> rev for every tenant document (projection, cheap).
+
+        Revs are returned as stored (the follower rejects one that is not an
+        integer); documents whose ``_id`` is not a string are skipped and
+        logged once, since no tenant can be fetched by them."""
+        out: dict[str, Any] = {}
         with _upstream("master revisions"):
-            return {
-                str(doc["_id"]): doc.get("rev", 0)
-                for doc in self._coll.find({}, {"_id": 1, "rev": 1})
-            }
+            for doc in self._coll.find({}, {"_id": 1, "rev": 1}):
+                oid = doc.get("_id")
+                if not isinstance(oid, str):
+                    if repr(oid) not in self._bad_ids:
+                        self._bad_ids.add(repr(oid))
+                        log.error(
+                            "ignoring master document with _id %r: a tenant _id is its "
+                            "id, a string",
+                            oid,
+                        )
+                    continue
+                out[oid] = doc.get("rev", 0)
+        return out
 
     def fetch(self, tenant_ids: Sequence[str]) -> list[dict[str, Any]]:
         """The full documents of ``tenant_ids``."""

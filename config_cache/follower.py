@@ -41,9 +41,13 @@ _WAIT_CHUNK = 1.0
 class MasterSource(Protocol):
     """What the follower needs from the master (``MongoMaster`` provides it)."""
 
-    def revisions(self) -> dict[str, int]: ...
+    def revisions(self) -> dict[str, Any]: ...
     def fetch(self, tenant_ids: Sequence[str]) -> list[dict[str, Any]]: ...
     def wait_for_change(self, timeout: float) -> bool | None: ...
+
+
+def _is_rev(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class MasterFollower:
@@ -149,10 +153,13 @@ class MasterFollower:
     def _sync(self) -> list[str]:
         remote = self.master.revisions()
         local = self.cache.revisions()
+        # A rev that is not an integer is fetched once so validation names it
+        # ("rev: must be an integer"); it is remembered as rejected rev -1.
         wanted = [
             tid
             for tid, rev in remote.items()
-            if rev > local.get(tid, -1) and self.rejected.get(tid, (None,))[0] != rev
+            if (not _is_rev(rev) or rev > local.get(tid, -1))
+            and self.rejected.get(tid, (None,))[0] != (rev if _is_rev(rev) else -1)
         ]
         changed: list[str] = []
         if wanted:
@@ -184,8 +191,17 @@ class MasterFollower:
         source = "master"
         try:
             tenant = validate_tenant(doc, file=source, tenant=tid)
+            if tenant.id != tid:
+                # The follower keys everything by _id: an "id" naming another
+                # tenant would overwrite that tenant from the wrong document.
+                raise ConfigError(
+                    f"{tenant.id!r} does not match the document _id {tid!r}",
+                    file=source,
+                    tenant=tid,
+                    field="id",
+                )
         except ConfigError as exc:
-            self._reject(tid, rev if isinstance(rev, int) else -1, exc, quiet=quiet)
+            self._reject(tid, rev if _is_rev(rev) else -1, exc, quiet=quiet)
             return False
         if doc.get("deleted") is True:
             self.rejected.pop(tid, None)

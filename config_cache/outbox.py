@@ -43,6 +43,10 @@ def _skey(seq: int) -> bytes:
     return P_SHIPPED + b"%016x" % seq
 
 
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _encode(state: str, rec: CallLog) -> bytes:
     return json.dumps({"state": state, "log": rec.to_dict()}, separators=(",", ":")).encode()
 
@@ -83,12 +87,20 @@ class Outbox:
     def _decode(value: bytes) -> tuple[str, CallLog]:
         try:
             data = json.loads(value)
+            if not isinstance(data, dict) or not isinstance(data.get("log"), dict):
+                raise ValueError("not an outbox record")
             state = data["state"]
             if state not in ("open", "final"):
                 raise ValueError(f"bad state {state!r}")
-            return state, CallLog.from_dict(data["log"])
+            rec = CallLog.from_dict(data["log"])
         except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(str(exc)) from exc
+        # The shipper orders by these times: a damaged record must not reach it.
+        if not isinstance(rec.call_id, str) or not _is_time(rec.start_time):
+            raise ValueError("call_id or start_time of the wrong type")
+        if rec.end_time is not None and not _is_time(rec.end_time):
+            raise ValueError("end_time of the wrong type")
+        return state, rec
 
     def _gauges(self) -> None:
         self._metrics.outbox_depth.set(len(self._final))
@@ -101,6 +113,7 @@ class Outbox:
         self._db.put(_okey(rec.call_id), _encode("open", rec), sync=True)
         with self._lock:
             self._open.add(rec.call_id)
+            self._final.pop(rec.call_id, None)
             self._gauges()
 
     def close_call(self, rec: CallLog) -> None:
@@ -132,7 +145,10 @@ class Outbox:
         self._db.write(puts=puts, sync=True)
         with self._lock:
             for rec in opens:
+                # An open record replaces a final one with the same Call-ID
+                # (an INVITE answered again after a restart): not shippable.
                 self._open.add(rec.call_id)
+                self._final.pop(rec.call_id, None)
             for rec in finals:
                 self._open.discard(rec.call_id)
                 self._final[rec.call_id] = rec.end_time or rec.start_time

@@ -15,6 +15,7 @@ with ``now = loop.time()``; decisions stay in the core, I/O stays here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import random
@@ -31,6 +32,13 @@ from .jitterbuffer import RecordingJitterBuffer
 from .recorder import Recorder, RecordingResult
 from .rtp import RtpPacket
 from .stream import Address, RtpStream
+
+# The clock belongs to no call: its ticks must not inherit the first call's context
+# (a log line's call id comes from there).
+_CLOCK_CONTEXT = contextvars.Context()
+
+# One generator per process: seeding a new Random from os.urandom costs ~70 us a call.
+_RNG = random.Random()
 
 __all__ = ["DEFAULT_PORT_RANGE", "MediaClock", "RtpSession"]
 
@@ -72,7 +80,7 @@ class MediaClock:
         if self._handle is None:
             self._loop = asyncio.get_running_loop()
             self._due = self._loop.time() + self.interval
-            self._handle = self._loop.call_at(self._due, self._tick)
+            self._handle = self._loop.call_at(self._due, self._tick, context=_CLOCK_CONTEXT)
 
     def remove(self, session: RtpSession) -> None:
         """Stop ticking ``session``; the clock stops when none are left."""
@@ -120,7 +128,7 @@ class MediaClock:
             # Too far behind (loop stalled): skip ahead instead of bursting.
             self.resyncs += 1
             self._due = now + self.interval
-        self._handle = loop.call_at(self._due, self._tick)
+        self._handle = loop.call_at(self._due, self._tick, context=_CLOCK_CONTEXT)
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
@@ -241,7 +249,7 @@ class RtpSession:
         (``rtp_timeout``, ``relatch_after``, ``rtcp_interval``, ``cname``...).
         """
         loop = asyncio.get_running_loop()
-        rng = rng or random.Random()
+        rng = rng or _RNG
         rtp_sock, rtcp_sock = _bind_pair(host, port_range, rng)
         port = rtp_sock.getsockname()[1]
         noop: Callable[[bytes, Address], None] = lambda data, addr: None  # noqa: E731

