@@ -176,7 +176,7 @@ class SilentMedia:
     async def play(
         self, payloads: Iterable[Iterable[bytes]], *, barge_in: bool = True
     ) -> str | None:
-        frames = sum(sum(1 for _ in seq) for seq in payloads)
+        frames = sum(len(seq) if isinstance(seq, tuple) else sum(1 for _ in seq) for seq in payloads)
         try:
             if barge_in:
                 event = await asyncio.wait_for(self._digits.get(), frames * 0.02)

@@ -81,7 +81,7 @@ class Call:
         self.caller = (from_uri.user_unescaped or from_uri.host) if from_uri else ""
         self.caller_display = inv.from_.display if inv.from_ else None
         self.callee = inv.uri.user_unescaped or ""
-        self.headers: Mapping[str, str] = inv.headers.first_values()
+        self._headers: Mapping[str, str] | None = None
         self.source = inv.source
         self.tenant: str | None = None
         self.did: str | None = None
@@ -101,13 +101,22 @@ class Call:
         self._sdp_session: sdpmod.SdpSession | None = None
         self._ended = asyncio.get_running_loop().create_future()
         self._confirmed = asyncio.get_running_loop().create_future()
-        self._events: asyncio.Queue[CallEvent] = asyncio.Queue()
+        # created on first use: most handlers never read the event stream
+        self._events: asyncio.Queue[CallEvent] | None = None
+        self._history: list[CallEvent] = []
         self._offer: sdpmod.SessionDescription | None = None
         self.quality: dict[str, Any] = {}
         self.task: asyncio.Task[None] | None = None
         self.finished = False
 
     # ------------------------------------------------------------ properties
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The INVITE's headers (first value of each, canonical names)."""
+        if self._headers is None:
+            self._headers = self.session.invite.headers.first_values()
+        return self._headers
+
     @property
     def state(self) -> str:
         return self.session.state.value
@@ -238,6 +247,11 @@ class Call:
     async def events(self) -> AsyncIterator[CallEvent]:
         """Events in order until (and including) ``ended``."""
         while True:
+            if self._events is None:
+                # events so far are replayed, then the live stream follows
+                self._events = asyncio.Queue()
+                for past in self._history:
+                    self._events.put_nowait(past)
             ev = await self._events.get()
             yield ev
             if ev.kind == "ended":
@@ -383,7 +397,11 @@ class Call:
 
     # --------------------------------------------------- from the engine (sync)
     def _emit(self, kind: str, **data: Any) -> None:
-        self._events.put_nowait(CallEvent(kind, self.engine.wallclock(), data))
+        event = CallEvent(kind, self.engine.wallclock(), data)
+        if self._events is None:
+            self._history.append(event)
+        else:
+            self._events.put_nowait(event)
 
     def _on_confirmed(self) -> None:
         if not self._confirmed.done():

@@ -243,7 +243,7 @@ class Node:
         async def run(call: Call) -> None:
             await call.answer()
             runner = asyncio.ensure_future(run_flow(call, flow, actions=actions))
-            ended = asyncio.ensure_future(call.wait_hangup())
+            ended = call._ended
             done, _ = await asyncio.wait({runner, ended}, return_when=asyncio.FIRST_COMPLETED)
             if runner not in done:
                 runner.cancel()
@@ -252,7 +252,6 @@ class Node:
                 except (asyncio.CancelledError, Exception):
                     pass
             else:
-                ended.cancel()
                 exc = runner.exception()
                 if exc is not None and not isinstance(exc, CallEnded):
                     log.error("IVR flow failed: %r", exc)

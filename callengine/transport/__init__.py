@@ -113,6 +113,8 @@ class TransportSet:
         self.deliver = deliver
         self.tls_context = tls_context
         self.udp: list[_Udp] = []
+        self._udp4: asyncio.DatagramTransport | None = None
+        self._udp6: asyncio.DatagramTransport | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.connections: dict[tuple[str, Address], _Stream] = {}
         self._pending: dict[tuple[str, Address], list[bytes]] = {}
@@ -141,6 +143,11 @@ class TransportSet:
                 proto = _Udp(self, local)
                 await loop.create_datagram_endpoint(lambda p=proto: p, sock=sock)  # type: ignore[misc]
                 self.udp.append(proto)
+                # the first socket of each family sends every UDP message of that family
+                if ":" in local[0]:
+                    self._udp6 = self._udp6 or proto.transport
+                else:
+                    self._udp4 = self._udp4 or proto.transport
                 self.bound.append(ListenSpec(local[0], local[1], "UDP"))
                 port = local[1]
             else:
@@ -168,15 +175,14 @@ class TransportSet:
     def send(self, data: bytes, dest: Address, transport: str) -> None:
         """Send one message (non-blocking). Stream connections are opened on demand."""
         if transport == "UDP":
-            want_v6 = ":" in dest[0]
-            for proto in self.udp:
-                if (":" in proto.local[0]) == want_v6 and proto.transport is not None:
-                    try:
-                        proto.transport.sendto(data, dest)
-                    except OSError:
-                        self.send_errors += 1
-                    return
-            self.send_errors += 1
+            udp = self._udp6 if ":" in dest[0] else self._udp4
+            if udp is None:
+                self.send_errors += 1
+                return
+            try:
+                udp.sendto(data, dest)
+            except OSError:
+                self.send_errors += 1
             return
         key = (transport, dest)
         conn = self.connections.get(key)
