@@ -166,25 +166,37 @@ class SilentMedia:
         self._digits: asyncio.Queue[DtmfEvent] = asyncio.Queue()
         self._ended = asyncio.get_running_loop().create_future()
         self.on_audio: Callable[[bytes], None] | None = None
+        self._waiter: asyncio.Future[str] | None = None
 
     def digits(self) -> asyncio.Queue[DtmfEvent]:
         return self._digits
 
     def deliver_digit(self, event: DtmfEvent) -> None:
-        self._digits.put_nowait(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(event.digit)  # barge-in
+        else:
+            self._digits.put_nowait(event)
 
     async def play(
         self, payloads: Iterable[Iterable[bytes]], *, barge_in: bool = True
     ) -> str | None:
-        frames = sum(len(seq) if isinstance(seq, tuple) else sum(1 for _ in seq) for seq in payloads)
-        try:
-            if barge_in:
-                event = await asyncio.wait_for(self._digits.get(), frames * 0.02)
-                return event.digit
+        frames = sum(
+            len(seq) if isinstance(seq, tuple) else sum(1 for _ in seq) for seq in payloads
+        )
+        if barge_in and not self._digits.empty():
+            return self._digits.get_nowait().digit
+        if not barge_in:
             await asyncio.sleep(frames * 0.02)
+            return None
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        try:
+            return await asyncio.wait_for(waiter, frames * 0.02)
         except TimeoutError:
-            pass
-        return None
+            return None
+        finally:
+            self._waiter = None
 
     def send_digit(self, digit: str, *, duration_ms: int = 100) -> None:
         return None

@@ -159,8 +159,8 @@ class Call:
         waits = [
             hook.before_answer(self) for hook in self.engine.hooks if hasattr(hook, "before_answer")
         ]
-        if waits:
-            await asyncio.gather(*waits)
+        for wait in waits:
+            await wait
         if not self.active:
             self.answered_at = None
             raise SipError(487, "call ended before answer")

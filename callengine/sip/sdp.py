@@ -16,6 +16,7 @@ INVITE turns it into 400, and a ``None`` from :func:`negotiate` into 488.
 from __future__ import annotations
 
 import ipaddress
+import re
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -310,7 +311,14 @@ def _attr(name: str, value: str | None) -> str:
     return f"a={name}" if value is None else f"a={name}:{value}"
 
 
+_DOTTED_QUAD = re.compile(
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}\Z"
+)
+
+
 def _check_address(addrtype: str, address: str, number: int) -> None:
+    if addrtype == "IP4" and _DOTTED_QUAD.match(address):
+        return  # the common case, without ipaddress's cost
     try:
         if addrtype == "IP4":
             ipaddress.IPv4Address(address)
