@@ -15,7 +15,15 @@ from callengine.sip.errors import RemoteProtocolError
 from callengine.sip.message import Request, Response, parse_message
 from callengine.sip.registrar import Binding, MemoryBindingStore, Registrar, UserRecord
 
-RFC4475 = Path("/work/shared/conformance/rfc4475")
+# ../shared beside the checkout (as CI lays it out), else the workplace's copy.
+RFC4475 = next(
+    p
+    for p in (
+        Path(__file__).resolve().parents[3] / "shared/conformance/rfc4475",
+        Path("/work/shared/conformance/rfc4475"),
+    )
+    if p.is_dir()
+)
 T0 = 1_700_000_000.0  # wall-clock seconds: 2023-11-14 22:13:20 GMT
 SECRET = b"registrar test secret"
 USERS = {

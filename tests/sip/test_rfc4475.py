@@ -18,7 +18,15 @@ from callengine.sip.message import PartialRequestError, Request, Response, parse
 from callengine.sip.registrar import MemoryBindingStore, Registrar, UserRecord
 from callengine.sip.useragent import ALLOWED
 
-CORPUS = Path("/work/shared/conformance/rfc4475")
+# ../shared beside the checkout (as CI lays it out), else the workplace's copy.
+CORPUS = next(
+    p
+    for p in (
+        Path(__file__).resolve().parents[3] / "shared/conformance/rfc4475",
+        Path("/work/shared/conformance/rfc4475"),
+    )
+    if p.is_dir()
+)
 MANIFEST: list[dict[str, object]] = json.loads((CORPUS / "manifest.json").read_text())
 FILES = [str(m["file"]) for m in MANIFEST]
 SOURCE = ("192.0.2.99", 5060)
