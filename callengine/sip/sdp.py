@@ -16,8 +16,8 @@ INVITE turns it into 400, and a ``None`` from :func:`negotiate` into 488.
 from __future__ import annotations
 
 import ipaddress
-import re
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
