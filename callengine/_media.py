@@ -216,6 +216,9 @@ class SilentMedia:
         self._ended.add_done_callback(lambda _: finish("hangup"))
         return future
 
+    def stop_recording(self, reason: str = "stopped") -> None:
+        return None
+
     def set_remote(self, *args: Any, **kwargs: Any) -> None:
         return None
 

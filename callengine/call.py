@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ivr import CallHangup
+
 from .sip import sdp as sdpmod
 from .sip.message import Request, Response
 from .sip.useragent import InviteSession, SessionState
@@ -35,7 +37,7 @@ class SipError(Exception):
         self.cause = cause
 
 
-class CallEnded(SipError):
+class CallEnded(SipError, CallHangup):
     """Raised by media operations (play, gather, record) when the call has ended:
     what the caller would have heard or said never happened."""
 
@@ -345,8 +347,13 @@ class Call:
             silence_timeout=silence_timeout,
         )
         future = media.start_recording(recorder, stop_on_dtmf=stop_on_dtmf)
-        result = await future
+        # the key is the call's from the first frame: a hangup must not lose it
         self.recordings.append(key)
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            media.stop_recording("hangup")
+            raise
         return RecordResult(key=key, seconds=result.seconds, reason=result.reason)
 
     async def send_dtmf(self, digits: str, *, duration_ms: int = 100) -> None:

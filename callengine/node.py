@@ -246,6 +246,11 @@ class Node:
             ended = call._ended
             done, _ = await asyncio.wait({runner, ended}, return_when=asyncio.FIRST_COMPLETED)
             if runner not in done:
+                # The caller hung up. Media operations now end by themselves (a
+                # recording closes with reason "hangup", prompts raise CallEnded), so
+                # the flow gets a moment to log its last step before it is cancelled.
+                done, _ = await asyncio.wait({runner}, timeout=2.0)
+            if runner not in done:
                 runner.cancel()
                 try:
                     await runner

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from .call import Call
-from .errors import FlowValidationError
+from .errors import CallHangup, FlowValidationError
 from .flow import (
     Flow,
     GatherNode,
@@ -32,6 +32,7 @@ from .router import Action, Handler, Router
 from .runner import DEFAULT_MAX_STEPS, FlowOutcome, StepRecord, run_flow
 
 __all__ = [
+    "CallHangup",
     "BUILTIN_PROMPTS",
     "DEFAULT_MAX_STEPS",
     "Action",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FlowValidationError"]
+__all__ = ["CallHangup", "FlowValidationError"]
 
 
 class FlowValidationError(ValueError):
@@ -44,3 +44,10 @@ class FlowValidationError(ValueError):
         if self.field is not None:
             parts.append(f"field {self.field!r}")
         return f"{' '.join(parts)}: {self.message}"
+
+
+class CallHangup(Exception):
+    """Raised by a call's media operations (play, gather) once the caller has hung up.
+
+    The runner ends the flow as a hangup (the open step's outcome is ``hangup``)
+    instead of treating it as an error."""

@@ -526,6 +526,8 @@ class FlowMachine:
             key, node.max_seconds, node.beep, node.silence_timeout
         )
         self._step.details.update(key=result.key, seconds=result.seconds, reason=result.reason)
+        if result.reason == "hangup":
+            return _Exit("recorded", None)  # the caller hung up to end the message: done
         return _Exit("recorded", node.next)
 
     def _set(self, node: SetNode) -> _Exit:

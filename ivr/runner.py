@@ -35,6 +35,7 @@ from typing import Any
 
 from . import _http
 from .call import Call
+from .errors import CallHangup
 from .flow import Flow
 from .machine import (
     ActionFailed,
@@ -198,6 +199,20 @@ async def run_flow(
                     result = await _webhook(command)
                 case RunAction():
                     result = await _run_action(call, actions, command)
+    except CallHangup:
+        # The caller hung up during a prompt or a gather: the flow ends there.
+        aborted = machine.abort("hangup")
+        if aborted is not None:
+            close_step(aborted)
+        call.log_event("ivr", event="end", flow=flow.name, reason="hangup", hangup_cause=None)
+        return FlowOutcome(
+            reason="hangup",
+            hangup_cause=None,
+            path=tuple(machine.path),
+            digits=tuple(machine.digits),
+            steps=tuple(steps),
+            variables=dict(call.variables),
+        )
     except BaseException as exc:
         # Close the open step so the call log shows where the flow stopped.
         outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
