@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     dial.add_argument("uri", help="e.g. sip:demo@127.0.0.1:5060")
     dial.add_argument("--dtmf", default="", help="RFC 4733 digits to send after answer")
     dial.add_argument("--play", help="WAV file to play into the call")
+    dial.add_argument(
+        "--play-delay", type=float, default=0.0, help="seconds after answer before --play starts"
+    )
     dial.add_argument("--record", help="WAV file to record what the far end sends")
     dial.add_argument("--duration", type=float, default=10.0, help="seconds to stay connected")
     dial.add_argument(
@@ -184,6 +187,7 @@ def _dial(args: argparse.Namespace) -> int:
         duration=args.duration,
         dtmf_delay=args.dtmf_delay,
         port=args.port,
+        play_delay=args.play_delay,
     )
 
 

@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry
 from config_cache import (
     CacheMetrics,
     CacheSettings,
-    ConfigError,
     HistoryShipper,
     LocalStore,
     MasterFollower,
@@ -151,6 +150,8 @@ class Node:
         engine.hooks.append(CallLogHook(self.writer, node_id=cfg.node_id))
         engine.hooks.append(self)
         engine.router = self.route
+        if engine._default is None:
+            engine.on_call()(_not_here)
         engine.register_handler = self.on_register
         # issue #6: trunks, failover, transfers (B2BUA); before the listeners open
         from .b2bua import B2BUA
@@ -306,5 +307,6 @@ class Node:
         return registrar.bindings_for(f"{user}@{t.realm}", time.time())
 
 
-def config_error_line(exc: ConfigError) -> str:
-    return f"callengine: configuration error: {exc}"
+async def _not_here(call: Call) -> None:
+    """A number no tenant owns (and no default route takes): 404 (RFC 3261 §21.4.5)."""
+    await call.reject(404)

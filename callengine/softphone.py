@@ -482,12 +482,14 @@ def dial(
     duration: float = 10.0,
     dtmf_delay: float = 1.0,
     port: int = 0,
+    play_delay: float = 0.0,
 ) -> int:
     """``callengine dial``: one call, the result as JSON on stdout; exit 0 if answered."""
     spec = DialSpec(
         uri,
         dtmf=dtmf,
         play=play,
+        play_delay=play_delay,
         record=record,
         duration=duration,
         dtmf_delay=dtmf_delay,

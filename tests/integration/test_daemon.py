@@ -322,3 +322,35 @@ def test_ipv6_listen_answers_options_and_calls(
         timeout=30,
     )
     assert calls(result) == (3, 0)
+
+
+def test_number_no_tenant_owns_gets_404(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """With real tenants (no default route), a number nobody owns is refused with 404,
+    while a tenant's own number is answered."""
+    data = tmp_path / "data"
+    tenant = Path(__file__).resolve().parents[1] / "fixtures/tenants/reliability_v1.yaml"
+    imported = subprocess.run(
+        [CALLENGINE, "config", "import", str(tenant), "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    daemon = daemon_factory(data_dir=data)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        local_port = sock.getsockname()[1]
+        request = invite(daemon.port, local_port, "nobody-404").replace(
+            b"sip:service@", b"sip:99999@"
+        )
+        sock.sendto(request, ("127.0.0.1", daemon.port))
+        answer = final_response(sock)
+        sock.sendto(ack_for(request, answer), ("127.0.0.1", daemon.port))
+    assert answer.startswith(b"SIP/2.0 404 Not Found\r\n"), answer
+    result = run_sipp(
+        sipp_to(daemon.address, "-sn", "uac", "-s", "5550100", "-m", "1", "-d", "100"), cwd=tmp_path
+    )
+    assert calls(result) == (1, 0)
