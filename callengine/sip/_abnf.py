@@ -23,6 +23,15 @@ SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
 
 WSP = " \t"
 
+# Methods of RFC 3261 and its extensions: each is a token, so a name in this set needs
+# no TOKEN_RE check on the hot path (anything else is still checked).
+METHODS = frozenset(
+    {
+        "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "UPDATE", "PRACK",
+        "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "MESSAGE",
+    }
+)  # fmt: skip
+
 # RFC 3261 §7.3.3 compact forms, plus registered ones (RFC 3515, 3891, 4028 ...).
 COMPACT = {
     "i": "call-id",

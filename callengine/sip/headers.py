@@ -103,11 +103,14 @@ def parse_name_addr(value: str, *, where: str) -> NameAddr:
         if quoted is not None:
             display: str | None = unquote(f'"{quoted}"') if "\\" in quoted else quoted
         else:
-            words = bare.split()
-            for word in words:
-                if not TOKEN_RE.match(word):
-                    raise RemoteProtocolError(f"Bad Request - unquoted display name in {where}")
-            display = " ".join(words) or None
+            display = bare.strip() or None
+            if display is not None and not TOKEN_RE.match(display):
+                # several words (RFC 3261 display-name = *(token LWS)), or a bad one
+                words = bare.split()
+                for word in words:
+                    if not TOKEN_RE.match(word):
+                        raise RemoteProtocolError(f"Bad Request - unquoted display name in {where}")
+                display = " ".join(words)
         uri = parse_uri(uri_text, where=where)
         after = after.strip()
         params: dict[str, str | None] = {}
@@ -207,13 +210,22 @@ def parse_via(value: str) -> Via:
     m = _FAST_VIA.match(value)
     if m is not None:
         transport, host, port_text, ptext = m.groups()
-        port = int(port_text) if port_text is not None else None
-        if port is not None and not 0 < port < 65536:
-            raise RemoteProtocolError("Bad Request - bad port in Via")
-        params = parse_header_params(ptext, where="Via") if ptext is not None else {}
-        if params.get("branch") == BRANCH_COOKIE:
-            raise RemoteProtocolError("Bad Request - Via branch is only the magic cookie")
-        return Via(transport=transport.upper(), host=host.lower(), port=port, params=params)
+        port = None
+        if port_text is not None:
+            port = int(port_text)
+            if not 0 < port < 65536:
+                raise RemoteProtocolError("Bad Request - bad port in Via")
+        params: dict[str, str | None] = {}
+        if ptext is not None:
+            # no quotes and no whitespace here (see _FAST_VIA): names only need checking
+            for item in ptext.split(";"):
+                name, eq, pvalue = item.partition("=")
+                if not TOKEN_RE.match(name):
+                    raise RemoteProtocolError("Bad Request - empty or bad parameter in Via")
+                params[name.lower()] = pvalue if eq else None
+            if params.get("branch") == BRANCH_COOKIE:
+                raise RemoteProtocolError("Bad Request - Via branch is only the magic cookie")
+        return Via(transport.upper(), host.lower(), port, params)
     head, semi, ptext = value.partition(";")
     parts = head.split("/")
     if len(parts) != 3:

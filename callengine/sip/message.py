@@ -25,6 +25,7 @@ from ._abnf import (
     CALLID_RE,
     CANONICAL,
     COMPACT,
+    METHODS,
     SINGLE_HEADERS,
     TOKEN_RE,
     split_commas,
@@ -34,6 +35,13 @@ from .headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_name_addr
 from .uri import URI, parse_uri
 
 MAX_MESSAGE = 65535  # largest datagram; also the stream framer's limit for one message
+
+_UNREAD = "\x00unread"  # a tag not yet looked up (no tag on the wire can be this object)
+
+# "Name: " for every canonical header key: serializing is one concatenation per line.
+_PREFIXES = {key: display + ": " for key, display in CANONICAL.items()}
+# Canonical spelling -> key, so that building headers skips lower() for the usual names.
+_CANONICAL_KEYS = {display: key for key, display in CANONICAL.items()}
 
 
 class Headers:
@@ -62,16 +70,24 @@ class Headers:
         return out
 
     def add(self, name: str, value: str) -> None:
-        key = name.lower()
-        self._d.setdefault(key, []).append(value)
-        if key not in CANONICAL:
-            self._names.setdefault(key, name)
+        key = _CANONICAL_KEYS.get(name)
+        if key is None:
+            key = name.lower()
+            if key not in CANONICAL:
+                self._names.setdefault(key, name)
+        values = self._d.get(key)
+        if values is None:
+            self._d[key] = [value]
+        else:
+            values.append(value)
 
     def set(self, name: str, value: str) -> None:
-        key = name.lower()
+        key = _CANONICAL_KEYS.get(name)
+        if key is None:
+            key = name.lower()
+            if key not in CANONICAL:
+                self._names.setdefault(key, name)
         self._d[key] = [value]
-        if key not in CANONICAL:
-            self._names.setdefault(key, name)
 
     def set_all(self, name: str, values: list[str]) -> None:
         key = name.lower()
@@ -124,6 +140,8 @@ class Message:
         "transport",
         "received_at",
         "_contacts",
+        "_from_tag",
+        "_to_tag",
     )
 
     def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
@@ -141,6 +159,9 @@ class Message:
         self.transport = "UDP"
         self.received_at = 0.0
         self._contacts: list[NameAddr] | None = None
+        # tags read from the raw From/To (hot: every request looks them up several times)
+        self._from_tag: str | None = _UNREAD
+        self._to_tag: str | None = _UNREAD
 
     @property
     def via(self) -> Via:
@@ -163,6 +184,7 @@ class Message:
     @from_.setter
     def from_(self, value: NameAddr | None) -> None:
         self._from = value
+        self._from_tag = _UNREAD
 
     @property
     def to(self) -> NameAddr | None:
@@ -176,20 +198,27 @@ class Message:
     @to.setter
     def to(self, value: NameAddr | None) -> None:
         self._to = value
+        self._to_tag = _UNREAD
 
     @property
     def from_tag(self) -> str | None:
         if self._from is not None:
             return self._from.tag
-        values = self.headers._d.get("from")
-        return _tag_of(values[0], self, "from_") if values else None
+        tag = self._from_tag
+        if tag is _UNREAD:
+            values = self.headers._d.get("from")
+            tag = self._from_tag = _tag_of(values[0], self, "from_") if values else None
+        return tag
 
     @property
     def to_tag(self) -> str | None:
         if self._to is not None:
             return self._to.tag
-        values = self.headers._d.get("to")
-        return _tag_of(values[0], self, "to") if values else None
+        tag = self._to_tag
+        if tag is _UNREAD:
+            values = self.headers._d.get("to")
+            tag = self._to_tag = _tag_of(values[0], self, "to") if values else None
+        return tag
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -221,12 +250,20 @@ class Message:
     def to_bytes(self) -> bytes:
         """Serialize; Content-Length always states the body's length (RFC 3261 §18.3)."""
         parts = [self._start_line()]
-        for name, value in self.headers.items():
-            if name != "Content-Length":
-                parts.append(f"{name}: {value}")
-        parts.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        append = parts.append
+        names = self.headers._names
+        for key, values in self.headers._d.items():
+            prefix = _PREFIXES.get(key)
+            if prefix is None:
+                prefix = names.get(key, key) + ": "
+            elif key == "content-length":
+                continue
+            for value in values:
+                append(prefix + value)
+        body = self.body
+        append(f"Content-Length: {len(body)}\r\n\r\n")
         head = "\r\n".join(parts).encode("utf-8", "surrogateescape")
-        return head + self.body if self.body else head
+        return head + body if body else head
 
     __bytes__ = to_bytes
 
@@ -270,7 +307,12 @@ class Message:
         if not CALLID_RE.match(cid):
             raise RemoteProtocolError("Bad Request - malformed Call-ID")
         self.call_id = cid
-        self.cseq, self.cseq_method = parse_cseq(cseq[0])
+        number, sp, method = cseq[0].partition(" ")
+        if sp and method in METHODS and number.isdigit() and len(number) < 10:
+            self.cseq = int(number)  # < 10 digits: below 2**31 (RFC 3261 §8.1.1.5)
+            self.cseq_method = method
+        else:
+            self.cseq, self.cseq_method = parse_cseq(cseq[0])
         if mf is not None:
             text = mf[0]
             if not text.isdigit() or int(text) > 255:
@@ -382,21 +424,24 @@ def _parse_headers(lines: list[str]) -> Headers:
     headers = Headers()
     d = headers._d
     names = headers._names
+    known = _KNOWN_NAMES
     current: list[str] | None = None
     for line in lines:
-        if not line:
-            continue
-        if line[0] in " \t":
-            # RFC 3261 §7.3.1 line folding: continuation replaced by one SP.
-            if current is None:
-                raise RemoteProtocolError("Bad Request - continuation line before any header")
-            current[-1] = current[-1] + " " + line.strip()
-            continue
         name, sep, value = line.partition(":")
-        if not sep:
-            raise RemoteProtocolError("Bad Request - header line without colon")
-        key = _KNOWN_NAMES.get(name)  # the usual spellings skip validation and lower()
-        if key is None:
+        # The usual spellings skip validation and lower(); a line starting with
+        # whitespace, an empty line or an unknown name is never a known spelling.
+        key = known.get(name)
+        if key is None or not sep:
+            if not line:
+                continue
+            if line[0] in " \t":
+                # RFC 3261 §7.3.1 line folding: continuation replaced by one SP.
+                if current is None:
+                    raise RemoteProtocolError("Bad Request - continuation line before any header")
+                current[-1] = current[-1] + " " + line.strip()
+                continue
+            if not sep:
+                raise RemoteProtocolError("Bad Request - header line without colon")
             name = name.rstrip(" \t")
             if not TOKEN_RE.match(name):
                 raise RemoteProtocolError("Bad Request - bad header name")
@@ -405,10 +450,12 @@ def _parse_headers(lines: list[str]) -> Headers:
                 key = COMPACT.get(key, key)
             elif key not in CANONICAL:
                 names.setdefault(key, name)
+        value = value.strip(" \t")
         current = d.get(key)
         if current is None:
-            current = d[key] = []
-        current.append(value.strip(" \t"))
+            current = d[key] = [value]
+        else:
+            current.append(value)
     return headers
 
 
@@ -416,6 +463,8 @@ def _content_length(headers: Headers) -> int | None:
     values = headers._d.get("content-length")
     if not values:
         return None
+    if len(values) == 1 and values[0].isdigit():
+        return int(values[0])
     texts = {v.strip() for v in values}
     if len(texts) > 1:
         raise RemoteProtocolError("Bad Request - conflicting Content-Length values")
@@ -432,9 +481,20 @@ def _request_from_line(start: str, headers: Headers) -> Request:
     """The Request of a Request-Line; a malformed line still yields a request that can be
     answered (RFC 4475 §3.1.2.7-11 expect 400), raised as :class:`PartialRequestError`."""
     parts = start.split(" ")
+    uri: URI | None = None
+    if len(parts) == 3 and parts[0] in METHODS and parts[2] == "SIP/2.0":
+        # the usual line: a known method and a URI that parses without headers
+        text = parts[1]
+        if text and text[0] != "<":
+            try:
+                fast_uri = parse_uri(text, where="Request-URI")
+            except RemoteProtocolError:
+                pass  # the general path below names the fault
+            else:
+                if fast_uri.headers is None:
+                    return Request(parts[0], fast_uri, headers)
     method = parts[0] if parts and TOKEN_RE.match(parts[0]) else "UNKNOWN"
     problem = None
-    uri: URI | None = None
     if len(parts) != 3 or not all(parts):
         problem = "Bad Request - malformed Request-Line"
     elif method == "UNKNOWN":
@@ -580,6 +640,9 @@ class StreamFramer:
             del buf[:total]
 
 
+_COPIED_TO_RESPONSE = ("via", "from", "to", "call-id", "cseq")  # RFC 3261 §8.2.6.2
+
+
 def make_response(
     request: Request,
     status: int,
@@ -595,18 +658,19 @@ def make_response(
     h = Headers()
     src = request.headers._d
     d = h._d
-    for key in ("via", "from", "to", "call-id", "cseq"):
+    for key in _COPIED_TO_RESPONSE:
         values = src.get(key)
         if values:
-            d[key] = list(values)
+            d[key] = values.copy()
     to = request._to
-    try:
-        has_tag = request.to_tag is not None
-    except RemoteProtocolError:  # a broken To still gets its answer (copied as text)
-        has_tag = ";tag=" in (d.get("to") or [""])[0].lower()
-    if to_tag and "to" in d and not has_tag:
-        d["to"] = [d["to"][0] + ";tag=" + to_tag]
-        to = None  # parsed again on demand, with its tag
+    if to_tag and "to" in d:
+        try:
+            has_tag = request.to_tag is not None
+        except RemoteProtocolError:  # a broken To still gets its answer (copied as text)
+            has_tag = ";tag=" in d["to"][0].lower()
+        if not has_tag:
+            d["to"] = [d["to"][0] + ";tag=" + to_tag]
+            to = None  # parsed again on demand, with its tag
     if status == 100 and "timestamp" in src:
         d["timestamp"] = list(src["timestamp"])  # RFC 3261 §8.2.6.1
     if headers:

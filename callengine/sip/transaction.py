@@ -37,6 +37,7 @@ from .timers import T1, T2, T4, Timer, TimerHeap
 
 Address = tuple[str, int]
 SendFn = Callable[[bytes, Address, str], None]
+ServerKey = tuple[object, ...]
 
 
 class State(enum.Enum):
@@ -63,20 +64,23 @@ def is_reliable(transport: str) -> bool:
     return transport != "UDP"
 
 
-def server_key(request: Request) -> tuple[str, ...]:
-    """RFC 3261 §17.2.3 matching key (ACK maps to its INVITE's transaction)."""
+def server_key(request: Request) -> ServerKey:
+    """RFC 3261 §17.2.3 matching key (ACK maps to its INVITE's transaction).
+
+    The sent-by is compared as (host, port): the same test as comparing the text."""
     via = request.vias[0]
     method = "INVITE" if request.method == "ACK" else request.method
-    branch = via.branch or ""
+    branch = via.params.get("branch") or ""
     if branch.startswith(BRANCH_COOKIE):
-        return (branch, via.sent_by, method)
+        return (branch, via.host, via.port, method)
     # RFC 2543 peers: no usable branch, match on the dialog-ish identifiers (§17.2.3).
     return (
         "2543",
         request.call_id,
         request.from_tag or "",
         str(request.cseq),
-        via.sent_by,
+        via.host,
+        via.port,
         method,
         request.uri_text,
     )
@@ -102,7 +106,7 @@ class ServerTransaction:
     )
 
     def __init__(
-        self, layer: TransactionLayer, key: tuple[str, ...], request: Request, dest: Address
+        self, layer: TransactionLayer, key: ServerKey, request: Request, dest: Address
     ) -> None:
         self.layer = layer
         self.key = key
@@ -360,7 +364,7 @@ class TransactionLayer:
         self.tu = tu
         self.send = send
         self.timers = timers if timers is not None else TimerHeap()
-        self.server: dict[tuple[str, ...], ServerTransaction] = {}
+        self.server: dict[ServerKey, ServerTransaction] = {}
         self.client: dict[tuple[str, str], ClientTransaction] = {}
         self.retransmissions_in = 0
         self.retransmissions_out = 0
@@ -389,6 +393,10 @@ class TransactionLayer:
         if self.server.get(txn.key) is txn:
             del self.server[txn.key]
         self.tu.on_terminated(txn)
+        # Nothing reaches a terminated transaction any more: dropping the TU's object
+        # breaks the session <-> transaction cycle, so a finished call is freed by
+        # reference counting instead of waiting for the cyclic garbage collector.
+        txn.context = None
 
     # -- client side --
     def start_client(

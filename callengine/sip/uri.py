@@ -156,14 +156,9 @@ def parse_uri(text: str, *, where: str = "URI") -> URI:
             port = int(port_text)
             if not 0 < port < 65536:
                 raise RemoteProtocolError(f"Bad Request - bad port in {where}")
-        return URI(
-            scheme=scheme,
-            user=user,
-            host=host.lower(),
-            port=port,
-            params=parse_params(ptext, where=where) if ptext is not None else {},
-            raw=text,
-        )
+        params = parse_params(ptext, where=where) if ptext is not None else {}
+        # positional: scheme, user, password, host, port, params, headers, raw
+        return URI(scheme, user, None, host.lower(), port, params, None, text)
     colon = text.find(":")
     if colon <= 0 or not SCHEME_RE.match(text[:colon]):
         raise RemoteProtocolError(f"Bad Request - no scheme in {where}")

@@ -46,6 +46,8 @@ KNOWN_NOT_ALLOWED = frozenset({"SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER", "PRACK
 SUPPORTED = ("replaces", "timer")  # option tags we understand in Require
 ACCEPT = ("application/sdp", "application/dtmf-relay", "application/dtmf")
 SDP = "application/sdp"
+_SUPPORTED_VALUE = ", ".join(SUPPORTED)  # header values, joined once
+_ACCEPT_VALUE = ", ".join(ACCEPT)
 _SDP_METHODS = frozenset({"INVITE", "UPDATE", "ACK"})
 _INFO_TYPES = frozenset({"application/dtmf-relay", "application/dtmf", SDP})
 
@@ -228,7 +230,7 @@ class UserAgent:
         self, data: bytes, source: Address, transport: str, local: Address, now: float
     ) -> None:
         """Feed one datagram / framed stream message."""
-        if not data.strip(b"\r\n"):
+        if not data or (data[0] in (10, 13) and not data.strip(b"\r\n")):
             return  # keep-alive (RFC 5626 §3.5.1)
         try:
             msg = parse_message(data, stream=transport != "UDP")
@@ -420,7 +422,7 @@ class UserAgent:
             if (method in _SDP_METHODS and ctype != SDP) or (
                 method == "INFO" and ctype not in _INFO_TYPES
             ):
-                self._reply(req, 415, now, headers=[("Accept", ", ".join(ACCEPT))])
+                self._reply(req, 415, now, headers=[("Accept", _ACCEPT_VALUE)])
                 return
             if req.headers.get("content-encoding") not in (None, "identity"):
                 self._reply(req, 415, now, headers=[("Accept-Encoding", "identity")])
@@ -455,8 +457,8 @@ class UserAgent:
                 now,
                 headers=[
                     ("Allow", self._allow),
-                    ("Accept", ", ".join(ACCEPT)),
-                    ("Supported", ", ".join(SUPPORTED)),
+                    ("Accept", _ACCEPT_VALUE),
+                    ("Supported", _SUPPORTED_VALUE),
                     ("Server", self.user_agent),
                 ],
             )
@@ -572,7 +574,7 @@ class UserAgent:
                 headers=[
                     ("Contact", session.contact),
                     ("Allow", self._allow),
-                    ("Supported", ", ".join(SUPPORTED)),
+                    ("Supported", _SUPPORTED_VALUE),
                 ],
                 body=answer,
                 content_type=SDP,
@@ -656,7 +658,7 @@ class UserAgent:
             ("Contact", session.contact),
             *_record_route(session.invite),
             ("Allow", self._allow),
-            ("Supported", ", ".join(SUPPORTED)),
+            ("Supported", _SUPPORTED_VALUE),
             ("Server", self.user_agent),
         ]
         if headers:
@@ -835,7 +837,7 @@ class UserAgent:
         contact = f"<sip:{_host_port(local)}{t}>"
         h.set("Contact", contact)
         h.set("Allow", self._allow)
-        h.set("Supported", ", ".join(SUPPORTED))
+        h.set("Supported", _SUPPORTED_VALUE)
         h.set("User-Agent", self.user_agent)
         if headers:
             for name, value in headers:
