@@ -151,6 +151,11 @@ def apply_answer(session: RtpSession, negotiated: sdpmod.Answer) -> None:
     )
 
 
+def _settle(future: asyncio.Future[str | None], value: str | None) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 class SilentMedia:
     """The media of a call on a signalling-only node: no socket, no packets.
 
@@ -166,7 +171,7 @@ class SilentMedia:
         self._digits: asyncio.Queue[DtmfEvent] = asyncio.Queue()
         self._ended = asyncio.get_running_loop().create_future()
         self.on_audio: Callable[[bytes], None] | None = None
-        self._waiter: asyncio.Future[str] | None = None
+        self._waiter: asyncio.Future[str | None] | None = None
 
     def digits(self) -> asyncio.Queue[DtmfEvent]:
         return self._digits
@@ -189,13 +194,14 @@ class SilentMedia:
         if not barge_in:
             await asyncio.sleep(frames * 0.02)
             return None
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[str | None] = loop.create_future()
         self._waiter = waiter
+        timer = loop.call_later(frames * 0.02, _settle, waiter, None)
         try:
-            return await asyncio.wait_for(waiter, frames * 0.02)
-        except TimeoutError:
-            return None
+            return await waiter
         finally:
+            timer.cancel()
             self._waiter = None
 
     def send_digit(self, digit: str, *, duration_ms: int = 100) -> None:

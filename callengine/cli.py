@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import sys
@@ -153,6 +154,14 @@ async def _run_node(cfg: object) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Everything loaded so far (modules, prompts, tenants) lives as long as the process:
+    # move it out of the collector's sight, and collect the young generation less often.
+    # Each call leaves a few dozen objects for ~32 s (transaction timers), which made
+    # full collections walk a million objects at 1,000 calls/s (measured 15-30 % of
+    # the SIP core's time).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     log.info("node %s ready", cfg.node_id)
     await stop.wait()
     log.info(

@@ -310,6 +310,9 @@ class Engine:
             return
         call.finished = True
         self.calls.pop(call.call_id + call.session.local_tag, None)
+        call.session.context = (
+            None  # break the session <-> call cycle: plain refcounting frees both
+        )
         for hook in self.hooks:
             hook.on_call_ended(call)
         if log.isEnabledFor(logging.INFO):
