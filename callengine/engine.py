@@ -488,7 +488,9 @@ class Engine:
         try:
             response = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
-            await call.hangup(cause=102)
+            await call.hangup(cause=102)  # CANCEL (or BYE if it answers meanwhile)
+            self.calls.pop(key, None)
+            self._outbound.pop(key, None)
             raise SipError(408, "no answer") from None
         except SipError:
             self.calls.pop(key, None)
