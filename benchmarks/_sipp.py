@@ -86,7 +86,7 @@ class Peer:
         return int(self.proc.returncode)
 
 
-def _options_ping(port: int, timeout: float) -> bool:
+def options_ping(port: int, timeout: float) -> bool:
     msg = (
         "OPTIONS sip:ping@127.0.0.1:{p} SIP/2.0\r\n"
         "Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bK-ping{n};rport\r\n"
@@ -154,7 +154,7 @@ def start_engine(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     peer = Peer("engine" if media else "engine --no-media", proc, port, workdir, log_path)
-    if not _options_ping(port, 30.0):
+    if not options_ping(port, 30.0):
         peer.stop()
         raise RuntimeError(f"engine did not start:\n{log_path.read_text(errors='replace')}")
     return peer

@@ -56,7 +56,7 @@ from typing import Any
 
 import soundfile
 
-from ._sipp import SIPP, SIPP_BUFFER, Peer, free_port
+from ._sipp import SIPP, SIPP_BUFFER, Peer, free_port, options_ping
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,32 +106,6 @@ def prepare_workdir(workdir: Path) -> None:
         trim_capture(CAPTURES / "g711a.pcap", trimmed, STREAM_SECONDS)
 
 
-def _options_ping(port: int, timeout: float) -> bool:
-    import socket
-
-    msg = (
-        "OPTIONS sip:ping@127.0.0.1:{p} SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bK-ping{n};rport\r\n"
-        "From: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:ping@127.0.0.1>\r\n"
-        "Call-ID: ping{n}@bench\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    )
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(0.2)
-        lp = s.getsockname()[1]
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            s.sendto(msg.format(p=port, lp=lp, n=n).encode(), ("127.0.0.1", port))
-            try:
-                if s.recv(65535).startswith(b"SIP/2.0 200"):
-                    return True
-            except OSError:
-                continue
-    return False
-
-
 def start_node(workdir: Path) -> tuple[Peer, int]:
     """``callengine serve`` with the embedded demo tenant, /metrics on; (peer, metrics port)."""
     port, metrics_port = free_port(), free_port()
@@ -153,7 +127,7 @@ def start_node(workdir: Path) -> tuple[Peer, int]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     peer = Peer("engine", proc, port, workdir, log_path)
-    if not _options_ping(port, 30.0):
+    if not options_ping(port, 30.0):
         peer.stop()
         raise RuntimeError(f"engine did not start:\n{log_path.read_text(errors='replace')}")
     return peer, metrics_port

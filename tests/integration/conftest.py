@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from integration.support import Daemon, start_daemon
@@ -15,8 +16,8 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Start `callengine serve` processes; all are stopped after the test."""
     started: list[Daemon] = []
 
-    def factory(*extra: str, **kw: object) -> Daemon:
-        d = start_daemon(tmp_path, *extra, **kw)  # type: ignore[arg-type]
+    def factory(*extra: str, **kw: Any) -> Daemon:
+        d = start_daemon(tmp_path, *extra, **kw)
         started.append(d)
         return d
 

@@ -6,15 +6,24 @@ is assumed to be running.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from callengine.call import Call
+from callengine.config import EngineConfig
+from callengine.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
@@ -159,3 +168,75 @@ def run_sipp(
         proc.stdout.decode(errors="replace"),
         proc.stderr.decode(errors="replace"),
     )
+
+
+_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A node's /metrics as ``{'name{labels}': value}`` (Prometheus text format)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _METRIC.match(line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def wait_metric(port: int, name: str, want: float, timeout: float = 10.0) -> None:
+    """Poll /metrics until ``name`` equals ``want``."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = scrape(port).get(name)
+        if value == want:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{name} is {value}, expected {want} within {timeout} s")
+
+
+def sipp_to(target: Daemon | str, *args: str, local_ip: str = "127.0.0.1") -> list[str]:
+    """SIPp arguments aimed at a node, on ports of their own (SIPp and its media)."""
+    address = target.address if isinstance(target, Daemon) else target
+    return [
+        address,
+        "-i",
+        local_ip,
+        "-p",
+        str(free_port()),
+        "-mp",
+        str(free_port(both=False)),
+        *args,
+    ]
+
+
+def calls(result: SippResult) -> tuple[int, int]:
+    """(successful, failed) calls as SIPp counted them; SIPp's output if it wrote none."""
+    if not result.stats:
+        raise AssertionError(f"SIPp wrote no statistics (rc {result.returncode}):\n{result.stderr}")
+    return int(result.stats["SuccessfulCall(C)"]), int(result.stats["FailedCall(C)"])
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+@contextlib.asynccontextmanager
+async def in_process_engine(tmp: Path, handler: Handler) -> AsyncIterator[tuple[Engine, int]]:
+    """An Engine on 127.0.0.1:<free port> (UDP) running ``handler`` for every call."""
+    port = free_port()
+    engine = Engine(
+        EngineConfig(
+            listen=[f"127.0.0.1:{port}"],
+            transports=["UDP"],
+            metrics=None,
+            data_dir=str(tmp / "data"),
+        )
+    )
+    engine.on_call()(handler)
+    await engine.start()
+    try:
+        yield engine, port
+    finally:
+        await engine.stop(grace=2.0)

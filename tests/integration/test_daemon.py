@@ -11,63 +11,29 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from integration.support import CALLENGINE, SIPP, Daemon, SippResult, free_port, run_sipp
+from integration.support import (
+    CALLENGINE,
+    SIPP,
+    Daemon,
+    calls,
+    free_port,
+    run_sipp,
+    scrape,
+    sipp_to,
+    wait_metric,
+)
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not Path(SIPP).exists(), reason="SIPp (sip-tester) is not installed"),
 ]
 
-_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
 _SIPP_CALL_ID = re.compile(r"\b\d+-\d+@127\.0\.0\.1\b")
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The node's /metrics as ``{'name{labels}': value}`` (Prometheus text format)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
-
-
-def wait_metric(port: int, name: str, want: float, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = scrape(port).get(name)
-        if value == want:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{name} is {value}, expected {want} within {timeout} s")
-
-
-def sipp_to(address: str, *args: str, local_ip: str = "127.0.0.1") -> list[str]:
-    return [
-        address,
-        "-i",
-        local_ip,
-        "-p",
-        str(free_port()),
-        "-mp",
-        str(free_port(both=False)),
-        *args,
-    ]
-
-
-def calls(result: SippResult) -> tuple[int, int]:
-    if not result.stats:
-        raise AssertionError(f"SIPp wrote no statistics (rc {result.returncode}):\n{result.stderr}")
-    return int(result.stats["SuccessfulCall(C)"]), int(result.stats["FailedCall(C)"])
 
 
 def serve(tmp_path: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

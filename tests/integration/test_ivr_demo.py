@@ -29,9 +29,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from integration.audio import (
+    CAPTURES,
+    MIN_CORRELATION,
+    RATE,
+    active_span,
+    capture_audio,
+    correlation,
+    prompt_pcm,
+    read_wav,
+)
 from integration.support import CALLENGINE, ROOT, SIPP, Daemon, free_port, run_sipp
-from integration.test_media_pjsua2 import MIN_CORRELATION, RATE, correlation, prompt_pcm, read_wav
-from integration.test_media_sipp import CAPTURES, active_span, capture_audio
 
 pytestmark = pytest.mark.integration
 

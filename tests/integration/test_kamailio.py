@@ -18,14 +18,14 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from integration.support import Daemon, SippResult, free_port, run_sipp, start_daemon
+from integration.support import Daemon, SippResult, calls, free_port, run_sipp, start_daemon
+from integration.support import scrape as scrape_metrics
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 KAMCMD = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
@@ -37,7 +37,6 @@ NODE_FR_TIMER = 2000  # ms a node has to send its first reply before failover
 # no skip: without kamailio, kamcmd or SIPp these tests fail (`make install` provides them)
 pytestmark = [pytest.mark.integration]
 
-_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
 _DEST = re.compile(r"URI: (\S+)\s+FLAGS: (\S+)")
 _ABORTED = re.compile(
     r"Aborting call on unexpected message for Call-Id '([^']+)'.*?received '([^']*)'", re.S
@@ -50,15 +49,7 @@ INVITES = 'callengine_sip_requests_in_total{method="INVITE"}'
 def scrape(daemon: Daemon) -> dict[str, float]:
     """The node's /metrics as ``{'name{labels}': value}``."""
     assert daemon.metrics_port is not None
-    url = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
+    return scrape_metrics(daemon.metrics_port)
 
 
 @dataclass
@@ -216,12 +207,6 @@ def sipp_uac(tmp: Path, balancer: Balancer, *args: str, errors: Path | None = No
         cwd=tmp,
         timeout=60,
     )
-
-
-def calls(result: SippResult) -> tuple[int, int]:
-    if not result.stats:
-        raise AssertionError(f"SIPp wrote no statistics (rc {result.returncode}):\n{result.stderr}")
-    return int(result.stats["SuccessfulCall(C)"]), int(result.stats["FailedCall(C)"])
 
 
 def failed_calls(errors: Path) -> dict[str, str]:

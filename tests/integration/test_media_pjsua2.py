@@ -13,95 +13,21 @@ source signal at 8 kHz.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import pytest
-import soundfile
-from integration.support import ROOT, free_port
+from integration.audio import MIN_CORRELATION, RATE, correlation, prompt_pcm, read_wav
+from integration.support import ROOT, Handler, in_process_engine
 
 from callengine.call import Call
-from callengine.config import EngineConfig
 from callengine.engine import Engine
-from media.prompts import BUNDLED_PROMPTS_DIR, PromptCache
+from media.prompts import BUNDLED_PROMPTS_DIR
 
 pytestmark = pytest.mark.integration
-
-RATE = 8000
-MIN_CORRELATION = 0.9
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def read_wav(path: Path | str) -> npt.NDArray[np.float64]:
-    """A mono WAV as float64 (asserting the 8 kHz rate both sides use)."""
-    data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
-    assert rate == RATE, f"{path}: {rate} Hz, expected {RATE}"
-    return np.asarray(data[:, 0], dtype=np.float64)
-
-
-def align(signal: npt.NDArray[np.float64], reference: npt.NDArray[np.float64]) -> int:
-    """The offset in ``signal`` where ``reference`` fits best (FFT cross-correlation).
-
-    Negative when ``signal`` starts after the beginning of ``reference``."""
-    n = len(signal) + len(reference) - 1
-    size = 1 << (n - 1).bit_length()
-    xc = np.fft.irfft(np.fft.rfft(signal, size) * np.conj(np.fft.rfft(reference, size)), size)
-    # xc[k] = sum signal[i + k] * reference[i]; negative lags wrap to the end.
-    lags = np.concatenate([np.arange(0, len(signal)), np.arange(-(len(reference) - 1), 0)])
-    values = np.concatenate([xc[: len(signal)], xc[size - (len(reference) - 1) :]])
-    return int(lags[int(np.argmax(values))])
-
-
-def correlation(
-    signal: npt.NDArray[np.float64], reference: npt.NDArray[np.float64]
-) -> tuple[float, int]:
-    """Normalised cross-correlation of ``reference`` with ``signal`` at the best alignment.
-
-    Samples of ``reference`` the signal does not cover count as zeros (so a truncated
-    recording scores lower). Returns ``(ncc, offset)``."""
-    offset = align(signal, reference)
-    window = np.zeros(len(reference))
-    lo, hi = max(offset, 0), min(offset + len(reference), len(signal))
-    if hi > lo:
-        window[lo - offset : hi - offset] = signal[lo:hi]
-    denom = float(np.sqrt(np.dot(window, window) * np.dot(reference, reference)))
-    return (float(np.dot(window, reference)) / denom if denom else 0.0), offset
-
-
-def prompt_pcm(name: str) -> npt.NDArray[np.float64]:
-    """A bundled prompt as the engine plays it (8 kHz), in [-1, 1]."""
-    return PromptCache(None).pcm(name, RATE).astype(np.float64) / 32768.0
-
-
-Handler = Callable[[Call], Awaitable[Any]]
-
-
-@contextlib.asynccontextmanager
-async def in_process_engine(tmp: Path, handler: Handler) -> AsyncIterator[tuple[Engine, int]]:
-    """An Engine on 127.0.0.1:<free port> (UDP) running ``handler`` for every call."""
-    port = free_port()
-    engine = Engine(
-        EngineConfig(
-            listen=[f"127.0.0.1:{port}"],
-            transports=["UDP"],
-            metrics=None,
-            data_dir=str(tmp / "data"),
-        )
-    )
-    engine.on_call()(handler)
-    await engine.start()
-    try:
-        yield engine, port
-    finally:
-        await engine.stop(grace=2.0)
 
 
 async def run_softphone(spec: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:

@@ -16,26 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
-from integration.support import SIPP, free_port, run_sipp
-from integration.test_media_pjsua2 import (
+from integration.audio import (
+    CAPTURES,
     MIN_CORRELATION,
     RATE,
-    Handler,
+    active_span,
+    capture_audio,
     correlation,
-    in_process_engine,
     read_wav,
 )
+from integration.support import SIPP, Handler, free_port, in_process_engine, run_sipp
 
 from callengine.call import Call
 from callengine.engine import Engine
-from media.codecs import alaw_decode
-from media.rtp import RtpPacket
 
 pytestmark = pytest.mark.integration
 
-CAPTURES = Path("/usr/share/sip-tester")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sipp"
 
 
@@ -43,48 +40,6 @@ def _require_sipp() -> None:
     # Not a skip: these are acceptance tests; a missing tool is a failure to report.
     assert Path(SIPP).exists(), f"SIPp not found at {SIPP} (Debian package sip-tester)"
     assert (CAPTURES / "g711a.pcap").exists(), f"SIPp captures missing in {CAPTURES}"
-
-
-def pcap_rtp(path: Path) -> list[RtpPacket]:
-    """The RTP packets of a classic pcap file (Ethernet or Linux cooked, IPv4/UDP)."""
-    data = path.read_bytes()
-    magic = struct.unpack_from("<I", data, 0)[0]
-    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-    linktype = struct.unpack_from(endian + "I", data, 20)[0]
-    link_len = {1: 14, 113: 16, 101: 0}[linktype]
-    packets: list[RtpPacket] = []
-    pos = 24
-    while pos + 16 <= len(data):
-        incl = struct.unpack_from(endian + "I", data, pos + 8)[0]
-        frame = data[pos + 16 : pos + 16 + incl]
-        pos += 16 + incl
-        ip = frame[link_len:]
-        if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
-            continue
-        udp = ip[(ip[0] & 0x0F) * 4 :]
-        packets.append(RtpPacket.parse(udp[8:]))
-    return packets
-
-
-def capture_audio(path: Path) -> npt.NDArray[np.float64]:
-    """The decoded A-law audio of a capture, laid out by RTP timestamp, in [-1, 1]."""
-    packets = [p for p in pcap_rtp(path) if p.payload_type == 8]
-    base = packets[0].timestamp
-    end = max((p.timestamp - base) + len(p.payload) for p in packets)
-    out = np.zeros(end)
-    for p in packets:
-        at = p.timestamp - base
-        out[at : at + len(p.payload)] = alaw_decode(p.payload) / 32768.0
-    return out
-
-
-def active_span(signal: npt.NDArray[np.float64], threshold_dbfs: float = -40.0) -> int:
-    """Samples from the first to the last 20 ms window louder than ``threshold_dbfs``."""
-    n = RATE // 50
-    frames = signal[: len(signal) // n * n].reshape(-1, n)
-    rms = np.sqrt(np.mean(frames**2, axis=1))
-    loud = np.flatnonzero(rms > 10 ** (threshold_dbfs / 20))
-    return 0 if len(loud) == 0 else int((loud[-1] - loud[0] + 1) * n)
 
 
 def run_sipp_call(

@@ -6,16 +6,22 @@ gets back, and the node's own /metrics counters. SIPp 3.6.1 (`sip-tester`) is re
 
 from __future__ import annotations
 
-import re
 import socket
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from integration.support import SIPP, Daemon, SippResult, free_port, run_sipp
+from integration.support import (
+    SIPP,
+    Daemon,
+    calls,
+    run_sipp,
+    scrape,
+    sipp_to,
+    wait_metric,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -23,51 +29,6 @@ pytestmark = [
 ]
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sipp"
-_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The node's /metrics as ``{'name{labels}': value}`` (Prometheus text format)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
-
-
-def wait_metric(port: int, name: str, want: float, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = scrape(port).get(name)
-        if value == want:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{name} is {value}, expected {want} within {timeout} s")
-
-
-def sipp_to(daemon: Daemon, *args: str) -> list[str]:
-    """SIPp arguments aimed at the daemon, on ports of their own (SIPp and its media)."""
-    return [
-        daemon.address,
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(free_port()),
-        "-mp",
-        str(free_port(both=False)),
-        *args,
-    ]
-
-
-def calls(result: SippResult) -> tuple[int, int]:
-    """(successful, failed) calls as SIPp counted them; the output on failure."""
-    if not result.stats:
-        raise AssertionError(f"SIPp wrote no statistics (rc {result.returncode}):\n{result.stderr}")
-    return int(result.stats["SuccessfulCall(C)"]), int(result.stats["FailedCall(C)"])
 
 
 # --------------------------------------------------------------------- throughput

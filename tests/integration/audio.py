@@ -1,0 +1,102 @@
+"""Audio helpers shared by the media and IVR integration tests: read WAVs, align and
+correlate signals (numpy), decode the G.711 audio of SIPp's RTP captures."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import soundfile
+
+from media.codecs import alaw_decode
+from media.prompts import PromptCache
+from media.rtp import RtpPacket
+
+CAPTURES = Path("/usr/share/sip-tester")
+RATE = 8000
+MIN_CORRELATION = 0.9
+
+
+def read_wav(path: Path | str) -> npt.NDArray[np.float64]:
+    """A mono WAV as float64 (asserting the 8 kHz rate both sides use)."""
+    data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+    assert rate == RATE, f"{path}: {rate} Hz, expected {RATE}"
+    return np.asarray(data[:, 0], dtype=np.float64)
+
+
+def align(signal: npt.NDArray[np.float64], reference: npt.NDArray[np.float64]) -> int:
+    """The offset in ``signal`` where ``reference`` fits best (FFT cross-correlation).
+
+    Negative when ``signal`` starts after the beginning of ``reference``."""
+    n = len(signal) + len(reference) - 1
+    size = 1 << (n - 1).bit_length()
+    xc = np.fft.irfft(np.fft.rfft(signal, size) * np.conj(np.fft.rfft(reference, size)), size)
+    # xc[k] = sum signal[i + k] * reference[i]; negative lags wrap to the end.
+    lags = np.concatenate([np.arange(0, len(signal)), np.arange(-(len(reference) - 1), 0)])
+    values = np.concatenate([xc[: len(signal)], xc[size - (len(reference) - 1) :]])
+    return int(lags[int(np.argmax(values))])
+
+
+def correlation(
+    signal: npt.NDArray[np.float64], reference: npt.NDArray[np.float64]
+) -> tuple[float, int]:
+    """Normalised cross-correlation of ``reference`` with ``signal`` at the best alignment.
+
+    Samples of ``reference`` the signal does not cover count as zeros (so a truncated
+    recording scores lower). Returns ``(ncc, offset)``."""
+    offset = align(signal, reference)
+    window = np.zeros(len(reference))
+    lo, hi = max(offset, 0), min(offset + len(reference), len(signal))
+    if hi > lo:
+        window[lo - offset : hi - offset] = signal[lo:hi]
+    denom = float(np.sqrt(np.dot(window, window) * np.dot(reference, reference)))
+    return (float(np.dot(window, reference)) / denom if denom else 0.0), offset
+
+
+def prompt_pcm(name: str) -> npt.NDArray[np.float64]:
+    """A bundled prompt as the engine plays it (8 kHz), in [-1, 1]."""
+    return PromptCache(None).pcm(name, RATE).astype(np.float64) / 32768.0
+
+
+def pcap_rtp(path: Path) -> list[RtpPacket]:
+    """The RTP packets of a classic pcap file (Ethernet or Linux cooked, IPv4/UDP)."""
+    data = path.read_bytes()
+    magic = struct.unpack_from("<I", data, 0)[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    linktype = struct.unpack_from(endian + "I", data, 20)[0]
+    link_len = {1: 14, 113: 16, 101: 0}[linktype]
+    packets: list[RtpPacket] = []
+    pos = 24
+    while pos + 16 <= len(data):
+        incl = struct.unpack_from(endian + "I", data, pos + 8)[0]
+        frame = data[pos + 16 : pos + 16 + incl]
+        pos += 16 + incl
+        ip = frame[link_len:]
+        if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        udp = ip[(ip[0] & 0x0F) * 4 :]
+        packets.append(RtpPacket.parse(udp[8:]))
+    return packets
+
+
+def capture_audio(path: Path) -> npt.NDArray[np.float64]:
+    """The decoded A-law audio of a capture, laid out by RTP timestamp, in [-1, 1]."""
+    packets = [p for p in pcap_rtp(path) if p.payload_type == 8]
+    base = packets[0].timestamp
+    end = max((p.timestamp - base) + len(p.payload) for p in packets)
+    out = np.zeros(end)
+    for p in packets:
+        at = p.timestamp - base
+        out[at : at + len(p.payload)] = alaw_decode(p.payload) / 32768.0
+    return out
+
+
+def active_span(signal: npt.NDArray[np.float64], threshold_dbfs: float = -40.0) -> int:
+    """Samples from the first to the last 20 ms window louder than ``threshold_dbfs``."""
+    n = RATE // 50
+    frames = signal[: len(signal) // n * n].reshape(-1, n)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    loud = np.flatnonzero(rms > 10 ** (threshold_dbfs / 20))
+    return 0 if len(loud) == 0 else int((loud[-1] - loud[0] + 1) * n)
