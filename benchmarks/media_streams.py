@@ -265,6 +265,8 @@ def analyse(pcap: Path) -> list[dict[str, float]]:
     for line in proc.stdout.splitlines():
         m = _STREAM_LINE.match(line)
         if not m:
+            if os.environ.get("MEDIA_BENCH_DEBUG") and line.strip():
+                print("unparsed:", line, file=sys.stderr)
             continue
         streams.append(
             {
@@ -404,6 +406,20 @@ def run_step(n: int, args: argparse.Namespace, workdir: Path) -> StepResult:
     pcap.unlink(missing_ok=True)
     # The first and last stream packets can be cut by the capture window: drop streams
     # tshark saw for less than a second (none expected: all are up before capture).
+    if os.environ.get("MEDIA_BENCH_DEBUG"):
+        ports = [int(s["src_port"]) for s in per_stream]
+        print(
+            "streams",
+            len(per_stream),
+            "distinct src ports",
+            len(set(ports)),
+            "max packets",
+            max((s["packets"] for s in per_stream), default=0),
+            file=sys.stderr,
+        )
+    short = [s for s in per_stream if s["packets"] < 50]
+    if short and os.environ.get("MEDIA_BENCH_DEBUG"):
+        print("short streams:", short, file=sys.stderr)
     per_stream = [s for s in per_stream if s["packets"] >= 50]
     result.streams_seen = len(per_stream)
     if per_stream:
