@@ -456,3 +456,66 @@ def test_23_channel_span_never_carries_a_24th_call(
         if t["trunk"] == "carrier-a" and t["outcome"] == "connected"
     }
     assert channels == {("a-t1-1", n) for n in range(1, 24)}
+
+
+def test_early_media_183_is_relayed_to_the_caller_before_the_answer(
+    tmp_path: Path,
+    daemon_factory: Callable[..., Daemon],
+    carriers: Callable[[], tuple[Carrier, Carrier]],
+) -> None:
+    """Carrier A sends 183 Session Progress with SDP (its announcement), answers 1.5 s
+    later: the caller gets a 183 with an SDP answer before the 200, and the call is
+    bridged through A."""
+    a, b = carriers()
+    a.start("pri_uas_183.xml")
+    b.start("pri_uas_answer.xml")
+    daemon = daemon_factory("--config", str(config(tmp_path, a.port, b.port)))
+    call_id = secrets.token_hex(8)
+    seen: list[tuple[int, str, float]] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        lp = s.getsockname()[1]
+        s.settimeout(10)
+        ruri = f"sip:93225550111@127.0.0.1:{daemon.port}"
+        common = (
+            f"From: <sip:caller@127.0.0.1:{lp}>;tag=ft{call_id}\r\n"
+            f"Call-ID: {call_id}@test\r\nMax-Forwards: 70\r\n"
+        )
+        invite = (
+            f"INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bK{call_id};rport\r\n"
+            f"{common}To: <{ruri}>\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:{lp}>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(SDP)}\r\n\r\n{SDP}"
+        )
+        t0 = time.monotonic()
+        s.sendto(invite.encode(), ("127.0.0.1", daemon.port))
+        while True:
+            data = s.recv(65535).decode(errors="replace")
+            head, _, body = data.partition("\r\n\r\n")
+            status = int(head.split()[1])
+            seen.append((status, body, time.monotonic() - t0))
+            if status >= 200:
+                break
+        to = next(ln for ln in head.split("\r\n") if ln.lower().startswith("to:"))
+        ack = (
+            f"ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bKa{call_id};rport\r\n"
+            f"{common}{to}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        )
+        s.sendto(ack.encode(), ("127.0.0.1", daemon.port))
+        bye = (
+            f"BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bKb{call_id};rport\r\n"
+            f"{common}{to}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+        s.sendto(bye.encode(), ("127.0.0.1", daemon.port))
+    statuses = [status for status, _, _ in seen]
+    assert 183 in statuses and statuses[-1] == 200, statuses
+    early = next((body, at) for status, body, at in seen if status == 183)
+    answer = seen[-1]
+    assert "m=audio " in early[0] and "c=IN IP4 127.0.0.1" in early[0], early[0]
+    # the 200 came after the carrier's 1.5 s of early media, the 183 well before it
+    assert answer[2] - early[1] >= 1.0, seen
+    logs = call_logs(daemon)
+    ours = [log for log in logs if log["call_id"] == f"{call_id}@test"]
+    assert len(ours) == 1, logs
+    trunk_attempts = ours[0]["trunk_attempts"]
+    assert isinstance(trunk_attempts, list)
+    assert [att["trunk"] for att in trunk_attempts] == ["carrier-a"], trunk_attempts
