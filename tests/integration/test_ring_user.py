@@ -1,6 +1,7 @@
 """A user's registered phone rings: REGISTER with digest auth (RFC 7616) to the node,
-then a call to a number routed to the user's ring group reaches that phone (a SIPp
-UAS) and is bridged (the B2BUA's user/group transfer path)."""
+the node restarts (bindings are kept in its LevelDB), then a call to a number routed to
+the user's ring group reaches that phone (a SIPp UAS) and is bridged (the B2BUA's
+user/group transfer path)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,9 @@ def test_call_to_a_ring_group_reaches_the_registered_phone(
     ok = register(daemon.port, "100", "demo100", phone_port)
     assert ok.startswith("SIP/2.0 200 OK"), ok
     assert f"sip:100@127.0.0.1:{phone_port}" in _header(ok, "contact")
+    # bindings survive a restart of the node (they live in its LevelDB)
+    assert daemon.stop() == 0
+    daemon = daemon_factory(port=daemon.port, data_dir=daemon.data_dir)
     phone = subprocess.Popen(
         [
             SIPP,
