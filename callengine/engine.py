@@ -58,7 +58,6 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._stopping = False
         self.results: dict[str, int] = {}
         self.hooks: list[Any] = []  # objects with on_call_started/answered/ended (call logs)
         self.router: Callable[[Call], Handler | None] | None = None
@@ -164,7 +163,6 @@ class Engine:
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new calls (503), let active calls run for ``grace`` s, then end them."""
-        self._stopping = True
         if self._ua is not None:
             self._ua.draining = True
         grace = self.config.drain_grace if grace is None else grace
