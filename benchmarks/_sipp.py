@@ -204,7 +204,7 @@ def _epoch(cell: str) -> float:
     return float(cell.split("\t")[-1])
 
 
-def _read_stats(path: Path) -> list[dict[str, str]]:
+def read_stats(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
@@ -214,7 +214,7 @@ def _read_stats(path: Path) -> list[dict[str, str]]:
     return [dict(zip(header, ln.rstrip(";").split(";"), strict=False)) for ln in lines[1:]]
 
 
-def _creation_rate(rows: list[dict[str, str]], calls: int) -> float:
+def creation_rate(rows: list[dict[str, str]], calls: int) -> float:
     """Calls per second from SIPp's start until the ``calls``-th call was created,
     interpolated between the periodic (1 s) statistics rows."""
     start = _epoch(rows[0]["StartTime"])
@@ -292,7 +292,7 @@ def run_uac_step(
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     peer_cpu = peer.cpu() - peer_cpu0 if peer.proc.poll() is None else float("nan")
     uac_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
-    rows = _read_stats(stat_file)
+    rows = read_stats(stat_file)
     reasons: list[str] = []
     if not rows:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -304,7 +304,7 @@ def run_uac_step(
     successful = int(last["SuccessfulCall(C)"])
     failed = int(last["FailedCall(C)"])
     retrans = int(last["Retransmissions(C)"])
-    achieved = _creation_rate(rows, calls)
+    achieved = creation_rate(rows, calls)
     lost = calls - successful
     if lost / calls >= max_failed:
         reasons.append(f"{lost} of {calls} calls failed or never completed")

@@ -56,7 +56,7 @@ from typing import Any
 
 import soundfile
 
-from ._sipp import SIPP, SIPP_BUFFER, Peer, free_port, options_ping
+from ._sipp import SIPP, SIPP_BUFFER, Peer, creation_rate, free_port, options_ping, read_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -235,34 +235,6 @@ class StepResult:
         return not self.reasons
 
 
-def _read_stats(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    if len(lines) < 2:
-        return []
-    header = lines[0].rstrip(";").split(";")
-    return [dict(zip(header, ln.rstrip(";").split(";"), strict=False)) for ln in lines[1:]]
-
-
-def _creation_rate(rows: list[dict[str, str]], calls: int) -> float:
-    """Calls/s from SIPp's start until the ``calls``-th call was created."""
-
-    def epoch(cell: str) -> float:
-        return float(cell.split("\t")[-1])
-
-    start = epoch(rows[0]["StartTime"])
-    prev_t, prev_n = 0.0, 0
-    for row in rows:
-        t, n = epoch(row["CurrentTime"]) - start, int(row["TotalCallCreated"])
-        if n >= calls:
-            if n == prev_n:
-                return calls / max(t, 1e-6)
-            return calls / max(prev_t + (calls - prev_n) / (n - prev_n) * (t - prev_t), 1e-6)
-        prev_t, prev_n = t, n
-    return 0.0
-
-
 def check_voicemails(data_dir: Path) -> tuple[int, list[float], dict[str, int], dict[str, int]]:
     """Read the node's call logs: (voicemails OK, their durations, problems, notes).
 
@@ -396,12 +368,12 @@ def run_step(rate: int, seconds: float, root: Path) -> StepResult:
     elif rc != 0:
         reasons.append(f"node exit code {rc} after the step")
     voicemails_ok, durations, problems, notes = check_voicemails(workdir / "data")
-    rows = _read_stats(stat_file)
+    rows = read_stats(stat_file)
     if rows:
         last = rows[-1]
         successful, failed = int(last["SuccessfulCall(C)"]), int(last["FailedCall(C)"])
         retrans = int(last["Retransmissions(C)"])
-        achieved = _creation_rate(rows, calls)
+        achieved = creation_rate(rows, calls)
     else:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         reasons.append(f"no SIPp statistics (rc {proc.returncode}): {err[-1:]}")
