@@ -32,6 +32,8 @@ __all__ = [
     "StepResult",
     "cpu_seconds",
     "free_port",
+    "options_ping",
+    "read_stats",
     "run_uac_step",
     "start_engine",
     "start_sipp_uas",
@@ -124,11 +126,15 @@ def start_engine(
     *,
     media: bool = True,
     profile_to: Path | None = None,
+    metrics_port: int | None = None,
     extra: Sequence[str] = (),
 ) -> Peer:
     """Start one ``callengine serve`` (default demo configuration) on a free port.
 
     With ``profile_to`` it runs under cProfile and writes the stats there on SIGTERM.
+    /metrics is off unless ``metrics_port`` is given (then on 127.0.0.1:metrics_port).
+    The data directory is ``workdir / "data"`` (prepare it before, e.g. with
+    ``callengine config import``, to serve other tenants than the demo).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -144,7 +150,7 @@ def start_engine(
         f"127.0.0.1:{port}",
         "--data-dir",
         str(workdir / "data"),
-        "--no-metrics",
+        *(("--metrics", f"127.0.0.1:{metrics_port}") if metrics_port else ("--no-metrics",)),
         "--log-level",
         "WARNING",
         *(() if media else ("--no-media",)),

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -36,14 +35,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+try:
+    from ._metrics import Samples, histogram_delta, scrape, value
+    from ._rtp import ENGINE_RTP_RANGE, analyse, capture
+except ImportError:  # run as a script: python benchmarks/media_streams.py
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._metrics import Samples, histogram_delta, scrape, value
+    from benchmarks._rtp import ENGINE_RTP_RANGE, analyse, capture
+
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-RTP_RANGE = (10000, 20000)
+RTP_RANGE = ENGINE_RTP_RANGE
 
 # ------------------------------------------------------------------------- the engine
 
@@ -196,37 +202,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The engine's /metrics as {sample name with labels: value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, _, value = line.rpartition(" ")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            continue
-    return out
-
-
-def lateness(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+def lateness(before: Samples, after: Samples) -> dict[str, int]:
     """Non-cumulative tick-lateness counts over the window, by bucket (ms)."""
-    pattern = re.compile(r'callengine_media_tick_lateness_ms_bucket\{le="([^"]+)"\}')
-    cumulative: list[tuple[str, int]] = []
-    for name, value in after.items():
-        m = pattern.fullmatch(name)
-        if m:
-            cumulative.append((m.group(1), int(value - before.get(name, 0.0))))
-    cumulative.sort(key=lambda kv: float("inf") if kv[0] == "+Inf" else float(kv[0]))
-    out: dict[str, int] = {}
-    prev = 0
-    for bound, acc in cumulative:
-        out[bound] = acc - prev
-        prev = acc
-    return out
+    return histogram_delta(before, after, "callengine_media_tick_lateness_ms")
 
 
 @dataclass
@@ -245,54 +223,6 @@ class StepResult:
     sipp_failed: int = 0
     passed: bool = False
     note: str = ""
-
-
-_STREAM_LINE = re.compile(
-    r"^\s*\S+\s+\S+\s+\S+\s+(\d+)\s+\S+\s+\d+\s+(0x[0-9A-Fa-f]+)\s+(.+?)\s+(\d+)\s+(-?\d+)\s+\("
-    r"[^)]*\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.-]+)\s+([\d.-]+)\s+([\d.-]+)"
-)
-
-
-def analyse(pcap: Path, media_port: int) -> list[dict[str, float]]:
-    """Per-stream figures from ``tshark -q -z rtp,streams``.
-
-    Packets to SIPp's media port are decoded as RTP outright (``-d``): tshark's RTP
-    heuristic alone missed one stream in a thousand now and then."""
-    proc = subprocess.run(
-        [
-            "tshark",
-            "-r",
-            str(pcap),
-            "-d",
-            f"udp.port=={media_port},rtp",
-            "-o",
-            "rtp.heuristic_rtp:TRUE",
-            "-q",
-            "-z",
-            "rtp,streams",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    streams = []
-    for line in proc.stdout.splitlines():
-        m = _STREAM_LINE.match(line)
-        if not m:
-            if os.environ.get("MEDIA_BENCH_DEBUG") and line.strip():
-                print("unparsed:", line, file=sys.stderr)
-            continue
-        streams.append(
-            {
-                "src_port": int(m.group(1)),
-                "packets": int(m.group(4)),
-                "lost": int(m.group(5)),
-                "max_delta": float(m.group(8)),
-                "mean_jitter": float(m.group(10)),
-                "max_jitter": float(m.group(11)),
-            }
-        )
-    return streams
 
 
 def run_step(n: int, args: argparse.Namespace, workdir: Path) -> StepResult:
@@ -361,7 +291,7 @@ def run_step(n: int, args: argparse.Namespace, workdir: Path) -> StepResult:
         deadline = time.monotonic() + ramp + 30
         streams = 0.0
         while time.monotonic() < deadline:
-            streams = scrape(metrics_port).get("callengine_media_streams", 0.0)
+            streams = value(scrape(metrics_port), "callengine_media_streams") or 0.0
             if streams >= n:
                 break
             time.sleep(0.25)
@@ -370,40 +300,18 @@ def run_step(n: int, args: argparse.Namespace, workdir: Path) -> StepResult:
             return result
         time.sleep(args.settle)
         before, cpu0, t0 = scrape(metrics_port), cpu_seconds(engine.pid), time.monotonic()
-        # Even source ports only: the engine's RTP, not its RTCP.
-        capture = subprocess.run(
-            [
-                "dumpcap",
-                "-q",
-                "-i",
-                "lo",
-                "-s",
-                "96",
-                "-B",
-                "64",
-                "-f",
-                # Only this engine's RTP to this SIPp (other engines may share the
-                # range): even source ports (RTP, not RTCP) to SIPp's media port.
-                f"udp dst port {media_port} and udp src portrange "
-                f"{RTP_RANGE[0]}-{RTP_RANGE[1]} and udp[1] & 1 = 0",
-                "-a",
-                f"duration:{args.window}",
-                "-w",
-                str(pcap),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        # Only this engine's RTP to this SIPp (other engines may share the range):
+        # even source ports (RTP, not RTCP) to SIPp's media port.
+        captured = capture(pcap, dst_port=media_port, seconds=args.window, src_range=RTP_RANGE)
         cpu1, t1, after = cpu_seconds(engine.pid), time.monotonic(), scrape(metrics_port)
-        if capture.returncode != 0:
-            result.note = f"dumpcap failed: {capture.stderr.strip()[-300:]}"
+        if not captured.ok:
+            result.note = f"dumpcap failed: {captured.error}"
             return result
         result.engine_cpu_percent = round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
         result.lateness_ms = lateness(before, after)
         ticks = sum(result.lateness_ms.values())
-        total = after.get("callengine_media_tick_lateness_ms_sum", 0.0) - before.get(
-            "callengine_media_tick_lateness_ms_sum", 0.0
+        total = (value(after, "callengine_media_tick_lateness_ms_sum") or 0.0) - (
+            value(before, "callengine_media_tick_lateness_ms_sum") or 0.0
         )
         result.lateness_mean_ms = round(total / ticks, 3) if ticks else 0.0
     finally:
@@ -421,29 +329,29 @@ def run_step(n: int, args: argparse.Namespace, workdir: Path) -> StepResult:
     # The first and last stream packets can be cut by the capture window: drop streams
     # tshark saw for less than a second (none expected: all are up before capture).
     if os.environ.get("MEDIA_BENCH_DEBUG"):
-        ports = [int(s["src_port"]) for s in per_stream]
+        ports = [s.src_port for s in per_stream]
         print(
             "streams",
             len(per_stream),
             "distinct src ports",
             len(set(ports)),
             "max packets",
-            max((s["packets"] for s in per_stream), default=0),
+            max((s.packets for s in per_stream), default=0),
             file=sys.stderr,
         )
-    short = [s for s in per_stream if s["packets"] < 50]
+    short = [s for s in per_stream if s.packets < 50]
     if short and os.environ.get("MEDIA_BENCH_DEBUG"):
         print("short streams:", short, file=sys.stderr)
-    per_stream = [s for s in per_stream if s["packets"] >= 50]
+    per_stream = [s for s in per_stream if s.packets >= 50]
     result.streams_seen = len(per_stream)
     if per_stream:
-        result.packets = sum(int(s["packets"]) for s in per_stream)
-        result.lost = sum(max(0, int(s["lost"])) for s in per_stream)
-        result.max_delta_ms = max(s["max_delta"] for s in per_stream)
-        result.worst_mean_jitter_ms = max(s["mean_jitter"] for s in per_stream)
-        result.worst_max_jitter_ms = max(s["max_jitter"] for s in per_stream)
+        result.packets = sum(s.packets for s in per_stream)
+        result.lost = sum(max(0, s.lost) for s in per_stream)
+        result.max_delta_ms = max(s.max_delta for s in per_stream)
+        result.worst_mean_jitter_ms = max(s.mean_jitter for s in per_stream)
+        result.worst_max_jitter_ms = max(s.max_jitter for s in per_stream)
         result.avg_mean_jitter_ms = round(
-            sum(s["mean_jitter"] for s in per_stream) / len(per_stream), 3
+            sum(s.mean_jitter for s in per_stream) / len(per_stream), 3
         )
     result.passed = (
         result.streams_seen == n

@@ -6,6 +6,7 @@ Run from the repository root (``make bench`` runs the full search)::
     python -m benchmarks.sip_cps            # full: 10 s steps, ~10 minutes
     python -m benchmarks.sip_cps --quick    # 3 s steps, fewer bisections
     python -m benchmarks.sip_cps --profile 1000   # one step under cProfile, top functions
+    python -m benchmarks.sip_cps --peers engine --rates 200 --sustain 20   # one rate, held
 
 Three peers are searched in the same run: the engine with its default demo
 configuration (RTP session per call), the engine with ``--no-media`` (signalling
@@ -16,6 +17,13 @@ the first failing step is bisected against the last good one. A step fails when
 failed or never-completed calls are >= 0.1 % of those offered, or SIPp could not
 create calls at 95 % of the target rate (it throttles new calls while too many are
 open, which is how a slow peer first shows). Retransmissions are counted, not failed.
+
+Sustained check (``--sustain``, default 60 s, 20 s with ``--quick``, 0 turns it off):
+10-second steps miss pauses that come every few tens of seconds (garbage collection of
+a heap that grows with the calls held for retransmissions). After the search, the best
+rate R runs once more for ``--sustain`` seconds; if that fails, 10 % lower (rounded to
+50 like the bisection, at least 50 lower), at most ``--sustain-retries`` (4) more
+times. ``sustained_cps`` is the rate that held (0: none of the tries did).
 
 The peer's CPU is read from /proc/PID/stat (utime + stime, all threads) around each
 step; 100 % is one core. Results go to ``benchmarks/results/sip_cps-<timestamp>.json``.
@@ -53,6 +61,10 @@ class Search:
     first_bad: int | None
     steps: list[StepResult]
     best_step: StepResult | None
+    sustained: int | None = None
+    """Highest rate that also held a ``--sustain`` step (0: none of the tries did;
+    None: not measured)."""
+    sustain_steps: list[StepResult] = dataclasses.field(default_factory=list)
 
 
 def _round(rate: float) -> int:
@@ -123,10 +135,44 @@ def search(
     return Search(name, good, bad, done, good_step)
 
 
-def _table(results: list[Search]) -> str:
+def sustain(
+    name: str,
+    start: Starter,
+    rate: int,
+    *,
+    seconds: float,
+    retries: int,
+    root: Path,
+    deadline: float,
+) -> tuple[int | None, list[StepResult]]:
+    """One long step at the search's best ``rate``; on failure 10 % lower (rounded to
+    50 like the bisection, at least 50 lower), at most ``retries`` more times.
+
+    Returns (the rate that held, or 0 when none did, or None when not run; the steps)."""
+    done: list[StepResult] = []
+    for _ in range(retries + 1):
+        if time.monotonic() > deadline:
+            print(f"  {name}: time budget spent, no sustained step at {rate} cps", flush=True)
+            return (0 if done else None), done
+        r = _step(start, rate, seconds, root)
+        done.append(r)
+        _print_step(f"{name} {seconds:g}s", r)
+        if r.ok:
+            return rate, done
+        lower = _round(rate * 0.9)
+        if lower >= rate:
+            lower = rate - 50
+        if lower < 50:
+            break
+        rate = lower
+    return 0, done
+
+
+def _table(results: list[Search], sustain_seconds: float) -> str:
     out = io.StringIO()
+    held = f"held {sustain_seconds:g} s"
     out.write(
-        f"\n{'peer':20s} {'max CPS':>8s} {'first bad':>9s} {'peer CPU':>9s} "
+        f"\n{'peer':20s} {'max CPS':>8s} {'first bad':>9s} {held:>10s} {'peer CPU':>9s} "
         f"{'uac CPU':>8s} {'retrans':>8s}\n"
     )
     for s in results:
@@ -135,12 +181,24 @@ def _table(results: list[Search]) -> str:
         uac = f"{b.uac_cpu_pct:6.1f} %" if b else "     -"
         retrans = f"{b.retransmissions:8d}" if b else "       -"
         first_bad = str(s.first_bad) if s.first_bad else f">{s.best}"
-        out.write(f"{s.peer:20s} {s.best:8d} {first_bad:>9s} {cpu:>9s} {uac:>8s} {retrans}\n")
+        if s.sustained is None:
+            sustained = "-"
+        elif s.sustained == 0:
+            sustained = f"<{min(r.rate for r in s.sustain_steps)}"
+        else:
+            sustained = str(s.sustained)
+        out.write(
+            f"{s.peer:20s} {s.best:8d} {first_bad:>9s} {sustained:>10s} {cpu:>9s} {uac:>8s} "
+            f"{retrans}\n"
+        )
     ref = next((s for s in results if s.peer == "sipp -sn uas"), None)
     if ref is not None and ref.best:
         for s in results:
             if s is not ref:
-                out.write(f"ratio {s.peer} / sipp -sn uas: {s.best / ref.best:.3f}\n")
+                out.write(f"ratio {s.peer} / sipp -sn uas: {s.best / ref.best:.3f}")
+                if s.sustained and ref.sustained:
+                    out.write(f" ({held}: {s.sustained / ref.sustained:.3f})")
+                out.write("\n")
     return out.getvalue()
 
 
@@ -185,7 +243,18 @@ def main(argv: list[str] | None = None) -> int:
         default="engine,engine-no-media,uas",
         help="comma-separated subset of engine, engine-no-media, uas",
     )
-    p.add_argument("--budget", type=float, default=1500.0, help="seconds for the whole run")
+    p.add_argument(
+        "--rates", help="comma-separated rates to step through instead of the default ladder"
+    )
+    p.add_argument(
+        "--sustain",
+        type=float,
+        help="seconds of the sustained step at the best rate (default 60, quick 20; 0: off)",
+    )
+    p.add_argument(
+        "--sustain-retries", type=int, default=4, help="10 %% lower retries of the sustained step"
+    )
+    p.add_argument("--budget", type=float, default=2400.0, help="seconds for the whole run")
     p.add_argument("--profile", type=int, metavar="CPS", help="profile the engine at CPS instead")
     p.add_argument("--profile-no-media", action="store_true", help="profile with --no-media")
     p.add_argument("--top", type=int, default=30, help="functions shown by --profile")
@@ -195,7 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         profile(args.profile, seconds, media=not args.profile_no_media, top=args.top)
         return 0
     bisections = args.bisections if args.bisections is not None else (1 if args.quick else 3)
-    steps = QUICK_STEPS if args.quick else FULL_STEPS
+    steps: tuple[int, ...] = QUICK_STEPS if args.quick else FULL_STEPS
+    if args.rates:
+        try:
+            steps = tuple(int(r) for r in args.rates.split(",") if r.strip())
+        except ValueError:
+            p.error("--rates: comma-separated integers")
+    sustain_seconds = args.sustain if args.sustain is not None else (20.0 if args.quick else 60.0)
     starters: dict[str, tuple[str, Starter]] = {
         "engine": ("engine", lambda d: start_engine(d, media=True)),
         "engine-no-media": ("engine --no-media", lambda d: start_engine(d, media=False)),
@@ -208,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     env = _environment()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(
-        f"sip_cps: {len(chosen)} peers, {seconds:g} s steps, -d 100, < 0.1 % failed; "
-        f"load average {env['loadavg_at_start']}",
+        f"sip_cps: {len(chosen)} peers, {seconds:g} s steps, -d 100, < 0.1 % failed, "
+        f"sustained step {sustain_seconds:g} s; load average {env['loadavg_at_start']}",
         flush=True,
     )
     deadline = time.monotonic() + args.budget
@@ -217,18 +292,27 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sip_cps-") as tmp:
         for key in chosen:
             name, start = starters[key]
-            results.append(
-                search(
+            found = search(
+                name,
+                start,
+                steps=steps,
+                seconds=seconds,
+                bisections=bisections,
+                root=Path(tmp),
+                deadline=deadline,
+            )
+            if sustain_seconds > 0 and found.best > 0:
+                found.sustained, found.sustain_steps = sustain(
                     name,
                     start,
-                    steps=steps,
-                    seconds=seconds,
-                    bisections=bisections,
+                    found.best,
+                    seconds=sustain_seconds,
+                    retries=args.sustain_retries,
                     root=Path(tmp),
                     deadline=deadline,
                 )
-            )
-    table = _table(results)
+            results.append(found)
+    table = _table(results, sustain_seconds)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"sip_cps-{time.strftime('%Y%m%dT%H%M%S')}.json"
@@ -238,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started,
         "command": " ".join([sys.executable, "-m", "benchmarks.sip_cps", *(argv or sys.argv[1:])]),
         "step_seconds": seconds,
+        "sustain_seconds": sustain_seconds,
         "call_duration_ms": 100,
         "max_failed_fraction": 0.001,
         "environment": env,
@@ -249,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio_to_sipp_uas": (s.best / ref) if ref else None,
                 "peer_cpu_pct_at_max": s.best_step.peer_cpu_pct if s.best_step else None,
                 "steps": [dataclasses.asdict(r) | {"ok": r.ok} for r in s.steps],
+                "sustained_cps": s.sustained,
+                "sustain_steps": [dataclasses.asdict(r) | {"ok": r.ok} for r in s.sustain_steps],
             }
             for s in results
         ],

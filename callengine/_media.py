@@ -75,9 +75,8 @@ class MediaManager:
         if not self.sockets:
             return SilentMedia(codec)  # type: ignore[return-value]
         te = negotiated.telephone_event_pt if negotiated is not None else 101
-        options: dict[str, Any] = {}
-        if self.rtp_timeout > 0:
-            options["rtp_timeout"] = self.rtp_timeout
+        # 0 disables the inactivity hang-up (the stream's own default is 60 s)
+        options: dict[str, Any] = {"rtp_timeout": self.rtp_timeout or float("inf")}
         session = await RtpSession.open(
             codec,
             clock=self.clock,

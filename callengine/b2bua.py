@@ -117,10 +117,10 @@ class _Leg(Call):
 
     def __init__(self, engine: Engine, session: InviteSession, target: LegTarget) -> None:
         super().__init__(engine, session, direction="outbound")
-        self.finished = True  # one call log per bridged call: the caller's
+        self.logged = False  # one call log per bridged call: the caller's
         self.target = target
         loop = asyncio.get_running_loop()
-        self.final: asyncio.Future[Response] = loop.create_future()
+        self.final: asyncio.Future[Response | SipError] = loop.create_future()
         self.progressed: asyncio.Future[None] = loop.create_future()
         self.on_progress: Callable[[_Leg, Response], None] | None = None
         self.early_sdp: bytes | None = None
@@ -666,17 +666,20 @@ class B2BUA:
     def _leg_result(
         self, attempts: CallAttempts, leg: _Leg, now: float
     ) -> tuple[Decision, _Leg | None]:
-        try:
-            response = leg.final.result()
-        except SipError as exc:
+        if leg.final.cancelled():
+            return attempts.on_result(None, now=now, transport_error=True), None
+        response = leg.final.result()
+        if isinstance(response, SipError):
             cause = leg.session.end_cause
             reason = format_reason(cause) if cause else None
-            if exc.status == 408 and leg.session.state is SessionState.TERMINATED and not cause:
+            if (
+                response.status == 408
+                and leg.session.state is SessionState.TERMINATED
+                and not cause
+            ):
                 # no final response at all: Timer B or a transport error (§17.1.4)
                 return attempts.on_result(None, now=now, transport_error=True), None
-            return attempts.on_result(exc.status, now=now, reason=reason), None
-        except asyncio.CancelledError:
-            return attempts.on_result(None, now=now, transport_error=True), None
+            return attempts.on_result(response.status, now=now, reason=reason), None
         leg._outbound_answered(response)
         return attempts.on_result(response.status, now=now), leg
 
@@ -944,12 +947,11 @@ class B2BUA:
                 )
                 for fut in [f for f in pending if f.done()]:
                     leg = pending.pop(fut)
-                    try:
-                        response = fut.result()
-                    except SipError as exc:
-                        failures.append((exc.status, leg.session.end_cause))
+                    if fut.cancelled():
                         continue
-                    except asyncio.CancelledError:
+                    response = fut.result()
+                    if isinstance(response, SipError):
+                        failures.append((response.status, leg.session.end_cause))
                         continue
                     leg._outbound_answered(response)
                     for other in pending.values():

@@ -110,6 +110,9 @@ class Call:
         self.quality: dict[str, Any] = {}
         self.task: asyncio.Task[None] | None = None
         self.finished = False
+        self.logged = True
+        """Writes a call log and counts in ``callengine_calls`` (a B2BUA's outgoing
+        legs do not: the bridged call is the caller's)."""
 
     # ------------------------------------------------------------ properties
     @property

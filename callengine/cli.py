@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import gc
 import logging
 import signal
 import sys
@@ -120,7 +119,7 @@ def _event_loop_run(coro: Coroutine[Any, Any, int]) -> int:
 
 async def _run_node(cfg: object) -> int:
     from .config import EngineConfig
-    from .metrics import LoopLagMonitor, serve_metrics
+    from .metrics import serve_metrics
     from .node import Node
     from .transport import parse_listen
 
@@ -138,12 +137,10 @@ async def _run_node(cfg: object) -> int:
         print(f"callengine: cannot listen on {', '.join(cfg.listen)}: {what}", file=sys.stderr)
         await _quiet_stop(node)
         return 1
-    lag = LoopLagMonitor()
-    lag.start()
     if cfg.metrics:
         host, port = parse_listen(cfg.metrics)
         try:
-            serve_metrics(node.engine, host, port, lag=lag, registry=node.registry)
+            serve_metrics(node.engine, host, port, registry=node.registry)
         except OSError as exc:
             print(
                 f"callengine: cannot open metrics on {cfg.metrics}: {exc.strerror}", file=sys.stderr
@@ -154,14 +151,6 @@ async def _run_node(cfg: object) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # Everything loaded so far (modules, prompts, tenants) lives as long as the process:
-    # move it out of the collector's sight, and collect the young generation less often.
-    # Each call leaves a few dozen objects for ~32 s (transaction timers), which made
-    # full collections walk a million objects at 1,000 calls/s (measured 15-30 % of
-    # the SIP core's time).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
     log.info("node %s ready", cfg.node_id)
     await stop.wait()
     log.info(
@@ -169,7 +158,6 @@ async def _run_node(cfg: object) -> int:
         len(node.engine.calls),
         cfg.drain_grace,
     )
-    lag.stop()
     await node.stop()
     log.info("stopped")
     return 0

@@ -44,6 +44,11 @@ class EngineConfig:
     retry_after: int = 5
     overload_lag: float = 0.25
     """Seconds of event-loop lag above which new INVITEs get 503 (0 disables)."""
+    gc: str = "realtime"
+    """Garbage collection: ``realtime`` freezes start-up objects, switches automatic
+    collection off and collects only the young generation (bounded pauses) and the
+    whole heap when idle; ``python`` keeps the interpreter's defaults (see
+    ``callengine/realtime.py``)."""
     drain_grace: float = 30.0
     """Seconds active calls may continue after SIGTERM before the node exits."""
     rtp_port_min: int = 10000
@@ -86,6 +91,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_cps": (int, float),
     "retry_after": (int,),
     "overload_lag": (int, float),
+    "gc": (str,),
     "drain_grace": (int, float),
     "rtp_port_min": (int,),
     "rtp_port_max": (int,),
@@ -182,6 +188,8 @@ def _check(cfg: EngineConfig) -> None:
         )
     if cfg.log_format not in ("plain", "json"):
         raise ConfigError("must be plain or json", file=cfg.source, field="log_format")
+    if cfg.gc not in ("realtime", "python"):
+        raise ConfigError("must be realtime or python", file=cfg.source, field="gc")
     if cfg.on_empty not in ("demo", "refuse"):
         raise ConfigError("must be demo or refuse", file=cfg.source, field="on_empty")
     if cfg.max_calls < 1:

@@ -26,6 +26,7 @@ from typing import Any
 
 from .call import Call, SipError, TransferResult
 from .config import EngineConfig, load_config
+from .realtime import GcGovernor, LoopLagMonitor
 from .sip.message import Request, Response
 from .sip.useragent import InviteSession, UserAgent
 from .transport import TransportSet, parse_listen
@@ -36,6 +37,9 @@ Handler = Callable[[Call], Awaitable[None]]
 current_call_id: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
 
 __all__ = ["Engine", "Handler", "current_call_id"]
+
+IDLE_TRANSACTIONS = 50
+"""Transactions a node may hold and still count as idle for a full GC."""
 
 
 class Engine:
@@ -64,8 +68,10 @@ class Engine:
         self.media_manager: Any = None
         self.transfer_handler: Callable[..., Awaitable[TransferResult]] | None = None
         self.register_handler: Callable[[Request, float], Response | None] | None = None
-        self._outbound: dict[str, asyncio.Future[Response]] = {}
-        self._shed_task: asyncio.Task[None] | None = None
+        self._outbound: dict[str, asyncio.Future[Response | SipError]] = {}
+        """Outgoing INVITEs' outcome: the 2xx, or the failure as a SipError value."""
+        self.lag = LoopLagMonitor(on_sample=self._on_lag)
+        self.gc = GcGovernor(self.idle, mode=config.gc)
         from media.codecs import CODECS
 
         self.codecs = [
@@ -155,7 +161,9 @@ class Engine:
         except BaseException:
             await self.transports.close()
             raise
-        self._shed_task = self._loop.create_task(self._watch_lag())
+        self.lag.start()
+        # last: what start-up loaded (prompts, tenants, modules) is frozen out of the GC
+        self.gc.start()
         log.info(
             "listening on %s",
             ", ".join(f"{s.transport} {s.host}:{s.port}" for s in self.transports.bound),
@@ -180,32 +188,32 @@ class Engine:
             await self.media_manager.close()
         if self._timer is not None:
             self._timer.cancel()
-        if self._shed_task is not None:
-            self._shed_task.cancel()
+        self.lag.stop()
+        self.gc.stop()
         if self.transports is not None:
             await self.transports.close()
 
-    async def _watch_lag(self) -> None:
-        """Shed load when the loop falls behind (DESIGN: 503, never unbounded memory).
-
-        Every 50 ms: if the loop woke more than ``overload_lag`` late, new INVITEs get
-        503 with Retry-After until it keeps time again."""
-        loop = asyncio.get_running_loop()
+    def _on_lag(self, lag: float) -> None:
+        """Shed load when the loop falls behind (DESIGN: 503, never unbounded memory):
+        new INVITEs get 503 with Retry-After while it wakes ``overload_lag`` late."""
+        ua = self._ua
         limit = self.config.overload_lag
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(0.05)
-            lag = loop.time() - t0 - 0.05
-            ua = self._ua
-            if ua is not None and limit > 0:
-                shedding = lag > limit
-                if shedding != ua.shedding:
-                    ua.shedding = shedding
-                    log.warning(
-                        "event loop %.0f ms late: %s",
-                        lag * 1000,
-                        "shedding new calls" if shedding else "taking calls again",
-                    )
+        if ua is None or limit <= 0:
+            return
+        shedding = lag > limit
+        if shedding != ua.shedding:
+            ua.shedding = shedding
+            log.warning(
+                "event loop %.0f ms late: %s",
+                lag * 1000,
+                "shedding new calls" if shedding else "taking calls again",
+            )
+
+    def idle(self) -> bool:
+        """No call up, and at most a few transactions held (health probes, a
+        REGISTER): the heap is small, a full collection is cheap."""
+        ua = self._ua
+        return not self.calls and (ua is None or len(ua.transactions) <= IDLE_TRANSACTIONS)
 
     @property
     def ua(self) -> UserAgent:
@@ -308,9 +316,9 @@ class Engine:
             return
         call.finished = True
         self.calls.pop(call.call_id + call.session.local_tag, None)
-        call.session.context = (
-            None  # break the session <-> call cycle: plain refcounting frees both
-        )
+        call.session.context = None  # no session <-> call cycle: refcounting frees both
+        if not call.logged:
+            return
         for hook in self.hooks:
             hook.on_call_ended(call)
         if log.isEnabledFor(logging.INFO):
@@ -343,8 +351,9 @@ class Engine:
         if not isinstance(call, Call):
             return
         call._on_ended(reason, cause)
-        result = "answered" if call.answered else reason
-        self.results[result] = self.results.get(result, 0) + 1
+        if call.logged:
+            result = "answered" if call.answered else reason
+            self.results[result] = self.results.get(result, 0) + 1
         if call.media is not None:
             media = call.media
             call.quality = media.quality()
@@ -384,9 +393,23 @@ class Engine:
     def on_failed(
         self, session: InviteSession, status: int, response: Response | None, now: float
     ) -> None:
-        fut = self._outbound.pop(session.call_id + session.local_tag, None)
+        key = session.call_id + session.local_tag
+        fut = self._outbound.pop(key, None)
         if fut is not None and not fut.done():
-            fut.set_exception(SipError(status, response.reason if response else "Request Timeout"))
+            # a value, not set_exception: a raised exception's traceback would hold the
+            # awaiting frame, and with it the call (a cycle through the future)
+            fut.set_result(SipError(status, response.reason if response else "Request Timeout"))
+        call = session.context
+        if not isinstance(call, Call):
+            return
+        # An outgoing call that was never answered ends here (no call log: nothing
+        # was connected): its media is released and nothing keeps it alive.
+        call._on_ended("timeout" if response is None else "failed", session.end_cause)
+        if call.media is not None:
+            assert self._loop is not None
+            self._loop.create_task(call.media.stop("failed"))
+        self.calls.pop(key, None)
+        session.context = None
 
     def on_register(self, request: Request, now: float) -> Response | None:
         if self.register_handler is None:
@@ -478,22 +501,22 @@ class Engine:
         session.context = call
         key = session.call_id + session.local_tag
         self.calls[key] = call
-        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Response | SipError] = asyncio.get_running_loop().create_future()
         self._outbound[key] = fut
         offer = sdp if sdp is not None else await call._make_offer()
         self.ua.send_invite(session, offer, self.now())
         self.flush()
         try:
-            response = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            outcome = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             await call.hangup(cause=102)  # CANCEL (or BYE if it answers meanwhile)
             self.calls.pop(key, None)
             self._outbound.pop(key, None)
             raise SipError(408, "no answer") from None
-        except SipError:
+        if isinstance(outcome, SipError):
             self.calls.pop(key, None)
-            raise
-        call._outbound_answered(response)
+            raise SipError(outcome.status, outcome.reason, outcome.cause)
+        call._outbound_answered(outcome)
         return call
 
 

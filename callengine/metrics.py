@@ -7,9 +7,8 @@ library call sits on the per-message path.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -19,41 +18,14 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["EngineCollector", "LoopLagMonitor", "serve_metrics"]
-
-
-class LoopLagMonitor:
-    """Measures event-loop lag: how late a 100 ms sleep wakes up."""
-
-    def __init__(self, interval: float = 0.1) -> None:
-        self.interval = interval
-        self.last = 0.0
-        self.max = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(self.interval)
-            lag = max(0.0, loop.time() - t0 - self.interval)
-            self.last = lag
-            self.max = max(self.max, lag)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+__all__ = ["EngineCollector", "serve_metrics"]
 
 
 class EngineCollector(Collector):
     """Exports the engine's counters (and whatever extra collectors add)."""
 
-    def __init__(self, engine: Engine, lag: LoopLagMonitor | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.lag = lag
         self.started = time.time()
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
@@ -124,27 +96,59 @@ class EngineCollector(Collector):
             f.add_metric(["send"], engine.transports.send_errors)
             f.add_metric(["framing"], engine.transports.framing_errors)
             yield f
-        if self.lag is not None:
-            lag = GaugeMetricFamily(
-                "callengine_event_loop_lag_seconds", "Event-loop lag (last, max)", labels=["stat"]
-            )
-            lag.add_metric(["last"], self.lag.last)
-            lag.add_metric(["max"], self.lag.max)
-            yield lag
+        lag = engine.lag
+        g = GaugeMetricFamily(
+            "callengine_event_loop_lag_seconds",
+            "Event-loop lag: how late a 10 ms sleep woke (last, max)",
+            labels=["stat"],
+        )
+        g.add_metric(["last"], lag.last)
+        g.add_metric(["max"], lag.max)
+        yield g
+        yield _histogram(
+            "callengine_event_loop_lag_ms",
+            "How late the event loop woke from each 10 ms sleep",
+            lag.buckets_ms,
+            lag.counts,
+            lag.sum_ms,
+        )
+        stats = engine.gc.stats
+        gens = ("0", "1", "2")
+        c = CounterMetricFamily(
+            "callengine_gc_collections", "Cyclic GC runs", labels=["generation"]
+        )
+        p = CounterMetricFamily(
+            "callengine_gc_pause_seconds",
+            "Time the process stood still in the GC",
+            labels=["generation"],
+        )
+        longest = GaugeMetricFamily(
+            "callengine_gc_pause_max_seconds", "Longest GC pause", labels=["generation"]
+        )
+        o = CounterMetricFamily(
+            "callengine_gc_collected_objects",
+            "Objects the GC freed (garbage in reference cycles: 0 on a healthy node)",
+            labels=["generation"],
+        )
+        for i, gen in enumerate(gens):
+            c.add_metric([gen], stats.collections[i])
+            p.add_metric([gen], stats.pause_seconds[i])
+            longest.add_metric([gen], stats.pause_max[i])
+            o.add_metric([gen], stats.collected[i])
+        yield c
+        yield p
+        yield longest
+        yield o
         mm = engine.media_manager
         if mm is not None:
             clock = mm.clock
-            h = HistogramMetricFamily(
-                "callengine_media_tick_lateness_ms", "Lateness of the 20 ms media clock ticks"
+            yield _histogram(
+                "callengine_media_tick_lateness_ms",
+                "Lateness of the 20 ms media clock ticks",
+                clock.lateness_buckets_ms,
+                clock.lateness_counts,
+                clock.lateness_sum,
             )
-            buckets = []
-            acc = 0
-            for bound, count in zip(clock.lateness_buckets_ms, clock.lateness_counts, strict=False):
-                acc += count
-                buckets.append((str(bound), acc))
-            buckets.append(("+Inf", acc + clock.lateness_counts[-1]))
-            h.add_metric([], buckets, clock.lateness_sum)
-            yield h
             errors = CounterMetricFamily(
                 "callengine_media_tick_errors", "Media tick failures (per session)"
             )
@@ -161,16 +165,31 @@ class EngineCollector(Collector):
             yield streams
 
 
+def _histogram(
+    name: str, documentation: str, bounds: Sequence[float], counts: Sequence[int], total: float
+) -> HistogramMetricFamily:
+    """A histogram family from per-bucket counts (not cumulative; the last is +Inf)."""
+    buckets = []
+    acc = 0
+    for bound, count in zip(bounds, counts, strict=False):
+        acc += count
+        buckets.append((f"{bound:g}", acc))
+    acc += counts[-1]
+    buckets.append(("+Inf", acc))
+    h = HistogramMetricFamily(name, documentation)
+    h.add_metric([], buckets, total)
+    return h
+
+
 def serve_metrics(
     engine: Engine,
     host: str,
     port: int,
     *,
-    lag: LoopLagMonitor | None = None,
     registry: CollectorRegistry | None = None,
 ) -> CollectorRegistry:
     """Start the /metrics HTTP endpoint (prometheus-client's own server thread)."""
     registry = registry if registry is not None else CollectorRegistry()
-    registry.register(EngineCollector(engine, lag))
+    registry.register(EngineCollector(engine))
     start_http_server(port, addr=host, registry=registry)
     return registry

@@ -518,6 +518,10 @@ class RtpSession:
             return
         self._closed = True
         self.clock.remove(self)
+        # what the owner hooked in refers back to it: drop it, so that the session and
+        # its call are freed by reference counting (no cycle left for the collector)
+        self.on_timeout = None
+        self.on_audio = None
         self._finish_play(None)
         self._finish_recording(reason)
         for event in self.stream.flush_dtmf():

@@ -270,12 +270,14 @@ class ClientTransaction:
             self.layer.timeouts += 1
             self._finish()
             self.layer.tu.on_timeout(self, now)
+            self.context = None
 
     def transport_error(self, now: float) -> None:
         """The transport could not send (§17.1.4): report it as a timeout would be."""
         if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
             self._finish()
             self.layer.tu.on_timeout(self, now)
+            self.context = None
 
     def on_response(self, response: Response, now: float) -> None:
         status = response.status
@@ -355,6 +357,8 @@ class ClientTransaction:
     def _terminate(self, now: float) -> None:
         if self.state is not State.TERMINATED:
             self._finish()
+        # as for server transactions: no session <-> transaction cycle left behind
+        self.context = None
 
 
 class TransactionLayer:
@@ -369,6 +373,10 @@ class TransactionLayer:
         self.retransmissions_in = 0
         self.retransmissions_out = 0
         self.timeouts = 0
+
+    def __len__(self) -> int:
+        """Transactions held (server and client)."""
+        return len(self.server) + len(self.client)
 
     # -- server side --
     def match_server(self, request: Request) -> ServerTransaction | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -240,3 +241,83 @@ async def in_process_engine(tmp: Path, handler: Handler) -> AsyncIterator[tuple[
         yield engine, port
     finally:
         await engine.stop(grace=2.0)
+
+
+OFFER_PCMU = (
+    "v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    elapsed: float
+
+
+def sip_call(
+    port: int,
+    number: str,
+    *,
+    max_forwards: int = 70,
+    hold: float = 0.0,
+    timeout: float = 15.0,
+    source: str = "127.0.0.1",
+) -> Response:
+    """Place one call from a raw UDP socket bound to ``source``; returns the final
+    response (ACKed, BYE'd)."""
+    call_id = secrets.token_hex(8)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        lp = s.getsockname()[1]
+        s.settimeout(timeout)
+        branch = f"z9hG4bK{secrets.token_hex(6)}"
+        common = (
+            f"From: <sip:caller@{source}:{lp}>;tag=ft{call_id}\r\n"
+            f"Call-ID: {call_id}@test\r\nMax-Forwards: {max_forwards}\r\n"
+        )
+        ruri = f"sip:{number}@127.0.0.1:{port}"
+        invite = (
+            f"INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {source}:{lp};branch={branch};rport\r\n"
+            f"{common}To: <{ruri}>\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{source}:{lp}>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(OFFER_PCMU)}\r\n\r\n{OFFER_PCMU}"
+        )
+        t0 = time.monotonic()
+        s.sendto(invite.encode(), ("127.0.0.1", port))
+        while True:
+            data = s.recv(65535).decode(errors="replace")
+            head = data.split("\r\n\r\n", 1)[0].split("\r\n")
+            status = int(head[0].split()[1])
+            if status >= 200:
+                break
+        elapsed = time.monotonic() - t0
+        headers: dict[str, str] = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            headers.setdefault(name.strip().lower(), value.strip())
+        to = headers.get("to", f"<{ruri}>")
+        ack_branch = branch if status >= 300 else f"z9hG4bK{secrets.token_hex(6)}"
+        ack = (
+            f"ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {source}:{lp};branch={ack_branch};rport\r\n"
+            f"{common}To: {to}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        )
+        s.sendto(ack.encode(), ("127.0.0.1", port))
+        if 200 <= status < 300:
+            time.sleep(hold)
+            bye = (
+                f"BYE {ruri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {source}:{lp};branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
+                f"{common}To: {to}\r\nCSeq: 2 BYE\r\nReason: Q.850;cause=16\r\n"
+                "Content-Length: 0\r\n\r\n"
+            )
+            s.sendto(bye.encode(), ("127.0.0.1", port))
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                try:
+                    reply = s.recv(65535).decode(errors="replace")
+                except OSError:
+                    break
+                if reply.startswith("SIP/2.0 200") and "BYE" in reply:
+                    break
+    return Response(status, headers, elapsed)

@@ -1,0 +1,203 @@
+"""Keeping time: the event loop's lag, and the cyclic collector off the hot path.
+
+Loop lag
+--------
+:class:`LoopLagMonitor` sleeps ``interval`` seconds again and again and records how
+late each wake-up is (a histogram for /metrics, the last and the largest value);
+the engine sheds new calls from it when the loop falls far behind. It is the one
+lag monitor of a process.
+
+Garbage collection
+------------------
+CPython frees an object by reference counting the moment its last reference goes;
+the cyclic collector exists only for reference cycles, and it stops the whole
+process while it walks a generation. A node under load holds a large live heap by
+design (a transaction stays 32 s for retransmissions), so a full collection walks
+hundreds of megabytes and stops every call's audio for hundreds of milliseconds
+(DESIGN.md, "Measured facts").
+
+So the node makes no cycles per call (``tests/integration/test_garbage.py`` runs every
+call path through a real node and checks that ``gc.collect()`` finds nothing it
+left), and the collector becomes a bounded safety net:
+
+* At start: one full collection, then ``gc.freeze()`` moves everything loaded so far
+  (modules, prompts, tenant configuration) out of the collector's sight for good,
+  and automatic collection is switched off.
+* Young collections: every ``interval`` seconds, when more than ``young_limit``
+  container objects were allocated since the last one, generation 0 is collected.
+  It holds only what was allocated since the previous check (a few thousand objects,
+  about a millisecond), so the pause is bounded by the allocation rate, not by the
+  heap. What survives moves to generation 1 and is never walked under load.
+  Cycles that die young (an exception and its traceback, say) are freed here, and
+  the count of what these collections free is the alarm: it stays 0 on a healthy
+  node (``callengine_gc_collected_objects_total``).
+* Full collections only when the node is idle (no call, no transaction: the heap is
+  then small), at most every ``idle_interval`` seconds: what a rare path may have
+  left is reclaimed without a pause anybody hears.
+
+Every collection, whoever starts it, is timed through ``gc.callbacks`` and exported
+per generation: collections, pause seconds (total and max), objects collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("callengine.gc")
+
+__all__ = ["GcGovernor", "GcStats", "LoopLagMonitor"]
+
+
+LAG_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
+
+
+class LoopLagMonitor:
+    """How late the event loop wakes from a short sleep (see the module comment)."""
+
+    def __init__(
+        self,
+        *,
+        interval: float = 0.01,
+        on_sample: Callable[[float], None] | None = None,
+    ) -> None:
+        self.interval = interval
+        self.on_sample = on_sample
+        self.last = 0.0
+        self.max = 0.0
+        self.buckets_ms = LAG_BUCKETS_MS
+        self.counts = [0] * (len(LAG_BUCKETS_MS) + 1)
+        """Samples per bucket (not cumulative); the last one is +Inf."""
+        self.sum_ms = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def sample(self, lag: float) -> None:
+        """Record one wake-up ``lag`` seconds late."""
+        self.last = lag
+        if lag > self.max:
+            self.max = lag
+        lag_ms = lag * 1000.0
+        self.sum_ms += lag_ms
+        index = 0
+        for bound in self.buckets_ms:
+            if lag_ms <= bound:
+                break
+            index += 1
+        self.counts[index] += 1
+        if self.on_sample is not None:
+            self.on_sample(lag)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.interval
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(interval)
+            self.sample(max(0.0, loop.time() - t0 - interval))
+
+
+class GcStats:
+    """Collections seen through ``gc.callbacks``, per generation (0, 1, 2)."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.pause_seconds = [0.0, 0.0, 0.0]
+        self.pause_max = [0.0, 0.0, 0.0]
+        self.collected = [0, 0, 0]
+        self.uncollectable = [0, 0, 0]
+        self._started = 0.0
+
+    def callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = int(info.get("generation", 2))
+        self.collections[generation] += 1
+        self.pause_seconds[generation] += pause
+        if pause > self.pause_max[generation]:
+            self.pause_max[generation] = pause
+        self.collected[generation] += int(info.get("collected", 0))
+        self.uncollectable[generation] += int(info.get("uncollectable", 0))
+
+
+class GcGovernor:
+    """Runs the policy above on the running event loop (one per process).
+
+    ``idle`` tells whether the node holds nothing (no call, no transaction).
+    ``mode="python"`` leaves the interpreter's own collector as it is and only
+    measures it.
+    """
+
+    def __init__(
+        self,
+        idle: Callable[[], bool],
+        *,
+        mode: str = "realtime",
+        interval: float = 0.05,
+        young_limit: int = 2000,
+        idle_interval: float = 60.0,
+    ) -> None:
+        if mode not in ("realtime", "python"):
+            raise ValueError(f"gc mode must be 'realtime' or 'python', not {mode!r}")
+        self.mode = mode
+        self.idle = idle
+        self.interval = interval
+        self.young_limit = young_limit
+        self.idle_interval = idle_interval
+        self.stats = GcStats()
+        self._task: asyncio.Task[None] | None = None
+        self._was_enabled = gc.isenabled()
+        self._last_full = 0.0
+
+    def start(self) -> None:
+        gc.callbacks.append(self.stats.callback)
+        if self.mode != "realtime":
+            return
+        self._was_enabled = gc.isenabled()
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        loop = asyncio.get_running_loop()
+        self._last_full = loop.time()
+        self._task = loop.create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self.stats.callback in gc.callbacks:
+            gc.callbacks.remove(self.stats.callback)
+        if self.mode == "realtime" and self._was_enabled:
+            gc.enable()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.interval)
+            self.step(loop.time())
+
+    def step(self, now: float) -> int | None:
+        """One check: returns the generation collected, or None."""
+        if self.idle() and now - self._last_full >= self.idle_interval:
+            self._last_full = now
+            found = gc.collect()
+            if found:
+                log.warning("idle collection freed %d objects in reference cycles", found)
+            return 2
+        if gc.get_count()[0] > self.young_limit:
+            gc.collect(0)
+            return 0
+        return None
