@@ -91,7 +91,6 @@ CHURN_NUMBER = "1000"  # the demo tenant's main line: IVR flow "main"
 PACKETS_PER_SECOND = 50  # 20 ms packets
 TAIL = 10.0  # seconds between the end of the load phase and the first held BYE
 CAPTURE_PACKETS = 2_500_000  # per run: ~280 MB of pcap at 96-byte snaplen, tshark copes
-NODE_RTP_TIMEOUT = 7 * 86400.0  # seconds: "never" for a soak (see prepare_data_dir)
 
 TARGETS = {
     "stream_max_delta_ms": 30.0,
@@ -159,11 +158,9 @@ def prepare_data_dir(workdir: Path, prompt: str) -> Path:
     if proc.returncode != 0:
         raise RuntimeError(f"callengine config import failed:\n{proc.stdout}{proc.stderr}")
     config = workdir / "node.yaml"
-    # SIPp sends no RTP on the held calls: without this the node hangs them up after
-    # 60 s of silence. ``rtp_timeout: 0`` is documented to disable the timer, but the
-    # node then falls back to the RTP session's own 60 s default (callengine/_media.py
-    # passes the option only when > 0), so set a timeout no soak reaches instead.
-    config.write_text(f"rtp_timeout: {NODE_RTP_TIMEOUT:g}\n")
+    # SIPp sends no RTP on the held calls: the node must not hang them up for silence
+    lines = ["rtp_timeout: 0", *(os.environ.get("SOAK_NODE_CONFIG", "").split(";"))]
+    config.write_text("\n".join(line for line in lines if line.strip()) + "\n")
     return config
 
 
@@ -1151,7 +1148,7 @@ def main(argv: list[str] | None = None) -> int:
             "churn_number": CHURN_NUMBER,
             "hold_seconds": round(plan.hold_seconds, 1),
             "churn_call_ms": 100,
-            "node_config": {"rtp_timeout": NODE_RTP_TIMEOUT, "drain_grace": 5},
+            "node_config": {"rtp_timeout": 0, "drain_grace": 5},
             "targets": TARGETS,
         },
         "environment": env,

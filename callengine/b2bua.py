@@ -7,7 +7,7 @@ stop, breaker state, Q.850 causes); this module is the thin asyncio shell that
 turns them into SIP legs (drachtio's ``createB2BUA`` idea: failover decided by
 status code)::
 
-    caller INVITE --Node.route--> B2BUA.route(call)
+    caller INVITE --node's router--> B2BUA.route(call)
         from a trunk gateway for one of its DIDs  -> seize a B-channel, tenant route
         dialled number leaves through a trunk     -> trusted source? dial_trunks : 403
     IVR ``transfer`` / user and group routes  -> Engine.transfer_handler = B2BUA.transfer
@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -59,10 +59,10 @@ from pri import (
     TrunkGroup,
     TrunkPlan,
     format_reason,
-    load_trunks,
 )
 
 from .call import Call, SipError, TransferResult
+from .fork import Abandon, Connect, Fail, Fork
 from .sip import sdp as sdpmod
 from .sip.message import Response
 from .sip.useragent import InviteSession, SessionState
@@ -73,16 +73,15 @@ if TYPE_CHECKING:
     from media.session import RtpSession
 
     from .engine import Engine, Handler
-    from .node import Node
+    from .sip.registrar import Binding
 
 log = logging.getLogger("callengine.b2bua")
 
-__all__ = ["B2BUA", "LegTarget", "TrunkCollector"]
+__all__ = ["B2BUA", "Directory", "LegTarget", "TrunkCollector"]
 
 # Q.850 causes used on our own CANCEL/BYE (ITU-T Q.850 table 1).
 CAUSE_NORMAL = 16
 CAUSE_NO_ANSWER = 19
-CAUSE_NON_SELECTED = 26  # "non-selected user clearing": another phone answered
 CAUSE_TIMER = 102
 DEFAULT_RING_TIMEOUT = 120.0
 """Seconds an outbound trunk call may ring before the caller gets 480."""
@@ -112,6 +111,22 @@ class _Stage:
     label: str = ""
 
 
+class Directory(Protocol):
+    """What the B2BUA asks of the node it serves (the node implements it)."""
+
+    def owns_number(self, number: str) -> bool:
+        """A tenant (not the default route) owns ``number``: it never leaves by trunk."""
+        ...
+
+    def tenant(self, tenant_id: str) -> Any:
+        """The tenant's configuration (ring groups, external routes), or None."""
+        ...
+
+    def contacts_of(self, tenant: str, user: str) -> list[Binding]:
+        """The user's registered phones."""
+        ...
+
+
 class _Leg(Call):
     """An outgoing leg: a Call whose progress reaches the B2BUA and that logs nothing."""
 
@@ -119,9 +134,7 @@ class _Leg(Call):
         super().__init__(engine, session, direction="outbound")
         self.logged = False  # one call log per bridged call: the caller's
         self.target = target
-        loop = asyncio.get_running_loop()
-        self.final: asyncio.Future[Response | SipError] = loop.create_future()
-        self.progressed: asyncio.Future[None] = loop.create_future()
+        self.progressed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_progress: Callable[[_Leg, Response], None] | None = None
         self.early_sdp: bytes | None = None
 
@@ -146,13 +159,13 @@ class B2BUA:
         engine: Engine,
         plan: TrunkPlan,
         *,
-        node: Node | None = None,
+        directory: Directory | None = None,
         registry: CollectorRegistry | None = None,
         media_relay: bool | None = None,
     ) -> None:
         self.engine = engine
         self.plan = plan
-        self.node = node
+        self.directory = directory
         self.media_relay = media_relay
         """``None``: relay RTP whenever the engine has media; ``False``: pass SDP through."""
         self.board: HealthBoard | None = None
@@ -174,23 +187,6 @@ class B2BUA:
             registry.register(TrunkCollector(self))
 
     # ------------------------------------------------------------- install
-    @classmethod
-    def install(cls, node: Node, *, media_relay: bool | None = None) -> B2BUA:
-        """Load the node's trunks, hook routing/transfers into its engine, start probes."""
-        cfg = node.config
-        plan = load_trunks(
-            {
-                "trunks": cfg.trunks,
-                "trunk_groups": cfg.trunk_groups,
-                "outbound_routes": cfg.outbound_routes,
-                "trusted_sources": cfg.trusted_sources,
-            },
-            source=cfg.source,
-        )
-        b2bua = cls(node.engine, plan, node=node, registry=node.registry, media_relay=media_relay)
-        b2bua.attach()
-        return b2bua
-
     def attach(self) -> None:
         """Set the engine's transfer handler; probes start once the engine listens."""
         self.engine.transfer_handler = self.transfer
@@ -203,7 +199,7 @@ class B2BUA:
         if self._closed or self._loop is None:
             return
         transports = self.engine.transports
-        if self.engine._ua is None or transports is None or not transports.bound:
+        if not self.engine.started or transports is None or not transports.bound:
             self._loop.call_later(0.05, self._start_when_ready)
             return
         self._arm()
@@ -340,17 +336,13 @@ class B2BUA:
             log.warning("403 for %s -> %s: source not trusted for trunk routes", source_ip, number)
 
             async def forbidden(call: Call) -> None:
-                self._reject(call, 403, None, "Forbidden")
+                call.send_reject(403, "Forbidden")
 
             return forbidden
         return None
 
     def _tenant_number(self, number: str) -> bool:
-        node = self.node
-        if node is None or node.store is None:
-            return False
-        match = node.store.config.lookup(number)
-        return match is not None and not match.default
+        return self.directory is not None and self.directory.owns_number(number)
 
     def _inbound(self, trunk: Trunk, inner: Handler | None) -> Handler:
         async def from_trunk(call: Call) -> None:
@@ -359,7 +351,7 @@ class B2BUA:
             self._count("inbound_calls")
             if channel is None:
                 self._count("inbound_all_busy")
-                self._reject(call, 503, 34)
+                call.send_reject(503, cause=34)
                 return
             call.trunk_attempts.append(
                 {
@@ -372,7 +364,7 @@ class B2BUA:
             )
             try:
                 if inner is None:
-                    self._reject(call, 404, None)
+                    call.send_reject(404)
                     return
                 await inner(call)
             finally:
@@ -380,25 +372,15 @@ class B2BUA:
 
         return from_trunk
 
-    def _reject(
-        self, call: Call, status: int, cause: int | None, reason: str | None = None
-    ) -> None:
-        if not call.active or call.answered:
-            return
-        headers = [("Reason", format_reason(cause))] if cause is not None else None
-        self.engine.ua.reject(call.session, status, self.engine.now(), reason, headers=headers)
-        call.status = status
-        self.engine.flush()
-
     async def _outbound(self, call: Call, group: TrunkGroup, number: str) -> None:
         if call.session.invite.max_forwards == 0:
-            self._reject(call, 483, None)
+            call.send_reject(483)
             return
         self._count("outbound_calls")
         result = await self.dial_trunks(call, group, number, timeout=DEFAULT_RING_TIMEOUT)
         if isinstance(result, FinalResult):
             self._stop_relay(call)
-            self._reject(call, result.status, result.cause)
+            call.send_reject(result.status, cause=result.cause)
             return
         cause = await self._bridge(call, result)
         if call.active:
@@ -411,76 +393,46 @@ class B2BUA:
         return self.engine.media_manager is not None
 
     async def _start_leg(self, caller: Call, target: LegTarget) -> _Leg:
-        engine = self.engine
-        assert engine.transports is not None
-        local = engine.transports.local_for(target.transport, target.dest[0])
-        host = engine.media_address(local[0])
-        user = caller.caller or "anonymous"
-        session = engine.ua.invite(
+        """INVITE ``target`` for ``caller``: our offer when relaying media (the caller's
+        codec first, so that no transcoding is needed if the far end takes it), else
+        the caller's SDP passed through. 487 if the caller is gone meanwhile."""
+        relaying = self._relaying()
+        hops = caller.session.invite.max_forwards
+        leg = await self.engine.place_call(
             target.uri,
-            engine.now(),
             dest=target.dest,
-            local=local,
-            sdp=b"",
-            from_uri=f"sip:{user}@{host}",
+            from_user=caller.caller or "anonymous",
             from_display=caller.caller_display,
             transport=target.transport,
             credentials=target.credentials,
-            defer=True,
+            max_forwards=max(0, (hops or 70) - 1),
+            sdp=None if relaying else (caller.session.invite.body or None),
+            prefer=self._caller_codec(caller) if relaying else None,
+            make_call=lambda session: _Leg(self.engine, session, target),
+            proceed=lambda: caller.active or caller.answered,
         )
-        hops = caller.session.invite.max_forwards
-        session.invite.headers.set("Max-Forwards", str(max(0, (hops or 70) - 1)))
-        leg = _Leg(engine, session, target)
-        session.context = leg
-        engine._outbound[session.call_id + session.local_tag] = leg.final
-        if self._relaying():
-            offer = await self._relay_offer(caller, leg)
-        else:
-            offer = caller.session.invite.body or await leg._make_offer()
-        if not caller.active and not caller.answered:
-            leg.final.cancel()
-            engine._outbound.pop(session.call_id + session.local_tag, None)
-            engine.ua.sessions.pop(session.call_id + session.local_tag, None)
-            if leg.media is not None:
-                await leg.media.stop("caller gone")
-            raise SipError(487, "caller gone")
-        engine.ua.send_invite(session, offer, engine.now())
-        engine.flush()
+        assert isinstance(leg, _Leg)
         return leg
 
-    async def _relay_offer(self, caller: Call, leg: _Leg) -> bytes:
-        """Offer our codecs, the caller's negotiated one first (no transcoding if taken)."""
-        engine = self.engine
-        codecs = [c for c in engine.codecs if not c.is_dtmf]
-        preferred = caller.sdp_answer.codec.name if caller.sdp_answer is not None else None
-        if preferred is None and caller.session.invite.body:
-            try:
-                offer = sdpmod.SessionDescription.parse(caller.session.invite.body)
-                answer = sdpmod.negotiate(offer, engine.codecs)
-                preferred = answer.codec.name if answer is not None else None
-            except ValueError:
-                preferred = None
-        codecs.sort(key=lambda c: c.name != preferred)
-        sdp_session = sdpmod.SdpSession(engine.media_address(leg.session.local_addr[0]))
-        leg._sdp_session = sdp_session
-        port = await engine.open_media(leg, None)
-        offer_sdp = sdpmod.build_offer(
-            sdp_session,
-            codecs,
-            address=sdp_session.address,
-            port=port,
-            telephone_event=engine.telephone_event,
-        )
-        leg._offer = offer_sdp
-        return offer_sdp.serialize()
+    def _caller_codec(self, caller: Call) -> str | None:
+        """The codec the caller uses (negotiated, or what we would pick from its offer)."""
+        if caller.sdp_answer is not None:
+            return caller.sdp_answer.codec.name
+        if not caller.session.invite.body:
+            return None
+        try:
+            offer = sdpmod.SessionDescription.parse(caller.session.invite.body)
+        except ValueError:
+            return None
+        answer = sdpmod.negotiate(offer, self.engine.codecs)
+        return answer.codec.name if answer is not None else None
 
     def _abandon(self, leg: _Leg, cause: int) -> None:
         """We no longer want this leg: CANCEL (or BYE), and forget its result."""
         engine = self.engine
         session = leg.session
-        engine._outbound.pop(session.call_id + session.local_tag, None)
-        if not leg.final.done():
-            leg.final.cancel()
+        if not leg.outcome.done():
+            leg.outcome.cancel()
         if leg.active:
             engine.ua.hangup(session, engine.now(), cause)
             engine.flush()
@@ -510,50 +462,22 @@ class B2BUA:
         return relay
 
     async def _early_media(self, caller: Call, leg: _Leg, body: bytes) -> None:
-        self._apply_leg_answer(leg, body)
+        leg.accept_answer(body)
         if caller.answered or not caller.active:
             return
         await caller.ring(early_media=True)
         self._start_relay(caller, leg)
 
-    def _apply_leg_answer(self, leg: _Leg, body: bytes) -> None:
-        if leg._offer is None or leg.media is None:
-            return
-        try:
-            answer = sdpmod.accept_answer(leg._offer, sdpmod.SessionDescription.parse(body))
-        except ValueError:
-            return
-        if answer is not None:
-            from ._media import apply_answer
-
-            leg.sdp_answer = answer
-            apply_answer(leg.media, answer)
-
     async def _answer_caller(self, caller: Call, leg: _Leg) -> bool:
-        """Answer the caller once the leg answered; False if the caller is gone."""
-        if caller.answered:
-            return caller.active
-        if self._relaying():
+        """Answer the caller once the leg answered (our SDP when relaying media, else
+        the leg's passed through); False if the caller is gone."""
+        if not caller.answered:
+            sdp = None if self._relaying() else (leg.session.remote_sdp or b"")
             try:
-                await caller.answer()
+                await caller.answer(sdp=sdp)
             except SipError:
                 return False
-            return caller.answered and caller.active
-        engine = self.engine
-        sdp = leg.session.remote_sdp or b""
-        caller.answered_at = engine.wallclock()
-        waits = [h.before_answer(caller) for h in engine.hooks if hasattr(h, "before_answer")]
-        if waits:
-            await asyncio.gather(*waits)
-        if not caller.active:
-            caller.answered_at = None
-            return False
-        engine.ua.answer(caller.session, sdp, engine.now())
-        caller.status = 200
-        engine.flush()
-        engine.call_answered(caller)
-        caller._emit("answered")
-        return True
+        return caller.answered and caller.active
 
     # ------------------------------------------------------------- trunks
     async def dial_trunks(
@@ -639,20 +563,20 @@ class B2BUA:
         while True:
             setup = attempts.next_deadline()
             until = ring_deadline if setup is None else min(setup, ring_deadline)
-            waiters: set[asyncio.Future[Any]] = {leg.final, caller._ended}
+            waiters: set[asyncio.Future[Any]] = {leg.outcome, caller.ended}
             if setup is not None:
                 waiters.add(leg.progressed)
             delay = until - loop.time()
             if delay > 0:
                 await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             now = loop.time()
-            if leg.final.done():
+            if leg.outcome.done():
                 return self._leg_result(attempts, leg, now)
-            if caller._ended.done() and not caller.answered:
+            if caller.ended.done() and not caller.answered:
                 cause = _q850(caller.session.end_cause)
                 self._abandon(leg, cause)
                 return attempts.on_result(487, now=now, reason=format_reason(cause)), None
-            if caller._ended.done():
+            if caller.ended.done():
                 self._abandon(leg, CAUSE_NORMAL)
                 return attempts.on_result(487, now=now, reason=format_reason(CAUSE_NORMAL)), None
             timed_out = attempts.handle_timer(now)
@@ -666,9 +590,9 @@ class B2BUA:
     def _leg_result(
         self, attempts: CallAttempts, leg: _Leg, now: float
     ) -> tuple[Decision, _Leg | None]:
-        if leg.final.cancelled():
+        if leg.outcome.cancelled():
             return attempts.on_result(None, now=now, transport_error=True), None
-        response = leg.final.result()
+        response = leg.outcome.result()
         if isinstance(response, SipError):
             cause = leg.session.end_cause
             reason = format_reason(cause) if cause else None
@@ -680,7 +604,7 @@ class B2BUA:
                 # no final response at all: Timer B or a transport error (§17.1.4)
                 return attempts.on_result(None, now=now, transport_error=True), None
             return attempts.on_result(response.status, now=now, reason=reason), None
-        leg._outbound_answered(response)
+        leg.on_answered(response)
         return attempts.on_result(response.status, now=now), leg
 
     def _record(self, caller: Call, attempt: Attempt, number: str, label: str) -> None:
@@ -727,8 +651,8 @@ class B2BUA:
                 self._abandon(leg, _q850(caller.session.end_cause))
                 return _q850(caller.session.end_cause)
             self._start_relay(caller, leg)
-            await asyncio.wait({caller._ended, leg._ended}, return_when=asyncio.FIRST_COMPLETED)
-            if caller._ended.done():
+            await asyncio.wait({caller.ended, leg.ended}, return_when=asyncio.FIRST_COMPLETED)
+            if caller.ended.done():
                 cause = _q850(caller.session.end_cause)
                 if leg.active:
                     self.engine.ua.hangup(leg.session, self.engine.now(), cause)
@@ -809,7 +733,7 @@ class B2BUA:
         after another, ``timeout`` seconds each.
         """
         if call.session.invite.max_forwards == 0 and not call.answered:
-            self._reject(call, 483, None)
+            call.send_reject(483)
             return TransferResult(answered=False, status=483, cause=25, target=None)
         was_answered = call.answered
         stages = self._expand(call, targets, strategy, timeout)
@@ -850,9 +774,8 @@ class B2BUA:
         self, call: Call, targets: Sequence[str], strategy: str, timeout: float
     ) -> list[_Stage]:
         tenant = None
-        node = self.node
-        if node is not None and node.store is not None and call.tenant is not None:
-            tenant = node.store.config.tenant(call.tenant)
+        if self.directory is not None and call.tenant is not None:
+            tenant = self.directory.tenant(call.tenant)
         parallel: list[LegTarget] = []
         stages: list[_Stage] = []
         for target in targets:
@@ -885,11 +808,10 @@ class B2BUA:
         return stages
 
     def _contacts(self, call: Call, user: str, *, label: str) -> list[LegTarget]:
-        node = self.node
-        if node is None or call.tenant is None:
+        if self.directory is None or call.tenant is None:
             return []
         out: list[LegTarget] = []
-        for binding in node.contacts_of(call.tenant, user):
+        for binding in self.directory.contacts_of(call.tenant, user):
             contact = binding.contact
             dest = binding.source
             if dest is None:
@@ -934,40 +856,40 @@ class B2BUA:
                 continue
             leg.on_progress = relay
             legs.append(leg)
-        deadline = loop.time() + stage.timeout
-        failures: list[tuple[int, int]] = []
+        fork = Fork(range(len(legs)), timeout=stage.timeout, now=loop.time())
+        waiting = {leg.outcome: i for i, leg in enumerate(legs)}
         try:
-            pending = {leg.final: leg for leg in legs}
-            while pending:
-                delay = deadline - loop.time()
-                if delay <= 0 or caller._ended.done():
-                    break
+            commands = fork.start()
+            while True:
+                for command in commands:
+                    if isinstance(command, Abandon):
+                        self._abandon(legs[command.leg], command.cause)
+                for command in commands:
+                    if isinstance(command, Connect):
+                        return legs[command.leg]
+                    if isinstance(command, Fail):
+                        return FinalResult(command.status, command.cause)
+                deadline = fork.next_deadline()
+                delay = None if deadline is None else max(0.0, deadline - loop.time())
                 await asyncio.wait(
-                    {*pending, caller._ended}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+                    {*waiting, caller.ended}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
                 )
-                for fut in [f for f in pending if f.done()]:
-                    leg = pending.pop(fut)
-                    if fut.cancelled():
-                        continue
-                    response = fut.result()
-                    if isinstance(response, SipError):
-                        failures.append((response.status, leg.session.end_cause))
-                        continue
-                    leg._outbound_answered(response)
-                    for other in pending.values():
-                        self._abandon(other, CAUSE_NON_SELECTED)
-                    pending.clear()
-                    return leg
-            ended = caller._ended.done() and not caller.answered
-            cause = _q850(caller.session.end_cause) if ended else CAUSE_NO_ANSWER
-            for leg in pending.values():
-                self._abandon(leg, cause)
-            if any(status in (486, 600) for status, _ in failures):
-                return FinalResult(486, 17)
-            if failures and len(failures) == len(legs):
-                status, leg_cause = failures[-1]
-                return FinalResult(status, leg_cause or 18)
-            return FinalResult(480, CAUSE_NO_ANSWER)
+                now = loop.time()
+                commands = []
+                for fut in [f for f in waiting if f.done()]:
+                    i = waiting.pop(fut)
+                    response = None if fut.cancelled() else fut.result()
+                    if response is None:
+                        commands += fork.forget(i, now)
+                    elif isinstance(response, SipError):
+                        commands += fork.failed(i, response.status, legs[i].session.end_cause, now)
+                    else:
+                        legs[i].on_answered(response)
+                        commands += fork.answered(i, now)
+                if caller.ended.done():
+                    cause = CAUSE_NORMAL if caller.answered else _q850(caller.session.end_cause)
+                    commands += fork.caller_gone(cause, now)
+                commands += fork.handle_timer(now)
         finally:
             if ringback is not None:
                 ringback.cancel()
@@ -1046,5 +968,4 @@ def _first_trusted(plan: TrunkPlan) -> str:
 
 
 def _silence(session: RtpSession) -> bytes:
-    silence: bytes = session._silence
-    return silence
+    return session.silence

@@ -11,20 +11,26 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ivr import CallHangup
+from pri.causes import format_reason
 
 from .sip import sdp as sdpmod
 from .sip.message import Request, Response
-from .sip.useragent import InviteSession, SessionState
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .sip.useragent import InviteSession, SessionState, UserAgent
 
 log = logging.getLogger("callengine.call")
 
-__all__ = ["Call", "CallEnded", "CallEvent", "RecordResult", "SipError", "TransferResult"]
+__all__ = [
+    "Call",
+    "CallControl",
+    "CallEnded",
+    "CallEvent",
+    "RecordResult",
+    "SipError",
+    "TransferResult",
+]
 
 
 class SipError(Exception):
@@ -70,10 +76,39 @@ class TransferResult:
     target: str | None
 
 
+class CallControl(Protocol):
+    """What a :class:`Call` needs from the engine that made it (the Engine is one):
+    the user agent to command, the time, the media, and the hooks it reports to."""
+
+    codecs: list[Any]
+    telephone_event: Any
+    hooks: list[Any]
+    media_manager: Any
+
+    @property
+    def ua(self) -> UserAgent: ...
+
+    def now(self) -> float: ...
+
+    def wallclock(self) -> float: ...
+
+    def flush(self) -> None: ...
+
+    def call_answered(self, call: Call) -> None: ...
+
+    def media_address(self, local_host: str) -> str: ...
+
+    async def open_media(self, call: Call, negotiated: Any) -> int: ...
+
+    async def transfer(
+        self, call: Call, targets: Sequence[str], *, strategy: str, timeout: float
+    ) -> TransferResult: ...
+
+
 class Call:
     """One call leg as application code sees it (see docs/interfaces.md)."""
 
-    def __init__(self, engine: Engine, session: InviteSession, *, direction: str) -> None:
+    def __init__(self, engine: CallControl, session: InviteSession, *, direction: str) -> None:
         self.engine = engine
         self.session = session
         self.direction = direction
@@ -109,6 +144,10 @@ class Call:
         self._offer: sdpmod.SessionDescription | None = None
         self.quality: dict[str, Any] = {}
         self.task: asyncio.Task[None] | None = None
+        self.outcome: asyncio.Future[Response | SipError] = (
+            asyncio.get_running_loop().create_future()
+        )
+        """An outgoing call's result: the 2xx, or the failure as a SipError value."""
         self.finished = False
         self.logged = True
         """Writes a call log and counts in ``callengine_calls`` (a B2BUA's outgoing
@@ -131,6 +170,12 @@ class Call:
         return self.session.state is not SessionState.TERMINATED
 
     @property
+    def ended(self) -> asyncio.Future[Any]:
+        """Resolved when the call has ended, whoever ended it (await it, or wait on
+        it beside other futures; :meth:`wait_hangup` shields it)."""
+        return self._ended
+
+    @property
     def answered(self) -> bool:
         """True once a 2xx answered the INVITE (sent by us or received)."""
         return 200 <= self.status < 300
@@ -148,13 +193,16 @@ class Call:
             self.engine.ua.provisional(self.session, self.engine.now(), 180)
         self.engine.flush()
 
-    async def answer(self) -> None:
-        """Answer with 200 OK and the negotiated SDP; media starts at once."""
+    async def answer(self, *, sdp: bytes | None = None) -> None:
+        """Answer with 200 OK and the negotiated SDP; media starts at once.
+
+        ``sdp`` answers with that body as it is, opening no media here (a B2BUA
+        passing the far end's SDP through)."""
         if self.answered or not self.active:
             if not self.active:
                 raise SipError(487, "call ended before answer")
             return
-        answer = await self._prepare_media()
+        answer = sdp if sdp is not None else await self._prepare_media()
         if answer is None:
             return
         if not self.active:
@@ -183,19 +231,15 @@ class Call:
             self._sdp_session = sdpmod.SdpSession(engine.media_address(self.session.local_addr[0]))
         if not offer_body:
             # late offer: we offer in the 200, the ACK answers (RFC 3261 §13.2.1)
-            return await self._make_offer()
+            return await self.make_offer()
         try:
             offer = sdpmod.SessionDescription.parse(offer_body)
         except ValueError as exc:
-            self.engine.ua.reject(
-                self.session, 400, engine.now(), f"Bad Request - SDP: {exc}"[:120]
-            )
-            engine.flush()
+            self.send_reject(400, f"Bad Request - SDP: {exc}"[:120])
             return None
         negotiated = sdpmod.negotiate(offer, engine.codecs)
         if negotiated is None:
-            self.engine.ua.reject(self.session, 488, engine.now())
-            self.engine.flush()
+            self.send_reject(488)
             return None
         self.sdp_answer = negotiated
         port = await engine.open_media(self, negotiated)
@@ -225,9 +269,21 @@ class Call:
             self._sdp_session, address=self._sdp_session.address, port=port
         ).serialize()
 
-    async def reject(self, status: int = 486, reason: str | None = None) -> None:
-        """Refuse an unanswered call with a final response."""
-        self.engine.ua.reject(self.session, status, self.engine.now(), reason)
+    async def reject(
+        self, status: int = 486, reason: str | None = None, *, cause: int | None = None
+    ) -> None:
+        """Refuse an unanswered call with a final response (``cause``: a Q.850 cause
+        for the RFC 3326 Reason header)."""
+        self.send_reject(status, reason, cause=cause)
+
+    def send_reject(
+        self, status: int, reason: str | None = None, *, cause: int | None = None
+    ) -> None:
+        """:meth:`reject` for synchronous callers; nothing once answered or ended."""
+        if not self.active or self.answered:
+            return
+        headers = [("Reason", format_reason(cause))] if cause is not None else None
+        self.engine.ua.reject(self.session, status, self.engine.now(), reason, headers=headers)
         self.status = status
         self.engine.flush()
 
@@ -372,14 +428,19 @@ class Call:
         """Connect the caller to targets (users, groups, external numbers) and bridge."""
         return await self.engine.transfer(self, targets, strategy=strategy, timeout=timeout)
 
-    async def _make_offer(self) -> bytes:
+    async def make_offer(self, *, prefer: str | None = None) -> bytes:
+        """Open this call's media and return our SDP offer: every configured codec,
+        ``prefer`` (a codec name) first."""
         engine = self.engine
         if self._sdp_session is None:
             self._sdp_session = sdpmod.SdpSession(engine.media_address(self.session.local_addr[0]))
+        codecs = [c for c in engine.codecs if not c.is_dtmf]
+        if prefer is not None:
+            codecs.sort(key=lambda c: c.name != prefer)
         port = await engine.open_media(self, None)
         offer = sdpmod.build_offer(
             self._sdp_session,
-            [c for c in engine.codecs if not c.is_dtmf],
+            codecs,
             address=self._sdp_session.address,
             port=port,
             telephone_event=engine.telephone_event,
@@ -387,23 +448,30 @@ class Call:
         self._offer = offer
         return offer.serialize()
 
-    def _outbound_answered(self, response: Response) -> None:
-        self.answered_at = self.engine.wallclock()
-        self.status = response.status
-        offer = getattr(self, "_offer", None)
-        if offer is None or not response.body:
-            return
+    def accept_answer(self, body: bytes) -> bool:
+        """Take the far end's SDP answer to our offer (a 2xx, or a 183's early media):
+        point our media at it. False when it is unusable."""
+        if self._offer is None or not body:
+            return False
         try:
-            answer = sdpmod.accept_answer(offer, sdpmod.SessionDescription.parse(response.body))
+            answer = sdpmod.accept_answer(self._offer, sdpmod.SessionDescription.parse(body))
         except ValueError:
             log.warning("unusable SDP answer from %s", self.callee)
-            return
-        if answer is not None:
-            self.sdp_answer = answer
-            if self.media is not None:
-                from ._media import apply_answer
+            return False
+        if answer is None:
+            return False
+        self.sdp_answer = answer
+        if self.media is not None:
+            from ._media import apply_answer
 
-                apply_answer(self.media, answer)
+            apply_answer(self.media, answer)
+        return True
+
+    def on_answered(self, response: Response) -> None:
+        """An outgoing call's 2xx arrived (from :attr:`outcome`): take its SDP answer."""
+        self.answered_at = self.engine.wallclock()
+        self.status = response.status
+        self.accept_answer(response.body)
 
     # --------------------------------------------------- from the engine (sync)
     def _emit(self, kind: str, **data: Any) -> None:

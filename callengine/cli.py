@@ -101,11 +101,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.no_metrics:
         cfg.metrics = None
-    setup_logging(cfg.log_format, cfg.log_level)
+    writer = setup_logging(cfg.log_format, cfg.log_level)
     try:
         return int(_event_loop_run(_run_node(cfg)))
     except KeyboardInterrupt:
         return 0
+    finally:
+        writer.stop()
 
 
 def _event_loop_run(coro: Coroutine[Any, Any, int]) -> int:

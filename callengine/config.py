@@ -49,6 +49,9 @@ class EngineConfig:
     collection off and collects only the young generation (bounded pauses) and the
     whole heap when idle; ``python`` keeps the interpreter's defaults (see
     ``callengine/realtime.py``)."""
+    stall_report_ms: float = 0.0
+    """Log the stack the event loop is running when it stalls this long (a
+    diagnostic thread; 0 disables)."""
     drain_grace: float = 30.0
     """Seconds active calls may continue after SIGTERM before the node exits."""
     rtp_port_min: int = 10000
@@ -92,6 +95,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "retry_after": (int,),
     "overload_lag": (int, float),
     "gc": (str,),
+    "stall_report_ms": (int, float),
     "drain_grace": (int, float),
     "rtp_port_min": (int,),
     "rtp_port_max": (int,),

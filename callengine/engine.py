@@ -26,8 +26,9 @@ from typing import Any
 
 from .call import Call, SipError, TransferResult
 from .config import EngineConfig, load_config
-from .realtime import GcGovernor, LoopLagMonitor
+from .realtime import GcGovernor, LoopLagMonitor, StallReporter
 from .sip.message import Request, Response
+from .sip.uri import URI, parse_uri
 from .sip.useragent import InviteSession, UserAgent
 from .transport import TransportSet, parse_listen
 
@@ -72,6 +73,11 @@ class Engine:
         """Outgoing INVITEs' outcome: the 2xx, or the failure as a SipError value."""
         self.lag = LoopLagMonitor(on_sample=self._on_lag)
         self.gc = GcGovernor(self.idle, mode=config.gc)
+        self.stalls = (
+            StallReporter(self.lag, threshold=config.stall_report_ms / 1000)
+            if config.stall_report_ms > 0
+            else None
+        )
         from media.codecs import CODECS
 
         self.codecs = [
@@ -162,6 +168,8 @@ class Engine:
             await self.transports.close()
             raise
         self.lag.start()
+        if self.stalls is not None:
+            self.stalls.start()
         # last: what start-up loaded (prompts, tenants, modules) is frozen out of the GC
         self.gc.start()
         log.info(
@@ -189,6 +197,8 @@ class Engine:
         if self._timer is not None:
             self._timer.cancel()
         self.lag.stop()
+        if self.stalls is not None:
+            self.stalls.stop()
         self.gc.stop()
         if self.transports is not None:
             await self.transports.close()
@@ -214,6 +224,16 @@ class Engine:
         REGISTER): the heap is small, a full collection is cheap."""
         ua = self._ua
         return not self.calls and (ua is None or len(ua.transactions) <= IDLE_TRANSACTIONS)
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` built the user agent."""
+        return self._ua is not None
+
+    @property
+    def has_default(self) -> bool:
+        """A default handler (``on_call()`` without a pattern) is registered."""
+        return self._default is not None
 
     @property
     def ua(self) -> UserAgent:
@@ -459,6 +479,74 @@ class Engine:
         return await self.transfer_handler(call, targets, strategy=strategy, timeout=timeout)
 
     # ------------------------------------------------------------- outbound
+    async def place_call(
+        self,
+        target: str | URI,
+        *,
+        dest: tuple[str, int] | None = None,
+        from_user: str = "callengine",
+        from_uri: str | None = None,
+        from_display: str | None = None,
+        transport: str = "UDP",
+        headers: list[tuple[str, str]] | None = None,
+        credentials: tuple[str, str] | None = None,
+        max_forwards: int | None = None,
+        sdp: bytes | None = None,
+        prefer: str | None = None,
+        make_call: Callable[[InviteSession], Call] | None = None,
+        proceed: Callable[[], bool] | None = None,
+    ) -> Call:
+        """Send an INVITE: the one path for :meth:`originate` and a B2BUA's legs.
+
+        Returns as soon as the INVITE is sent; the call's ``outcome`` future gets the
+        2xx, or the failure as a :class:`SipError` value. The offer is ``sdp`` as it
+        is, or ours (media opened, codec ``prefer`` first). ``make_call`` builds the
+        call object for the session (a B2BUA's leg class); ``proceed`` is asked once
+        the offer is ready (opening media awaits): when it says no, nothing is sent,
+        the media is closed and :class:`SipError` 487 is raised."""
+        assert self.transports is not None
+        uri = parse_uri(target, where="target") if isinstance(target, str) else target
+        if dest is None:
+            dest = (uri.host.strip("[]"), uri.port or 5060)
+        local = self.transports.local_for(transport, dest[0])
+        session = self.ua.invite(
+            uri,
+            self.now(),
+            dest=dest,
+            local=local,
+            sdp=b"",
+            from_uri=from_uri or f"sip:{from_user}@{self.media_address(local[0])}",
+            from_display=from_display,
+            transport=transport,
+            headers=headers,
+            credentials=credentials,
+            defer=True,
+        )
+        if max_forwards is not None:
+            session.invite.headers.set("Max-Forwards", str(max_forwards))
+        call = (
+            make_call(session)
+            if make_call is not None
+            else Call(self, session, direction="outbound")
+        )
+        session.context = call
+        key = session.call_id + session.local_tag
+        self._outbound[key] = call.outcome
+        if call.logged:
+            self.calls[key] = call
+        offer = sdp if sdp is not None else await call.make_offer(prefer=prefer)
+        if proceed is not None and not proceed():
+            self._outbound.pop(key, None)
+            self.calls.pop(key, None)
+            self.ua.sessions.pop(key, None)
+            session.context = None
+            if call.media is not None:
+                await call.media.stop("not sent")
+            raise SipError(487, "not sent")
+        self.ua.send_invite(session, offer, self.now())
+        self.flush()
+        return call
+
     async def originate(
         self,
         target: str,
@@ -477,37 +565,19 @@ class Engine:
         Raises :class:`SipError` with the final status when it is not answered. ``dest``
         defaults to the URI's host and port (an IP address).
         """
-        from .sip.uri import parse_uri
-
-        assert self.transports is not None
-        uri = parse_uri(target, where="target")
-        if dest is None:
-            dest = (uri.host.strip("[]"), uri.port or 5060)
-        local = self.transports.local_for(transport, dest[0])
-        session = self.ua.invite(
-            uri,
-            self.now(),
+        call = await self.place_call(
+            target,
             dest=dest,
-            local=local,
-            sdp=b"",
-            from_uri=from_uri or f"sip:callengine@{local[0]}",
+            from_uri=from_uri,
             from_display=from_display,
             transport=transport,
             headers=headers,
             credentials=credentials,
-            defer=True,
+            sdp=sdp,
         )
-        call = Call(self, session, direction="outbound")
-        session.context = call
-        key = session.call_id + session.local_tag
-        self.calls[key] = call
-        fut: asyncio.Future[Response | SipError] = asyncio.get_running_loop().create_future()
-        self._outbound[key] = fut
-        offer = sdp if sdp is not None else await call._make_offer()
-        self.ua.send_invite(session, offer, self.now())
-        self.flush()
+        key = call.session.call_id + call.session.local_tag
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            outcome = await asyncio.wait_for(asyncio.shield(call.outcome), timeout)
         except TimeoutError:
             await call.hangup(cause=102)  # CANCEL (or BYE if it answers meanwhile)
             self.calls.pop(key, None)
@@ -516,7 +586,7 @@ class Engine:
         if isinstance(outcome, SipError):
             self.calls.pop(key, None)
             raise SipError(outcome.status, outcome.reason, outcome.cause)
-        call._outbound_answered(outcome)
+        call.on_answered(outcome)
         return call
 
 

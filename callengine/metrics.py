@@ -30,7 +30,7 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         engine = self.engine
-        ua = engine._ua
+        ua = engine.ua if engine.started else None
         g = GaugeMetricFamily("callengine_active_calls", "Calls in progress")
         g.add_metric([], len(engine.calls))
         yield g
@@ -96,6 +96,13 @@ class EngineCollector(Collector):
             f.add_metric(["send"], engine.transports.send_errors)
             f.add_metric(["framing"], engine.transports.framing_errors)
             yield f
+        from .logs import LogQueueHandler
+
+        dropped = CounterMetricFamily(
+            "callengine_log_records_dropped", "Log records dropped: the log writer lagged"
+        )
+        dropped.add_metric([], LogQueueHandler.dropped)
+        yield dropped
         lag = engine.lag
         g = GaugeMetricFamily(
             "callengine_event_loop_lag_seconds",

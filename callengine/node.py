@@ -30,7 +30,9 @@ from config_cache import (
     open_store,
 )
 from config_cache.shipper import Backoff
+from pri import load_trunks
 
+from .b2bua import B2BUA
 from .call import Call, CallEnded
 from .calllogs import CallLogHook, CallLogWriter
 from .config import EngineConfig
@@ -150,13 +152,21 @@ class Node:
         engine.hooks.append(CallLogHook(self.writer, node_id=cfg.node_id))
         engine.hooks.append(self)
         engine.router = self.route
-        if engine._default is None:
+        if not engine.has_default:
             engine.on_call()(_not_here)
         engine.register_handler = self.on_register
         # issue #6: trunks, failover, transfers (B2BUA); before the listeners open
-        from .b2bua import B2BUA
-
-        self.b2bua = B2BUA.install(self)
+        plan = load_trunks(
+            {
+                "trunks": cfg.trunks,
+                "trunk_groups": cfg.trunk_groups,
+                "outbound_routes": cfg.outbound_routes,
+                "trusted_sources": cfg.trusted_sources,
+            },
+            source=cfg.source,
+        )
+        self.b2bua = B2BUA(engine, plan, directory=self, registry=self.registry)
+        self.b2bua.attach()
         await engine.start()
 
     def _on_logs_written(self) -> None:
@@ -244,7 +254,7 @@ class Node:
         async def run(call: Call) -> None:
             await call.answer()
             runner = asyncio.ensure_future(run_flow(call, flow, actions=actions))
-            ended = call._ended
+            ended = call.ended
             done, _ = await asyncio.wait({runner, ended}, return_when=asyncio.FIRST_COMPLETED)
             if runner not in done:
                 # The caller hung up. Media operations now end by themselves (a
@@ -293,6 +303,16 @@ class Node:
             )
             self._registrars[realm] = registrar
         return registrar.handle(request, time.time())
+
+    def owns_number(self, number: str) -> bool:
+        """A tenant owns ``number`` (the default route does not count)."""
+        assert self.store is not None
+        match = self.store.config.lookup(number)
+        return match is not None and not match.default
+
+    def tenant(self, tenant_id: str) -> Any:
+        assert self.store is not None
+        return self.store.config.tenant(tenant_id)
 
     def contacts_of(self, tenant: str, user: str) -> list[RegBinding]:
         """Registered phones of a user (for ringing)."""

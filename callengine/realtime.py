@@ -48,13 +48,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("callengine.gc")
+log = logging.getLogger("callengine.realtime")
 
-__all__ = ["GcGovernor", "GcStats", "LoopLagMonitor"]
+__all__ = ["GcGovernor", "GcStats", "LoopLagMonitor", "StallReporter"]
 
 
 LAG_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
@@ -77,6 +80,8 @@ class LoopLagMonitor:
         self.counts = [0] * (len(LAG_BUCKETS_MS) + 1)
         """Samples per bucket (not cumulative); the last one is +Inf."""
         self.sum_ms = 0.0
+        self.beat = time.monotonic()
+        """When the loop last woke this monitor (read by :class:`StallReporter`)."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -109,7 +114,48 @@ class LoopLagMonitor:
         while True:
             t0 = loop.time()
             await asyncio.sleep(interval)
+            self.beat = time.monotonic()
             self.sample(max(0.0, loop.time() - t0 - interval))
+
+
+class StallReporter:
+    """Names what stops the loop: a watchdog thread that, when the loop has not woken
+    the lag monitor for ``threshold`` seconds, logs the stack the loop's thread is
+    running at that moment (once per stall). A diagnostic, off unless configured
+    (``stall_report_ms``): the thread wakes every few milliseconds."""
+
+    def __init__(self, lag: LoopLagMonitor, *, threshold: float, poll: float = 0.005) -> None:
+        self.lag = lag
+        self.threshold = threshold
+        self.poll = poll
+        self.reports: list[str] = []
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-reporter", daemon=True)
+
+    def start(self) -> None:
+        self._loop_thread = threading.get_ident()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        reported = 0.0
+        limit = self.lag.interval + self.threshold
+        while not self._stop.wait(self.poll):
+            beat = self.lag.beat
+            if beat == reported or time.monotonic() - beat < limit:
+                continue
+            reported = beat
+            frame = sys._current_frames().get(self._loop_thread)
+            if frame is None:
+                continue
+            stack = "".join(traceback.format_stack(frame, limit=12))
+            self.reports = [*self.reports[-19:], stack]
+            log.warning(
+                "event loop stalled for more than %.0f ms in:\n%s", self.threshold * 1000, stack
+            )
 
 
 class GcStats:

@@ -294,6 +294,11 @@ class RtpSession:
     def codec(self) -> CodecInfo:
         return self.stream.codec
 
+    @property
+    def silence(self) -> bytes:
+        """One 20 ms frame of silence in the sending codec."""
+        return self._silence
+
     # --- configuration -------------------------------------------------------------
 
     def set_remote(

@@ -265,6 +265,7 @@ async def _drive(tmp: Path) -> tuple[list[Any], int, dict[str, Any]]:
         while (engine.calls or len(engine.ua.transactions)) and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         results["idle"] = not engine.calls and not len(engine.ua.transactions)
+        results["ended"] = dict(engine.results)
         gc.collect()
         found = sum(stats.collected) - before
         garbage = list(gc.garbage)
@@ -340,4 +341,7 @@ def test_calls_leave_no_cyclic_garbage(tmp_path: Path) -> None:
     assert results["ring_group"] == 200
     assert results["from_trunk"] == 200
     assert results["idle"], "the node still held calls or transactions after 60 s"
+    # every call placed by a caller ended once in callengine_calls, bridged ones too
+    # (a B2BUA's legs are not calls of their own): 5 warm-up calls, then 69
+    assert sum(results["ended"].values()) == 74, results["ended"]
     assert found <= ALLOWANCE, f"{found} objects in reference cycles:\n{_describe(garbage)}"

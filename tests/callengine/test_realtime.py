@@ -1,0 +1,56 @@
+"""Loop-lag histogram and the GC policy's decisions (callengine.realtime), no loop."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from callengine.realtime import GcGovernor, GcStats, LoopLagMonitor
+
+
+def test_lag_samples_land_in_their_buckets_and_feed_the_callback() -> None:
+    seen: list[float] = []
+    lag = LoopLagMonitor(on_sample=seen.append)
+    for seconds in (0.0004, 0.003, 0.019, 0.021, 2.0):
+        lag.sample(seconds)
+    bounds = dict(zip([*lag.buckets_ms, "+Inf"], lag.counts, strict=True))
+    assert bounds[1] == 1 and bounds[5] == 1 and bounds[20] == 1 and bounds[50] == 1
+    assert bounds["+Inf"] == 1
+    assert sum(lag.counts) == 5
+    assert lag.last == 2.0 and lag.max == 2.0
+    assert lag.sum_ms == pytest.approx(2043.4)
+    assert seen == [0.0004, 0.003, 0.019, 0.021, 2.0]
+
+
+def test_gc_stats_time_each_collection_by_generation() -> None:
+    stats = GcStats()
+    stats.callback("start", {"generation": 1})
+    stats.callback("stop", {"generation": 1, "collected": 7, "uncollectable": 0})
+    stats.callback("start", {"generation": 0})
+    stats.callback("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
+    assert stats.collections == [1, 1, 0]
+    assert stats.collected == [0, 7, 0]
+    assert stats.pause_seconds[1] >= 0.0 and stats.pause_max[1] == stats.pause_seconds[1]
+
+
+def test_governor_collects_young_under_load_and_everything_only_when_idle() -> None:
+    idle = [False]
+    governor = GcGovernor(lambda: idle[0], idle_interval=60.0)
+    gc.callbacks.append(governor.stats.callback)
+    try:
+        assert governor.step(100.0) == 0  # busy: the young generation only
+        idle[0] = True
+        assert governor.step(100.05) == 2  # idle, and never collected fully yet
+        assert governor.step(100.10) == 0  # idle again, but within idle_interval
+        assert governor.step(160.05) == 2
+        idle[0] = False
+        assert governor.step(300.0) == 0  # a busy node is never walked whole
+    finally:
+        gc.callbacks.remove(governor.stats.callback)
+    assert governor.stats.collections[0] == 3 and governor.stats.collections[2] == 2
+
+
+def test_gc_mode_is_checked() -> None:
+    with pytest.raises(ValueError, match="realtime"):
+        GcGovernor(lambda: True, mode="sometimes")
