@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gc
+import time
 
 import pytest
 
-from callengine.realtime import GcGovernor, GcStats, LoopLagMonitor
+from callengine.realtime import GcGovernor, GcStats, LoopLagMonitor, StallReporter
 
 
 def test_lag_samples_land_in_their_buckets_and_feed_the_callback() -> None:
@@ -54,3 +55,33 @@ def test_governor_collects_young_under_load_and_everything_only_when_idle() -> N
 def test_gc_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="realtime"):
         GcGovernor(lambda: True, mode="sometimes")
+
+
+def test_stall_reporter_names_what_the_loop_thread_is_running() -> None:
+    lag = LoopLagMonitor()
+    reporter = StallReporter(lag, threshold=0.02, poll=0.002)
+    reporter.start()  # the "loop thread" is this one
+    try:
+        lag.beat = time.monotonic()
+        deadline = time.monotonic() + 5
+        while not reporter.reports and time.monotonic() < deadline:
+            _busy_for(0.01)  # the loop never wakes the monitor: a stall
+        assert reporter.reports, "no stall reported"
+        assert "_busy_for" in reporter.reports[0]
+        # the same stall is reported once, however long it lasts
+        _busy_for(0.05)
+        assert len(reporter.reports) == 1
+        # the loop wakes, then stalls again: a second report
+        lag.beat = time.monotonic()
+        deadline = time.monotonic() + 5
+        while len(reporter.reports) < 2 and time.monotonic() < deadline:
+            _busy_for(0.01)
+        assert len(reporter.reports) == 2
+    finally:
+        reporter.stop()
+
+
+def _busy_for(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
