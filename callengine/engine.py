@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import fnmatch
 import logging
 import re
 import time
@@ -27,6 +26,7 @@ from typing import Any
 from .call import Call, SipError, TransferResult
 from .config import EngineConfig, load_config
 from .realtime import GcGovernor, LoopLagMonitor, StallReporter
+from .router import CallRouter, Handler
 from .sip.message import Request, Response
 from .sip.uri import URI, parse_uri
 from .sip.useragent import InviteSession, UserAgent
@@ -34,7 +34,6 @@ from .transport import TransportSet, parse_listen
 
 log = logging.getLogger("callengine.engine")
 
-Handler = Callable[[Call], Awaitable[None]]
 current_call_id: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
 
 __all__ = ["Engine", "Handler", "current_call_id"]
@@ -55,8 +54,7 @@ class Engine:
         if config is None or isinstance(config, str):
             config = load_config(config, **overrides)
         self.config = config
-        self._handlers: list[tuple[Callable[[str], bool], Handler]] = []
-        self._default: Handler | None = None
+        self.routes = CallRouter(_answer_until_hangup)
         self.calls: dict[str, Call] = {}
         self._ua: UserAgent | None = None
         self.transports: TransportSet | None = None
@@ -65,7 +63,6 @@ class Engine:
         self._timer_at: float | None = None
         self.results: dict[str, int] = {}
         self.hooks: list[Any] = []  # objects with on_call_started/answered/ended (call logs)
-        self.router: Callable[[Call], Handler | None] | None = None
         self.media_manager: Any = None
         self.transfer_handler: Callable[..., Awaitable[TransferResult]] | None = None
         self.register_handler: Callable[[Request, float], Response | None] | None = None
@@ -96,25 +93,19 @@ class Engine:
         (fnmatch syntax such as ``1800*``, or a compiled regex); ``None`` is the default."""
 
         def register(fn: Handler) -> Handler:
-            if pattern is None:
-                self._default = fn
-            elif isinstance(pattern, re.Pattern):
-                self._handlers.append((lambda n, p=pattern: p.fullmatch(n) is not None, fn))  # type: ignore[misc]
-            else:
-                self._handlers.append((lambda n, p=pattern: fnmatch.fnmatchcase(n, p), fn))  # type: ignore[misc]
+            self.routes.add(pattern, fn)
             return fn
 
         return register
 
-    def _route(self, call: Call) -> Handler:
-        for match, handler in self._handlers:
-            if match(call.callee):
-                return handler
-        if self.router is not None:
-            routed = self.router(call)
-            if routed is not None:
-                return routed
-        return self._default or _answer_until_hangup
+    @property
+    def router(self) -> Callable[[Call], Handler | None] | None:
+        """The routing function consulted after the ``on_call`` patterns (the node's)."""
+        return self.routes.fallback
+
+    @router.setter
+    def router(self, fn: Callable[[Call], Handler | None] | None) -> None:
+        self.routes.fallback = fn
 
     # ------------------------------------------------------------ lifecycle
     def now(self) -> float:
@@ -233,7 +224,7 @@ class Engine:
     @property
     def has_default(self) -> bool:
         """A default handler (``on_call()`` without a pattern) is registered."""
-        return self._default is not None
+        return self.routes.default is not None
 
     @property
     def ua(self) -> UserAgent:
@@ -313,7 +304,7 @@ class Engine:
 
     async def _run(self, call: Call) -> None:
         try:
-            handler = self._route(call)
+            handler = self.routes.route(call)
             await handler(call)
         except asyncio.CancelledError:
             pass

@@ -150,7 +150,6 @@ class Node:
         self.writer.start()
         engine = self.engine
         engine.hooks.append(CallLogHook(self.writer, node_id=cfg.node_id))
-        engine.hooks.append(self)
         engine.router = self.route
         if not engine.has_default:
             engine.on_call()(_not_here)
@@ -187,16 +186,6 @@ class Node:
             await self.follower.stop()
         if self.store is not None:
             self.store.close()
-
-    # ----------------------------------------------------------- engine hooks
-    def on_call_started(self, call: Call) -> None:
-        return None
-
-    def on_call_answered(self, call: Call) -> None:
-        return None
-
-    def on_call_ended(self, call: Call) -> None:
-        return None
 
     # ----------------------------------------------------------------- routing
     def route(self, call: Call) -> Handler | None:
