@@ -237,8 +237,11 @@ class GcGovernor:
             self._task = None
         if self.stats.callback in gc.callbacks:
             gc.callbacks.remove(self.stats.callback)
-        if self.mode == "realtime" and self._was_enabled:
-            gc.enable()
+        if self.mode == "realtime":
+            # an embedding program goes on after the engine: give it its collector back
+            gc.unfreeze()
+            if self._was_enabled:
+                gc.enable()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
