@@ -100,33 +100,40 @@ def _uac(node_port: int, workdir: Path, *args: str) -> int:
     )
 
 
+def _send_invite(s: socket.socket, node_port: int, number: str, sdp: str) -> tuple[str, str, str]:
+    """Send an INVITE from ``s``; returns what its CANCEL and ACK repeat: the
+    Request-URI, the Via line and the From/Call-ID/Max-Forwards lines."""
+    call_id = secrets.token_hex(8)
+    lp = s.getsockname()[1]
+    ruri = f"sip:{number}@127.0.0.1:{node_port}"
+    via = f"Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bK{call_id};rport\r\n"
+    head = (
+        f"From: <sip:caller@127.0.0.1:{lp}>;tag=c{call_id}\r\nCall-ID: {call_id}@garbage\r\n"
+        "Max-Forwards: 70\r\n"
+    )
+    s.sendto(
+        (
+            f"INVITE {ruri} SIP/2.0\r\n{via}{head}To: <{ruri}>\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:caller@127.0.0.1:{lp}>\r\nContent-Type: application/sdp\r\n"
+            f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+        ).encode(),
+        ("127.0.0.1", node_port),
+    )
+    return ruri, via, head
+
+
 def _cancelled_call(node_port: int, number: str) -> tuple[int, int]:
     """INVITE, wait for 100, CANCEL after 0.5 s: (CANCEL's status, INVITE's final)."""
-    call_id = secrets.token_hex(8)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.settimeout(10)
-        lp = s.getsockname()[1]
-        ruri = f"sip:{number}@127.0.0.1:{node_port}"
-        branch = f"z9hG4bK{call_id}"
-        via = f"Via: SIP/2.0/UDP 127.0.0.1:{lp};branch={branch};rport\r\n"
-        common = (
-            f"From: <sip:caller@127.0.0.1:{lp}>;tag=c{call_id}\r\nTo: <{ruri}>\r\n"
-            f"Call-ID: {call_id}@cancel\r\nMax-Forwards: 70\r\n"
-        )
-        s.sendto(
-            (
-                f"INVITE {ruri} SIP/2.0\r\n{via}{common}CSeq: 1 INVITE\r\n"
-                f"Contact: <sip:caller@127.0.0.1:{lp}>\r\nContent-Type: application/sdp\r\n"
-                f"Content-Length: {len(OFFER_PCMU)}\r\n\r\n{OFFER_PCMU}"
-            ).encode(),
-            ("127.0.0.1", node_port),
-        )
+        ruri, via, head = _send_invite(s, node_port, number, OFFER_PCMU)
         first = s.recv(65535).decode(errors="replace")
         assert first.startswith("SIP/2.0 100"), first
         time.sleep(0.5)
         s.sendto(
-            f"CANCEL {ruri} SIP/2.0\r\n{via}{common}CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n".encode(),
+            f"CANCEL {ruri} SIP/2.0\r\n{via}{head}To: <{ruri}>\r\nCSeq: 1 CANCEL\r\n"
+            "Content-Length: 0\r\n\r\n".encode(),
             ("127.0.0.1", node_port),
         )
         statuses: dict[str, int] = {}
@@ -141,11 +148,7 @@ def _cancelled_call(node_port: int, number: str) -> tuple[int, int]:
                     if method == "INVITE" and line.lower().startswith("to:"):
                         to = line
         s.sendto(
-            (
-                f"ACK {ruri} SIP/2.0\r\n{via}From: <sip:caller@127.0.0.1:{lp}>;tag=c{call_id}\r\n"
-                f"{to}\r\nCall-ID: {call_id}@cancel\r\nMax-Forwards: 70\r\nCSeq: 1 ACK\r\n"
-                "Content-Length: 0\r\n\r\n"
-            ).encode(),
+            f"ACK {ruri} SIP/2.0\r\n{via}{head}{to}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n".encode(),
             ("127.0.0.1", node_port),
         )
     return statuses["CANCEL"], statuses["INVITE"]
@@ -153,25 +156,10 @@ def _cancelled_call(node_port: int, number: str) -> tuple[int, int]:
 
 def _offer_status(node_port: int, sdp: str) -> int:
     """An INVITE with ``sdp`` to the demo IVR: the final status (ACKed)."""
-    call_id = secrets.token_hex(8)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.settimeout(10)
-        lp = s.getsockname()[1]
-        ruri = f"sip:1000@127.0.0.1:{node_port}"
-        via = f"Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bK{call_id};rport\r\n"
-        head = (
-            f"From: <sip:caller@127.0.0.1:{lp}>;tag=c{call_id}\r\nCall-ID: {call_id}@sdp\r\n"
-            "Max-Forwards: 70\r\n"
-        )
-        s.sendto(
-            (
-                f"INVITE {ruri} SIP/2.0\r\n{via}{head}To: <{ruri}>\r\nCSeq: 1 INVITE\r\n"
-                f"Contact: <sip:caller@127.0.0.1:{lp}>\r\nContent-Type: application/sdp\r\n"
-                f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
-            ).encode(),
-            ("127.0.0.1", node_port),
-        )
+        ruri, via, head = _send_invite(s, node_port, "1000", sdp)
         while True:
             reply = s.recv(65535).decode(errors="replace")
             status = int(reply.split()[1])
