@@ -48,6 +48,7 @@ from pri import (
     Attempt,
     CallAttempts,
     Decision,
+    DialPolicy,
     FinalResult,
     HealthBoard,
     HealthChanged,
@@ -64,6 +65,7 @@ from pri import (
 from .call import Call, SipError, TransferResult
 from .fork import Abandon, Connect, Fail, Fork
 from .sip import sdp as sdpmod
+from .sip.errors import SipError as ProtocolError
 from .sip.message import Response
 from .sip.useragent import InviteSession, SessionState
 
@@ -84,6 +86,7 @@ CAUSE_NORMAL = 16
 CAUSE_NO_ANSWER = 19
 CAUSE_TIMER = 102
 DEFAULT_RING_TIMEOUT = 120.0
+AUDIT_INTERVAL = 30.0  # seconds between checks of B-channel accounting against live calls
 """Seconds an outbound trunk call may ring before the caller gets 480."""
 _RELAY_DEPTH = 4  # packets queued per relay direction (80 ms) before the oldest is dropped
 
@@ -183,6 +186,8 @@ class B2BUA:
         self._u2a = b""
         self._a2u = b""
         self._relays: dict[int, tuple[_Leg, list[asyncio.Task[Any]]]] = {}
+        self._audit_timer: asyncio.TimerHandle | None = None
+        self._suspects: set[str] = set()
         if registry is not None:
             registry.register(TrunkCollector(self))
 
@@ -194,6 +199,7 @@ class B2BUA:
         self._wall_offset = time.time() - self._loop.time()
         self.board = HealthBoard(self.plan.trunks.values(), now=self._loop.time())
         self._loop.call_soon(self._start_when_ready)
+        self._audit_soon()
 
     def _start_when_ready(self) -> None:
         if self._closed or self._loop is None:
@@ -210,6 +216,44 @@ class B2BUA:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._audit_timer is not None:
+            self._audit_timer.cancel()
+            self._audit_timer = None
+
+    def _audit_soon(self) -> None:
+        if self._closed or self._loop is None:
+            return
+        self._audit_timer = self._loop.call_later(AUDIT_INTERVAL, self._audit_tick)
+
+    def _audit_tick(self) -> None:
+        self._audit_timer = None
+        self.audit_channels()
+        self._audit_soon()
+
+    def audit_channels(self) -> int:
+        """Check channel accounting against live calls: a B-channel held for a call the
+        engine no longer has, at two audits in a row, is released (logged and counted as
+        ``channels_reclaimed``). Returns how many were released."""
+        live = {_channel_key(call) for call in self.engine.calls.values()}
+        suspects: set[str] = set()
+        released = 0
+        for trunk in self.plan.trunks.values():
+            for key in trunk.holders():
+                if key in live:
+                    continue
+                if key not in self._suspects:
+                    suspects.add(key)
+                    continue
+                freed = [group.release(key) for group in self.plan.groups.values()]
+                if trunk.release(key) is not None or any(freed):
+                    released += 1
+                    log.error(
+                        "B-channel on trunk %s held by ended call %s: released", trunk.name, key
+                    )
+        self._suspects = suspects
+        if released:
+            self._count("channels_reclaimed", released)
+        return released
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -480,6 +524,16 @@ class B2BUA:
         return caller.answered and caller.active
 
     # ------------------------------------------------------------- trunks
+    def dial_policy(self, caller: Call) -> DialPolicy:
+        """The node's dial policy, with the caller's tenant's overrides."""
+        policy = self.plan.dial_policy
+        if caller.tenant and self.directory is not None:
+            tenant = self.directory.tenant(caller.tenant)
+            overrides = getattr(tenant, "dial_policy", None)
+            if overrides:
+                policy = policy.override(overrides)
+        return policy
+
     async def dial_trunks(
         self,
         caller: Call,
@@ -493,10 +547,25 @@ class B2BUA:
 
         The answered leg holds its B-channel until :meth:`_bridge` ends.
         """
+        verdict = self.dial_policy(caller).check(number)
+        if verdict is not None:
+            # before any channel is seized: a number a carrier cannot take, or one
+            # the toll-fraud rules refuse
+            self._count(f"dial_refused_{verdict.reason}")
+            log.warning(
+                "%d for %s -> %r from %s: %s",
+                verdict.status,
+                caller.caller,
+                number,
+                caller.source[0] if caller.source else "?",
+                verdict.reason.replace("_", " "),
+            )
+            return FinalResult(verdict.status, verdict.cause)
         loop = asyncio.get_running_loop()
         key = _channel_key(caller)
         attempts = CallAttempts(group, key, loop.time(), health=self.board)
         ring_deadline = loop.time() + timeout
+        connected = False
         try:
             while (target := attempts.next_trunk(now=loop.time())) is not None:
                 decision, leg = await self._attempt(caller, attempts, target, number, ring_deadline)
@@ -505,6 +574,7 @@ class B2BUA:
                 if decision.outcome is Outcome.CONNECTED and leg is not None:
                     leg.variables["trunk_group"] = group.name
                     leg.variables["channel_key"] = key
+                    connected = True
                     return leg
                 self._stop_relay(caller)  # early media of a failed attempt
                 if decision.outcome is Outcome.FINAL:
@@ -514,6 +584,10 @@ class B2BUA:
                     return FinalResult(487, CAUSE_NORMAL)
             return attempts.final_result()
         finally:
+            if not connected:
+                # whatever ended the hunt (a final result, the caller leaving, an
+                # exception, cancellation), no channel stays seized for this call
+                group.release(key)
             for skip in attempts.skipped:
                 caller.trunk_attempts.append(
                     {"trunk": skip.trunk, "outcome": "skipped", "reason": skip.why}
@@ -550,7 +624,7 @@ class B2BUA:
             return attempts.on_result(
                 487, now=loop.time(), reason=format_reason(CAUSE_NORMAL)
             ), None
-        except (OSError, RuntimeError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError, ProtocolError) as exc:
             log.warning("cannot send INVITE to trunk %s: %s", trunk.name, exc)
             return attempts.on_result(None, now=loop.time(), transport_error=True), None
 

@@ -75,6 +75,9 @@ class EngineConfig:
     trunk_groups: dict[str, Any] = field(default_factory=dict)
     outbound_routes: list[Any] = field(default_factory=list)
     trusted_sources: list[Any] = field(default_factory=list)
+    dial_policy: dict[str, Any] = field(default_factory=dict)
+    """What may be dialled out through trunks: international and premium numbers are
+    refused unless allowed (``pri/dialplan.py``, docs/security.md)."""
     probe: dict[str, Any] = field(default_factory=dict)
     config_cache: dict[str, Any] = field(default_factory=dict)
     """Settings of the configuration cache and History DB shipper (docs/config.md)."""
@@ -113,6 +116,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "trunk_groups": (dict,),
     "outbound_routes": (list,),
     "trusted_sources": (list,),
+    "dial_policy": (dict,),
     "probe": (dict,),
     "config_cache": (dict,),
 }

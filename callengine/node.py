@@ -161,6 +161,7 @@ class Node:
                 "trunk_groups": cfg.trunk_groups,
                 "outbound_routes": cfg.outbound_routes,
                 "trusted_sources": cfg.trusted_sources,
+                "dial_policy": cfg.dial_policy,
             },
             source=cfg.source,
         )

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from pri.trunk import TrunkConfigError, load_dial_policy
+
 from .errors import ConfigError
 
 __all__ = [
@@ -74,6 +76,7 @@ _TOP_LEVEL = frozenset(
         "ring_groups",
         "flows",
         "outbound_routes",
+        "dial_policy",
         "prompts",
         "description",
         "deleted",
@@ -170,6 +173,9 @@ class TenantConfig:
     flows: Mapping[str, Mapping[str, Any]]
     outbound_routes: tuple[OutboundRoute, ...]
     prompts: Mapping[str, Prompt]
+    #: The tenant's overrides of the node's trunk dial policy (``pri.dialplan``):
+    #: validated fields only, e.g. ``{"allow_international": True}``.
+    dial_policy: Mapping[str, Any] = field(default_factory=dict)
     #: What ``ivr.load_flows`` returned (flow name -> ``ivr.Flow``), or empty
     #: when the ``ivr`` package does not provide ``load_flows``.
     compiled_flows: Mapping[str, Any] = field(default_factory=dict)
@@ -478,6 +484,13 @@ def _validate_flows(
 # -- entry point ----------------------------------------------------------------
 
 
+def _dial_policy(ctx: _Ctx, value: object) -> dict[str, Any]:
+    try:
+        return load_dial_policy(value, source=ctx.file or "", path="dial_policy")
+    except TrunkConfigError as exc:
+        raise ctx.error(exc.field or "dial_policy", exc.message) from None
+
+
 def validate_tenant(
     doc: object,
     *,
@@ -534,6 +547,7 @@ def validate_tenant(
             ctx, default_route, "default_route", users=users, groups=groups, flows=flows
         )
     outbound = _outbound(ctx, data.get("outbound_routes", []))
+    dial_policy = _dial_policy(ctx, data.get("dial_policy", {}))
     if "deleted" in data:
         _bool(ctx, data["deleted"], "deleted")
     try:
@@ -554,6 +568,7 @@ def validate_tenant(
         flows=MappingProxyType(flows),
         outbound_routes=outbound,
         prompts=MappingProxyType(prompts),
+        dial_policy=MappingProxyType(dial_policy),
         compiled_flows=MappingProxyType(dict(compiled)),
         doc_json=doc_json,
     )

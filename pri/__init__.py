@@ -22,6 +22,7 @@ from pri.causes import (
     q850_cause,
     status_for_cause,
 )
+from pri.dialplan import DialPolicy, Verdict
 from pri.failover import (
     FAILOVER_CAUSES,
     Attempt,
@@ -60,6 +61,7 @@ from pri.trunk import (
     TrunkConfigError,
     TrunkGroup,
     TrunkPlan,
+    load_dial_policy,
     load_trunks,
 )
 
@@ -76,6 +78,7 @@ __all__ = [
     "Channel",
     "Credentials",
     "Decision",
+    "DialPolicy",
     "DidRange",
     "Direction",
     "EndedBy",
@@ -99,10 +102,12 @@ __all__ = [
     "TrunkGroup",
     "TrunkHealth",
     "TrunkPlan",
+    "Verdict",
     "cause_for_status",
     "classify",
     "format_reason",
     "is_failure_status",
+    "load_dial_policy",
     "load_trunks",
     "options_target",
     "parse_reason",

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
+from pri.dialplan import POLICY_FIELDS, DialPolicy
+
 __all__ = [
     "ALL_BUSY_CAUSE",
     "ALL_BUSY_STATUS",
@@ -225,6 +227,10 @@ class Trunk:
     def free(self) -> int:
         """B-channels currently free."""
         return len(self._free)
+
+    def holders(self) -> list[str]:
+        """The call ids holding a channel on this trunk (for auditing against live calls)."""
+        return list(self._calls)
 
     def channel_of(self, call_id: str) -> Channel | None:
         """The channel ``call_id`` holds on this trunk, if any."""
@@ -436,6 +442,8 @@ class TrunkPlan:
     routes: tuple[OutboundRoute, ...] = ()
     trusted_sources: tuple[IPNetwork, ...] = ()
     source: str = "<config>"
+    dial_policy: DialPolicy = field(default_factory=DialPolicy)
+    """What may be dialled out through the trunks (toll-fraud rules, pri.dialplan)."""
 
     def is_trusted(self, source_ip: str) -> bool:
         """True when ``source_ip`` may place outbound calls (``trusted_sources``)."""
@@ -859,4 +867,37 @@ def load_trunks(
         routes.append(route)
 
     trusted = r.networks(top.get("trusted_sources") or [], "trusted_sources")
-    return TrunkPlan(trunks, groups, tuple(routes), trusted, source)
+    policy = DialPolicy().override(
+        load_dial_policy(top.get("dial_policy") or {}, source=source, path="dial_policy")
+    )
+    return TrunkPlan(trunks, groups, tuple(routes), trusted, source, policy)
+
+
+def load_dial_policy(value: object, *, source: str, path: str) -> dict[str, Any]:
+    """Validate a ``dial_policy`` mapping (node or tenant): the fields it sets, typed.
+
+    Raises ``TrunkConfigError`` naming ``source`` and the field.
+    """
+    r = _Reader(source)
+    m = r.mapping(value, path)
+    r.only(m, path, POLICY_FIELDS)
+    out: dict[str, Any] = {}
+    for key in ("allow_international", "allow_premium"):
+        if key in m:
+            out[key] = r.boolean(m, key, path, False)
+    if "home_country" in m:
+        cc = m["home_country"]
+        if not isinstance(cc, str) or not cc.isdigit() or len(cc) > 3:
+            hint = " (quote numbers in YAML)" if isinstance(cc, int) else ""
+            r.fail(_join(path, "home_country"), f"expected a country code like '1' or '32'{hint}")
+        out["home_country"] = cc
+    for key in ("premium_prefixes", "allow", "deny"):
+        if key in m:
+            key_path = _join(path, key)
+            out[key] = tuple(
+                r.dial_string(item, f"{key_path}[{i}]", empty_ok=False)
+                for i, item in enumerate(r.sequence(m[key], key_path))
+            )
+    if "max_digits" in m:
+        out["max_digits"] = r.integer(m, "max_digits", path, 18, low=1, high=32)
+    return out
