@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from integration.conftest import daemon_factory  # noqa: F401  (fixture)
 from integration.support import Daemon, free_port, scrape, sip_call
 from integration.test_pri_failover import Carrier
 
