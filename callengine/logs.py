@@ -4,6 +4,11 @@ The daemon writes them from a thread of their own: the event loop only puts a re
 on a bounded queue (a write to stderr blocks when journald or a pipe is slow, or
 the disk flushes, and every call's audio would wait for it). When the queue is full
 the record is dropped and counted (``callengine_log_records_dropped_total``).
+
+Values in log lines come from the network (caller names, numbers, Call-IDs, User-Agent):
+control characters in them are escaped (``\\x0a``), so that a caller named
+``x%0A... Failed password for admin`` cannot forge a line that log readers (fail2ban,
+grep, an operator) would take for another.
 """
 
 from __future__ import annotations
@@ -18,7 +23,20 @@ import time
 
 from .engine import current_call_id
 
-__all__ = ["LogQueueHandler", "setup_logging"]
+__all__ = ["LogQueueHandler", "escape_controls", "setup_logging"]
+
+# C0 controls, DEL, C1 controls and the Unicode line/paragraph separators
+_CONTROLS = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (one line, always)."""
+    if text.isprintable():
+        return text
+    return text.translate(_CONTROLS)
 
 
 class _CallIdFilter(logging.Filter):
@@ -26,6 +44,21 @@ class _CallIdFilter(logging.Filter):
         if not hasattr(record, "call_id"):
             record.call_id = current_call_id.get()
         return True
+
+
+def _prepared(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy of ``record`` with its message rendered and escaped (and its traceback
+    text rendered): safe to format in another thread, one line per value."""
+    record = copy.copy(record)
+    record.msg = escape_controls(record.getMessage())
+    record.args = None
+    call_id = getattr(record, "call_id", None)
+    if isinstance(call_id, str):
+        record.call_id = escape_controls(call_id)
+    if record.exc_info:
+        record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        record.exc_info = None
+    return record
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,13 +89,7 @@ class LogQueueHandler(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         # what must be read in this thread: the message's arguments and the traceback
-        record = copy.copy(record)
-        record.msg = record.getMessage()
-        record.args = None
-        if record.exc_info:
-            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
-            record.exc_info = None
-        return record
+        return _prepared(record)
 
     def enqueue(self, record: logging.LogRecord) -> None:
         try:
