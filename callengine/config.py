@@ -7,6 +7,7 @@ time naming the file and the field.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -42,6 +43,18 @@ class EngineConfig:
     max_cps: float = 0.0
     """New calls per second (token bucket); 0 means unlimited."""
     retry_after: int = 5
+    max_message_size: int = 16384
+    """Bytes; a larger SIP request gets 513 Message Too Large and keeps nothing."""
+    source_rate: float = 200.0
+    """SIP messages per second one source address may send (a token bucket of
+    ``source_burst``); beyond it messages are dropped unread, and a source that keeps
+    flooding is banned for ``source_ban`` seconds (0: no bans). 0 disables the limit.
+    ``source_exempt``, ``trusted_sources`` and trunk gateways are never limited."""
+    source_burst: float = 400.0
+    source_ban: float = 60.0
+    source_exempt: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    """Networks never rate-limited: the node's SIP balancers (a Kamailio in front sends
+    everything from one address)."""
     overload_lag: float = 0.25
     """Seconds of event-loop lag above which new INVITEs get 503 (0 disables)."""
     gc: str = "realtime"
@@ -96,6 +109,11 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_calls": (int,),
     "max_cps": (int, float),
     "retry_after": (int,),
+    "max_message_size": (int,),
+    "source_rate": (int, float),
+    "source_burst": (int, float),
+    "source_ban": (int, float),
+    "source_exempt": (list,),
     "overload_lag": (int, float),
     "gc": (str,),
     "stall_report_ms": (int, float),
@@ -200,5 +218,19 @@ def _check(cfg: EngineConfig) -> None:
         raise ConfigError("must be realtime or python", file=cfg.source, field="gc")
     if cfg.on_empty not in ("demo", "refuse"):
         raise ConfigError("must be demo or refuse", file=cfg.source, field="on_empty")
+    if not 1024 <= cfg.max_message_size <= 65535:
+        raise ConfigError(
+            "must be between 1024 and 65535", file=cfg.source, field="max_message_size"
+        )
+    for name in ("source_exempt", "trusted_sources"):
+        for i, net in enumerate(getattr(cfg, name)):
+            try:
+                ipaddress.ip_network(str(net), strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"not an address or network: {net!r}", file=cfg.source, field=f"{name}[{i}]"
+                ) from None
+    if cfg.source_rate < 0 or cfg.source_burst < 0 or cfg.source_ban < 0:
+        raise ConfigError("must not be negative", file=cfg.source, field="source_rate")
     if cfg.max_calls < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")

@@ -25,6 +25,7 @@ from typing import Any
 
 from .call import Call, SipError, TransferResult
 from .config import EngineConfig, load_config
+from .limits import SourceLimiter, networks_matcher
 from .realtime import GcGovernor, LoopLagMonitor, StallReporter
 from .router import CallRouter, Handler
 from .sip.message import Request, Response
@@ -68,6 +69,10 @@ class Engine:
         self.register_handler: Callable[[Request, float], Response | None] | None = None
         self._outbound: dict[str, asyncio.Future[Response | SipError]] = {}
         """Outgoing INVITEs' outcome: the 2xx, or the failure as a SipError value."""
+        self.exempt_networks: list[str] = [*config.source_exempt, *config.trusted_sources]
+        """Sources never rate-limited (balancers, trunk gateways, trusted PBXs); the node
+        adds its trunks' sources before ``start()``."""
+        self.limiter: SourceLimiter | None = None
         self.lag = LoopLagMonitor(on_sample=self._on_lag)
         self.gc = GcGovernor(self.idle, mode=config.gc)
         self.stalls = (
@@ -127,6 +132,7 @@ class Engine:
             max_calls=cfg.max_calls,
             max_cps=cfg.max_cps,
             retry_after=cfg.retry_after,
+            max_message_size=cfg.max_message_size,
         )
         tls = None
         if cfg.tls_cert and cfg.tls_key:
@@ -145,6 +151,13 @@ class Engine:
             sockets=cfg.media,
         )
         self.media_manager.preload()
+        if cfg.source_rate > 0:
+            self.limiter = SourceLimiter(
+                rate=cfg.source_rate,
+                burst=max(cfg.source_burst, 1.0),
+                ban=cfg.source_ban,
+                exempt=networks_matcher(self.exempt_networks),
+            )
         self.transports = TransportSet(self._deliver, tls_context=tls)
         self.transports.on_send_error = self._on_send_error
         try:
@@ -243,7 +256,11 @@ class Engine:
         self, data: bytes, source: tuple[str, int], transport: str, local: tuple[str, int]
     ) -> None:
         assert self._loop is not None
-        self.ua.receive(data, source, transport, local, self._loop.time())
+        now = self._loop.time()
+        limiter = self.limiter
+        if limiter is not None and not limiter.allow(source[0], now):
+            return  # a flood: dropped unread (counted by the limiter)
+        self.ua.receive(data, source, transport, local, now)
         self._arm()
 
     def _send(self, data: bytes, dest: tuple[str, int], transport: str) -> None:

@@ -72,6 +72,7 @@ class EngineCollector(Collector):
             d = CounterMetricFamily("callengine_sip_dropped", "Messages dropped", labels=["kind"])
             d.add_metric(["response"], counters.dropped_responses)
             d.add_metric(["ack"], counters.dropped_acks)
+            d.add_metric(["oversized"], counters.oversized)
             yield d
             o = CounterMetricFamily(
                 "callengine_overload_rejected", "INVITEs refused with 503 (limits, draining)"
@@ -89,6 +90,21 @@ class EngineCollector(Collector):
             r.add_metric(["in"], ua.transactions.retransmissions_in)
             r.add_metric(["out"], ua.transactions.retransmissions_out)
             yield r
+        limiter = engine.limiter
+        if limiter is not None:
+            f = CounterMetricFamily(
+                "callengine_flood_dropped", "Messages dropped unread by the per-source limit"
+            )
+            f.add_metric([], limiter.dropped)
+            yield f
+            f = CounterMetricFamily("callengine_flood_bans", "Source addresses banned for flooding")
+            f.add_metric([], limiter.bans)
+            yield f
+            g = GaugeMetricFamily(
+                "callengine_flood_tracked_sources", "Source addresses the limiter tracks"
+            )
+            g.add_metric([], len(limiter))
+            yield g
         if engine.transports is not None:
             f = CounterMetricFamily(
                 "callengine_transport_errors", "Transport errors", labels=["kind"]

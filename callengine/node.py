@@ -165,6 +165,8 @@ class Node:
             },
             source=cfg.source,
         )
+        # the carriers' gateways are never rate-limited per source
+        engine.exempt_networks += [str(n) for t in plan.trunks.values() for n in t.sources]
         self.b2bua = B2BUA(engine, plan, directory=self, registry=self.registry)
         self.b2bua.attach()
         await engine.start()

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._abnf import METHODS
 from .dialog import Dialog, DialogState, new_tag
 from .errors import RemoteProtocolError
 from .message import PartialRequestError, Request, Response, make_response, parse_message
@@ -90,6 +91,7 @@ class Counters:
     dropped_responses: int = 0
     dropped_acks: int = 0
     rejected_overload: int = 0
+    oversized: int = 0
 
 
 class InviteSession:
@@ -193,6 +195,7 @@ class UserAgent:
         max_calls: int = 10000,
         max_cps: float = 0.0,
         retry_after: int = 5,
+        max_message_size: int = 16384,
     ) -> None:
         self.app = app
         self._send_fn = send
@@ -206,6 +209,8 @@ class UserAgent:
         self.max_calls = max_calls
         self.max_cps = max_cps
         self.retry_after = retry_after
+        self.max_message_size = max_message_size
+        """Larger requests get 513 and keep nothing (no transaction holds their bytes)."""
         self.draining = False
         self.shedding = False  # set by the shell while its event loop is overloaded
         self._bucket = max_cps
@@ -232,6 +237,9 @@ class UserAgent:
         """Feed one datagram / framed stream message."""
         if not data or (data[0] in (10, 13) and not data.strip(b"\r\n")):
             return  # keep-alive (RFC 5626 §3.5.1)
+        if len(data) > self.max_message_size:
+            self._too_large(data, source, transport)
+            return
         try:
             msg = parse_message(data, stream=transport != "UDP")
         except PartialRequestError as exc:
@@ -252,7 +260,9 @@ class UserAgent:
         try:
             if isinstance(msg, Request):
                 c = self.counters.requests_in
-                c[msg.method] = c.get(msg.method, 0) + 1
+                # one bucket for names from the network we do not know: bounded series
+                key = msg.method if msg.method in METHODS else "other"
+                c[key] = c.get(key, 0) + 1
                 self._on_request(msg, local, now)
             else:
                 c2 = self.counters.responses_in
@@ -271,6 +281,22 @@ class UserAgent:
                     txn.respond(self._response(msg, exc.status, exc.reason), now)
                 else:
                     self._respond_stateless(msg, exc.status, exc.reason, source, transport)
+
+    def _too_large(self, data: bytes, source: Address, transport: str) -> None:
+        """513 Message Too Large (RFC 3261 §21.5.14) for a request over the size cap,
+        answered statelessly so that nothing keeps its bytes; anything else is dropped."""
+        self.counters.oversized += 1
+        try:
+            msg = parse_message(data, stream=transport != "UDP")
+        except (RemoteProtocolError, UnicodeError, ValueError):
+            return
+        if isinstance(msg, Request) and msg.method != "ACK":
+            msg.source = source
+            msg.transport = transport
+            try:
+                self._respond_stateless(msg, 513, "Message Too Large", source, transport)
+            except (RemoteProtocolError, UnicodeError, ValueError):
+                pass
 
     # ----------------------------------------------------------------- helpers
     def _response_dest(self, request: Request) -> Address:

@@ -1,0 +1,92 @@
+"""callengine.limits with a fake clock: per-source flood limit and per-key call caps."""
+
+from __future__ import annotations
+
+import pytest
+
+from callengine.limits import CallCaps, SourceLimiter, networks_matcher
+
+
+def test_bucket_refills_at_rate_and_drops_beyond_burst() -> None:
+    lim = SourceLimiter(rate=10, burst=5, ban=0)
+    assert [lim.allow("192.0.2.1", 0.0) for _ in range(7)] == [True] * 5 + [False] * 2
+    assert lim.dropped == 2
+    assert lim.allow("192.0.2.1", 0.05) is False  # half a token
+    assert lim.allow("192.0.2.1", 0.15) is True  # 1.5 tokens
+    assert lim.allow("192.0.2.2", 0.15) is True  # another source has its own bucket
+
+
+def test_a_source_that_keeps_flooding_is_banned_then_forgiven(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lim = SourceLimiter(rate=10, burst=5, ban=60, ban_after=3)
+    for _ in range(5):
+        assert lim.allow("192.0.2.9", 0.0)
+    assert [lim.allow("192.0.2.9", 0.0) for _ in range(3)] == [False] * 3
+    assert lim.bans == 1 and lim.banned(1.0) == ["192.0.2.9"]
+    assert "flood from 192.0.2.9: banned for 60 s" in caplog.text
+    assert lim.allow("192.0.2.9", 30.0) is False  # banned although the bucket refilled
+    assert lim.allow("192.0.2.9", 61.0) is True
+    assert lim.banned(61.0) == []
+
+
+def test_exempt_sources_are_never_limited() -> None:
+    lim = SourceLimiter(rate=1, burst=1, ban=60, exempt=networks_matcher(["10.0.0.0/8", "::1"]))
+    assert all(lim.allow("10.1.2.3", 0.0) for _ in range(10_000))
+    assert all(lim.allow("::1", 0.0) for _ in range(100))
+    assert lim.allow("192.0.2.1", 0.0) and not lim.allow("192.0.2.1", 0.0)
+
+
+def test_table_of_sources_is_bounded_under_address_spraying() -> None:
+    lim = SourceLimiter(rate=1, burst=2, ban=60, ban_after=1, max_sources=1000)
+    for i in range(50_000):
+        lim.allow(f"198.51.{i // 256 % 256}.{i % 256}:{i}", i * 1e-4)
+    assert len(lim) <= 1000
+    # an attacker banned a moment ago stays banned while the table churns idle entries
+    for _ in range(3):
+        lim.allow("203.0.113.5", 5.0)
+    assert not lim.allow("203.0.113.5", 5.0)
+    for i in range(600):
+        lim.allow(f"198.18.0.{i}", 5.0 + 10)  # earlier entries are idle by now
+    assert not lim.allow("203.0.113.5", 16.0)
+
+
+def test_call_caps_per_key_concurrency_and_rate() -> None:
+    caps = CallCaps()
+    assert caps.admit("source:a", 0.0, max_calls=2) is None
+    assert caps.admit("source:a", 0.0, max_calls=2) is None
+    assert caps.admit("source:a", 0.0, max_calls=2) == "calls"
+    caps.release("source:a")
+    assert caps.active("source:a") == 1
+    assert caps.admit("source:a", 0.0, max_calls=2) is None
+    # rate: 2 per second, a burst of 2
+    assert [caps.admit("tenant:t", 0.0, cps=2) for _ in range(3)] == [None, None, "rate"]
+    assert caps.admit("tenant:t", 0.5, cps=2) is None
+    assert caps.refused == {"source:calls": 1, "tenant:rate": 1}
+    for _ in range(4):
+        caps.release("source:a")
+        caps.release("tenant:t")
+    assert caps.active("source:a") == 0 and caps.active("tenant:t") == 0
+
+
+def test_call_caps_buckets_are_bounded() -> None:
+    caps = CallCaps(max_keys=100)
+    for i in range(10_000):
+        caps.admit(f"source:{i}", i * 1.0, cps=1)
+        caps.release(f"source:{i}")
+    assert len(caps._buckets) <= 100 and not caps._active
+
+
+def test_a_steady_flood_above_rate_is_banned_even_though_some_get_through() -> None:
+    lim = SourceLimiter(rate=100, burst=10, ban=60, ban_after=50)
+    passed = 0
+    t = 0.0
+    while lim.bans == 0 and t < 5.0:
+        passed += lim.allow("192.0.2.3", t)
+        t += 1 / 1500  # 15 times the rate: one in 15 finds a token
+    assert lim.bans == 1 and t < 1.0 and passed > 10
+    # a bursty but polite source is never banned: bursts of 10, then calm
+    for second in range(100):
+        for _ in range(12):
+            lim.allow("192.0.2.4", float(second))
+    assert "192.0.2.4" not in lim.banned(100.0)
