@@ -52,6 +52,16 @@ class EngineConfig:
     ``source_exempt``, ``trusted_sources`` and trunk gateways are never limited."""
     source_burst: float = 400.0
     source_ban: float = 60.0
+    source_max_calls: int = 100
+    """Concurrent calls from one source address (503 beyond; exempt sources: no cap;
+    0: no cap)."""
+    source_max_cps: float = 10.0
+    """New calls per second from one source address (0: no cap)."""
+    tenant_max_calls: int = 0
+    """Default concurrent-call cap per tenant (a tenant's ``limits.max_calls`` wins; 0:
+    no cap)."""
+    tenant_max_cps: float = 0.0
+    """Default new-calls-per-second cap per tenant (``limits.max_cps`` wins; 0: none)."""
     source_exempt: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
     """Networks never rate-limited: the node's SIP balancers (a Kamailio in front sends
     everything from one address)."""
@@ -114,6 +124,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "source_burst": (int, float),
     "source_ban": (int, float),
     "source_exempt": (list,),
+    "source_max_calls": (int,),
+    "source_max_cps": (int, float),
+    "tenant_max_calls": (int,),
+    "tenant_max_cps": (int, float),
     "overload_lag": (int, float),
     "gc": (str,),
     "stall_report_ms": (int, float),
@@ -230,7 +244,16 @@ def _check(cfg: EngineConfig) -> None:
                 raise ConfigError(
                     f"not an address or network: {net!r}", file=cfg.source, field=f"{name}[{i}]"
                 ) from None
-    if cfg.source_rate < 0 or cfg.source_burst < 0 or cfg.source_ban < 0:
-        raise ConfigError("must not be negative", file=cfg.source, field="source_rate")
+    for name in (
+        "source_rate",
+        "source_burst",
+        "source_ban",
+        "source_max_calls",
+        "source_max_cps",
+        "tenant_max_calls",
+        "tenant_max_cps",
+    ):
+        if getattr(cfg, name) < 0:
+            raise ConfigError("must not be negative", file=cfg.source, field=name)
     if cfg.max_calls < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")

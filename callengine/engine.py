@@ -25,7 +25,7 @@ from typing import Any
 
 from .call import Call, SipError, TransferResult
 from .config import EngineConfig, load_config
-from .limits import SourceLimiter, networks_matcher
+from .limits import CallCaps, LogThrottle, SourceLimiter, networks_matcher
 from .realtime import GcGovernor, LoopLagMonitor, StallReporter
 from .router import CallRouter, Handler
 from .sip.message import Request, Response
@@ -73,6 +73,11 @@ class Engine:
         """Sources never rate-limited (balancers, trunk gateways, trusted PBXs); the node
         adds its trunks' sources before ``start()``."""
         self.limiter: SourceLimiter | None = None
+        self.caps = CallCaps()
+        """Concurrent calls and call rate per source address (here) and per tenant (node)."""
+        self._exempt: Callable[[str], bool] = lambda address: False
+        self._exempt_seen: dict[str, bool] = {}
+        self.log_throttle = LogThrottle()
         self.lag = LoopLagMonitor(on_sample=self._on_lag)
         self.gc = GcGovernor(self.idle, mode=config.gc)
         self.stalls = (
@@ -151,13 +156,16 @@ class Engine:
             sockets=cfg.media,
         )
         self.media_manager.preload()
+        self._exempt = networks_matcher(self.exempt_networks)
         if cfg.source_rate > 0:
             self.limiter = SourceLimiter(
                 rate=cfg.source_rate,
                 burst=max(cfg.source_burst, 1.0),
                 ban=cfg.source_ban,
-                exempt=networks_matcher(self.exempt_networks),
+                exempt=self._exempt,
             )
+        if cfg.source_max_calls or cfg.source_max_cps:
+            self._ua.admission = self
         self.transports = TransportSet(self._deliver, tls_context=tls)
         self.transports.on_send_error = self._on_send_error
         try:
@@ -299,6 +307,42 @@ class Engine:
         self._timer_at = None
         self.ua.handle_timer(self._loop.time())
         self._arm()
+
+    # ------------------------------------------------ per-source caps (Admission)
+    def _is_exempt(self, address: str) -> bool:
+        seen = self._exempt_seen
+        exempt = seen.get(address)
+        if exempt is None:
+            if len(seen) >= 4096:
+                seen.clear()
+            exempt = seen[address] = self._exempt(address)
+        return exempt
+
+    def admit_call(self, request: Request, now: float) -> str | None:
+        """``source_max_calls`` / ``source_max_cps`` for a new INVITE (exempt sources pass)."""
+        address = request.source[0] if request.source else ""
+        if self._is_exempt(address):
+            return None
+        cfg = self.config
+        refused = self.caps.admit(
+            "source:" + address, now, max_calls=cfg.source_max_calls, cps=cfg.source_max_cps
+        )
+        if refused is None:
+            return None
+        quiet = self.log_throttle.ready("source_caps", now)
+        if quiet is not None:
+            log.warning(
+                "503 for a call from %s: too many %s from one source (%d more not logged)",
+                address,
+                "calls in progress" if refused == "calls" else "calls per second",
+                quiet,
+            )
+        return "Too Many Calls From This Source"
+
+    def release_call(self, request: Request) -> None:
+        address = request.source[0] if request.source else ""
+        if not self._is_exempt(address):
+            self.caps.release("source:" + address)
 
     # ------------------------------------------------ the user agent's events
     def on_incoming_call(self, session: InviteSession, now: float) -> None:

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Final
 
-__all__ = ["CallCaps", "SourceLimiter", "networks_matcher"]
+__all__ = ["CallCaps", "LogThrottle", "SourceLimiter", "networks_matcher"]
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +181,24 @@ class CallCaps:
         if len(self._buckets) >= self.max_keys:
             for key in list(self._buckets)[: len(self._buckets) // 2]:
                 del self._buckets[key]
+
+
+class LogThrottle:
+    """At most one log line per ``interval`` seconds per kind of event, saying how many
+    were left unsaid: a flood must not become a flood of log lines. ``kind`` is a fixed
+    name (never a value from the network), so the table stays small."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def ready(self, kind: str, now: float) -> int | None:
+        """``None``: stay quiet (counted); else log now, mentioning the returned count of
+        events not logged since the previous line."""
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._quiet[kind] = self._quiet.get(kind, 0) + 1
+            return None
+        self._last[kind] = now
+        return self._quiet.pop(kind, 0)

@@ -90,6 +90,14 @@ class EngineCollector(Collector):
             r.add_metric(["in"], ua.transactions.retransmissions_in)
             r.add_metric(["out"], ua.transactions.retransmissions_out)
             yield r
+        refused = CounterMetricFamily(
+            "callengine_calls_refused",
+            "New calls refused by a per-source or per-tenant cap",
+            labels=["reason"],
+        )
+        for reason, n in sorted(engine.caps.refused.items()):
+            refused.add_metric([reason.replace(":", "_")], n)
+        yield refused
         limiter = engine.limiter
         if limiter is not None:
             f = CounterMetricFamily(

@@ -210,7 +210,43 @@ class Node:
         tenant = match.tenant
         call.tenant = tenant.id
         call.did = match.did
-        route = match.route
+        handler = self._tenant_route(tenant, match.route)
+        return None if handler is None else self._capped(tenant, handler)
+
+    def _capped(self, tenant: Any, handler: Handler) -> Handler:
+        """``handler`` inside the tenant's caps on concurrent calls and calls per second
+        (tenant ``limits``, else the node's ``tenant_max_calls``/``tenant_max_cps``)."""
+        cfg = self.config
+        limits = getattr(tenant, "limits", None) or {}
+        max_calls = int(limits.get("max_calls", cfg.tenant_max_calls))
+        max_cps = float(limits.get("max_cps", cfg.tenant_max_cps))
+        if not max_calls and not max_cps:
+            return handler
+        engine = self.engine
+        key = "tenant:" + tenant.id
+
+        async def capped(call: Call) -> None:
+            now = engine.now()
+            refused = engine.caps.admit(key, now, max_calls=max_calls, cps=max_cps)
+            if refused is not None:
+                quiet = engine.log_throttle.ready("tenant_caps", now)
+                if quiet is not None:
+                    log.warning(
+                        "503 for a call to tenant %s: %s cap reached (%d more not logged)",
+                        tenant.id,
+                        "concurrent-call" if refused == "calls" else "calls-per-second",
+                        quiet,
+                    )
+                call.send_reject(503, "Tenant Call Limit Reached")
+                return
+            try:
+                await handler(call)
+            finally:
+                engine.caps.release(key)
+
+        return capped
+
+    def _tenant_route(self, tenant: Any, route: Any) -> Handler | None:
         if route.kind == "ivr":
             flow = tenant.compiled_flows.get(route.target)
             if flow is None:

@@ -77,6 +77,7 @@ _TOP_LEVEL = frozenset(
         "flows",
         "outbound_routes",
         "dial_policy",
+        "limits",
         "prompts",
         "description",
         "deleted",
@@ -176,6 +177,9 @@ class TenantConfig:
     #: The tenant's overrides of the node's trunk dial policy (``pri.dialplan``):
     #: validated fields only, e.g. ``{"allow_international": True}``.
     dial_policy: Mapping[str, Any] = field(default_factory=dict)
+    #: Caps on the tenant's calls: ``max_calls`` (concurrent), ``max_cps`` (new calls
+    #: per second); absent = the node's ``tenant_max_calls``/``tenant_max_cps``.
+    limits: Mapping[str, float] = field(default_factory=dict)
     #: What ``ivr.load_flows`` returned (flow name -> ``ivr.Flow``), or empty
     #: when the ``ivr`` package does not provide ``load_flows``.
     compiled_flows: Mapping[str, Any] = field(default_factory=dict)
@@ -491,6 +495,20 @@ def _dial_policy(ctx: _Ctx, value: object) -> dict[str, Any]:
         raise ctx.error(exc.field or "dial_policy", exc.message) from None
 
 
+def _limits(ctx: _Ctx, value: object) -> dict[str, float]:
+    m = _mapping(ctx, value, "limits")
+    _no_unknown(ctx, m, ("max_calls", "max_cps"), "limits")
+    out: dict[str, float] = {}
+    if "max_calls" in m:
+        out["max_calls"] = _int(ctx, m["max_calls"], "limits.max_calls")
+    if "max_cps" in m:
+        cps = m["max_cps"]
+        if type(cps) not in (int, float) or cps < 0:
+            raise ctx.error("limits.max_cps", f"must be a number >= 0, not {cps!r}")
+        out["max_cps"] = float(cps)
+    return out
+
+
 def validate_tenant(
     doc: object,
     *,
@@ -548,6 +566,7 @@ def validate_tenant(
         )
     outbound = _outbound(ctx, data.get("outbound_routes", []))
     dial_policy = _dial_policy(ctx, data.get("dial_policy", {}))
+    limits = _limits(ctx, data.get("limits", {}))
     if "deleted" in data:
         _bool(ctx, data["deleted"], "deleted")
     try:
@@ -569,6 +588,7 @@ def validate_tenant(
         outbound_routes=outbound,
         prompts=MappingProxyType(prompts),
         dial_policy=MappingProxyType(dial_policy),
+        limits=MappingProxyType(limits),
         compiled_flows=MappingProxyType(dict(compiled)),
         doc_json=doc_json,
     )

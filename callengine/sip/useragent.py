@@ -91,7 +91,18 @@ class Counters:
     dropped_responses: int = 0
     dropped_acks: int = 0
     rejected_overload: int = 0
+    rejected_caps: int = 0
     oversized: int = 0
+
+
+class Admission(Protocol):
+    """Caps the shell puts on new calls beyond ``max_calls``/``max_cps`` (per source)."""
+
+    def admit_call(self, request: Request, now: float) -> str | None:
+        """``None`` to take the INVITE, else the reason phrase of a 503."""
+
+    def release_call(self, request: Request) -> None:
+        """A call ``admit_call`` took has ended."""
 
 
 class InviteSession:
@@ -215,6 +226,8 @@ class UserAgent:
         self.shedding = False  # set by the shell while its event loop is overloaded
         self._bucket = max_cps
         self._bucket_at = 0.0
+        self.admission: Admission | None = None
+        """Per-source caps (the shell's): asked about each new INVITE, told when it ends."""
         self._allow = ", ".join(ALLOWED)
 
     # ------------------------------------------------------------------ I/O edge
@@ -516,6 +529,21 @@ class UserAgent:
                 now,
             )
             return
+        if self.admission is not None:
+            refused = self.admission.admit_call(req, now)
+            if refused is not None:
+                self.counters.rejected_caps += 1
+                txn.respond(
+                    self._response(
+                        req,
+                        503,
+                        refused,
+                        to_tag=new_tag(),
+                        headers=[("Retry-After", str(self.retry_after))],
+                    ),
+                    now,
+                )
+                return
         session = InviteSession(self, "uas", req, local, req.transport)
         session.server_txn = txn
         session.started_at = now
@@ -1128,6 +1156,8 @@ class UserAgent:
         session.end_cause = cause
         self._stop_ok(session)
         self.sessions.pop(session.call_id + session.local_tag, None)
+        if self.admission is not None and session.role == "uas":
+            self.admission.release_call(session.invite)
         if session.dialog is not None:
             session.dialog.state = DialogState.TERMINATED
             # keep the dialog reachable for a while: late ACK / retransmitted BYE get answers
