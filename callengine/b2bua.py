@@ -33,6 +33,7 @@ run from one timer re-armed from ``HealthBoard.next_deadline()``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -879,7 +880,25 @@ class B2BUA:
                 log.warning("transfer target %r cannot be rung", target)
         if parallel:
             stages.insert(0, _Stage(timeout, tuple(parallel), label="parallel"))
-        return stages
+        return [self._capped_stage(call, stage) for stage in stages]
+
+    def _capped_stage(self, call: Call, stage: _Stage) -> _Stage:
+        """At most ``max_fork`` legs ring at once: one INVITE must not fan out into
+        thousands (a user with many bindings, a huge ring group)."""
+        cap = self.engine.config.max_fork
+        if len(stage.legs) <= cap:
+            return stage
+        self._count("fork_capped")
+        quiet = self.engine.log_throttle.ready("fork_capped", self.engine.now())
+        if quiet is not None:
+            log.warning(
+                "%s: %d targets, ringing the first %d (max_fork; %d more not logged)",
+                stage.label,
+                len(stage.legs),
+                cap,
+                quiet,
+            )
+        return dataclasses.replace(stage, legs=stage.legs[:cap])
 
     def _contacts(self, call: Call, user: str, *, label: str) -> list[LegTarget]:
         if self.directory is None or call.tenant is None:

@@ -52,6 +52,9 @@ class EngineConfig:
     ``source_exempt``, ``trusted_sources`` and trunk gateways are never limited."""
     source_burst: float = 400.0
     source_ban: float = 60.0
+    max_fork: int = 16
+    """Most call legs one transfer / ring group / user rings at once (the first ones in
+    order; the rest are not rung)."""
     source_max_calls: int = 100
     """Concurrent calls from one source address (503 beyond; exempt sources: no cap;
     0: no cap)."""
@@ -124,6 +127,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "source_burst": (int, float),
     "source_ban": (int, float),
     "source_exempt": (list,),
+    "max_fork": (int,),
     "source_max_calls": (int,),
     "source_max_cps": (int, float),
     "tenant_max_calls": (int,),
@@ -255,5 +259,7 @@ def _check(cfg: EngineConfig) -> None:
     ):
         if getattr(cfg, name) < 0:
             raise ConfigError("must not be negative", file=cfg.source, field=name)
+    if cfg.max_fork < 1:
+        raise ConfigError("must be at least 1", file=cfg.source, field="max_fork")
     if cfg.max_calls < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")
