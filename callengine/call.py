@@ -28,6 +28,7 @@ __all__ = [
     "CallEnded",
     "CallEvent",
     "RecordResult",
+    "MediaUnavailable",
     "SipError",
     "TransferResult",
 ]
@@ -41,6 +42,14 @@ class SipError(Exception):
         self.status = status
         self.reason = reason
         self.cause = cause
+
+
+class MediaUnavailable(SipError):
+    """No RTP port (or socket) for the call: the node is full, answer 503 + Retry-After."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(503, "Service Unavailable - no media port", 47)
+        self.retry_after = retry_after
 
 
 class CallEnded(SipError, CallHangup):
@@ -270,19 +279,31 @@ class Call:
         ).serialize()
 
     async def reject(
-        self, status: int = 486, reason: str | None = None, *, cause: int | None = None
+        self,
+        status: int = 486,
+        reason: str | None = None,
+        *,
+        cause: int | None = None,
+        retry_after: int | None = None,
     ) -> None:
         """Refuse an unanswered call with a final response (``cause``: a Q.850 cause
-        for the RFC 3326 Reason header)."""
-        self.send_reject(status, reason, cause=cause)
+        for the RFC 3326 Reason header; ``retry_after``: seconds, for 503)."""
+        self.send_reject(status, reason, cause=cause, retry_after=retry_after)
 
     def send_reject(
-        self, status: int, reason: str | None = None, *, cause: int | None = None
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        cause: int | None = None,
+        retry_after: int | None = None,
     ) -> None:
         """:meth:`reject` for synchronous callers; nothing once answered or ended."""
         if not self.active or self.answered:
             return
-        headers = [("Reason", format_reason(cause))] if cause is not None else None
+        headers = [("Reason", format_reason(cause))] if cause is not None else []
+        if retry_after is not None:
+            headers.append(("Retry-After", str(retry_after)))
         self.engine.ua.reject(self.session, status, self.engine.now(), reason, headers=headers)
         self.status = status
         self.engine.flush()

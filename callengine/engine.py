@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .call import Call, SipError, TransferResult
+from .call import Call, MediaUnavailable, SipError, TransferResult
 from .config import EngineConfig, load_config
 from .limits import CallCaps, LogThrottle, SourceLimiter, networks_matcher
 from .realtime import GcGovernor, LoopLagMonitor, StallReporter
@@ -78,6 +78,8 @@ class Engine:
         self._exempt: Callable[[str], bool] = lambda address: False
         self._exempt_seen: dict[str, bool] = {}
         self.log_throttle = LogThrottle()
+        self.media_refusals = 0
+        """Calls refused because no RTP port could be bound."""
         self.lag = LoopLagMonitor(on_sample=self._on_lag)
         self.gc = GcGovernor(self.idle, mode=config.gc)
         self.stalls = (
@@ -371,7 +373,11 @@ class Engine:
             pass
         except SipError as exc:
             if call.active and not call.answered:
-                await call.reject(exc.status if exc.status >= 400 else 500, exc.reason or None)
+                await call.reject(
+                    exc.status if exc.status >= 400 else 500,
+                    exc.reason or None,
+                    retry_after=getattr(exc, "retry_after", None),
+                )
         except Exception:
             log.exception("call handler failed")
             if call.active and not call.answered:
@@ -515,7 +521,15 @@ class Engine:
                     ctx.run(current_call_id.set, call.call_id)
                     self._loop.create_task(call.hangup(cause=102), context=ctx)
 
-            call.media = await mm.open(host, negotiated, on_timeout=on_timeout)
+            try:
+                call.media = await mm.open(host, negotiated, on_timeout=on_timeout)
+            except OSError as exc:
+                # the port range (or the descriptor limit) is exhausted: 503, one line
+                self.media_refusals += 1
+                quiet = self.log_throttle.ready("media_ports", self.now())
+                if quiet is not None:
+                    log.error("503 for new calls: %s (%d more not logged)", exc, quiet)
+                raise MediaUnavailable(self.config.retry_after) from None
         return int(call.media.rtp_port)
 
     def storage_path(self, tenant: str, key: str) -> Path:

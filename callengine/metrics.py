@@ -90,6 +90,11 @@ class EngineCollector(Collector):
             r.add_metric(["in"], ua.transactions.retransmissions_in)
             r.add_metric(["out"], ua.transactions.retransmissions_out)
             yield r
+        media = CounterMetricFamily(
+            "callengine_media_unavailable", "Calls refused with 503: no RTP port could be bound"
+        )
+        media.add_metric([], engine.media_refusals)
+        yield media
         refused = CounterMetricFamily(
             "callengine_calls_refused",
             "New calls refused by a per-source or per-tenant cap",
