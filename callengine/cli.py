@@ -126,11 +126,16 @@ async def _run_node(cfg: object) -> int:
     from .transport import parse_listen
 
     assert isinstance(cfg, EngineConfig)
+    from pri import TrunkConfigError
+
+    node = None
     try:
         node = Node(cfg)
         await node.start()
-    except ConfigError as exc:
+    except (ConfigError, TrunkConfigError) as exc:
         print(f"callengine: configuration error: {exc}", file=sys.stderr)
+        if node is not None:
+            await _quiet_stop(node)
         return 2
     except OSError as exc:
         what = (

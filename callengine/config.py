@@ -87,7 +87,11 @@ class EngineConfig:
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "telephone-event"])
     media: bool = True
     """Open an RTP session for each answered call (false: signalling only)."""
-    user_agent: str = "callengine/0.1"
+    user_agent: str = "callengine"
+    """``Server`` / ``User-Agent`` header value (no version by default: it tells a
+    scanner which exploits to try); empty: no such header."""
+    user_agent_to_trunks: bool = False
+    """Send that header to trunk gateways too (carriers rarely need it)."""
     log_format: str = "plain"
     """``plain`` or ``json`` lines."""
     log_level: str = "INFO"
@@ -142,6 +146,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "codecs": (list,),
     "media": (bool,),
     "user_agent": (str,),
+    "user_agent_to_trunks": (bool,),
     "log_format": (str,),
     "log_level": (str,),
     "history_url": (str, type(None)),

@@ -10,6 +10,7 @@ listeners. Shutdown runs it backwards after draining calls.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import time
@@ -30,13 +31,14 @@ from config_cache import (
     open_store,
 )
 from config_cache.shipper import Backoff
-from pri import load_trunks
+from pri import TrunkPlan, load_trunks
 
 from .b2bua import B2BUA
 from .call import Call, CallEnded
 from .calllogs import CallLogHook, CallLogWriter
 from .config import EngineConfig
 from .engine import Engine, Handler
+from .limits import networks_matcher
 from .sip.auth import DigestServer
 from .sip.message import Request, Response
 from .sip.registrar import Binding as RegBinding
@@ -166,10 +168,12 @@ class Node:
             source=cfg.source,
         )
         # the carriers' gateways are never rate-limited per source
-        engine.exempt_networks += [str(n) for t in plan.trunks.values() for n in t.sources]
+        engine.exempt_networks += _trunk_networks(plan)
         self.b2bua = B2BUA(engine, plan, directory=self, registry=self.registry)
         self.b2bua.attach()
         await engine.start()
+        if not cfg.user_agent_to_trunks and plan.trunks:
+            engine.ua.hide_agent = networks_matcher(_trunk_networks(plan))
 
     def _on_logs_written(self) -> None:
         if self.shipper is not None:
@@ -358,3 +362,14 @@ class Node:
 async def _not_here(call: Call) -> None:
     """A number no tenant owns (and no default route takes): 404 (RFC 3261 §21.4.5)."""
     await call.reject(404)
+
+
+def _trunk_networks(plan: TrunkPlan) -> list[str]:
+    """The trunks' source networks and gateway addresses (CIDR strings)."""
+    nets = [str(n) for t in plan.trunks.values() for n in t.sources]
+    for trunk in plan.trunks.values():
+        try:
+            nets.append(str(ipaddress.ip_network(trunk.gateway.host.strip("[]"))))
+        except ValueError:
+            pass  # a host name: its address is in ``sources`` when it matters
+    return nets

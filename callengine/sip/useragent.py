@@ -202,7 +202,7 @@ class UserAgent:
         app: Application,
         send: SendFn,
         *,
-        user_agent: str = "callengine/0.1",
+        user_agent: str = "callengine",
         max_calls: int = 10000,
         max_cps: float = 0.0,
         retry_after: int = 5,
@@ -217,6 +217,9 @@ class UserAgent:
         self._merged: dict[tuple[str, str, int], str] = {}
         self.counters = Counters()
         self.user_agent = user_agent
+        """``Server``/``User-Agent`` value; empty: no such header at all."""
+        self.hide_agent: Callable[[str], bool] | None = None
+        """Addresses (trunk gateways) that get no ``Server``/``User-Agent`` header."""
         self.max_calls = max_calls
         self.max_cps = max_cps
         self.retry_after = retry_after
@@ -312,15 +315,27 @@ class UserAgent:
                 pass
 
     # ----------------------------------------------------------------- helpers
+    def _agent(self, name: str, peer: Address | None) -> list[tuple[str, str]]:
+        """The ``Server`` / ``User-Agent`` header for a message to ``peer`` (or none:
+        the product and version tell an attacker which exploits to try)."""
+        if not self.user_agent:
+            return []
+        hide = self.hide_agent
+        if hide is not None and peer is not None and hide(peer[0]):
+            return []
+        return [(name, self.user_agent)]
+
     def _response_dest(self, request: Request) -> Address:
-        """RFC 3261 §18.2.2 with RFC 3581: received/rport, else sent-by."""
+        """RFC 3261 §18.2.2 with RFC 3581: received/rport, else sent-by.
+
+        ``maddr`` is ignored: honouring it would let anyone aim our responses (and
+        their retransmissions) at a third party, a reflection attack. Responses always
+        go back to the address the request came from."""
         source = request.source or ("0.0.0.0", 0)
         if not request.vias or request.transport != "UDP":
             return source
         via = request.vias[0]
         params = via.params
-        if "maddr" in params:
-            return (params["maddr"] or via.host, via.port or 5060)
         rport = params.get("rport")
         if "rport" in params:
             return (source[0], int(rport) if rport and rport.isdigit() else source[1])
@@ -479,7 +494,7 @@ class UserAgent:
                     headers=[
                         (
                             "Warning",
-                            f'304 {self.user_agent.split("/")[0]} "Media type not available"',
+                            f'304 {self.user_agent.split("/")[0] or "-"} "Media type not available"',
                         )
                     ],
                 )
@@ -498,7 +513,7 @@ class UserAgent:
                     ("Allow", self._allow),
                     ("Accept", _ACCEPT_VALUE),
                     ("Supported", _SUPPORTED_VALUE),
-                    ("Server", self.user_agent),
+                    *self._agent("Server", req.source),
                 ],
             )
         elif method == "REGISTER":
@@ -713,7 +728,7 @@ class UserAgent:
             *_record_route(session.invite),
             ("Allow", self._allow),
             ("Supported", _SUPPORTED_VALUE),
-            ("Server", self.user_agent),
+            *self._agent("Server", session.dest),
         ]
         if headers:
             hdrs.extend(headers)
@@ -814,7 +829,7 @@ class UserAgent:
         req = dialog.create_request(
             "BYE",
             via_host=_host_port(session.local_addr),
-            extra=[("Reason", f"Q.850;cause={cause}"), ("User-Agent", self.user_agent)],
+            extra=[("Reason", f"Q.850;cause={cause}"), *self._agent("User-Agent", session.dest)],
         )
         txn = self.transactions.start_client(req, dialog.next_hop(), dialog.transport, now)
         txn.context = ("bye", session)
@@ -892,7 +907,8 @@ class UserAgent:
         h.set("Contact", contact)
         h.set("Allow", self._allow)
         h.set("Supported", _SUPPORTED_VALUE)
-        h.set("User-Agent", self.user_agent)
+        for name, value in self._agent("User-Agent", dest):
+            h.set(name, value)
         if headers:
             for name, value in headers:
                 h.add(name, value)
@@ -947,12 +963,13 @@ class UserAgent:
         h = req.headers
         h.set("Via", f"SIP/2.0/{transport} {_host_port(local)};branch={new_branch()};rport")
         h.set("Max-Forwards", "70")
-        h.set("From", f"<sip:{self.user_agent.split('/')[0]}@{_host_port(local)}>;tag={new_tag()}")
+        h.set("From", f"<sip:ping@{_host_port(local)}>;tag={new_tag()}")
         h.set("To", f"<{uri}>")
         h.set("Call-ID", f"{secrets.token_hex(12)}@{local[0]}")
         h.set("CSeq", "1 OPTIONS")
         h.set("Accept", SDP)
-        h.set("User-Agent", self.user_agent)
+        for name, value in self._agent("User-Agent", dest):
+            h.set(name, value)
         req = _reparse(req)
         req.transport = transport
         txn = self.transactions.start_client(req, dest, transport, now)
