@@ -52,6 +52,15 @@ class EngineConfig:
     ``source_exempt``, ``trusted_sources`` and trunk gateways are never limited."""
     source_burst: float = 400.0
     source_ban: float = 60.0
+    tcp_max_connections: int = 4096
+    """TCP/TLS connections peers may hold open at once (beyond: refused)."""
+    tcp_max_per_source: int = 32
+    """TCP/TLS connections one address may hold open (``source_exempt``: no cap)."""
+    tcp_idle_timeout: float = 600.0
+    """Seconds a TCP/TLS connection may stay silent (CR LF keep-alives count) before it
+    is closed."""
+    tcp_first_message_timeout: float = 30.0
+    """Seconds a new TCP/TLS connection has to send its first complete SIP message."""
     max_fork: int = 16
     """Most call legs one transfer / ring group / user rings at once (the first ones in
     order; the rest are not rung)."""
@@ -131,6 +140,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "source_burst": (int, float),
     "source_ban": (int, float),
     "source_exempt": (list,),
+    "tcp_max_connections": (int,),
+    "tcp_max_per_source": (int,),
+    "tcp_idle_timeout": (int, float),
+    "tcp_first_message_timeout": (int, float),
     "max_fork": (int,),
     "source_max_calls": (int,),
     "source_max_cps": (int, float),
@@ -264,6 +277,14 @@ def _check(cfg: EngineConfig) -> None:
     ):
         if getattr(cfg, name) < 0:
             raise ConfigError("must not be negative", file=cfg.source, field=name)
+    for name in (
+        "tcp_max_connections",
+        "tcp_max_per_source",
+        "tcp_idle_timeout",
+        "tcp_first_message_timeout",
+    ):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError("must be greater than 0", file=cfg.source, field=name)
     if cfg.max_fork < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_fork")
     if cfg.max_calls < 1:

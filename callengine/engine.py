@@ -168,7 +168,15 @@ class Engine:
             )
         if cfg.source_max_calls or cfg.source_max_cps:
             self._ua.admission = self
-        self.transports = TransportSet(self._deliver, tls_context=tls)
+        self.transports = TransportSet(
+            self._deliver,
+            tls_context=tls,
+            max_connections=cfg.tcp_max_connections,
+            max_per_source=cfg.tcp_max_per_source,
+            idle_timeout=cfg.tcp_idle_timeout,
+            first_message_timeout=cfg.tcp_first_message_timeout,
+            exempt=self._exempt,
+        )
         self.transports.on_send_error = self._on_send_error
         try:
             for item in cfg.listen:

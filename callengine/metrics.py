@@ -125,6 +125,19 @@ class EngineCollector(Collector):
             f.add_metric(["send"], engine.transports.send_errors)
             f.add_metric(["framing"], engine.transports.framing_errors)
             yield f
+            conns = GaugeMetricFamily(
+                "callengine_stream_connections", "TCP/TLS connections peers opened, now open"
+            )
+            conns.add_metric([], engine.transports.accepted)
+            yield conns
+            closed = CounterMetricFamily(
+                "callengine_stream_connections_closed",
+                "TCP/TLS connections refused (caps) or closed for silence",
+                labels=["reason"],
+            )
+            closed.add_metric(["refused"], engine.transports.refused_connections)
+            closed.add_metric(["idle"], engine.transports.idle_closed)
+            yield closed
         from .logs import LogQueueHandler
 
         dropped = CounterMetricFamily(

@@ -7,6 +7,12 @@ messages are framed by Content-Length (:class:`~callengine.sip.message.StreamFra
 a connection whose framing breaks is closed (RFC 3261 §18.3). Responses over TCP go back
 on the connection the request came in on (RFC 3261 §18.2.2): connections are keyed by
 the peer's address, so sending to the request's source finds it.
+
+Connections are bounded (a peer must not exhaust the worker's descriptors): at most
+``max_per_source`` accepted connections per peer address (exempt addresses, e.g. a
+proxy in front, have no per-source cap) and ``max_connections`` in all; a connection
+that sends no complete message within ``first_message_timeout`` seconds, or nothing at
+all for ``idle_timeout`` seconds, is closed. Refusals and closings are counted.
 """
 
 from __future__ import annotations
@@ -71,21 +77,41 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Stream(asyncio.Protocol):
-    def __init__(self, owner: TransportSet, name: str, local: Address | None = None) -> None:
+    def __init__(
+        self,
+        owner: TransportSet,
+        name: str,
+        local: Address | None = None,
+        *,
+        accepted: bool = False,
+    ) -> None:
         self.owner = owner
         self.name = name
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Address = ("", 0)
         self.local: Address = local or ("", 0)
+        self.accepted = accepted
+        """Opened by the peer (counted against its per-source cap)."""
+        self.counted = False
+        self.opened = self.last_rx = 0.0
+        self.messages = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = _norm(transport.get_extra_info("peername"))
         self.local = _norm(transport.get_extra_info("sockname"))
-        self.owner.connections[(self.name, self.peer)] = self
+        owner = self.owner
+        self.opened = self.last_rx = owner.clock()
+        if self.accepted and not owner.admit_connection(self.peer[0]):
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.counted = self.accepted
+        owner.connections[(self.name, self.peer)] = self
+        owner.ensure_sweeper()
 
     def data_received(self, data: bytes) -> None:
+        self.last_rx = self.owner.clock()
         try:
             messages = self.framer.feed(data)
         except RemoteProtocolError as exc:
@@ -94,12 +120,16 @@ class _Stream(asyncio.Protocol):
             if self.transport:
                 self.transport.close()
             return
+        self.messages += len(messages)
         for msg in messages:
             self.owner.deliver(msg, self.peer, self.name, self.local)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.owner.connections.get((self.name, self.peer)) is self:
             del self.owner.connections[(self.name, self.peer)]
+        if self.counted:
+            self.counted = False
+            self.owner.release_connection(self.peer[0])
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -109,9 +139,30 @@ class _Stream(asyncio.Protocol):
 class TransportSet:
     """Every SIP socket of one worker."""
 
-    def __init__(self, deliver: Deliver, *, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        deliver: Deliver,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        max_connections: int = 4096,
+        max_per_source: int = 32,
+        idle_timeout: float = 600.0,
+        first_message_timeout: float = 30.0,
+        exempt: Callable[[str], bool] = lambda address: False,
+    ) -> None:
         self.deliver = deliver
         self.tls_context = tls_context
+        self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.idle_timeout = idle_timeout
+        self.first_message_timeout = first_message_timeout
+        self.exempt = exempt
+        self.per_source: dict[str, int] = {}
+        self.accepted = 0
+        self.refused_connections = 0
+        self.idle_closed = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.udp: list[_Udp] = []
         self._udp4: asyncio.DatagramTransport | None = None
         self._udp6: asyncio.DatagramTransport | None = None
@@ -122,6 +173,54 @@ class TransportSet:
         self.framing_errors = 0
         self.bound: list[ListenSpec] = []
         self.on_send_error: Callable[[Address, str], None] | None = None
+
+    # ------------------------------------------------------- connection limits
+    def clock(self) -> float:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
+
+    def admit_connection(self, address: str) -> bool:
+        """Count a connection the peer at ``address`` opened; ``False``: refuse it."""
+        n = self.per_source.get(address, 0)
+        over_source = n >= self.max_per_source and not self.exempt(address)
+        if over_source or self.accepted >= self.max_connections:
+            self.refused_connections += 1
+            return False
+        self.per_source[address] = n + 1
+        self.accepted += 1
+        return True
+
+    def release_connection(self, address: str) -> None:
+        self.accepted -= 1
+        n = self.per_source.get(address, 0) - 1
+        if n > 0:
+            self.per_source[address] = n
+        else:
+            self.per_source.pop(address, None)
+
+    def ensure_sweeper(self) -> None:
+        if self._sweeper is None and self._loop is not None:
+            # a look every few seconds: O(connections), so not on every tick
+            interval = max(0.5, min(5.0, self.first_message_timeout / 2))
+            self._sweeper = self._loop.call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections that stayed silent too long (see the module docstring)."""
+        self._sweeper = None
+        now = self.clock()
+        for conn in list(self.connections.values()):
+            if conn.transport is None or conn.transport.is_closing():
+                continue
+            if conn.messages == 0:
+                silent = now - conn.opened > self.first_message_timeout
+            else:
+                silent = now - conn.last_rx > self.idle_timeout
+            if silent and conn.accepted:
+                self.idle_closed += 1
+                conn.transport.abort()
+        if self.connections:
+            self.ensure_sweeper()
 
     async def listen(
         self, host: str, port: int, transports: tuple[str, ...] = ("UDP", "TCP")
@@ -154,8 +253,15 @@ class TransportSet:
                 ctx = self.tls_context if name == "TLS" else None
                 if name == "TLS" and ctx is None:
                     raise ValueError("TLS listen needs a certificate and key")
+                self._loop = loop
                 server = await loop.create_server(
-                    lambda n=name: _Stream(self, n), host, port, ssl=ctx, reuse_address=True
+                    lambda n=name: _Stream(self, n, accepted=True),
+                    host,
+                    port,
+                    ssl=ctx,
+                    reuse_address=True,
+                    backlog=1024,
+                    ssl_handshake_timeout=10.0 if ctx is not None else None,
                 )
                 self.servers.append(server)
                 sockname = _norm(server.sockets[0].getsockname())
@@ -218,6 +324,9 @@ class TransportSet:
             proto.write(data)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for proto in self.udp:
             if proto.transport is not None:
                 proto.transport.close()
