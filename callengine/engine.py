@@ -35,6 +35,10 @@ from .transport import TransportSet, parse_listen
 
 log = logging.getLogger("callengine.engine")
 
+DROP_FACTOR = 4
+"""Beyond ``DROP_FACTOR * overload_lag`` of loop lag, new INVITEs are dropped unread (the
+caller retransmits or its proxy fails over); between 1x and that, they get 503."""
+
 current_call_id: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
 
 __all__ = ["Engine", "Handler", "current_call_id"]
@@ -78,6 +82,9 @@ class Engine:
         self._exempt: Callable[[str], bool] = lambda address: False
         self._exempt_seen: dict[str, bool] = {}
         self.log_throttle = LogThrottle()
+        self._drop_invites = False
+        self.overload_dropped = 0
+        """New INVITEs dropped unread while the loop was far behind (``DROP_FACTOR``)."""
         self.media_refusals = 0
         """Calls refused because no RTP port could be bound."""
         self.lag = LoopLagMonitor(on_sample=self._on_lag)
@@ -233,6 +240,10 @@ class Engine:
         if ua is None or limit <= 0:
             return
         shedding = lag > limit
+        # far behind: new INVITEs are not even read (a 503 costs nearly what a call
+        # set-up does), so that what is queued behind them (OPTIONS from the balancer,
+        # BYEs, ACKs) gets through and the loop catches up
+        self._drop_invites = lag > DROP_FACTOR * limit or (self._drop_invites and shedding)
         if shedding != ua.shedding:
             ua.shedding = shedding
             log.warning(
@@ -278,6 +289,9 @@ class Engine:
         limiter = self.limiter
         if limiter is not None and not limiter.allow(source[0], now):
             return  # a flood: dropped unread (counted by the limiter)
+        if self._drop_invites and data.startswith(b"INVITE ") and _initial(data):
+            self.overload_dropped += 1
+            return
         self.ua.receive(data, source, transport, local, now)
         self._arm()
 
@@ -668,3 +682,17 @@ async def _answer_until_hangup(call: Call) -> None:
     """The default for a number nothing else routes: answer and stay up until hangup."""
     await call.answer()
     await call.wait_hangup()
+
+
+def _initial(data: bytes) -> bool:
+    """True when an INVITE's To header has no tag (a new call, not a re-INVITE); a few
+    microseconds, without parsing the message."""
+    end = data.find(b"\r\n\r\n")
+    head = (data if end < 0 else data[:end]).lower()
+    at = head.find(b"\nto:")
+    if at < 0:
+        at = head.find(b"\nt:")
+        if at < 0:
+            return True
+    line_end = head.find(b"\n", at + 1)
+    return b"tag=" not in head[at : line_end if line_end > 0 else len(head)]

@@ -90,6 +90,12 @@ class EngineCollector(Collector):
             r.add_metric(["in"], ua.transactions.retransmissions_in)
             r.add_metric(["out"], ua.transactions.retransmissions_out)
             yield r
+        od = CounterMetricFamily(
+            "callengine_overload_dropped",
+            "New INVITEs dropped unread while the event loop was far behind",
+        )
+        od.add_metric([], engine.overload_dropped)
+        yield od
         media = CounterMetricFamily(
             "callengine_media_unavailable", "Calls refused with 503: no RTP port could be bound"
         )

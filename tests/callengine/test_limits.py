@@ -90,3 +90,14 @@ def test_a_steady_flood_above_rate_is_banned_even_though_some_get_through() -> N
         for _ in range(12):
             lim.allow("192.0.2.4", float(second))
     assert "192.0.2.4" not in lim.banned(100.0)
+
+
+def test_initial_invite_is_told_from_a_reinvite_without_parsing() -> None:
+    from callengine.engine import _initial
+
+    new = b"INVITE sip:1@h SIP/2.0\r\nVia: x\r\nTo: <sip:1@h>\r\nFrom: <sip:a@h>;tag=9\r\n\r\nv=0"
+    assert _initial(new)
+    assert not _initial(new.replace(b"To: <sip:1@h>", b"TO: <sip:1@h>;Tag=abc"))
+    assert not _initial(new.replace(b"To: <sip:1@h>", b"t: <sip:1@h>;tag=abc"))
+    assert _initial(new.replace(b"To: <sip:1@h>\r\n", b""))  # no To: the parser answers 400
+    assert _initial(b"INVITE sip:1@h SIP/2.0\r\nTo: <sip:1@h>")  # no blank line yet
