@@ -3,8 +3,12 @@
 Dependencies are compatible ranges, so callengine installs next to its users' own
 libraries; the exact versions this project tests with are in ``constraints.txt``
 (``pip install -c constraints.txt ...``, as ``make install`` and CI do). Each lower
-bound is the oldest release that has what the code uses; each upper bound is the next
-major version (for 0.x libraries too: they keep their API within 0.x).
+bound is the oldest release that has what the code uses and a wheel for CPython 3.11;
+each upper bound is the next major version (for 0.x libraries too). The lower bounds
+were checked together (2026-11-30): a venv with exactly them (uvloop 0.18.0,
+prometheus-client 0.14.0, plyvel 1.5.0, pymongo 4.3.2, numpy 2.0.0, soundfile 0.12.0,
+soxr 0.4.0, PyYAML 6.0.1, aiortc 1.16.0, av 14.0.0) passes the unit tests of every
+package and tests/integration/test_daemon.py and test_media_sipp.py.
 """
 
 from setuptools import find_packages, setup
@@ -24,8 +28,8 @@ setup(
     install_requires=[
         "uvloop>=0.18,<1",  # uvloop.run() (0.18)
         "prometheus-client>=0.14,<1",  # prometheus_client.registry.Collector (0.14)
-        "plyvel>=1.5,<2",  # first wheels for CPython 3.11
-        "pymongo>=4.1,<5",  # typed MongoClient[...] (4.1); change streams, bulk_write
+        "plyvel>=1.5,<2",  # first wheels for CPython 3.11 (1.5.0)
+        "pymongo>=4.3.2,<5",  # first wheels for CPython 3.11; typed MongoClient[...] (4.1)
         "numpy>=2.0,<3",
         "soundfile>=0.12,<1",  # wheels that bundle libsndfile (0.12)
         "soxr>=0.4,<2",  # built against numpy 2 (0.4)

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -93,6 +94,19 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+def _scrape_when_up(port: int, timeout: float = 10.0) -> dict[str, float]:
+    """/metrics once it accepts connections: serve opens it just after the SIP listeners,
+    so the OPTIONS answer can come first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return scrape(port)
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_wheel_carries_prompts_demo_tenant_py_typed_and_ranges(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -155,7 +169,7 @@ def test_installed_serve_answers_options_and_serves_metrics(venv: Path, tmp_path
             wait_udp_sip(port)  # an OPTIONS datagram until the node answers 200
         except TimeoutError:
             raise AssertionError(f"the installed node did not start:\n{log.read_text()}") from None
-        values = scrape(metrics)
+        values = _scrape_when_up(metrics)
         assert values["callengine_active_calls"] == 0, values
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
