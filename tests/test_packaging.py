@@ -11,7 +11,9 @@ so nothing can be imported from the checkout:
 - ``callengine dial`` says which extra it needs (exit 2) instead of a traceback;
 - ``callengine serve`` with the embedded demo configuration answers a SIP OPTIONS sent
   by the test with 200, serves /metrics (on a free port instead of the default's
-  9090), and exits 0 on SIGTERM.
+  9090), and exits 0 on SIGTERM;
+- mypy, pointed at the venv's interpreter, checks user code against the installed
+  packages' types (py.typed).
 
 The wheel itself must carry the bundled prompts, the demo tenant and py.typed, and
 declare ranges (no ``==``) with pjsua2 only behind the extra.
@@ -180,3 +182,26 @@ def test_installed_serve_answers_options_and_serves_metrics(venv: Path, tmp_path
     text = log.read_text()
     assert "serving the embedded demo tenant 'demo'" in text, text
     assert text.rstrip().endswith("stopped"), text
+
+
+def test_mypy_reads_the_installed_packages_types(venv: Path, tmp_path: Path) -> None:
+    """py.typed (PEP 561): mypy, pointed at the venv, type-checks a user's code against
+    the installed packages (without it: "missing library stubs or py.typed marker")."""
+    names = {
+        "callengine": "Engine",
+        "config_cache": "ConfigError",
+        "ivr": "Flow",
+        "media": "CodecInfo",
+        "pri": "Channel",
+    }
+    lines = [f"from {pkg} import {name}" for pkg, name in names.items()]
+    lines += [f"x_{name}: int = {name}" for name in names.values()]  # five wrong types
+    (tmp_path / "user.py").write_text("\n".join(lines) + "\n")
+    (tmp_path / "mypy.ini").write_text("[mypy]\n")
+    args = [sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "--cache-dir", "cache"]
+    args += ["--python-executable", str(venv / "bin" / "python"), "user.py"]
+    done = _run(args, tmp_path)
+    errors = [ln for ln in done.stdout.splitlines() if ": error: " in ln]
+    assert done.returncode == 1 and len(errors) == len(names), done.stdout + done.stderr
+    for error, name in zip(errors, names.values(), strict=True):
+        assert f'expression has type "type[{name}]", variable has type "int"' in error, error
