@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): setup.py requirements-dev.txt
+$(STAMP): setup.py constraints.txt requirements-dev.txt
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install$$missing"; \
@@ -17,7 +17,7 @@ $(STAMP): setup.py requirements-dev.txt
 	fi
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==24.3.1
-	$(BIN)/pip install -q -e . -r requirements-dev.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[softphone]' -r requirements-dev.txt
 	touch $(STAMP)
 
 demo: install

@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-grace", type=float)
     serve.set_defaults(func=_serve)
 
-    dial = sub.add_parser("dial", help="softphone (pjsua2): call a SIP URI")
+    dial = sub.add_parser(
+        "dial", help="softphone (pjsua2, extra callengine[softphone]): call a SIP URI"
+    )
     dial.add_argument("uri", help="e.g. sip:demo@127.0.0.1:5060")
     dial.add_argument("--dtmf", default="", help="RFC 4733 digits to send after answer")
     dial.add_argument("--play", help="WAV file to play into the call")
@@ -181,8 +183,18 @@ async def _quiet_stop(node: object) -> None:
 
 
 def _dial(args: argparse.Namespace) -> int:
-    from .softphone import dial
-
+    # pjsua2 is the `softphone` extra: the engine installs and runs without it.
+    try:
+        from .softphone import dial
+    except ModuleNotFoundError as exc:
+        if exc.name != "pjsua2":
+            raise
+        print(
+            "callengine: dial needs pjsua2, which is not installed: "
+            "pip install 'callengine[softphone]'",
+            file=sys.stderr,
+        )
+        return 2
     return dial(
         args.uri,
         dtmf=args.dtmf,
