@@ -191,7 +191,11 @@ def wait_metric(port: int, name: str, want: float, timeout: float = 10.0) -> Non
     deadline = time.monotonic() + timeout
     value = None
     while time.monotonic() < deadline:
-        value = scrape(port).get(name)
+        try:
+            value = scrape(port).get(name)
+        except OSError:  # serve opens /metrics just after SIP answers: not yet listening
+            time.sleep(0.05)
+            continue
         if value == want:
             return
         time.sleep(0.05)
