@@ -34,6 +34,11 @@ class EngineConfig:
     """PEM certificate chain; with ``tls_key`` enables TLS listeners."""
     tls_key: str | None = None
     tls_port: int = 5061
+    ws_port: int | None = None
+    """SIP over WebSocket (RFC 7118): a plain ``ws://`` listener on this port of every
+    ``listen`` host (0: any free port); null: none. See docs/websocket.md."""
+    wss_port: int | None = None
+    """SIP over secure WebSocket (``wss://``) on this port, with ``tls_cert``/``tls_key``."""
     data_dir: str = "./data"
     """Node state: LevelDB configuration cache, call-log outbox, media storage."""
     metrics: str | None = "127.0.0.1:9090"
@@ -136,6 +141,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "max_cps": (int, float),
     "retry_after": (int,),
     "max_message_size": (int,),
+    "ws_port": (int, type(None)),
+    "wss_port": (int, type(None)),
     "source_rate": (int, float),
     "source_burst": (int, float),
     "source_ban": (int, float),
@@ -242,6 +249,12 @@ def _check(cfg: EngineConfig) -> None:
             raise ConfigError(f"unknown transport {t!r}", file=cfg.source, field=f"transports[{i}]")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ConfigError("tls_cert and tls_key go together", file=cfg.source, field="tls_key")
+    for name in ("ws_port", "wss_port"):
+        port = getattr(cfg, name)
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError("must be a port (0-65535) or null", file=cfg.source, field=name)
+    if cfg.wss_port is not None and not cfg.tls_cert:
+        raise ConfigError("wss_port needs tls_cert and tls_key", file=cfg.source, field="wss_port")
     if not 1024 <= cfg.rtp_port_min < cfg.rtp_port_max <= 65535:
         raise ConfigError(
             "need 1024 <= rtp_port_min < rtp_port_max <= 65535",

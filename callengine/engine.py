@@ -71,6 +71,9 @@ class Engine:
         self.media_manager: Any = None
         self.transfer_handler: Callable[..., Awaitable[TransferResult]] | None = None
         self.register_handler: Callable[[Request, float], Response | None] | None = None
+        self.flow_closed_hooks: list[Callable[[tuple[str, int], str], None]] = []
+        """Called with (peer, transport) when a WebSocket client's connection ends (the
+        node's registrar drops the bindings that were reachable only through it)."""
         self._outbound: dict[str, asyncio.Future[Response | SipError]] = {}
         """Outgoing INVITEs' outcome: the 2xx, or the failure as a SipError value."""
         self.exempt_networks: list[str] = [*config.source_exempt, *config.trusted_sources]
@@ -183,8 +186,10 @@ class Engine:
             idle_timeout=cfg.tcp_idle_timeout,
             first_message_timeout=cfg.tcp_first_message_timeout,
             exempt=self._exempt,
+            max_message_size=cfg.max_message_size,
         )
         self.transports.on_send_error = self._on_send_error
+        self.transports.on_flow_closed = self._on_flow_closed
         try:
             for item in cfg.listen:
                 host, port = parse_listen(item)
@@ -193,6 +198,10 @@ class Engine:
                 )
                 if tls is not None:
                     await self.transports.listen(host, cfg.tls_port, ("TLS",))
+                if cfg.ws_port is not None:
+                    await self.transports.listen(host, cfg.ws_port, ("WS",))
+                if cfg.wss_port is not None:
+                    await self.transports.listen(host, cfg.wss_port, ("WSS",))
         except BaseException:
             await self.transports.close()
             raise
@@ -308,6 +317,13 @@ class Engine:
             if txn.dest == dest and txn.transport == transport:
                 txn.transport_error(self.now())
         self._arm()
+
+    def _on_flow_closed(self, peer: tuple[str, int], transport: str) -> None:
+        # a WebSocket connection ended: nothing more can reach that peer (RFC 7118
+        # §5.2); its pending client transactions fail now (§17.1.4), not at Timer B
+        self._on_send_error(peer, transport)
+        for hook in self.flow_closed_hooks:
+            hook(peer, transport)
 
     def flush(self) -> None:
         """Re-arm the timer after a command from application code."""

@@ -43,6 +43,7 @@ from .sip.auth import DigestServer
 from .sip.message import Request, Response
 from .sip.registrar import Binding as RegBinding
 from .sip.registrar import Registrar, UserRecord
+from .transport import WEBSOCKET
 
 log = logging.getLogger("callengine.node")
 
@@ -94,6 +95,8 @@ class Node:
         self.registry = CollectorRegistry()
         self.cache_metrics = CacheMetrics(registry=self.registry)
         self._registrars: dict[str, Registrar] = {}
+        self._flows: dict[tuple[str, tuple[str, int]], set[tuple[str, str]]] = {}
+        """Live WebSocket flows -> the (realm, AOR)s registered over them."""
         self._secret = secrets.token_bytes(32)
         self.python_actions: dict[str, Callable[..., Awaitable[str | None]]] = {}
         self.recovered: list[str] = []
@@ -156,6 +159,7 @@ class Node:
         if not engine.has_default:
             engine.on_call()(_not_here)
         engine.register_handler = self.on_register
+        engine.flow_closed_hooks.append(self._flow_closed)
         # issue #6: trunks, failover, transfers (B2BUA); before the listeners open
         plan = load_trunks(
             {
@@ -334,7 +338,25 @@ class Node:
                 auth=DigestServer(realm or "callengine", self._secret),
             )
             self._registrars[realm] = registrar
-        return registrar.handle(request, time.time())
+        response = registrar.handle(request, time.time())
+        if (
+            response.status == 200
+            and request.transport in WEBSOCKET
+            and request.source is not None
+            and request.to is not None
+        ):
+            # RFC 7118 §5.2: these bindings live and die with this connection
+            aor = f"{request.to.uri.user_unescaped or ''}@{request.to.uri.host}"
+            self._flows.setdefault((request.transport, request.source), set()).add((realm, aor))
+        return response
+
+    def _flow_closed(self, peer: tuple[str, int], transport: str) -> None:
+        for realm, aor in self._flows.pop((transport, peer), ()):
+            registrar = self._registrars.get(realm)
+            if registrar is not None and registrar.drop_flow(aor, peer, transport):
+                log.info(
+                    "%s connection from %s closed: bindings of %s removed", transport, peer, aor
+                )
 
     def owns_number(self, number: str) -> bool:
         """A tenant owns ``number`` (the default route does not count)."""
@@ -355,8 +377,18 @@ class Node:
         registrar = self._registrars.get(t.realm)
         if registrar is None:
             store = PersistentBindings(self.store.bindings)
-            return [b for b in store.get(f"{user}@{t.realm}") if b.expires_at > time.time()]
-        return registrar.bindings_for(f"{user}@{t.realm}", time.time())
+            found = [b for b in store.get(f"{user}@{t.realm}") if b.expires_at > time.time()]
+        else:
+            found = registrar.bindings_for(f"{user}@{t.realm}", time.time())
+        transports = self.engine.transports
+        # a WebSocket binding is reachable only over its live connection (RFC 7118
+        # §5.2); one from before a restart, or whose close was not seen yet, is skipped
+        return [
+            b
+            for b in found
+            if b.transport not in WEBSOCKET
+            or (transports is not None and b.source and transports.is_open(b.transport, b.source))
+        ]
 
 
 async def _not_here(call: Call) -> None:

@@ -148,7 +148,11 @@ class Dialog:
         """Where in-dialog requests go: the first loose route, else the remote target.
 
         For a UAS the peer's source address is used when the target is not an IP literal
-        we can reach directly (NAT, RFC 3581 symmetric response routing)."""
+        we can reach directly (NAT, RFC 3581 symmetric response routing). A WebSocket
+        peer is reached only over its connection (RFC 7118 §5.2: its Contact host is a
+        ``.invalid`` name), so WS/WSS dialogs always use the peer's address."""
+        if self.transport in ("WS", "WSS"):
+            return self.peer_addr
         if self.route_set:
             first = _uri_of(self.route_set[0])
             if first is not None and first.host:

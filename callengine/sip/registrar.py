@@ -36,6 +36,9 @@ Bindings are matched by RFC 5626 instance (``+sip.instance`` plus ``reg-id``) wh
 contact has one, so a phone that moved keeps one binding; otherwise by contact URI
 following RFC 3261 §19.1.4, simplified: every URI parameter must match (the RFC ignores
 parameters that only one side has). Expired bindings are dropped whenever an AOR is read.
+A binding registered over a WebSocket (RFC 7118 §5.2) or any other flow the node cannot
+open itself belongs to that flow: :meth:`Registrar.drop_flow` removes the bindings whose
+``source``/``transport`` is a flow that just closed.
 Contact parameters and URI parameters stay apart (RFC 4475 §3.3.12, §3.3.13): a binding
 keeps its URI exactly as received, escaped headers included (RFC 4475 §3.3.14), and its
 contact parameters separately. Only sip/sips contacts are accepted: the engine cannot
@@ -264,6 +267,15 @@ class Registrar:
         if len(live) != len(stored):
             self.store.put(aor, live)  # lazy purge
         return live
+
+    def drop_flow(self, aor: str, source: tuple[str, int], transport: str) -> int:
+        """Remove the bindings of ``aor`` reachable only through the flow (``source``,
+        ``transport``) that closed; returns how many were removed."""
+        stored = self.store.get(aor)
+        keep = [b for b in stored if not (b.transport == transport and b.source == source)]
+        if len(keep) != len(stored):
+            self.store.put(aor, keep)
+        return len(stored) - len(keep)
 
     # -- REGISTER -----------------------------------------------------------------
 

@@ -51,6 +51,9 @@ _SUPPORTED_VALUE = ", ".join(SUPPORTED)  # header values, joined once
 _ACCEPT_VALUE = ", ".join(ACCEPT)
 _SDP_METHODS = frozenset({"INVITE", "UPDATE", "ACK"})
 _INFO_TYPES = frozenset({"application/dtmf-relay", "application/dtmf", SDP})
+# one SIP message per datagram / WebSocket message (RFC 7118 §5.1): Content-Length is
+# optional there (checked when present); on TCP/TLS streams it frames the message
+_MESSAGE_TRANSPORTS = frozenset({"UDP", "WS", "WSS"})
 
 
 class SessionState(enum.Enum):
@@ -257,7 +260,7 @@ class UserAgent:
             self._too_large(data, source, transport)
             return
         try:
-            msg = parse_message(data, stream=transport != "UDP")
+            msg = parse_message(data, stream=transport not in _MESSAGE_TRANSPORTS)
         except PartialRequestError as exc:
             self.counters.parse_errors += 1
             req = exc.request
@@ -303,7 +306,7 @@ class UserAgent:
         answered statelessly so that nothing keeps its bytes; anything else is dropped."""
         self.counters.oversized += 1
         try:
-            msg = parse_message(data, stream=transport != "UDP")
+            msg = parse_message(data, stream=transport not in _MESSAGE_TRANSPORTS)
         except (RemoteProtocolError, UnicodeError, ValueError):
             return
         if isinstance(msg, Request) and msg.method != "ACK":

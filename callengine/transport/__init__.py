@@ -1,4 +1,5 @@
-"""SIP transports over asyncio: UDP, TCP and TLS, IPv4 and IPv6 (the only SIP socket code).
+"""SIP transports over asyncio: UDP, TCP, TLS, WS and WSS, IPv4 and IPv6 (the only SIP
+socket code; WebSocket framing, RFC 7118, lives in :mod:`callengine.transport.ws`).
 
 A :class:`TransportSet` owns every listening socket and connection of one worker and
 gives the sans-IO core two things: ``deliver(data, source, transport, local)`` calls for
@@ -13,11 +14,17 @@ Connections are bounded (a peer must not exhaust the worker's descriptors): at m
 proxy in front, have no per-source cap) and ``max_connections`` in all; a connection
 that sends no complete message within ``first_message_timeout`` seconds, or nothing at
 all for ``idle_timeout`` seconds, is closed. Refusals and closings are counted.
+
+WebSocket connections (WS, WSS) count and time out the same way. They are never opened
+by the node: a WebSocket client is reachable only over the connection it opened (RFC
+7118 §5.2), so a send to a WS peer without a live connection is a transport error
+(``on_send_error``), and ``on_flow_closed`` tells the owner when such a flow ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -33,14 +40,17 @@ log = logging.getLogger("callengine.transport")
 Address = tuple[str, int]
 Deliver = Callable[[bytes, Address, str, Address], None]
 
-__all__ = ["ListenSpec", "TransportSet", "parse_listen"]
+__all__ = ["WEBSOCKET", "ListenSpec", "TransportSet", "parse_listen"]
+
+WEBSOCKET = ("WS", "WSS")
+"""Transports whose peers can only be reached over the connection they opened."""
 
 
 @dataclass(frozen=True, slots=True)
 class ListenSpec:
     host: str
     port: int
-    transport: str  # UDP, TCP or TLS
+    transport: str  # UDP, TCP, TLS, WS or WSS
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -149,6 +159,7 @@ class TransportSet:
         idle_timeout: float = 600.0,
         first_message_timeout: float = 30.0,
         exempt: Callable[[str], bool] = lambda address: False,
+        max_message_size: int = 65535,
     ) -> None:
         self.deliver = deliver
         self.tls_context = tls_context
@@ -157,6 +168,7 @@ class TransportSet:
         self.idle_timeout = idle_timeout
         self.first_message_timeout = first_message_timeout
         self.exempt = exempt
+        self.max_message_size = max_message_size
         self.per_source: dict[str, int] = {}
         self.accepted = 0
         self.refused_connections = 0
@@ -171,8 +183,11 @@ class TransportSet:
         self._pending: dict[tuple[str, Address], list[bytes]] = {}
         self.send_errors = 0
         self.framing_errors = 0
+        self.refused_upgrades = 0
         self.bound: list[ListenSpec] = []
         self.on_send_error: Callable[[Address, str], None] | None = None
+        self.on_flow_closed: Callable[[Address, str], None] | None = None
+        """Called with (peer, transport) when a WS/WSS connection ends."""
 
     # ------------------------------------------------------- connection limits
     def clock(self) -> float:
@@ -250,12 +265,19 @@ class TransportSet:
                 self.bound.append(ListenSpec(local[0], local[1], "UDP"))
                 port = local[1]
             else:
-                ctx = self.tls_context if name == "TLS" else None
-                if name == "TLS" and ctx is None:
-                    raise ValueError("TLS listen needs a certificate and key")
+                ctx = self.tls_context if name in ("TLS", "WSS") else None
+                if name in ("TLS", "WSS") and ctx is None:
+                    raise ValueError(f"{name} listen needs a certificate and key")
                 self._loop = loop
+                factory: Callable[[], asyncio.Protocol]
+                if name in WEBSOCKET:
+                    from .ws import WsStream
+
+                    factory = functools.partial(WsStream, self, name)
+                else:
+                    factory = functools.partial(_Stream, self, name, accepted=True)
                 server = await loop.create_server(
-                    lambda n=name: _Stream(self, n, accepted=True),
+                    factory,
                     host,
                     port,
                     ssl=ctx,
@@ -267,6 +289,11 @@ class TransportSet:
                 sockname = _norm(server.sockets[0].getsockname())
                 self.bound.append(ListenSpec(sockname[0], sockname[1], name))
                 port = sockname[1]
+
+    def is_open(self, transport: str, peer: Address) -> bool:
+        """A connection of ``transport`` with ``peer`` is up (for WS/WSS: a live flow)."""
+        conn = self.connections.get((transport, peer))
+        return conn is not None and conn.transport is not None and not conn.transport.is_closing()
 
     def local_for(self, transport: str, family_host: str = "") -> Address:
         want_v6 = ":" in family_host
@@ -294,6 +321,13 @@ class TransportSet:
         conn = self.connections.get(key)
         if conn is not None:
             conn.write(data)
+            return
+        if transport in WEBSOCKET:
+            # RFC 7118 §5.2: no connection, no way to reach it; fail the transaction
+            # once it is registered (the send happens while it is being created)
+            self.send_errors += 1
+            if self.on_send_error is not None:
+                asyncio.get_running_loop().call_soon(self.on_send_error, dest, transport)
             return
         pending = self._pending.get(key)
         if pending is not None:
