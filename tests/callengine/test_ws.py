@@ -3,6 +3,8 @@ in and bytes out, no sockets (the pairing h11/wsproto tests use)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -17,6 +19,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from callengine.transport import TransportSet
 from callengine.transport.ws import WsSipServer
 
 OPTIONS = (
@@ -151,3 +154,20 @@ def test_socket_closing_mid_handshake_or_after_is_quiet() -> None:
     assert server.closed
     _, server = _open()
     assert server.receive_data(None) == []
+
+
+def test_send_to_a_ws_peer_without_its_connection_is_a_transport_error() -> None:
+    # the node never dials a WebSocket client (RFC 7118 §5.2): no connection, no send;
+    # the transaction hears of it once it exists (after the send that creates it)
+    async def main() -> list[tuple[tuple[str, int], str]]:
+        errors: list[tuple[tuple[str, int], str]] = []
+        transports = TransportSet(lambda *a: None)
+        transports.on_send_error = lambda dest, transport: errors.append((dest, transport))
+        transports.send(OPTIONS, ("127.0.0.1", 40000), "WSS")
+        assert errors == [] and transports.send_errors == 1
+        assert not transports.is_open("WSS", ("127.0.0.1", 40000))
+        await asyncio.sleep(0)
+        assert transports._pending == {}  # nothing queued for a connection that never comes
+        return errors
+
+    assert asyncio.run(main()) == [(("127.0.0.1", 40000), "WSS")]

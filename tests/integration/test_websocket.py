@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import socket
 import ssl
 import time
@@ -384,6 +385,27 @@ def test_ring_group_rings_the_ws_phone_over_its_connection_then_480_when_closed(
         rtp.close()
 
 
+def test_ws_binding_from_before_a_restart_is_not_rung(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    # the node dies (kill -9) with a WS phone registered: its binding stays in LevelDB,
+    # but the connection it belongs to is gone; after the restart the group's call must
+    # not wait on it
+    daemon, ws_port, _, _ = _start(tmp_path, daemon_factory)
+
+    async def register() -> None:
+        phone, _ = await WsPhone.connect(ws_port)
+        ok = await phone.register()
+        assert ok.startswith("SIP/2.0 200 OK"), ok
+
+    asyncio.run(register())
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    daemon = daemon_factory(*daemon.args[-2:], port=daemon.port, data_dir=daemon.data_dir)
+    result = sip_call(daemon.port, "1001")
+    assert result.status == 480, result
+    assert result.elapsed < 2.0, result
+
+
 def test_wss_register_with_the_node_certificate(
     tmp_path: Path, daemon_factory: DaemonFactory
 ) -> None:
@@ -406,7 +428,12 @@ def test_refusals_size_cap_and_per_source_connection_cap(
     tmp_path: Path, daemon_factory: DaemonFactory
 ) -> None:
     daemon, ws_port, _, _ = _start(
-        tmp_path, daemon_factory, source_exempt=[], tcp_max_per_source=2, max_message_size=2048
+        tmp_path,
+        daemon_factory,
+        source_exempt=[],
+        tcp_max_per_source=2,
+        max_message_size=2048,
+        tcp_first_message_timeout=1.0,
     )
 
     async def main() -> None:
@@ -443,6 +470,14 @@ def test_refusals_size_cap_and_per_source_connection_cap(
             )
             assert (await p.final()).startswith("SIP/2.0 200 OK")
             await p.close()
+
+        # an upgraded connection that sends no SIP message is closed after
+        # tcp_first_message_timeout, like a silent TCP one
+        silent, _ = await WsPhone.connect(ws_port)
+        t0 = time.monotonic()
+        await _closed_by_node(silent.reader)
+        assert 0.5 < time.monotonic() - t0 < 3.0
+        silent.writer.close()
 
     asyncio.run(main())
     assert "refused WebSocket upgrade from ('127.0.0.1'" in daemon.log()

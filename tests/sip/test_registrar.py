@@ -209,6 +209,36 @@ def test_source_and_transport_recorded() -> None:
     assert (b.source, b.transport) == (("203.0.113.9", 61000), "TCP")
 
 
+def test_drop_flow_removes_only_the_bindings_of_that_connection() -> None:
+    # RFC 7118 §5.2: a WebSocket client is reachable only over its connection
+    reg = make_registrar()
+    flow = ("203.0.113.9", 61000)
+    reg.handle(
+        register(
+            "Contact: <sip:a1@df7jal23ls0d.invalid;transport=ws>", source=flow, transport="WS"
+        ),
+        T0,
+    )
+    reg.handle(
+        register("Contact: <sip:alice@10.0.0.7>", call_id="desk", source=("10.0.0.7", 5060)), T0
+    )
+    reg.handle(
+        register(
+            "Contact: <sip:a2@x.invalid;transport=ws>",
+            call_id="other-tab",
+            source=("203.0.113.9", 61001),
+            transport="WS",
+        ),
+        T0,
+    )
+    assert reg.drop_flow("alice@example.com", flow, "TCP") == 0  # same address, not that flow
+    assert reg.drop_flow("alice@example.com", flow, "WS") == 1
+    left = sorted(b.contact for b in reg.bindings_for("alice@example.com", T0))
+    assert left == ["sip:a2@x.invalid;transport=ws", "sip:alice@10.0.0.7"]
+    assert reg.drop_flow("alice@example.com", flow, "WS") == 0
+    assert reg.drop_flow("nobody@example.com", flow, "WS") == 0
+
+
 def test_instance_id_matches_a_phone_that_moved() -> None:
     # RFC 5626: the same +sip.instance replaces the binding even from a new address.
     reg = make_registrar()
