@@ -145,6 +145,11 @@ class _Stream(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def shutdown(self) -> None:
+        """Close the connection (the node is stopping)."""
+        if self.transport is not None:
+            self.transport.close()
+
 
 class TransportSet:
     """Every SIP socket of one worker."""
@@ -367,7 +372,6 @@ class TransportSet:
         for server in self.servers:
             server.close()
         for conn in list(self.connections.values()):
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.shutdown()
         for server in self.servers:
             await server.wait_closed()

@@ -211,6 +211,17 @@ class WsStream(_Stream):
         if out:
             transport.write(out)
 
+    def shutdown(self) -> None:
+        """The node is stopping: a close frame 1001 "going away" (RFC 6455 §7.4.1)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.ws.close(CloseReason.GOING_AWAY, "server stopping")
+        out = self.ws.data_to_send()
+        if out:
+            transport.write(out)
+        transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         registered = self.owner.connections.get((self.name, self.peer)) is self
         super().connection_lost(exc)

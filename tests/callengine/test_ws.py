@@ -171,3 +171,21 @@ def test_send_to_a_ws_peer_without_its_connection_is_a_transport_error() -> None
         return errors
 
     assert asyncio.run(main()) == [(("127.0.0.1", 40000), "WSS")]
+
+
+def test_huge_declared_frame_is_cut_off_at_the_cap() -> None:
+    # a text frame announcing 2**40 bytes, streamed: closed with 1009 once the cap is
+    # passed, having kept at most the cap
+    _, server = _open(max_message_size=1024)
+    header = b"\x81\xff" + (2**40).to_bytes(8, "big") + b"\x00\x00\x00\x00"  # zero mask
+    assert server.receive_data(header + b"a" * 1000) == []
+    assert not server.closed
+    assert server.receive_data(b"a" * 1000) == []
+    assert server.closed and server.close_code == 1009
+
+
+def test_oversized_upgrade_request_is_refused() -> None:
+    server = WsSipServer()
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 70000)
+    assert server.closed and server.refused is not None
+    assert server.data_to_send().startswith(b"HTTP/1.1 400 ")

@@ -419,7 +419,11 @@ def test_wss_register_with_the_node_certificate(
         assert ok.startswith("SIP/2.0 200 OK"), ok
         assert f"Via: SIP/2.0/WSS {phone.host};" in ok
         assert f"sip:ws100@{phone.host};transport=wss" in _header(ok, "contact")
-        await phone.close()
+        # the node stopping says so: close frame 1001 "going away" (RFC 6455 §7.4.1)
+        assert await asyncio.to_thread(daemon.stop) == 0
+        with pytest.raises(ConnectionError, match="closed by the node: 1001"):
+            await phone.recv()
+        phone.writer.close()
 
     asyncio.run(main())
 
