@@ -130,6 +130,7 @@ class EngineCollector(Collector):
             )
             f.add_metric(["send"], engine.transports.send_errors)
             f.add_metric(["framing"], engine.transports.framing_errors)
+            f.add_metric(["ws_upgrade"], engine.transports.refused_upgrades)
             yield f
             conns = GaugeMetricFamily(
                 "callengine_stream_connections", "TCP/TLS connections peers opened, now open"

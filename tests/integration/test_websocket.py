@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from integration.support import Daemon, free_port, sip_call
+from integration.support import Daemon, free_port, scrape, sip_call
 from integration.test_tls_ipv6 import _self_signed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -202,7 +202,7 @@ async def _wait_log(daemon: Daemon, text: str) -> None:
 
 
 def _start(
-    tmp_path: Path, daemon_factory: DaemonFactory, **settings: object
+    tmp_path: Path, daemon_factory: DaemonFactory, *, metrics: bool = False, **settings: object
 ) -> tuple[Daemon, int, int, Path]:
     cert, key = _self_signed(tmp_path)
     ws_port = free_port(socket.SOCK_STREAM, both=False)
@@ -220,7 +220,7 @@ def _start(
             }
         )
     )
-    return daemon_factory("--config", str(config)), ws_port, wss_port, cert
+    return daemon_factory("--config", str(config), metrics=metrics), ws_port, wss_port, cert
 
 
 def test_register_options_and_ivr_call_over_ws(
@@ -438,6 +438,7 @@ def test_refusals_size_cap_and_per_source_connection_cap(
         tcp_max_per_source=2,
         max_message_size=2048,
         tcp_first_message_timeout=1.0,
+        metrics=True,
     )
 
     async def main() -> None:
@@ -485,3 +486,9 @@ def test_refusals_size_cap_and_per_source_connection_cap(
 
     asyncio.run(main())
     assert "refused WebSocket upgrade from ('127.0.0.1'" in daemon.log()
+    assert daemon.metrics_port is not None
+    metrics = scrape(daemon.metrics_port)
+    assert metrics['callengine_transport_errors_total{kind="ws_upgrade"}'] == 1
+    assert metrics['callengine_transport_errors_total{kind="framing"}'] == 1  # the 1009
+    assert metrics['callengine_stream_connections_closed_total{reason="refused"}'] == 1
+    assert metrics['callengine_stream_connections_closed_total{reason="idle"}'] == 1
