@@ -189,3 +189,9 @@ def test_oversized_upgrade_request_is_refused() -> None:
     server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 70000)
     assert server.closed and server.refused is not None
     assert server.data_to_send().startswith(b"HTTP/1.1 400 ")
+
+
+def test_invalid_utf8_in_a_text_frame_closes_with_1007() -> None:
+    _, server = _open()
+    assert server.receive_data(b"\x81\x82\x00\x00\x00\x00\xff\xfe") == []  # masked, zero key
+    assert server.closed and server.close_code == 1007
