@@ -4,7 +4,9 @@ in and bytes out, no sockets (the pairing h11/wsproto tests use)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -19,8 +21,10 @@ from wsproto.events import (
     TextMessage,
 )
 
+from callengine.config import load_config
 from callengine.transport import TransportSet
 from callengine.transport.ws import WsSipServer
+from config_cache import ConfigError
 
 OPTIONS = (
     b"OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\n"
@@ -195,3 +199,28 @@ def test_invalid_utf8_in_a_text_frame_closes_with_1007() -> None:
     _, server = _open()
     assert server.receive_data(b"\x81\x82\x00\x00\x00\x00\xff\xfe") == []  # masked, zero key
     assert server.closed and server.close_code == 1007
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("wss_port: 8443\n", "node.yaml: wss_port: wss_port needs tls_cert and tls_key"),
+        ("ws_port: 70000\n", "node.yaml: ws_port: must be a port (0-65535) or null"),
+        ("ws_port: '8080'\n", "node.yaml: ws_port: expected int or NoneType, got str"),
+    ],
+)
+def test_ws_settings_are_checked_at_load_time(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).endswith(message)
+    assert str(caught.value).startswith(str(tmp_path))
+
+
+def test_ws_settings_default_off_and_load(tmp_path: Path) -> None:
+    assert (load_config(None).ws_port, load_config(None).wss_port) == (None, None)
+    path = tmp_path / "node.yaml"
+    path.write_text("ws_port: 0\nwss_port: 8443\ntls_cert: c.pem\ntls_key: k.pem\n")
+    cfg = load_config(path)
+    assert (cfg.ws_port, cfg.wss_port) == (0, 8443)
