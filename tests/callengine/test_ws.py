@@ -1,5 +1,5 @@
 """The sans-IO SIP-over-WebSocket server (RFC 7118) against wsproto's own client, bytes
-in and bytes out, no sockets (the pairing h11/wsproto tests use)."""
+in and bytes out, no sockets (the pairing h11/wsproto tests use); the WS settings."""
 
 from __future__ import annotations
 
