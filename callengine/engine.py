@@ -143,6 +143,8 @@ class Engine:
             rtp_timeout=cfg.rtp_timeout,
             codecs=self.codecs,
             sockets=cfg.media,
+            relatch_after=cfg.rtp_relatch_after,
+            srtp=cfg.srtp,
         )
         self.media_manager.preload()
         self.transports = TransportSet(self._deliver, tls_context=tls)

@@ -90,6 +90,7 @@ class StreamCounters:
     wrong_source: int = 0
     ssrc_changes: int = 0
     relatches: int = 0
+    srtp_failed: int = 0
     rtcp_sent: int = 0
     rtcp_received: int = 0
     rtcp_malformed: int = 0
