@@ -124,6 +124,10 @@ class MediaClock:
                 totals[name] += getattr(counters, name)
         return totals
 
+    def secure_sessions(self) -> int:
+        """Active sessions whose media is SRTP."""
+        return sum(1 for session in self._sessions.values() if session.secure)
+
     def lateness_histogram(self) -> dict[str, int]:
         """Tick lateness counts by bucket upper bound in ms (``"+Inf"`` last); not cumulative."""
         labels = [f"{b:g}" for b in self.lateness_buckets_ms] + ["+Inf"]

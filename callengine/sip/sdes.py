@@ -40,6 +40,8 @@ __all__ = [
     "SrtpNegotiation",
     "answer_crypto",
     "context_for",
+    "cryptos_of",
+    "is_secure_profile",
     "match_answer",
     "offer_cryptos",
     "parse_crypto",
@@ -134,9 +136,10 @@ def parse_crypto(value: str) -> CryptoAttribute:
             mki = (int(mki_match.group(1)), length)
         elif lifetime_match and lifetime is None and mki is None:
             number = int(lifetime_match.group(2))
-            lifetime = 2**number if lifetime_match.group(1) else number
-            if number > 64 or lifetime <= 0:
+            power = bool(lifetime_match.group(1))
+            if (power and number > 64) or (not power and number == 0):
                 raise ValueError(f"a=crypto lifetime out of range: {value!r}")
+            lifetime = 2**number if power else number
         else:
             raise ValueError(f"a=crypto invalid key parameter {extra!r}: {value!r}")
     for other in keys[1:]:
