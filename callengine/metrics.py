@@ -192,6 +192,11 @@ class EngineCollector(Collector):
             )
             secured.add_metric([], clock.secure_sessions())
             yield secured
+            keyed = CounterMetricFamily(
+                "callengine_media_srtp_sessions", "RTP sessions keyed for SRTP (SDES)"
+            )
+            keyed.add_metric([], clock.srtp_sessions)
+            yield keyed
 
 
 def _histogram(

@@ -85,6 +85,7 @@ class MediaClock:
         self.lateness_counts: list[int] = [0] * (len(_LATENESS_BUCKETS_MS) + 1)
         self.lateness_sum = 0.0
         self.lateness_max = 0.0
+        self.srtp_sessions = 0  # sessions that were secured with SRTP, ever
         # Drop counters of the sessions that ended (live ones are summed at read time).
         self._ended_drops: dict[str, int] = dict.fromkeys(DROP_COUNTERS, 0)
 
@@ -369,6 +370,8 @@ class RtpSession:
         Call it before the first packet is sent (right after the session is opened or
         when the answer arrives); a new context for a running session (a re-INVITE with
         new keys) replaces the old one."""
+        if self._srtp is None:
+            self.clock.srtp_sessions += 1
         self._srtp = context
         self._srtp_pending = False
         protect = context.protect

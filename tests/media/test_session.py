@@ -162,7 +162,7 @@ def test_srtp_sessions_exchange_audio_and_refuse_plain_rtp() -> None:
         q = b.quality()
         assert q["malformed"] == 0 and q["wrong_ssrc"] == 0 and q["packets_lost"] == 0
         assert q["rtcp_received"] > 0 and q["rtcp_malformed"] == 0  # SRTCP both ways
-        assert a.secure and clock.secure_sessions() == 2
+        assert a.secure and clock.secure_sessions() == 2 and clock.srtp_sessions == 2
         assert clock.drops()["srtp_failed"] == 3
         assert b"".join(payloads) in b"".join(heard)  # decrypted audio, in order
         await a.stop()

@@ -1,0 +1,238 @@
+"""SRTP (SDES, RFC 4568) on TLS legs, against pjsua2 (pjproject 2.15.1, its own libsrtp).
+
+A ``callengine serve`` node with a TLS listener runs the demo IVR; a pjsua2 softphone
+(subprocess) calls it over TLS with SRTP mandatory, records what it hears, and dumpcap
+captures the node's RTP ports on loopback meanwhile. The softphone must hear the
+IVR's prompts (so the node encrypts and pjsua2 decrypts), and the capture must not
+carry a single prompt frame in clear G.711. The same SAVP offer over plain UDP gets 488
+(keys would have crossed the network in clear), and a TLS softphone offering plain RTP
+still gets its call (SRTP is not forced on TLS peers).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from integration.audio import MIN_CORRELATION, RATE, correlation, pcap_rtp, prompt_pcm, read_wav
+from integration.support import ROOT, Daemon, free_port, scrape
+
+from media.codecs import PCMU
+from media.prompts import PromptCache
+
+pytestmark = pytest.mark.integration
+
+DaemonFactory = Callable[..., Daemon]
+
+
+def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / f"{name}-cert.pem", tmp / f"{name}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def _rtp_range() -> tuple[int, int]:
+    # A small free range of its own, so that the capture sees this node's RTP only.
+    for _ in range(50):
+        base = free_port() & ~1
+        if base + 20 > 65535:
+            continue
+        try:
+            for port in range(base, base + 20):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base, base + 20
+    raise RuntimeError("no free RTP range")
+
+
+def _tls_node(
+    tmp: Path, daemon_factory: DaemonFactory, **config: Any
+) -> tuple[Daemon, int, Path, tuple[int, int]]:
+    cert, key = _self_signed(tmp, "node")
+    tls_port = free_port(socket.SOCK_STREAM, both=False)
+    rtp = _rtp_range()
+    cfg = tmp / "node.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "tls_cert": str(cert),
+                "tls_key": str(key),
+                "tls_port": tls_port,
+                "rtp_port_min": rtp[0],
+                "rtp_port_max": rtp[1],
+                **config,
+            }
+        )
+    )
+    node = daemon_factory("--config", str(cfg), metrics=True)
+    return node, tls_port, cert, rtp
+
+
+def _softphone(spec: dict[str, Any], *, timeout: float = 60.0) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "callengine.softphone", json.dumps(spec)],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+    lines = proc.stdout.decode().strip().splitlines()
+    assert lines, (
+        f"softphone exit {proc.returncode}:\n{proc.stderr.decode(errors='replace')[-3000:]}"
+    )
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+class _Capture:
+    """dumpcap on lo for the node's RTP port range (pcap format)."""
+
+    def __init__(self, path: Path, rtp: tuple[int, int]) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            [
+                "dumpcap",
+                "-q",
+                "-i",
+                "lo",
+                "-P",
+                "-f",
+                f"udp portrange {rtp[0]}-{rtp[1]}",
+                "-w",
+                str(path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        # dumpcap writes the pcap header once it is capturing.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if path.exists() and path.stat().st_size >= 24:
+                return
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+            time.sleep(0.05)
+        raise AssertionError("dumpcap did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+
+
+def test_tls_softphone_with_mandatory_srtp_hears_the_ivr_encrypted(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    node, tls_port, node_cert, rtp = _tls_node(tmp_path, daemon_factory)
+    phone_cert, phone_key = _self_signed(tmp_path, "phone")
+    heard = tmp_path / "heard.wav"
+    capture = _Capture(tmp_path / "rtp.pcap", rtp)
+    try:
+        result = _softphone(
+            {
+                "uri": f"sip:demo@127.0.0.1:{tls_port};transport=tls",
+                "transport": "tls",
+                "srtp": "mandatory",
+                "tls_cert": str(phone_cert),
+                "tls_key": str(phone_key),
+                "tls_ca": str(node_cert),
+                "record": str(heard),
+                "duration": 4.5,
+            }
+        )
+        metrics = scrape(node.metrics_port or 0)
+    finally:
+        capture.stop()
+    assert result["answered"] and result["hangup_by"] == "local", result
+    assert result["stats"]["rx_packets"] >= 100 and result["stats"]["rx_lost"] == 0, result
+
+    # pjsua2 decrypted the node's SRTP: it heard the IVR's menu prompt (its first 2 s;
+    # the menu starts 1.8 s after the answer, after "welcome", so a recorder that pjsua2
+    # starts a moment after the answer has all of it).
+    menu = prompt_pcm("menu")[: 2 * RATE]
+    ncc, offset = correlation(read_wav(heard), menu)
+    print(f"SRTP node -> pjsua2: menu correlation {ncc:.4f} at {offset / RATE:.3f} s")
+    assert ncc >= MIN_CORRELATION, ncc
+
+    # On the wire: SRTP both ways (AES_CM_128_HMAC_SHA1_80: a 10-octet tag after each
+    # 160-octet G.711 payload), and no frame of the prompt in clear.
+    # (RTCP on the odd ports reads as RTP with the marker set and PT 72-76: left out.)
+    packets = [p for p in pcap_rtp(capture.path) if not 72 <= p.payload_type <= 76]
+    assert len(packets) >= 200, len(packets)
+    sizes = {len(p.payload) for p in packets}
+    assert sizes == {170}, sizes
+    cache = PromptCache(None)
+    prompt_frames = set(cache.payloads("welcome", PCMU)) | set(cache.payloads("menu", PCMU))
+    assert len(prompt_frames) > 50
+    assert not any(p.payload[:160] in prompt_frames for p in packets)
+    print(f"captured {len(packets)} SRTP packets, payload sizes {sorted(sizes)}")
+
+    # The node counted one SRTP session, and no packet failed authentication.
+    assert metrics.get("callengine_media_srtp_sessions_total") == 1.0, metrics
+    assert metrics.get('callengine_rtp_dropped_packets_total{reason="srtp_failed"}') == 0.0
+
+
+def test_savp_offer_over_udp_gets_488_and_plain_rtp_over_tls_is_answered(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    node, tls_port, node_cert, _ = _tls_node(tmp_path, daemon_factory)
+    # pjsua2 with SRTP mandatory over UDP (secure signalling not required, so that it
+    # offers the keys at all): the node refuses to take keys sent in the clear.
+    udp = _softphone(
+        {
+            "uri": f"sip:demo@{node.address}",
+            "srtp": "mandatory",
+            "srtp_secure_signaling": 0,
+            "duration": 1.0,
+            "answer_timeout": 5.0,
+        }
+    )
+    assert not udp["answered"] and udp["status"] == 488, udp
+    # Over TLS, a phone without SRTP still gets its (plain RTP) call.
+    plain = _softphone(
+        {
+            "uri": f"sip:demo@127.0.0.1:{tls_port};transport=tls",
+            "transport": "tls",
+            "tls_ca": str(node_cert),
+            "duration": 1.0,
+        }
+    )
+    assert plain["answered"] and plain["stats"]["rx_packets"] > 20, plain
