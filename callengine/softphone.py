@@ -150,7 +150,9 @@ class SoftCall:
     # ------------------------------------------------------------- control
     def wait_confirmed(self, timeout: float = 10.0) -> None:
         """Poll until the call is confirmed with active audio; raise if it failed."""
-        self.phone.poll_until(lambda: self._media is not None and self.confirmed, timeout)
+        self.phone.poll_until(
+            lambda: (self._media is not None and self.confirmed) or not self.active, timeout
+        )
         if not self.confirmed or self._media is None:
             raise SoftphoneError(f"call to {self.uri} not answered: {self.status} {self.reason}")
 

@@ -376,9 +376,13 @@ class RtpSession:
         self._srtp_pending = False
         protect = context.protect
         sendto = self._rtp.sendto
+        counters = self.stream.counters
 
         def send_protected(datagram: bytes, addr: Address) -> None:
-            sendto(protect(datagram), addr)
+            try:
+                sendto(protect(datagram), addr)
+            except SrtpError:
+                counters.srtp_failed += 1
 
         self._sendto = send_protected
         self._rtp_protocol._callback = self._on_srtp
@@ -569,7 +573,11 @@ class RtpSession:
 
     def _send_rtcp(self, report: bytes, addr: Address) -> None:
         if self._srtp is not None:
-            report = self._srtp.protect_rtcp(report)
+            try:
+                report = self._srtp.protect_rtcp(report)
+            except SrtpError:
+                self.stream.counters.srtp_failed += 1
+                return
         elif self._srtp_pending:
             return
         self._rtcp.sendto(report, addr)

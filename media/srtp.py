@@ -86,12 +86,19 @@ class SrtpContext:
         self._rx = _session(suite, rx_key, pylibsrtp.Policy.SSRC_ANY_INBOUND)
 
     def protect(self, packet: bytes) -> bytes:
-        """SRTP packet for an RTP packet we send."""
-        return self._tx.protect(packet)
+        """SRTP packet for an RTP packet we send; :class:`SrtpError` if libsrtp refuses
+        it (an index protected before: that would reuse keystream)."""
+        try:
+            return self._tx.protect(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise SrtpError(f"SRTP: {exc}") from None
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """SRTCP packet for a compound RTCP packet we send."""
-        return self._tx.protect_rtcp(packet)
+        try:
+            return self._tx.protect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            raise SrtpError(f"SRTCP: {exc}") from None
 
     def unprotect(self, packet: bytes) -> bytes:
         """The RTP packet inside a received SRTP packet; :class:`SrtpError` if forged,

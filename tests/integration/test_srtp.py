@@ -236,3 +236,76 @@ def test_savp_offer_over_udp_gets_488_and_plain_rtp_over_tls_is_answered(
         }
     )
     assert plain["answered"] and plain["stats"]["rx_packets"] > 20, plain
+
+
+def test_outbound_call_over_tls_offers_srtp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Engine calling over TLS offers RTP/SAVP with a=crypto; the far end (a second
+    Engine: pjsua2's softphone here only places calls) answers SRTP, and the audio it
+    plays arrives decrypted. Both ends are this code base: the interop proof is the
+    pjsua2 test above; this one covers the offerer's side (make_offer/accept_answer)."""
+    import asyncio
+
+    from callengine import Call, Engine, EngineConfig
+
+    cert, key = _self_signed(tmp_path, "node")
+    # The calling engine's TLS client verifies with the default context: trust our CA.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    frames = PromptCache(None).payloads("welcome", PCMU)
+
+    def engine(name: str) -> tuple[Engine, int]:
+        tls_port = free_port(socket.SOCK_STREAM, both=False)
+        return (
+            Engine(
+                EngineConfig(
+                    listen=[f"127.0.0.1:{free_port()}"],
+                    tls_cert=str(cert),
+                    tls_key=str(key),
+                    tls_port=tls_port,
+                    metrics=None,
+                    data_dir=str(tmp_path / name),
+                )
+            ),
+            tls_port,
+        )
+
+    async def main() -> tuple[Call, list[Call], list[bytes], bytes]:
+        callee, callee_tls = engine("callee")
+        caller, _ = engine("caller")
+        answered: list[Call] = []
+        invite_body: list[bytes] = []
+
+        @callee.on_call()
+        async def handler(call: Call) -> None:
+            invite_body.append(call.session.invite.body)
+            await call.answer()
+            answered.append(call)
+            await call.play(["welcome"], barge_in=False)
+            await call.hangup()
+
+        await callee.start()
+        await caller.start()
+        try:
+            call = await caller.originate(
+                f"sip:ivr@127.0.0.1:{callee_tls};transport=tls", transport="TLS", timeout=10
+            )
+            heard: list[bytes] = []
+            call.media.on_audio = heard.append
+            await asyncio.wait_for(call.wait_hangup(), 15)
+            return call, answered, heard, invite_body[0]
+        finally:
+            await caller.stop(0)
+            await callee.stop(0)
+
+    call, answered, heard, offer = asyncio.run(main())
+    text = offer.decode()
+    assert "RTP/SAVP" in text and "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" in text, text
+    assert "a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:" in text, text
+    assert call.srtp is not None and answered[0].srtp is not None
+    # Each side protects with its own key and unprotects with the other's.
+    assert call.srtp.local.key == answered[0].srtp.remote.key
+    assert call.srtp.remote.key == answered[0].srtp.local.key
+    assert call.quality["srtp_failed"] == 0 and call.quality["packets_received"] > 80
+    # The prompt arrived decrypted, in order.
+    assert b"".join(frames) in b"".join(heard)

@@ -67,6 +67,9 @@ def test_forged_replayed_and_plain_packets_are_refused() -> None:
         b.unprotect_rtcp(b"\x81\xc9\x00\x01" + b"\x00" * 4)
     # The genuine stream goes on after the refused packets.
     assert b.unprotect(a.protect(_rtp(5))) == _rtp(5)
+    # Protecting one index twice would reuse keystream: refused on the sending side.
+    with pytest.raises(SrtpError, match="replay check failed"):
+        a.protect(_rtp(5))
 
 
 def test_key_length_is_checked_and_rx_rekeys() -> None:
