@@ -154,6 +154,8 @@ class RtpStream:
         self._last_rx: float | None = None
         self._source: Address | None = None
         self._source_rx = 0.0  # when the latched source last sent an accepted packet
+        self._rtcp_source: Address | None = None
+        self._rtcp_rx = 0.0
         self._remote_ssrc: int | None = None
         self._retired: set[int] = set()
         self._probation: tuple[int, Address, int, int] | None = None  # ssrc, addr, seq, count
@@ -195,6 +197,7 @@ class RtpStream:
         self.remote_rtcp = remote_rtcp or (remote[0], remote[1] + 1)
         self._source = None
         self._probation = None
+        self._rtcp_source = None
 
     # --- sending ---------------------------------------------------------------
 
@@ -372,15 +375,27 @@ class RtpStream:
         return ntp_timestamp(now + self.wallclock_offset)
 
     def receive_rtcp(self, data: bytes, addr: Address, now: float) -> list[RtcpPacket] | None:
-        """Handle one RTCP datagram; ``None`` if malformed (counted)."""
+        """Handle one RTCP datagram; ``None`` if malformed or from an address that may
+        not send it (both counted)."""
         try:
             packets = parse_compound(data)
         except ValueError:
             self.counters.rtcp_malformed += 1
             return None
+        if addr != self._rtcp_source:
+            # RTCP latches like RTP: from the RTP source's host, and away from a live
+            # RTCP source only after it has been silent for relatch_after.
+            source = self._source
+            if (source is not None and addr[0] != source[0]) or (
+                self._rtcp_source is not None and now - self._rtcp_rx < self.relatch_after
+            ):
+                self.counters.wrong_source += 1
+                return None
+            self._rtcp_source = addr
+            if self.symmetric:
+                self.remote_rtcp = addr
+        self._rtcp_rx = now
         self.counters.rtcp_received += 1
-        if self.symmetric and (self._source is None or addr[0] == self._source[0]):
-            self.remote_rtcp = addr
         for packet in packets:
             if isinstance(packet, RtcpSenderReport | RtcpReceiverReport):
                 if (

@@ -136,6 +136,23 @@ def test_first_packets_latch_and_the_signalled_address_is_always_accepted() -> N
     assert s.remote == PEER and s.counters.wrong_ssrc == 1
 
 
+def test_rtcp_latches_on_the_rtp_source_host_and_holds_while_live() -> None:
+    s = _stream(relatch_after=2.0)
+    s.receive(_pkt(1), NAT, 0.0)
+    report = serialize_compound([RtcpReceiverReport(0x1234, ())])
+    nat_rtcp = (NAT[0], NAT[1] + 7)  # the NAT mapped the RTCP port elsewhere: fine
+    assert s.receive_rtcp(report, nat_rtcp, 0.1) is not None and s.remote_rtcp == nat_rtcp
+    # Another host, or another port of the same host while the RTCP source is live:
+    # dropped and counted, our reports keep going to the peer.
+    assert s.receive_rtcp(report, ATTACKER, 0.2) is None
+    assert s.receive_rtcp(report, (NAT[0], 40000), 0.3) is None
+    assert s.remote_rtcp == nat_rtcp and s.counters.wrong_source == 2
+    assert s.counters.rtcp_received == 1
+    # After the RTCP source has been silent for relatch_after, the same host may move it.
+    assert s.receive_rtcp(report, (NAT[0], 40000), 2.5) is not None
+    assert s.remote_rtcp == (NAT[0], 40000)
+
+
 def test_reinvite_to_the_same_address_keeps_the_latch_a_new_address_relatches() -> None:
     s = _stream()
     s.receive(_pkt(1), NAT, 0.0)
