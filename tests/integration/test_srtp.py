@@ -11,11 +11,14 @@ still gets its call (SRTP is not forced on TLS peers).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import json
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,8 +35,12 @@ from cryptography.x509.oid import NameOID
 from integration.audio import MIN_CORRELATION, RATE, correlation, pcap_rtp, prompt_pcm, read_wav
 from integration.support import ROOT, Daemon, free_port, scrape
 
+from callengine import Call, Engine, EngineConfig
+from callengine.sip import sdes
 from media.codecs import PCMU
 from media.prompts import PromptCache
+from media.rtp import RtpPacket
+from media.srtp import SUITES, SrtpContext, generate_key
 
 pytestmark = pytest.mark.integration
 
@@ -186,11 +194,20 @@ def test_tls_softphone_with_mandatory_srtp_hears_the_ivr_encrypted(
 
     # pjsua2 decrypted the node's SRTP: it heard the IVR's menu prompt (its first 2 s;
     # the menu starts 1.8 s after the answer, after "welcome", so a recorder that pjsua2
-    # starts a moment after the answer has all of it).
+    # starts a moment after the answer has all of it). Compared in 200 ms pieces, each
+    # aligned on its own: on a loaded machine pjsua2's adaptive jitter buffer drops or
+    # inserts a frame now and then, which would shift a single long comparison.
+    heard_pcm = read_wav(heard)
     menu = prompt_pcm("menu")[: 2 * RATE]
-    ncc, offset = correlation(read_wav(heard), menu)
-    print(f"SRTP node -> pjsua2: menu correlation {ncc:.4f} at {offset / RATE:.3f} s")
-    assert ncc >= MIN_CORRELATION, ncc
+    piece = RATE // 5
+    scores = []
+    for start in range(0, len(menu), piece):
+        chunk = menu[start : start + piece]
+        if np.sqrt(np.mean(chunk**2)) > 0.01:  # speech, not a pause
+            scores.append(correlation(heard_pcm, chunk)[0])
+    print(f"SRTP node -> pjsua2: menu pieces correlate {[round(x, 3) for x in scores]}")
+    assert len(scores) >= 6, scores
+    assert sum(x >= MIN_CORRELATION for x in scores) >= 0.8 * len(scores), scores
 
     # On the wire: SRTP both ways (AES_CM_128_HMAC_SHA1_80: a 10-octet tag after each
     # 160-octet G.711 payload), and no frame of the prompt in clear.
@@ -245,10 +262,6 @@ def test_outbound_call_over_tls_offers_srtp(
     Engine: pjsua2's softphone here only places calls) answers SRTP, and the audio it
     plays arrives decrypted. Both ends are this code base: the interop proof is the
     pjsua2 test above; this one covers the offerer's side (make_offer/accept_answer)."""
-    import asyncio
-
-    from callengine import Call, Engine, EngineConfig
-
     cert, key = _self_signed(tmp_path, "node")
     # The calling engine's TLS client verifies with the default context: trust our CA.
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
@@ -309,3 +322,154 @@ def test_outbound_call_over_tls_offers_srtp(
     assert call.quality["srtp_failed"] == 0 and call.quality["packets_received"] > 80
     # The prompt arrived decrypted, in order.
     assert b"".join(frames) in b"".join(heard)
+
+
+def _sip(method: str, port: int, local: str, cseq: int, body: str = "", to_tag: str = "") -> bytes:
+    to = f"<sip:ivr@127.0.0.1:{port}>" + (f";tag={to_tag}" if to_tag else "")
+    lines = [
+        f"{method} sip:ivr@127.0.0.1:{port};transport=tls SIP/2.0",
+        f"Via: SIP/2.0/TLS {local};branch=z9hG4bK-srtp{cseq}{method.lower()};rport",
+        "Max-Forwards: 70",
+        "From: <sip:phone@example.com>;tag=p1",
+        f"To: {to}",
+        "Call-ID: srtp-reinvite@example.com",
+        f"CSeq: {cseq} {'INVITE' if method == 'ACK' else method}",
+        f"Contact: <sip:phone@{local};transport=tls>",
+    ]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(body.encode())}")
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+def _savp_offer(version: int, rtp_port: int, crypto: str | None) -> str:
+    proto = "RTP/SAVP" if crypto else "RTP/AVP"
+    return (
+        f"v=0\r\no=phone 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+        f"t=0 0\r\nm=audio {rtp_port} {proto} 0\r\n" + (f"a=crypto:{crypto}\r\n" if crypto else "")
+    )
+
+
+def test_tls_offer_answer_and_reinvites_keep_srtp(tmp_path: Path) -> None:
+    """A raw TLS phone: INVITE with RTP/SAVP, SRTP both ways with the answered keys; a
+    re-INVITE with a new key re-keys what the node receives (our key stays); a
+    re-INVITE offering plain RTP gets 488 (a secured call never falls back to clear)."""
+    cert, key = _self_signed(tmp_path, "node")
+    suite = SUITES["AES_CM_128_HMAC_SHA1_80"]
+    key1, key2 = generate_key(suite), generate_key(suite)
+
+    def crypto(k: bytes) -> str:
+        return sdes.CryptoAttribute(1, suite.name, k).serialize()
+
+    async def read(reader: asyncio.StreamReader) -> str:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        return (head + await reader.readexactly(length)).decode()
+
+    async def final(reader: asyncio.StreamReader) -> str:
+        while (reply := await read(reader)).startswith("SIP/2.0 1"):
+            pass
+        return reply
+
+    async def main() -> None:
+        tls_port = free_port(socket.SOCK_STREAM, both=False)
+        engine = Engine(
+            EngineConfig(
+                listen=[f"127.0.0.1:{free_port()}"],
+                tls_cert=str(cert),
+                tls_key=str(key),
+                tls_port=tls_port,
+                metrics=None,
+                data_dir=str(tmp_path / "data"),
+            )
+        )
+        calls: list[Call] = []
+
+        @engine.on_call()
+        async def handler(call: Call) -> None:
+            calls.append(call)
+            await call.answer()
+            await call.wait_hangup()
+
+        await engine.start()
+        loop = asyncio.get_running_loop()
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp.bind(("127.0.0.1", 0))
+        rtp.setblocking(False)
+        try:
+            ctx = ssl.create_default_context(cafile=str(cert))
+            reader, writer = await asyncio.open_connection("127.0.0.1", tls_port, ssl=ctx)
+            local = f"127.0.0.1:{writer.get_extra_info('sockname')[1]}"
+            offer = _savp_offer(1, rtp.getsockname()[1], crypto(key1))
+            writer.write(_sip("INVITE", tls_port, local, 1, offer))
+            ok = await final(reader)
+            assert ok.startswith("SIP/2.0 200"), ok
+            to_tag = re.search(r"^To: .*;tag=([^;\r\n]+)", ok, re.M).group(1)  # type: ignore[union-attr]
+            writer.write(_sip("ACK", tls_port, local, 1, to_tag=to_tag))
+            assert "m=audio " in ok and " RTP/SAVP 0" in ok, ok
+            node_port = int(re.search(r"m=audio (\d+)", ok).group(1))  # type: ignore[union-attr]
+            answered = sdes.parse_crypto(re.search(r"a=crypto:(.*)\r\n", ok).group(1))  # type: ignore[union-attr]
+            assert answered.tag == 1 and answered.suite == suite.name and answered.usable
+            phone = SrtpContext(suite, tx_key=key1, rx_key=answered.key)
+
+            # The node's idle silence arrives as SRTP we can decrypt with its key.
+            data = await asyncio.wait_for(loop.sock_recv(rtp, 2048), 5)
+            assert RtpPacket.parse(phone.unprotect(data)).payload == b"\xff" * 160
+
+            async def talk(ctx: SrtpContext, first: int, count: int) -> None:
+                for seq in range(first, first + count):
+                    packet = RtpPacket(0, False, seq, seq * 160, 0x5EC, payload=b"\x7f" * 160)
+                    rtp.sendto(ctx.protect(packet.serialize()), ("127.0.0.1", node_port))
+                media = calls[0].media
+                while media.quality()["packets_received"] + media.quality()["srtp_failed"] < (
+                    first + count - 1
+                ):
+                    await asyncio.sleep(0.01)
+
+            await talk(phone, 1, 20)
+            quality = calls[0].media.quality()
+            assert quality["packets_received"] == 20 and quality["srtp_failed"] == 0, quality
+
+            # re-INVITE with a new key: the node answers with its same key, and decrypts
+            # with the new one.
+            writer.write(
+                _sip(
+                    "INVITE",
+                    tls_port,
+                    local,
+                    2,
+                    _savp_offer(2, rtp.getsockname()[1], crypto(key2)),
+                    to_tag,
+                )
+            )
+            ok2 = await final(reader)
+            writer.write(_sip("ACK", tls_port, local, 2, to_tag=to_tag))
+            assert ok2.startswith("SIP/2.0 200"), ok2
+            again = sdes.parse_crypto(re.search(r"a=crypto:(.*)\r\n", ok2).group(1))  # type: ignore[union-attr]
+            assert again.key == answered.key
+            phone2 = SrtpContext(suite, tx_key=key2, rx_key=answered.key)
+            await talk(phone2, 21, 20)
+            quality = calls[0].media.quality()
+            assert quality["packets_received"] == 40 and quality["srtp_failed"] == 0, quality
+            # The old key is no longer accepted.
+            await talk(phone, 41, 5)
+            assert calls[0].media.quality()["srtp_failed"] == 5
+
+            # A re-INVITE that drops SRTP: 488, the call stays secured.
+            writer.write(
+                _sip(
+                    "INVITE", tls_port, local, 3, _savp_offer(3, rtp.getsockname()[1], None), to_tag
+                )
+            )
+            refused = await final(reader)
+            assert refused.startswith("SIP/2.0 488"), refused
+            writer.write(_sip("ACK", tls_port, local, 3, to_tag=to_tag))
+            assert calls[0].active and calls[0].media.srtp is not None
+            writer.write(_sip("BYE", tls_port, local, 4, to_tag=to_tag))
+            assert (await read(reader)).startswith("SIP/2.0 200")
+            writer.close()
+        finally:
+            rtp.close()
+            await engine.stop(0)
+
+    asyncio.run(main())
