@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 
 import pytest
 
+from callengine.config import load_config
 from callengine.sip import sdes
 from callengine.sip.sdp import SdpSession, SessionDescription, negotiate
+from config_cache import ConfigError
 from media.codecs import PCMA, PCMU
 from media.rtp import RtpPacket
 
@@ -189,3 +193,17 @@ def test_offer_lines_and_unmatched_answer() -> None:
     answer = _offer("RTP/SAVP", f"2 AES_CM_128_HMAC_SHA1_32 inline:{INLINE}")
     negotiation = sdes.match_answer(ours, answer.media[0])
     assert negotiation is not None and negotiation.local is ours[1]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("srtp", "maybe", "srtp: must be tls, any or off"), ("rtp_relatch_after", -1, "must be 0")],
+)
+def test_srtp_and_relatch_settings_are_checked_at_load(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps({field: value}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    assert load_config(None).srtp == "tls" and load_config(None).rtp_relatch_after == 5.0
