@@ -520,9 +520,10 @@ class Call:
             if negotiation is None:
                 log.warning("SDP answer from %s accepts none of our SRTP keys", self.callee)
                 return False
-            self.srtp = negotiation
-            if self.media is not None:
-                self.media.set_srtp(sdes.context_for(negotiation))
+            if negotiation != self.srtp:  # a 183 then the 200: keyed once
+                self.srtp = negotiation
+                if self.media is not None:
+                    self.media.set_srtp(sdes.context_for(negotiation))
         self.sdp_answer = answer
         if self.media is not None:
             from ._media import apply_answer

@@ -268,7 +268,6 @@ class RtpSession:
         rtcp_protocol = rtcp_transport.get_protocol()
         assert isinstance(rtp_protocol, _RtpProtocol)
         assert isinstance(rtcp_protocol, _RtpProtocol)
-        self._rtp_protocol = rtp_protocol
         rtp_protocol._callback = self._on_rtp
         rtcp_protocol._callback = self._on_rtcp
         clock.add(self)
@@ -357,12 +356,19 @@ class RtpSession:
         """SRTP is in use or awaited: no packet goes out or comes in in the clear."""
         return self._srtp is not None or self._srtp_pending
 
+    def _receive_srtp(self) -> None:
+        # Not kept in an attribute: session -> protocol -> session would be a cycle that
+        # outlives the call (the transport drops its protocol when it closes).
+        protocol = self._rtp.get_protocol()
+        assert isinstance(protocol, _RtpProtocol)
+        protocol._callback = self._on_srtp
+
     def await_srtp(self) -> None:
         """We offered SRTP and the answer has not come: send nothing, drop what comes
         (counted as ``srtp_failed``) until :meth:`set_srtp` gives the keys."""
         self._srtp_pending = True
         self._sendto = _drop_datagram
-        self._rtp_protocol._callback = self._on_srtp
+        self._receive_srtp()
 
     def set_srtp(self, context: SrtpContext) -> None:
         """Protect and unprotect every packet from now on with ``context``.
@@ -385,7 +391,7 @@ class RtpSession:
                 counters.srtp_failed += 1
 
         self._sendto = send_protected
-        self._rtp_protocol._callback = self._on_srtp
+        self._receive_srtp()
 
     def set_remote(
         self,

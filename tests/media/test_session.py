@@ -189,3 +189,36 @@ def test_awaiting_srtp_keys_sends_nothing() -> None:
         await b.stop()
 
     asyncio.run(main())
+
+
+def test_sessions_plain_and_srtp_are_freed_without_the_collector() -> None:
+    import gc
+
+    from media.srtp import SUITES, SrtpContext, generate_key
+
+    suite = SUITES["AES_CM_128_HMAC_SHA1_80"]
+    garbage: list[str] = []
+
+    async def main() -> None:
+        clock = MediaClock()
+        a, b = await _pair(clock)
+        k1, k2 = generate_key(suite), generate_key(suite)
+        a.set_srtp(SrtpContext(suite, tx_key=k1, rx_key=k2))
+        b.await_srtp()
+        await asyncio.sleep(0.1)
+        await a.stop()
+        await b.stop()
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        asyncio.run(main())
+        gc.collect()
+        garbage = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    leaked = [name for name in garbage if name in ("RtpSession", "RtpStream", "SrtpContext")]
+    assert leaked == [], leaked
