@@ -20,6 +20,7 @@ setup(
         "soxr==1.1.0",
         "PyYAML==6.0.3",
         "aiortc==1.16.0",
+        "pylibsrtp==1.0.0",  # media/srtp.py (already an aiortc dependency)
         "pjsua2-python==2.15.1.post1",
     ],
     entry_points={"console_scripts": ["callengine=callengine.cli:main"]},
