@@ -36,6 +36,7 @@ setup(
         "PyYAML>=6.0.1,<7",
         "aiortc>=1.16,<2",  # G.722/Opus codec classes as media/codecs/_aiortc.py calls them
         "av>=14,<20",  # imported by media/codecs/_aiortc.py; aiortc 1.16's own range
+        "pylibsrtp>=0.10,<2",  # imported by media/srtp.py; aiortc 1.16's own lower bound
         "wsproto>=1.3.2,<2",  # SIP over WebSocket, callengine/transport/ws.py (tested: 1.3.2)
     ],
     extras_require={

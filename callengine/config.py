@@ -98,6 +98,14 @@ class EngineConfig:
     rtp_port_max: int = 20000
     rtp_timeout: float = 60.0
     """Seconds without RTP before an answered call is hung up (0 disables)."""
+    rtp_relatch_after: float = 5.0
+    """Seconds the latched RTP source must be silent before another address may take
+    the call's media over (after 5 in-sequence packets); see ``media/stream.py``."""
+    srtp: str = "tls"
+    """SRTP with SDES keys (RFC 4568): ``tls`` offers it on outgoing TLS legs and accepts
+    it on incoming TLS legs only (the keys travel in the SDP: in the clear over UDP or
+    TCP); ``any`` also accepts it over UDP and TCP; ``off`` never. An ``RTP/SAVP``
+    stream that may not be secured is refused (488 when nothing else is usable)."""
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "telephone-event"])
     media: bool = True
     """Open an RTP session for each answered call (false: signalling only)."""
@@ -163,6 +171,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rtp_port_min": (int,),
     "rtp_port_max": (int,),
     "rtp_timeout": (int, float),
+    "rtp_relatch_after": (int, float),
+    "srtp": (str,),
     "codecs": (list,),
     "media": (bool,),
     "user_agent": (str,),
@@ -261,6 +271,10 @@ def _check(cfg: EngineConfig) -> None:
             file=cfg.source,
             field="rtp_port_min",
         )
+    if cfg.srtp not in ("tls", "any", "off"):
+        raise ConfigError("must be tls, any or off", file=cfg.source, field="srtp")
+    if cfg.rtp_relatch_after < 0:
+        raise ConfigError("must be 0 or more", file=cfg.source, field="rtp_relatch_after")
     if cfg.log_format not in ("plain", "json"):
         raise ConfigError("must be plain or json", file=cfg.source, field="log_format")
     if cfg.gc not in ("realtime", "python"):

@@ -166,6 +166,8 @@ class Engine:
             rtp_timeout=cfg.rtp_timeout,
             codecs=self.codecs,
             sockets=cfg.media,
+            relatch_after=cfg.rtp_relatch_after,
+            srtp=cfg.srtp,
         )
         self.media_manager.preload()
         self._exempt = networks_matcher(self.exempt_networks)

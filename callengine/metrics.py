@@ -219,6 +219,33 @@ class EngineCollector(Collector):
             streams = GaugeMetricFamily("callengine_media_streams", "Active RTP streams")
             streams.add_metric([], len(clock))
             yield streams
+            drops = clock.drops()
+            relatches = drops.pop("relatches")
+            rejected = CounterMetricFamily(
+                "callengine_rtp_dropped_packets",
+                "RTP/RTCP packets dropped, by reason (wrong_source and wrong_ssrc: from an "
+                "address that is not the call's latched source, e.g. a hijack attempt; "
+                "srtp_failed: SRTP authentication or replay check failed)",
+                labels=["reason"],
+            )
+            for reason, n in drops.items():
+                rejected.add_metric([reason], n)
+            yield rejected
+            moved = CounterMetricFamily(
+                "callengine_rtp_relatches", "Times a call's media moved to a new source address"
+            )
+            moved.add_metric([], relatches)
+            yield moved
+            secured = GaugeMetricFamily(
+                "callengine_media_streams_srtp", "Active RTP streams protected by SRTP"
+            )
+            secured.add_metric([], clock.secure_sessions())
+            yield secured
+            keyed = CounterMetricFamily(
+                "callengine_media_srtp_sessions", "RTP sessions keyed for SRTP (SDES)"
+            )
+            keyed.add_metric([], clock.srtp_sessions)
+            yield keyed
 
 
 def _histogram(
