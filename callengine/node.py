@@ -380,15 +380,21 @@ class Node:
             found = [b for b in store.get(f"{user}@{t.realm}") if b.expires_at > time.time()]
         else:
             found = registrar.bindings_for(f"{user}@{t.realm}", time.time())
+        key = (t.realm, f"{user}@{t.realm}")
+        return [b for b in found if b.transport not in WEBSOCKET or self._flow_alive(b, key)]
+
+    def _flow_alive(self, binding: RegBinding, key: tuple[str, str]) -> bool:
+        """A WebSocket binding is reachable only over the connection it was registered
+        on (RFC 7118 §5.2): that connection must be open, and this AOR (``key``: realm,
+        AOR) must have been registered over it by this process. One from before a
+        restart, or whose close was not seen yet, is skipped, even if a new connection
+        now comes from its address."""
         transports = self.engine.transports
-        # a WebSocket binding is reachable only over its live connection (RFC 7118
-        # §5.2); one from before a restart, or whose close was not seen yet, is skipped
-        return [
-            b
-            for b in found
-            if b.transport not in WEBSOCKET
-            or (transports is not None and b.source and transports.is_open(b.transport, b.source))
-        ]
+        source = binding.source
+        if transports is None or source is None:
+            return False
+        flow = (binding.transport, source)
+        return key in self._flows.get(flow, ()) and transports.is_open(*flow)
 
 
 async def _not_here(call: Call) -> None:

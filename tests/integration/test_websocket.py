@@ -86,13 +86,16 @@ class WsPhone:
         *,
         tls: ssl.SSLContext | None = None,
         subprotocols: tuple[str, ...] = ("sip",),
+        local_port: int = 0,
     ) -> tuple[WsPhone, object]:
         """Open the connection and do the upgrade; returns the phone and the handshake's
         answer (AcceptConnection or RejectConnection)."""
         deadline = time.monotonic() + TIMEOUT
         while True:  # the WS listener opens just after the UDP one the daemon waits on
             try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=tls, local_addr=("127.0.0.1", local_port)
+                )
                 break
             except ConnectionRefusedError:
                 if time.monotonic() > deadline:
@@ -390,20 +393,41 @@ def test_ws_binding_from_before_a_restart_is_not_rung(
 ) -> None:
     # the node dies (kill -9) with a WS phone registered: its binding stays in LevelDB,
     # but the connection it belongs to is gone; after the restart the group's call must
-    # not wait on it
+    # not wait on it, nor ring a new connection that happens to come from its address
     daemon, ws_port, _, _ = _start(tmp_path, daemon_factory)
+    local_port = free_port(socket.SOCK_STREAM, both=False)
 
-    async def register() -> None:
-        phone, _ = await WsPhone.connect(ws_port)
+    async def register_then_kill() -> None:
+        phone, _ = await WsPhone.connect(ws_port, local_port=local_port)
         ok = await phone.register()
         assert ok.startswith("SIP/2.0 200 OK"), ok
+        assert await asyncio.to_thread(daemon.stop, signal.SIGKILL) == -signal.SIGKILL
+        await _closed_by_node(phone.reader)  # the node's side closed first: port free
+        phone.writer.close()
 
-    asyncio.run(register())
-    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    asyncio.run(register_then_kill())
     daemon = daemon_factory(*daemon.args[-2:], port=daemon.port, data_dir=daemon.data_dir)
-    result = sip_call(daemon.port, "1001")
-    assert result.status == 480, result
-    assert result.elapsed < 2.0, result
+
+    async def call_with_an_unregistered_phone_on_that_address() -> None:
+        other, _ = await WsPhone.connect(ws_port, local_port=local_port)
+        result = await asyncio.to_thread(sip_call, daemon.port, "1001")
+        assert result.status == 480, result
+        assert result.elapsed < 2.0, result
+        # an INVITE, had one been sent, would arrive before this OPTIONS's answer
+        await other.send(
+            other.request(
+                "OPTIONS",
+                "sip:ping@127.0.0.1",
+                cseq=1,
+                call_id="after",
+                from_tag="a",
+                extra="To: <sip:ping@127.0.0.1>\r\n\r\n",
+            )
+        )
+        assert (await other.recv()).startswith("SIP/2.0 200 OK")
+        await other.close()
+
+    asyncio.run(call_with_an_unregistered_phone_on_that_address())
 
 
 def test_wss_register_with_the_node_certificate(
