@@ -46,6 +46,9 @@ __all__ = ["Engine", "Handler", "current_call_id"]
 IDLE_TRANSACTIONS = 50
 """Transactions a node may hold and still count as idle for a full GC."""
 
+FLOW_CLOSED_CAUSE = 41
+"""Q.850 cause (temporary failure) of the BYE for a call whose WebSocket closed."""
+
 
 class Engine:
     """A call server: SIP transports, the user agent core, call handlers, media.
@@ -322,8 +325,17 @@ class Engine:
 
     def _on_flow_closed(self, peer: tuple[str, int], transport: str) -> None:
         # a WebSocket connection ended: nothing more can reach that peer (RFC 7118
-        # §5.2); its pending client transactions fail now (§17.1.4), not at Timer B
+        # §5.2); its pending client transactions fail now (§17.1.4), not at Timer B,
+        # and its calls end now (a browser tab closed), not at the RTP timeout: the
+        # other leg of a bridged call gets its BYE
         self._on_send_error(peer, transport)
+        ua = self._ua
+        if ua is not None:
+            now = self.now()
+            for session in list(ua.sessions.values()):
+                if session.dest == peer and session.transport == transport:
+                    ua.hangup(session, now, cause=FLOW_CLOSED_CAUSE)
+            self._arm()
         for hook in self.flow_closed_hooks:
             hook(peer, transport)
 

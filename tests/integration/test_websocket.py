@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from integration.support import Daemon, free_port, scrape, sip_call
+from integration.support import Daemon, free_port, scrape, sip_call, wait_metric
 from integration.test_tls_ipv6 import _self_signed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -189,6 +189,53 @@ class WsPhone:
         self.writer.close()
 
 
+def _call_until_bye(port: int, number: str) -> str:
+    """A UDP caller: INVITE ``number``, ACK the 200, then wait for the node's BYE,
+    answer it, and return it."""
+    call_id = secrets.token_hex(8)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(TIMEOUT)
+        lp = s.getsockname()[1]
+        ruri = f"sip:{number}@127.0.0.1:{port}"
+        common = f"From: <sip:caller@127.0.0.1:{lp}>;tag=c{call_id}\r\nCall-ID: {call_id}\r\n"
+        sdp = _sdp(40000)
+        s.sendto(
+            (
+                f"INVITE {ruri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bK{call_id};rport\r\n"
+                f"{common}To: <{ruri}>\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                f"Contact: <sip:caller@127.0.0.1:{lp}>\r\nContent-Type: application/sdp\r\n"
+                f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+            ).encode(),
+            ("127.0.0.1", port),
+        )
+        while True:
+            answer = s.recv(65535).decode()
+            if _status(answer) >= 200:
+                break
+        assert _status(answer) == 200, answer
+        s.sendto(
+            (
+                f"ACK {ruri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bKa{call_id};rport\r\n"
+                f"{common}To: {_header(answer, 'to')}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode(),
+            ("127.0.0.1", port),
+        )
+        while True:
+            bye, source = s.recvfrom(65535)
+            text = bye.decode()
+            if text.startswith("BYE "):
+                break
+        keep = ("via", "from", "to", "call-id", "cseq")
+        lines = [ln for ln in _head(text)[1:] if ln.partition(":")[0].strip().lower() in keep]
+        ok = "SIP/2.0 200 OK\r\n" + "\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n"
+        s.sendto(ok.encode(), source)
+        return text
+
+
 async def _closed_by_node(reader: asyncio.StreamReader) -> None:
     """Returns when the node has closed (or reset) the connection; fails after TIMEOUT."""
     try:
@@ -229,7 +276,7 @@ def _start(
 def test_register_options_and_ivr_call_over_ws(
     tmp_path: Path, daemon_factory: DaemonFactory
 ) -> None:
-    daemon, ws_port, _, _ = _start(tmp_path, daemon_factory)
+    daemon, ws_port, _, _ = _start(tmp_path, daemon_factory, metrics=True)
     rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rtp.bind(("127.0.0.1", 0))
     rtp.setblocking(False)
@@ -315,7 +362,32 @@ def test_register_options_and_ivr_call_over_ws(
         phone.writer.write(phone.ws.send(Ping(b"keepalive")))
         while not any(isinstance(e, Pong) for e in phone.control):
             phone.control += await phone._read()
-        await phone.close()
+
+        # a second call, then the connection drops without a BYE nor a close frame (a
+        # tab that crashed): the node ends the call at once, not at the RTP timeout
+        common = dict(call_id=secrets.token_hex(8), from_tag=tag)
+        await phone.send(
+            phone.request(
+                "INVITE",
+                ruri,
+                cseq=1,
+                **common,
+                extra=(
+                    f"To: <{ruri}>\r\n{contact}Content-Type: application/sdp\r\n"
+                    f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+                ),
+            )
+        )
+        answer = await phone.final()
+        assert answer.startswith("SIP/2.0 200 OK"), answer
+        to = f"To: {_header(answer, 'to')}\r\n"
+        await phone.send(phone.request("ACK", ruri, cseq=1, **common, extra=f"{to}\r\n"))
+        assert daemon.metrics_port is not None
+        await asyncio.to_thread(wait_metric, daemon.metrics_port, "callengine_active_calls", 1)
+        phone.writer.transport.abort()
+        t0 = time.monotonic()
+        await asyncio.to_thread(wait_metric, daemon.metrics_port, "callengine_active_calls", 0)
+        assert time.monotonic() - t0 < 5.0
 
     try:
         asyncio.run(main())
@@ -344,9 +416,9 @@ def test_ring_group_rings_the_ws_phone_over_its_connection_then_480_when_closed(
         vias = [line for line in _head(invite) if line.lower().startswith("via:")]
         assert len(vias) == 1  # a B2BUA leg: the node's own Via only, no proxying
 
-        def reply(status: str, sdp: str = "") -> str:
+        def reply(status: str, sdp: str = "", *, request: str = invite) -> str:
             lines = [f"SIP/2.0 {status}"]
-            for line in _head(invite)[1:]:
+            for line in _head(request)[1:]:
                 name = line.partition(":")[0].strip().lower()
                 if name in ("via", "from", "call-id", "cseq"):
                     lines.append(line)
@@ -374,9 +446,22 @@ def test_ring_group_rings_the_ws_phone_over_its_connection_then_480_when_closed(
         result = await caller
         assert result.status == 200
 
-        # the connection closes: the binding goes with it, and the next call to the
+        # a second call is answered, then the connection drops (no BYE, no close frame:
+        # a crashed tab): the caller gets the BYE at once (Q.850 41), not at Timer B
+        # or the RTP timeout
+        caller = asyncio.ensure_future(asyncio.to_thread(_call_until_bye, daemon.port, "1001"))
+        invite2 = await phone.recv()
+        assert invite2.startswith("INVITE "), invite2
+        await phone.send(reply("200 OK", _sdp(rtp.getsockname()[1]), request=invite2))
+        assert (await phone.recv()).startswith("ACK "), "no ACK"
+        phone.writer.transport.abort()
+        t0 = time.monotonic()
+        bye = await caller
+        assert time.monotonic() - t0 < 2.0
+        assert "Reason: Q.850;cause=41" in bye, bye
+
+        # the connection closed: the binding went with it, and the next call to the
         # group gets 480 at once (no dead connection tried, nothing waits for Timer B)
-        await phone.close()
         await _wait_log(daemon, "bindings of 100@demo removed")
         result = await asyncio.to_thread(sip_call, daemon.port, "1001")
         assert result.status == 480, result
