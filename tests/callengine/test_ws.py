@@ -224,3 +224,10 @@ def test_ws_settings_default_off_and_load(tmp_path: Path) -> None:
     path.write_text("ws_port: 0\nwss_port: 8443\ntls_cert: c.pem\ntls_key: k.pem\n")
     cfg = load_config(path)
     assert (cfg.ws_port, cfg.wss_port) == (0, 8443)
+
+
+def test_close_frame_without_a_code_is_answered() -> None:
+    client, server = _open()
+    assert server.receive_data(b"\x88\x80\x00\x00\x00\x00") == []  # masked, empty payload
+    assert server.closed
+    assert _events(client, server.data_to_send()) == [CloseConnection(code=1005, reason="")]
