@@ -76,6 +76,18 @@ class EngineConfig:
     outbound_routes: list[Any] = field(default_factory=list)
     trusted_sources: list[Any] = field(default_factory=list)
     probe: dict[str, Any] = field(default_factory=dict)
+    max_contacts: int = 10
+    """Registered contacts per address-of-record (0: no limit). A REGISTER that would
+    leave more gets 403 "Forbidden - too many registered contacts" and changes nothing:
+    every binding is one more INVITE leg when the user is called."""
+    auth_guard: dict[str, Any] = field(default_factory=dict)
+    """Brute-force limits of Digest authentication (REGISTER and challenged INVITEs),
+    the fields of :class:`callengine.sip.authguard.GuardConfig`: ``window`` (60 s),
+    ``source_limit`` (10 failures from one address ban it), ``ban_time`` (60 s, doubled
+    per repeated ban), ``max_ban`` (3600 s), ``user_limit`` (5 failures for one user
+    start its back-off), ``backoff`` (2 s, doubled per failure), ``max_backoff`` (60 s),
+    ``good_sources`` (4), ``max_tracked`` (10,000). Every failure is logged on
+    ``callengine.security`` for fail2ban (``deploy/fail2ban/``)."""
     config_cache: dict[str, Any] = field(default_factory=dict)
     """Settings of the configuration cache and History DB shipper (docs/config.md)."""
     source: str = "<defaults>"
@@ -114,6 +126,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "outbound_routes": (list,),
     "trusted_sources": (list,),
     "probe": (dict,),
+    "max_contacts": (int,),
+    "auth_guard": (dict,),
     "config_cache": (dict,),
 }
 
@@ -196,5 +210,13 @@ def _check(cfg: EngineConfig) -> None:
         raise ConfigError("must be realtime or python", file=cfg.source, field="gc")
     if cfg.on_empty not in ("demo", "refuse"):
         raise ConfigError("must be demo or refuse", file=cfg.source, field="on_empty")
+    if cfg.max_contacts < 0:
+        raise ConfigError("must not be negative", file=cfg.source, field="max_contacts")
+    from .sip.authguard import GuardConfig
+
+    try:
+        GuardConfig(**cfg.auth_guard)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), file=cfg.source, field="auth_guard") from None
     if cfg.max_calls < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")

@@ -9,10 +9,12 @@ the next: may this request's credentials be verified at all?
 
 * **Per source address** (sliding window): ``source_limit`` failures within ``window``
   seconds ban the address for ``ban_time`` seconds, doubled for each ban in a row (up
-  to ``max_ban``). While banned, its REGISTERs and challenged INVITEs are dropped without
-  a reply (:attr:`Verdict.DROP`), as fail2ban's firewall rule would: an attacker gets
-  no answer, so no information and no amplification. A source that authenticates
-  successfully starts again from zero.
+  to ``max_ban``). While banned, its REGISTERs and challenged INVITEs get 403 Forbidden
+  without any check (:attr:`Verdict.REFUSE`): no nonce, no hash, no password tried. (A
+  403 rather than silence: it is no larger than the request, so no amplification, a
+  phone behind the same NAT learns why it fails, and the SIP core has no "answer
+  nothing" path for REGISTER. fail2ban, fed by the log, can still drop the address at
+  the firewall.) A source that authenticates successfully starts again from zero.
 * **Per user** (sliding window): ``user_limit`` failures for one user, from any
   addresses, put the user into back-off: its credentials are not verified
   (:attr:`Verdict.CHALLENGE`: the request is challenged again as if the password were
@@ -35,7 +37,7 @@ neither forge a line nor make fail2ban ban someone else::
     SIP auth failure from 192.0.2.7 port 5060 UDP: reason=wrong-password method=REGISTER
     user="100" realm="demo" action=none
 
-``counters`` counts failures per reason and the guard's actions (bans, drops,
+``counters`` counts failures per reason and the guard's actions (bans, refusals,
 back-offs), for metrics.
 """
 
@@ -58,8 +60,8 @@ class Verdict(enum.Enum):
     """Verify the credentials as usual."""
     CHALLENGE = "challenge"
     """Do not verify; challenge again (the user is in back-off)."""
-    DROP = "drop"
-    """Send nothing (the source is banned)."""
+    REFUSE = "refuse"
+    """Answer 403 without any check (the source is banned)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +140,7 @@ class AuthGuard:
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._users: OrderedDict[str, _User] = OrderedDict()
         self.counters: dict[str, int] = {}
-        """Failures by reason (``failure:<reason>``) and actions (``ban``, ``drop``,
+        """Failures by reason (``failure:<reason>``) and actions (``ban``, ``refuse``,
         ``backoff``, ``challenge``)."""
 
     # -- bookkeeping -------------------------------------------------------------
@@ -190,8 +192,8 @@ class AuthGuard:
         """Before verifying credentials from ``address`` for ``user`` (``None``: unknown)."""
         source = self._sources.get(address)
         if source is not None and now < source.banned_until:
-            self._count("drop")
-            return Verdict.DROP
+            self._count("refuse")
+            return Verdict.REFUSE
         if user is not None:
             entry = self._users.get(user)
             if entry is not None and now < entry.blocked_until and address not in entry.good:
@@ -213,7 +215,7 @@ class AuthGuard:
         realm: str = "",
     ) -> Verdict:
         """Record one failed check (``user=None`` for a user that does not exist) and log
-        it. Returns what the guard now decides for this address (``DROP`` when it has
+        it. Returns what the guard now decides for this address (``REFUSE`` when it has
         just been banned)."""
         cfg = self.config
         self._count("failure:" + reason)
@@ -232,7 +234,7 @@ class AuthGuard:
                 source.failures.clear()
                 self._count("ban")
                 action = f"ban {ban:g}s"
-                verdict = Verdict.DROP
+                verdict = Verdict.REFUSE
         if user is not None and cfg.user_limit:
             entry = self._user(user, create=True)
             assert entry is not None

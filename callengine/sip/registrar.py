@@ -264,6 +264,8 @@ class Registrar:
             raise ValueError("max_contacts must not be negative (0: no limit)")
         self.max_contacts = max_contacts
         self.guard = guard
+        self.counters: dict[str, int] = {}
+        """Refusals by reason (``too-many-contacts``), for metrics."""
         self.lookup_user = lookup_user
         self.store = store
         self.default_expires = default_expires
@@ -388,6 +390,7 @@ class Registrar:
                     params=params,
                 )
             if self.max_contacts and adding and len(current) > self.max_contacts:
+                self.counters["too-many-contacts"] = self.counters.get("too-many-contacts", 0) + 1
                 return self._reply(
                     request,
                     403,
