@@ -80,6 +80,9 @@ class EngineConfig:
     """Registered contacts per address-of-record (0: no limit). A REGISTER that would
     leave more gets 403 "Forbidden - too many registered contacts" and changes nothing:
     every binding is one more INVITE leg when the user is called."""
+    digest_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
+    """Digest challenges offered to users, in order of preference (RFC 8760 §2.4: SHA-256
+    first); some old tools and phones read only the first one."""
     auth_guard: dict[str, Any] = field(default_factory=dict)
     """Brute-force limits of Digest authentication (REGISTER and challenged INVITEs),
     the fields of :class:`callengine.sip.authguard.GuardConfig`: ``window`` (60 s),
@@ -128,6 +131,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "probe": (dict,),
     "max_contacts": (int,),
     "auth_guard": (dict,),
+    "digest_algorithms": (list,),
     "config_cache": (dict,),
 }
 
@@ -212,7 +216,13 @@ def _check(cfg: EngineConfig) -> None:
         raise ConfigError("must be demo or refuse", file=cfg.source, field="on_empty")
     if cfg.max_contacts < 0:
         raise ConfigError("must not be negative", file=cfg.source, field="max_contacts")
+    from .sip.auth import DigestServer
     from .sip.authguard import GuardConfig
+
+    try:
+        DigestServer("check", b"check", algorithms=[str(a) for a in cfg.digest_algorithms])
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=cfg.source, field="digest_algorithms") from None
 
     try:
         GuardConfig(**cfg.auth_guard)

@@ -100,6 +100,7 @@ class Node:
             max_contacts=config.max_contacts,
             guard=GuardConfig(**config.auth_guard),
             secret=secrets.token_bytes(32),
+            algorithms=tuple(config.digest_algorithms),
         )
         self.registry.register(AuthCollector(self.auth))
         self.python_actions: dict[str, Callable[..., Awaitable[str | None]]] = {}

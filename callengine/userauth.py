@@ -67,7 +67,9 @@ class UserAuth:
         max_contacts: int = 10,
         guard: GuardConfig | None = None,
         secret: bytes | None = None,
+        algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
     ) -> None:
+        self.algorithms = algorithms
         self._tenants = tenants
         self._lookup = lookup
         self._plan = plan
@@ -103,7 +105,9 @@ class UserAuth:
             registrar = Registrar(
                 lookup_user=lookup_user,
                 store=store,
-                auth=DigestServer(tenant.realm or "callengine", self._secret),
+                auth=DigestServer(
+                    tenant.realm or "callengine", self._secret, algorithms=self.algorithms
+                ),
                 max_contacts=self.max_contacts,
                 guard=self.guard,
             )
@@ -176,6 +180,18 @@ class UserAuth:
             username = parsed.params.get("username", "")
             known = f"{username}@{auth.realm}" if username in tenant.users else None
             if guard.check(source_ip, known, now) is not Verdict.ALLOW:
+                # the user is in back-off: not verified, but counted against the address
+                guard.failure(
+                    source_ip,
+                    None,
+                    now,
+                    reason="user-backoff",
+                    port=port,
+                    transport=invite.transport,
+                    method="INVITE",
+                    claimed_user=username,
+                    realm=auth.realm,
+                )
                 break
 
             def password(name: str) -> str | None:

@@ -431,6 +431,8 @@ class Registrar:
             username = claimed.params.get("username", "") if claimed is not None else ""
             known = f"{username}@{auth.realm}" if password(username) is not None else None
             if guard is not None and guard.check(address, known, now) is not Verdict.ALLOW:
+                # the user is in back-off: not verified, but counted against the address
+                self._failed(request, username, "user-backoff", None, now)
                 return self._challenge(request, now, stale=False)
             result = auth.verify(
                 request.method,
@@ -442,7 +444,7 @@ class Registrar:
             )
             if result.status is AuthStatus.OK:
                 if result.username != user:
-                    self._failed(request, result, "wrong-aor", known, now)
+                    self._failed(request, username, "wrong-aor", known, now)
                     return self._reply(request, 403, "Forbidden - not your address-of-record")
                 if guard is not None and known is not None:
                     guard.success(address, known, now)
@@ -450,7 +452,7 @@ class Registrar:
             stale = result.status is AuthStatus.STALE
             reason = failure_reason(result)
             if reason is not None:
-                self._failed(request, result, reason, known, now)
+                self._failed(request, username, reason, known, now)
         return self._challenge(request, now, stale=stale)
 
     def _challenge(self, request: Request, now: float, *, stale: bool) -> Response:
@@ -459,7 +461,7 @@ class Registrar:
         return self._reply(request, 401, headers=[("WWW-Authenticate", c) for c in challenges])
 
     def _failed(
-        self, request: Request, result: AuthResult, reason: str, known: str | None, now: float
+        self, request: Request, username: str, reason: str, known: str | None, now: float
     ) -> None:
         if self.guard is None:
             return
@@ -472,7 +474,7 @@ class Registrar:
             port=port,
             transport=request.transport,
             method=request.method,
-            claimed_user=result.username or "",
+            claimed_user=username,
             realm=self.auth.realm if self.auth is not None else "",
         )
 
