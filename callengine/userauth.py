@@ -19,8 +19,8 @@ The node serves several tenants; each has a Digest realm and users with password
   are never challenged. An authenticated call carries ``variables["auth_user"]``, which
   lets the B2BUA route it out through a trunk although its source is not trusted.
 * **One guard** (:class:`~callengine.sip.authguard.AuthGuard`) for both: failures of
-  either method count against the same address and user, and a banned address gets
-  403 to both.
+  either method count against the same address and user, and the credentials of a
+  banned address are not checked for either (it is challenged again).
 
 Registrars are kept per tenant realm and share the node's nonce secret, so a nonce
 from a REGISTER challenge is one of ours for INVITE too (same realm, same registry).
@@ -154,7 +154,7 @@ class UserAuth:
 
     def check_invite(self, call: Call) -> Handler | None:
         """``None`` when the call may go on; else the handler that answers it (407 with
-        a challenge, or 403). See the module docstring for which calls are checked."""
+        a challenge, or 403 for another user's From). See the module docstring for which calls are checked."""
         invite = call.session.invite
         from_ = invite.from_
         tenant = self.tenant_for_domain(from_.uri.host) if from_ is not None else None
@@ -169,9 +169,6 @@ class UserAuth:
         assert auth is not None
         guard = self.guard
         now = time.time()
-        if guard.banned(source_ip, now):
-            guard.check(source_ip, None, now)  # counts the refusal
-            return _refuse(403, "Forbidden")
         stale = False
         for value in invite.headers.get_all("proxy-authorization"):
             parsed = parse_auth_header(value)
@@ -179,7 +176,10 @@ class UserAuth:
                 continue  # credentials for someone else (RFC 3261 §22.3)
             username = parsed.params.get("username", "")
             known = f"{username}@{auth.realm}" if username in tenant.users else None
-            if guard.check(source_ip, known, now) is not Verdict.ALLOW:
+            verdict = guard.check(source_ip, known, now)
+            if verdict is Verdict.BANNED:
+                break
+            if verdict is Verdict.CHALLENGE:
                 # the user is in back-off: not verified, but counted against the address
                 guard.failure(
                     source_ip,
@@ -254,8 +254,9 @@ class AuthCollector(Collector):
         )
         actions = CounterMetricFamily(
             "callengine_auth_guard_actions",
-            "Brute-force guard: bans, 403s to banned sources (refuse), back-offs, "
-            "requests challenged without a check (challenge)",
+            "Brute-force guard: bans, requests of banned sources challenged unchecked "
+            "(banned), back-offs, requests for a user in back-off challenged unchecked "
+            "(challenge)",
             labels=["action"],
         )
         for key, value in sorted(guard.counters.items()):

@@ -9,12 +9,15 @@ the next: may this request's credentials be verified at all?
 
 * **Per source address** (sliding window): ``source_limit`` failures within ``window``
   seconds ban the address for ``ban_time`` seconds, doubled for each ban in a row (up
-  to ``max_ban``). While banned, its REGISTERs and challenged INVITEs get 403 Forbidden
-  without any check (:attr:`Verdict.REFUSE`): no nonce, no hash, no password tried. (A
-  403 rather than silence: it is no larger than the request, so no amplification, a
-  phone behind the same NAT learns why it fails, and the SIP core has no "answer
-  nothing" path for REGISTER. fail2ban, fed by the log, can still drop the address at
-  the firewall.) A source that authenticates successfully starts again from zero.
+  to ``max_ban``). While banned, its credentials are never checked
+  (:attr:`Verdict.BANNED`): every REGISTER or challenged INVITE gets the same fresh
+  401/407 challenge as anyone, so even the right password fails, and nothing tells the
+  attacker that he is banned. (Not 403: sipvicious's svcrack, answered 403, asks again
+  for a challenge 200 times a second forever; challenged, it runs through its list and
+  stops, having learnt nothing. Not silence: the SIP core answers every REGISTER, and a
+  ban that costs no round trip would be cheaper for the attacker to detect.) fail2ban,
+  fed by the log, can drop the address at the firewall on top. A source that
+  authenticates successfully starts again from zero.
 * **Per user** (sliding window): ``user_limit`` failures for one user, from any
   addresses, put the user into back-off: its credentials are not verified
   (:attr:`Verdict.CHALLENGE`: the request is challenged again as if the password were
@@ -60,8 +63,8 @@ class Verdict(enum.Enum):
     """Verify the credentials as usual."""
     CHALLENGE = "challenge"
     """Do not verify; challenge again (the user is in back-off)."""
-    REFUSE = "refuse"
-    """Answer 403 without any check (the source is banned)."""
+    BANNED = "banned"
+    """Do not verify; challenge again (the source is banned)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +143,7 @@ class AuthGuard:
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._users: OrderedDict[str, _User] = OrderedDict()
         self.counters: dict[str, int] = {}
-        """Failures by reason (``failure:<reason>``) and actions (``ban``, ``refuse``,
+        """Failures by reason (``failure:<reason>``) and actions (``ban``, ``banned``,
         ``backoff``, ``challenge``)."""
 
     # -- bookkeeping -------------------------------------------------------------
@@ -192,8 +195,8 @@ class AuthGuard:
         """Before verifying credentials from ``address`` for ``user`` (``None``: unknown)."""
         source = self._sources.get(address)
         if source is not None and now < source.banned_until:
-            self._count("refuse")
-            return Verdict.REFUSE
+            self._count("banned")
+            return Verdict.BANNED
         if user is not None:
             entry = self._users.get(user)
             if entry is not None and now < entry.blocked_until and address not in entry.good:
@@ -215,7 +218,7 @@ class AuthGuard:
         realm: str = "",
     ) -> Verdict:
         """Record one failed check (``user=None`` for a user that does not exist) and log
-        it. Returns what the guard now decides for this address (``REFUSE`` when it has
+        it. Returns what the guard now decides for this address (``BANNED`` when it has
         just been banned)."""
         cfg = self.config
         self._count("failure:" + reason)
@@ -234,7 +237,7 @@ class AuthGuard:
                 source.failures.clear()
                 self._count("ban")
                 action = f"ban {ban:g}s"
-                verdict = Verdict.REFUSE
+                verdict = Verdict.BANNED
         if user is not None and cfg.user_limit:
             entry = self._user(user, create=True)
             assert entry is not None

@@ -41,9 +41,9 @@ a retry loop across a cluster, while §21.4.4's 403 says the request must not be
 as it is. A phone that re-registers its own contact, or removes one, is never refused.
 
 With an :class:`~callengine.sip.authguard.AuthGuard` every failed check (wrong password,
-unknown user, replayed nonce, another user's AOR) is recorded and logged; a banned source
-gets 403 "Forbidden" without any check, and a user in back-off is challenged again
-without its credentials being verified (see :mod:`callengine.sip.authguard`).
+unknown user, replayed nonce, another user's AOR) is recorded and logged; the credentials
+of a banned source, or for a user in back-off, are not verified: the request is
+challenged again as if they were wrong (see :mod:`callengine.sip.authguard`).
 
 Bindings are matched by RFC 5626 instance (``+sip.instance`` plus ``reg-id``) when the
 contact has one, so a phone that moved keeps one binding; otherwise by contact URI
@@ -418,9 +418,6 @@ class Registrar:
         stale = False
         guard = self.guard
         address, port = request.source if request.source is not None else ("", 0)
-        if guard is not None and guard.banned(address, now):
-            guard.check(address, None, now)  # counts the refusal
-            return self._reply(request, 403, "Forbidden")
         if credentials is not None:
 
             def password(username: str) -> str | None:
@@ -430,9 +427,11 @@ class Registrar:
             claimed = parse_auth_header(credentials)
             username = claimed.params.get("username", "") if claimed is not None else ""
             known = f"{username}@{auth.realm}" if password(username) is not None else None
-            if guard is not None and guard.check(address, known, now) is not Verdict.ALLOW:
-                # the user is in back-off: not verified, but counted against the address
-                self._failed(request, username, "user-backoff", None, now)
+            verdict = guard.check(address, known, now) if guard is not None else Verdict.ALLOW
+            if verdict is not Verdict.ALLOW:
+                if verdict is Verdict.CHALLENGE:
+                    # the user is in back-off: not verified, but counted against the address
+                    self._failed(request, username, "user-backoff", None, now)
                 return self._challenge(request, now, stale=False)
             result = auth.verify(
                 request.method,

@@ -150,28 +150,27 @@ def test_password_guessing_is_banned_logged_and_counted(
     try:
         ok, _ = victim.login("100", "demo100")
         assert status(ok) == 200, ok
-        # guess as fast as the node answers: every 401 carries the next nonce
+        # guess as fast as the node answers (every 401 carries the next nonce); the 200th
+        # guess is the right password
         reply = attacker.register("100")
         statuses = []
         start = time.monotonic()
         for i in range(200):
-            if status(reply) == 401:
-                value = authorize(reply, "100", f"guess{i}")
+            password = "demo100" if i == 199 else f"guess{i}"
+            value = authorize(reply, "100", password)
             reply = attacker.register("100", f"Authorization: {value}")
             statuses.append(status(reply))
         elapsed = time.monotonic() - start
-        # 5 wrong passwords verified, then user 100 is in back-off (5 more answered 401
-        # unverified), then the address is banned: 403 to everything, even the password
-        assert statuses[:10] == [401] * 10
-        assert set(statuses[10:]) == {403}
-        fresh = victim.register("100")  # a fresh challenge, answered with the password
-        reply = attacker.register("100", f"Authorization: {authorize(fresh, '100', 'demo100')}")
-        assert status(reply) == 403
-        # the phone (where user 100 registered before) is neither banned nor slowed
+        # 5 wrong passwords verified, then user 100 is in back-off (5 more not verified),
+        # then the address is banned: nothing it sends is verified, not even the password,
+        # and every answer is the same 401 (the attacker cannot tell)
+        assert statuses == [401] * 200
+        # the phone (where user 100 registered before) is neither banned nor slowed, and
+        # its binding is the only one
         ok, _ = victim.login("100", "demo100")
         assert status(ok) == 200, ok
-        assert f"sip:100@127.0.0.3:{victim.port}" in ok
-        print(f"\n200 guesses in {elapsed:.2f} s: 5 verified, 5 refused unverified, 190 got 403")
+        assert header(ok, "contact") == [f"<sip:100@127.0.0.3:{victim.port}>;expires=3600"]
+        print(f"\n200 guesses in {elapsed:.2f} s: 5 verified, 195 challenged unchecked")
     finally:
         victim.close()
         attacker.close()
@@ -179,7 +178,7 @@ def test_password_guessing_is_banned_logged_and_counted(
     assert m['callengine_auth_failures_total{reason="wrong-password"}'] == 5
     assert m['callengine_auth_failures_total{reason="user-backoff"}'] == 5
     assert m['callengine_auth_guard_actions_total{action="ban"}'] == 1
-    assert m['callengine_auth_guard_actions_total{action="refuse"}'] == 191
+    assert m['callengine_auth_guard_actions_total{action="banned"}'] == 190
     # one line per failure, fail2ban's filter reads the attacker's address from each
     deadline = time.monotonic() + 5
     while banned_hosts(node.log()).count("127.0.0.2") < 10 and time.monotonic() < deadline:
@@ -513,24 +512,23 @@ def test_svwar_finds_no_extension_and_svcrack_cracks_nothing(
     cfg.write_text("digest_algorithms: [MD5]\n")
     node = daemon_factory("--config", str(cfg), metrics=True)
     target = ["-p", str(node.port), "--domain", "demo", "127.0.0.1"]
-    # svwar: every extension gets the same 401, the real ones (100-102) as the others
-    out = _sipvicious("svwar", "-e", "90-130", "--maximumtime", "3", *target)
-    assert "found nothing" in out, out
-    forced = _sipvicious("svwar", "-e", "90-130", "--force", "--maximumtime", "3", *target)
-    found = re.findall(r"^\| (\d+) +\| (\S.*?) +\|$", forced, re.M)
-    assert {ext for ext, _ in found} == {str(e) for e in range(90, 131)}, forced
-    assert len({what for _, what in found}) == 1, found  # all alike: nothing to tell
+    # svwar: every extension gets the same 401, the real ones (100-102) as the others,
+    # so it stops at its sanity check, and finds nothing when forced past it
+    for force in ((), ("--force",)):
+        out = _sipvicious("svwar", "-e", "90-130", *force, "--maximumtime", "1", *target)
+        assert "found nothing" in out, out
+        assert not re.search(r"^\| 10[0-2] ", out, re.M), out
     # svcrack: the right password is the 31st guess, beyond the limiter's budget
     words = tmp_path / "words.txt"
     words.write_text("".join(f"guess{i}\n" for i in range(30)) + "demo100\n")
-    out = _sipvicious("svcrack", "-u", "100", "-d", str(words), "--maximumtime", "3", *target)
+    out = _sipvicious("svcrack", "-u", "100", "-d", str(words), "--maximumtime", "1", *target)
     assert "found nothing" in out and "demo100" not in out, out
     m = scrape(node.metrics_port or 0)
     verified = m['callengine_auth_failures_total{reason="wrong-password"}']
     assert verified <= 5, m
     # the control: with the password first, the same tool does crack it, from an address
     # and at a moment the limiter has nothing against
-    node2 = daemon_factory("--config", str(cfg))
+    node2 = daemon_factory("--config", str(cfg), data_dir=tmp_path / "data2")
     words.write_text("demo100\n")
     out = _sipvicious(
         "svcrack",

@@ -30,12 +30,12 @@ def test_source_banned_after_limit_within_window() -> None:
     assert fail(guard, ATTACKER, None, T0) is Verdict.ALLOW
     assert fail(guard, ATTACKER, None, T0 + 1) is Verdict.ALLOW
     assert guard.check(ATTACKER, None, T0 + 2) is Verdict.ALLOW
-    assert fail(guard, ATTACKER, None, T0 + 2) is Verdict.REFUSE
+    assert fail(guard, ATTACKER, None, T0 + 2) is Verdict.BANNED
     assert guard.banned(ATTACKER, T0 + 61.9)
-    assert guard.check(ATTACKER, "alice", T0 + 30) is Verdict.REFUSE
+    assert guard.check(ATTACKER, "alice", T0 + 30) is Verdict.BANNED
     assert guard.check(PHONE, "alice", T0 + 30) is Verdict.ALLOW  # others are not affected
     assert not guard.banned(ATTACKER, T0 + 62)
-    assert guard.counters == {"failure:wrong-password": 3, "ban": 1, "refuse": 1}
+    assert guard.counters == {"failure:wrong-password": 3, "ban": 1, "banned": 1}
 
 
 def test_failures_outside_the_window_do_not_add_up() -> None:

@@ -834,7 +834,7 @@ def guess(reg: Registrar, password: str, source: tuple[str, int], cseq: int) -> 
     return reg.handle(req, T0)
 
 
-def test_banned_source_gets_403_even_with_the_right_password() -> None:
+def test_banned_source_is_challenged_unchecked_even_with_the_right_password() -> None:
     from callengine.sip.authguard import AuthGuard, GuardConfig
 
     guard = AuthGuard(GuardConfig(source_limit=3, user_limit=0))
@@ -843,8 +843,11 @@ def test_banned_source_gets_403_even_with_the_right_password() -> None:
     statuses = [guess(reg, f"guess{i}", attacker, i + 1).status for i in range(3)]
     assert statuses == [401, 401, 401]
     resp = guess(reg, "alice-pw", attacker, 10)
-    assert (resp.status, resp.reason) == (403, "Forbidden")
+    # the same answer as to a wrong password: the attacker cannot tell he is banned
+    assert (resp.status, resp.reason) == (401, "Unauthorized")
+    assert all("stale" not in v for v in resp.headers.get_all("www-authenticate"))
     assert reg.bindings_for("alice@example.com", T0) == []
+    assert guard.counters["banned"] == 1
     # the real phone elsewhere registers
     assert guess(reg, "alice-pw", ("198.51.100.7", 5060), 11).status == 200
     assert guard.counters["failure:wrong-password"] == 3
@@ -887,3 +890,16 @@ def test_replay_and_unknown_user_are_counted_failures() -> None:
     first = reg.handle(register("Contact: <sip:x@a>", user="mallory"), T0)
     reg.handle(answer(first, "mallory", "x", "Contact: <sip:x@a>", cseq=6), T0)
     assert guard.counters == {"failure:replay": 1, "failure:unknown-user": 1}
+
+
+def test_user_backoff_attempts_count_against_the_address() -> None:
+    from callengine.sip.authguard import AuthGuard, GuardConfig
+
+    guard = AuthGuard(GuardConfig(source_limit=4, user_limit=2, backoff=30))
+    reg = make_registrar(auth=True, guard=guard)
+    attacker = ("203.0.113.9", 5999)
+    for i in range(4):
+        assert guess(reg, f"guess{i}", attacker, i + 1).status == 401
+    assert guard.counters["failure:wrong-password"] == 2
+    assert guard.counters["failure:user-backoff"] == 2
+    assert guard.banned("203.0.113.9", T0)
