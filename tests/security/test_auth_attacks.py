@@ -526,6 +526,9 @@ def test_svwar_finds_no_extension_and_svcrack_cracks_nothing(
     m = scrape(node.metrics_port or 0)
     verified = m['callengine_auth_failures_total{reason="wrong-password"}']
     assert verified <= 5, m
+    backoff = m.get('callengine_auth_failures_total{reason="user-backoff"}', 0)
+    banned = m.get('callengine_auth_guard_actions_total{action="banned"}', 0)
+    print(f"\nsvcrack: {verified:g} verified, {backoff:g} in back-off, {banned:g} banned")
     # the control: with the password first, the same tool does crack it, from an address
     # and at a moment the limiter has nothing against
     node2 = daemon_factory("--config", str(cfg), data_dir=tmp_path / "data2")
