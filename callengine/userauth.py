@@ -81,15 +81,21 @@ class UserAuth:
         self.refused: dict[str, int] = {}
         """REGISTERs refused before authentication, by reason."""
         self._secret = secret or secrets.token_bytes(32)
+        self._indexed: Any = None  # the tenants mapping that _index was built from
+        self._index: dict[str, Any] = {}
 
     # -- tenants and registrars ------------------------------------------------------
 
     def tenant_for_domain(self, domain: str) -> Any:
-        """The tenant whose realm or id is ``domain``, or ``None``."""
-        for t in self._tenants().values():
-            if t.realm == domain or t.id == domain:
-                return t
-        return None
+        """The tenant whose realm or id is ``domain`` (the first in order), or ``None``."""
+        tenants = self._tenants()
+        if tenants is not self._indexed:  # a new snapshot: index it once
+            index: dict[str, Any] = {}
+            for t in tenants.values():
+                index.setdefault(t.realm, t)
+                index.setdefault(t.id, t)
+            self._index, self._indexed = index, tenants
+        return self._index.get(domain)
 
     def registrar(self, tenant: Any) -> Registrar:
         """The tenant's registrar (and Digest realm), made on first use."""

@@ -78,6 +78,7 @@ __all__ = [
     "MemoryBindingStore",
     "Registrar",
     "UserRecord",
+    "failure_reason",
 ]
 
 # RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
