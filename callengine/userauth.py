@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .sip.auth import AuthStatus, DigestServer, parse_auth_header
+from .sip.auth import AuthStatus, DigestServer, UsedNonces, parse_auth_header
 from .sip.authguard import AuthGuard, GuardConfig, Verdict
 from .sip.message import Request, Response, make_response
 from .sip.registrar import BindingStore, Registrar, UserRecord, failure_reason
@@ -81,6 +81,8 @@ class UserAuth:
         self.refused: dict[str, int] = {}
         """REGISTERs refused before authentication, by reason."""
         self._secret = secret or secrets.token_bytes(32)
+        self.used_nonces = UsedNonces()
+        """One used-nonce registry (and one bound) for every tenant's realm."""
         self._indexed: Any = None  # the tenants mapping that _index was built from
         self._index: dict[str, Any] = {}
 
@@ -112,7 +114,10 @@ class UserAuth:
                 lookup_user=lookup_user,
                 store=store,
                 auth=DigestServer(
-                    tenant.realm or "callengine", self._secret, algorithms=self.algorithms
+                    tenant.realm or "callengine",
+                    self._secret,
+                    algorithms=self.algorithms,
+                    used=self.used_nonces,
                 ),
                 max_contacts=self.max_contacts,
                 guard=self.guard,
@@ -282,11 +287,14 @@ class AuthCollector(Collector):
         for key, value in sorted(counts.items()):
             refused.add_metric([key], value)
         tracked = GaugeMetricFamily(
-            "callengine_auth_tracked", "Addresses and users the guard tracks", labels=["kind"]
+            "callengine_auth_tracked",
+            "Addresses and users the guard tracks, used nonces remembered",
+            labels=["kind"],
         )
         sources, users = guard.tracked
         tracked.add_metric(["source"], sources)
         tracked.add_metric(["user"], users)
+        tracked.add_metric(["nonce"], len(self.auth.used_nonces))
         yield failures
         yield actions
         yield refused

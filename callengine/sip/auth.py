@@ -13,7 +13,8 @@ so any worker holding the secret verifies any other worker's nonce and nothing i
 per challenge. A stateless nonce alone could be replayed until it expires (``nonce_ttl``):
 a captured ``Authorization`` would register the attacker's Contact, or wipe a victim's
 bindings with ``Contact: *`` (issue 11). So nonces are also *used up*, in a bounded
-registry of the nonces this object has seen used (``track_nc=True``, the default):
+registry of the nonces seen used (:class:`UsedNonces`; ``track_nc=True``, the default;
+one registry may serve several servers, e.g. a node's realms, under one bound):
 
 * with qop, the RFC 7616 §3.4 nonce count must increase per nonce, so the same
   (nonce, nc, cnonce) is accepted once, and a phone may still reuse a nonce with nc+1;
@@ -64,6 +65,7 @@ __all__ = [
     "ChallengeError",
     "DigestClient",
     "DigestServer",
+    "UsedNonces",
     "digest_response",
     "parse_auth_header",
 ]
@@ -303,6 +305,7 @@ class DigestServer:
         allow_rfc2069: bool = True,
         track_nc: bool = True,
         max_nonces: int = 50_000,
+        used: UsedNonces | None = None,
     ) -> None:
         algs = tuple(algorithms)
         for alg in algs:
@@ -319,10 +322,10 @@ class DigestServer:
         self.track_nc = track_nc
         self._secret = secret
         self._accepted = {a.upper() for a in algs}
-        self.max_nonces = max_nonces
-        # nonce -> (last nc, issued at), in order of first use (~ order of issue)
-        self._used: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self._floor = float("-inf")  # nonces issued no later than this are used up
+        if used is not None and used.ttl < nonce_ttl:
+            raise ValueError("the used-nonce registry must keep nonces for nonce_ttl")
+        self.used = used if used is not None else UsedNonces(max_nonces, nonce_ttl)
+        """The used-nonce registry (``track_nc``); ``used`` shares one between servers."""
 
     # -- nonces -------------------------------------------------------------------
 
@@ -443,20 +446,53 @@ class DigestServer:
     # -- the used-nonce registry ------------------------------------------------------
 
     def _used_up(self, nonce: str, nc: int) -> bool:
+        return self.used.used_up(nonce, nc, self.nonce_issued_at)
+
+    def _use(self, nonce: str, nc: int, now: float) -> None:
+        self.used.use(nonce, nc, self.nonce_issued_at(nonce), now)
+
+    @property
+    def nonces_tracked(self) -> int:
+        """Used nonces remembered (bounded by the registry's ``max_nonces``)."""
+        return len(self.used)
+
+
+class UsedNonces:
+    """The bounded registry of used nonces (see the module docstring).
+
+    One may serve several :class:`DigestServer` (a node's tenants): nonces are unique
+    across realms (random salt, realm in the MAC), and one bound then covers them all.
+    ``ttl`` must be at least the servers' ``nonce_ttl``: entries older than that (plus the
+    clock skew allowed) are dropped, their nonces being refused as stale anyway.
+    """
+
+    def __init__(self, max_nonces: int = 50_000, ttl: float = 300) -> None:
+        if max_nonces < 1:
+            raise ValueError("max_nonces must be at least 1")
+        self.max_nonces = max_nonces
+        self.ttl = ttl
+        # nonce -> (last nc, issued at), in order of first use (~ order of issue)
+        self._used: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._floor = float("-inf")  # nonces issued no later than this are used up
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    def used_up(self, nonce: str, nc: int, issued_at: Callable[[str], float | None]) -> bool:
         """True when ``nonce`` with count ``nc`` was already used (or may have been)."""
         last = self._used.get(nonce)
         if last is not None:
             return nc <= last[0]
         if self._floor == float("-inf"):
             return False
-        issued = self.nonce_issued_at(nonce)
+        issued = issued_at(nonce)
         return issued is not None and issued <= self._floor
 
-    def _use(self, nonce: str, nc: int, now: float) -> None:
+    def use(self, nonce: str, nc: int, issued: float | None, now: float) -> None:
+        """Record ``nonce`` as used up to count ``nc``."""
         used = self._used
-        issued = self.nonce_issued_at(nonce)
         used[nonce] = (nc, issued if issued is not None else now)
-        horizon = now - self.nonce_ttl - _NONCE_SKEW
+        horizon = now - self.ttl - _NONCE_SKEW
         while used:
             first, (_, at) = next(iter(used.items()))
             if at < horizon:
@@ -466,11 +502,6 @@ class DigestServer:
                 self._floor = max(self._floor, at)
             else:
                 break
-
-    @property
-    def nonces_tracked(self) -> int:
-        """Used nonces remembered (bounded by ``max_nonces``)."""
-        return len(self._used)
 
 
 class ChallengeError(RemoteProtocolError, ValueError):

@@ -297,6 +297,9 @@ def test_register_for_a_domain_nobody_serves_is_404_and_makes_nothing() -> None:
     req.source = ("10.0.0.1", 5060)
     assert auth.on_register(req, 0.0).status == 401
     assert list(auth.registrars) == ["acme.example"]
+    # every tenant's realm shares the node's one used-nonce registry
+    outcome(auth, invite("9123", caller="100@beta.example"))
+    assert {id(r.auth.used) for r in auth.registrars.values() if r.auth} == {id(auth.used_nonces)}
 
 
 def test_invite_auth_is_validated() -> None:

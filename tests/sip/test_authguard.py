@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from callengine.sip.auth import REPLAYED, WRONG_RESPONSE, AuthStatus, DigestClient, DigestServer
+from callengine.sip.auth import (
+    REPLAYED,
+    WRONG_RESPONSE,
+    AuthStatus,
+    DigestClient,
+    DigestServer,
+    UsedNonces,
+)
 from callengine.sip.authguard import AuthGuard, GuardConfig, Verdict, escape_log_value
 
 T0 = 1_700_000_000.0
@@ -204,3 +211,19 @@ def test_expired_nonces_leave_the_registry() -> None:
     assert server.nonces_tracked == 20
     assert server.verify("REGISTER", credentials(server, now=T0 + 200), lookup, T0 + 200).ok
     assert server.nonces_tracked == 1
+
+
+def test_one_registry_bounds_several_realms() -> None:
+    used = UsedNonces(max_nonces=10)
+    servers = [DigestServer(f"r{i}.example", SECRET, used=used) for i in range(5)]
+    lookup = {"alice": "pw"}.get
+    for i in range(20):
+        server = servers[i % 5]
+        now = T0 + i * 0.01  # later nonces than any pushed out
+        challenge = server.challenge(now)[1]
+        value = DigestClient("alice", "pw").authorize("REGISTER", "sip:x", challenge)
+        assert server.verify("REGISTER", value, lookup, now).ok
+        assert server.verify("REGISTER", value, lookup, now).reason == REPLAYED
+    assert len(used) == 10
+    with pytest.raises(ValueError, match="nonce_ttl"):
+        DigestServer("x", SECRET, nonce_ttl=600, used=used)
