@@ -161,7 +161,9 @@ class UserAuth:
         if match is not None and not match.default:
             return bool(match.tenant.id != tenant_id)
         plan = self._plan()
-        return plan is not None and any(number.startswith(r.prefix) for r in plan.routes)
+        if plan is None or not plan.trunks:
+            return False  # no trunk: nothing leaves (the B2BUA routes nothing out)
+        return any(number.startswith(r.prefix) for r in plan.routes)
 
     def check_invite(self, call: Call) -> Handler | None:
         """``None`` when the call may go on; else the handler that answers it (407 with

@@ -449,8 +449,9 @@ class TrunkPlan:
 
         ``None`` when the source is not trusted (answer 403), or no route
         matches (answer 404), or the rewritten number would be empty.
-        ``authenticated``: the caller proved to be a tenant's user (Digest), so an
-        untrusted source may use the routes that no ``sources`` restrict.
+        ``authenticated``: the caller proved to be a tenant's user (Digest), so it
+        may use the routes from an untrusted address (still not a route whose
+        ``sources`` leave its address out).
         Never raises on network input.
         """
         address = _parse_ip(source_ip)

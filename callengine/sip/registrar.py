@@ -418,7 +418,7 @@ class Registrar:
                 break
         stale = False
         guard = self.guard
-        address, port = request.source if request.source is not None else ("", 0)
+        address = request.source[0] if request.source is not None else ""
         if credentials is not None:
 
             def password(username: str) -> str | None:

@@ -306,3 +306,36 @@ def test_invite_auth_is_validated() -> None:
     with pytest.raises(ConfigError, match="invite_auth: must be one of all, external, off"):
         tenant("x", "sometimes")
     assert tenant("x", None).invite_auth == "external"
+
+
+def test_an_authenticated_caller_may_use_unrestricted_trunk_routes_from_anywhere() -> None:
+    assert PLAN.route_outbound("9123", source_ip=PHONE[0]) is None  # untrusted
+    match = PLAN.route_outbound("9123", source_ip=PHONE[0], authenticated=True)
+    assert match is not None and match.number == "123"
+    restricted = load_trunks(
+        {
+            "trunks": {
+                "carrier": {
+                    "carrier": "C",
+                    "gateway": {"host": CARRIER[0], "port": CARRIER[1]},
+                    "spans": [{"name": "e1", "type": "E1"}],
+                }
+            },
+            "trunk_groups": {"pstn": {"trunks": ["carrier"]}},
+            "outbound_routes": [{"prefix": "9", "group": "pstn", "sources": ["10.0.0.0/8"]}],
+        },
+        source="test",
+    )
+    assert restricted.route_outbound("9123", source_ip=PHONE[0], authenticated=True) is None
+    assert restricted.route_outbound("9123", source_ip="10.1.2.3", authenticated=True)
+
+
+def test_without_trunks_nothing_leaves_and_nothing_is_challenged() -> None:
+    auth = UserAuth(
+        tenants=lambda: TENANTS,
+        lookup=lookup,
+        plan=lambda: load_trunks({}, source="empty"),
+        make_store=MemoryBindingStore,
+    )
+    assert outcome(auth, invite("9123"))[1] is None
+    assert outcome(auth, invite("6000"))[1] is not None  # another tenant's number still is
