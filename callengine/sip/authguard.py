@@ -13,16 +13,17 @@ the next: may this request's credentials be verified at all?
   (:attr:`Verdict.BANNED`): every REGISTER or challenged INVITE gets the same fresh
   401/407 challenge as anyone, so even the right password fails, and nothing tells the
   attacker that he is banned. (Not 403: sipvicious's svcrack, answered 403, asks again
-  for a challenge 200 times a second forever; challenged, it runs through its list and
-  stops, having learnt nothing. Not silence: the SIP core answers every REGISTER, and a
-  ban that costs no round trip would be cheaper for the attacker to detect.) fail2ban,
+  for a challenge without end (it ran until killed in our test); challenged, it runs through its list and
+  stops, having learnt nothing. Not silence: the SIP core has no way to leave a
+  REGISTER unanswered, and a timeout tells the attacker as much as a 403.) fail2ban,
   fed by the log, can drop the address at the firewall on top. A source that
   authenticates successfully starts again from zero.
 * **Per user** (sliding window): ``user_limit`` failures for one user, from any
   addresses, put the user into back-off: its credentials are not verified
   (:attr:`Verdict.CHALLENGE`: the request is challenged again as if the password were
-  wrong) until ``backoff`` seconds after the last failure, doubled per extra failure
-  up to ``max_backoff``. This slows a distributed guesser to a few guesses a minute
+  wrong, and counted against the sending address as ``user-backoff``) until ``backoff``
+  seconds after the last failure, doubled per extra failure up to ``max_backoff``.
+  This slows a distributed guesser to a few guesses a minute
   for that user, but it must not lock the real user out: addresses where the user
   authenticated successfully (``good_sources`` of them, most recent first) are exempt
   from the user back-off, and the back-off is short.
@@ -37,11 +38,11 @@ format that fail2ban can read (``deploy/fail2ban/``); the address comes first, b
 any value the peer chose, and those values are escaped, so a crafted user name can
 neither forge a line nor make fail2ban ban someone else::
 
-    SIP auth failure from 192.0.2.7 port 5060 UDP: reason=wrong-password method=REGISTER
-    user="100" realm="demo" action=none
+    SIP auth failure from 192.0.2.7 port 5060 UDP: reason=wrong-password
+    method="REGISTER" user="100" realm="demo" action=none   (one line in the log)
 
-``counters`` counts failures per reason and the guard's actions (bans, refusals,
-back-offs), for metrics.
+``counters`` counts failures per reason and the guard's actions (bans, requests of
+banned addresses, back-offs, requests during a back-off), for metrics.
 """
 
 from __future__ import annotations
