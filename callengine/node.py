@@ -39,10 +39,10 @@ from .calllogs import CallLogHook, CallLogWriter
 from .config import EngineConfig
 from .engine import Engine, Handler
 from .limits import networks_matcher
-from .sip.auth import DigestServer
+from .sip.authguard import GuardConfig
 from .sip.message import Request, Response
 from .sip.registrar import Binding as RegBinding
-from .sip.registrar import Registrar, UserRecord
+from .userauth import AuthCollector, UserAuth
 
 log = logging.getLogger("callengine.node")
 
@@ -93,10 +93,24 @@ class Node:
         self.writer: CallLogWriter | None = None
         self.registry = CollectorRegistry()
         self.cache_metrics = CacheMetrics(registry=self.registry)
-        self._registrars: dict[str, Registrar] = {}
-        self._secret = secrets.token_bytes(32)
+        # issue 11: registrars per tenant, INVITE challenges, the brute-force guard
+        self.auth = UserAuth(
+            tenants=lambda: self._local().config.snapshot.tenants,
+            lookup=lambda number: self._local().config.lookup(number),
+            plan=lambda: getattr(getattr(self, "b2bua", None), "plan", None),
+            make_store=lambda: PersistentBindings(self._local().bindings),
+            max_contacts=config.max_contacts,
+            guard=GuardConfig(**config.auth_guard),
+            secret=secrets.token_bytes(32),
+            algorithms=tuple(config.digest_algorithms),
+        )
+        self.registry.register(AuthCollector(self.auth))
         self.python_actions: dict[str, Callable[..., Awaitable[str | None]]] = {}
         self.recovered: list[str] = []
+
+    def _local(self) -> LocalStore:
+        assert self.store is not None, "the node is not started"
+        return self.store
 
     # ----------------------------------------------------------------- start
     async def start(self) -> None:
@@ -203,6 +217,11 @@ class Node:
         the B2BUA (403 from untrusted sources)."""
         assert self.store is not None
         b2bua = getattr(self, "b2bua", None)
+        if not call.variables.get("_auth_checked"):
+            call.variables["_auth_checked"] = "1"
+            refused = self.auth.check_invite(call)  # 407 when the route needs Digest
+            if refused is not None:
+                return refused
         if b2bua is not None and not call.variables.get("_trunk_routed"):
             call.variables["_trunk_routed"] = "1"
             trunk_handler = b2bua.route(call, self.route)
@@ -309,32 +328,7 @@ class Node:
     # --------------------------------------------------------------- registrar
     def on_register(self, request: Request, now: float) -> Response | None:
         assert self.store is not None
-        domain = request.to.uri.host if request.to is not None else ""
-        tenant = None
-        for t in self.store.config.snapshot.tenants.values():
-            if t.realm == domain or t.id == domain:
-                tenant = t
-                break
-        realm = tenant.realm if tenant is not None else domain
-        registrar = self._registrars.get(realm)
-        if registrar is None:
-            store = PersistentBindings(self.store.bindings)
-
-            def lookup_user(domain: str, user: str) -> UserRecord | None:
-                snap = self.store.config.snapshot  # type: ignore[union-attr]
-                for t in snap.tenants.values():
-                    if t.realm == domain or t.id == domain:
-                        u = t.users.get(user)
-                        return UserRecord(password=u.password, tenant=t.id) if u else None
-                return None
-
-            registrar = Registrar(
-                lookup_user=lookup_user,
-                store=store,
-                auth=DigestServer(realm or "callengine", self._secret),
-            )
-            self._registrars[realm] = registrar
-        return registrar.handle(request, time.time())
+        return self.auth.on_register(request, now)
 
     def owns_number(self, number: str) -> bool:
         """A tenant owns ``number`` (the default route does not count)."""
@@ -352,7 +346,7 @@ class Node:
         t = self.store.config.tenant(tenant)
         if t is None:
             return []
-        registrar = self._registrars.get(t.realm)
+        registrar = self.auth.registrars.get(t.realm)
         if registrar is None:
             store = PersistentBindings(self.store.bindings)
             return [b for b in store.get(f"{user}@{t.realm}") if b.expires_at > time.time()]
