@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._abnf import HOST_RE
 from .dialog import Dialog, DialogState, new_tag
 from .errors import RemoteProtocolError
 from .message import PartialRequestError, Request, Response, make_response, parse_message
@@ -299,8 +300,9 @@ class UserAgent:
             return source
         via = request.vias[0]
         params = via.params
-        if "maddr" in params:
-            return (params["maddr"] or via.host, via.port or 5060)
+        maddr = params.get("maddr")
+        if maddr and HOST_RE.match(maddr):  # a maddr that is no host is ignored
+            return (maddr.strip("[]"), via.port or 5060)
         rport = params.get("rport")
         if "rport" in params:
             if rport and len(rport) <= 5 and rport.isascii() and rport.isdigit():
@@ -321,7 +323,8 @@ class UserAgent:
         if "rport" in via.params:
             via.params["rport"] = str(src[1])
             changed = True
-        if via.host.strip("[]") != src[0]:
+        if via.host.strip("[]") != src[0] or "received" in via.params:
+            # §18.2.1; a received the peer wrote itself is not an address to trust
             via.params["received"] = src[0]
             changed = True
         if changed:

@@ -187,6 +187,25 @@ def test_bad_rport_answers_the_source_port(kit: SimpleNamespace, rport: str) -> 
     assert resp.status == 200 and resp.dest == ("192.0.2.10", 40000)
 
 
+@pytest.mark.parametrize(
+    "via",
+    [
+        # a received= the peer wrote itself (its sent-by is its source address)
+        "SIP/2.0/UDP 192.0.2.10:5060;received=a\x00b;branch=z9hG4bK-rc",
+        'SIP/2.0/UDP 192.0.2.10:5060;received="x y";branch=z9hG4bK-rc',
+        # a maddr that is no host
+        "SIP/2.0/UDP 192.0.2.10:5060;maddr=a\x00b;branch=z9hG4bK-ma",
+        'SIP/2.0/UDP 192.0.2.10:5060;maddr="a b";branch=z9hG4bK-ma',
+    ],
+)
+def test_response_goes_to_an_address_sendto_accepts(kit: SimpleNamespace, via: str) -> None:
+    h = kit.Harness()
+    [resp] = h.receive(with_header(options(), "Via", via), source=("192.0.2.10", 5060))
+    assert resp.status == 200 and resp.dest == ("192.0.2.10", 5060)
+    if "received" in via:
+        assert b";received=192.0.2.10;" in resp.data
+
+
 @pytest.mark.parametrize("cause", ["\u00b2", "9" * 5000])
 def test_bad_reason_cause_in_cancel_is_ignored(kit: SimpleNamespace, cause: str) -> None:
     h = kit.Harness(kit.RecordingApp(incoming="ring"))
