@@ -783,7 +783,7 @@ def _expects_response(data: bytes, node: Node, *, stream: bool = False) -> bool:
     if data.startswith(b"SIP/") or not data.strip(b"\r\n"):
         return False
     first = data.lstrip(b"\r\n").split(b"\n", 1)[0]
-    if first.split(b" ", 1)[0] == b"ACK":
+    if first.rstrip(b"\r").split(b" ", 1)[0] == b"ACK":  # never answered (§17.2.1)
         return False
     head = data.lstrip(b"\r\n")
     ends = [i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0]
@@ -850,7 +850,10 @@ def run_case(seed: Seed, data: bytes, transport: str = "UDP") -> Result:
     del node.sent[fed:]  # classified by what the message itself made the node send
     if replies:
         finals = [r for r in replies if not r.startswith(b"SIP/2.0 1")]
-        status = (finals or replies)[-1][8:11].decode()
+        last = (finals or replies)[-1]
+        status = last[8:11].decode()
+        if status == "500":  # RFC 3261's own 500s (§12.2.2, §14.2) name their cause
+            status += " " + last.split(b"\r\n", 1)[0][12:].decode("utf-8", "replace")
         return Result(f"response {status}")
     if expect:
         return Result("escape no-response", "no response to a request")
