@@ -823,6 +823,8 @@ def run_case(seed: Seed, data: bytes, transport: str = "UDP") -> Result:
             messages = StreamFramer().feed(data)
         except RemoteProtocolError:
             return Result("dropped framing (connection closed)")
+        except Exception as exc:  # the transport catches only RemoteProtocolError
+            return Result("escape framing", _signature("framer exception", exc), _where(exc))
         if not messages:
             return Result("incomplete on the stream")
         data = messages[0]
