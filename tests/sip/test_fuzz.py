@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import fuzz_sip
-from callengine.sip.message import PartialRequestError, parse_message
+from callengine.sip.errors import RemoteProtocolError
+from callengine.sip.message import PartialRequestError, StreamFramer, parse_message
 from callengine.sip.useragent import InviteSession
 
 FUZZ_COUNT = 30_000
@@ -243,3 +244,13 @@ def test_receive_never_raises_and_logs_one_line(
     assert h.ua.counters.internal_errors == 1
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "KeyError" in record.getMessage() and record.exc_info is None
+
+
+@pytest.mark.parametrize("length", ["9" * 5000, "\u00b2", "1" * 10])
+def test_stream_framer_refuses_a_content_length_it_cannot_read(length: str) -> None:
+    """Over TCP a ValueError here went past the transport (it catches only
+    RemoteProtocolError) into the event loop as 'Unhandled exception'."""
+    data = options().replace(b"Content-Length: 0", f"Content-Length: {length}".encode())
+    with pytest.raises(RemoteProtocolError) as exc:
+        StreamFramer().feed(data)
+    assert exc.value.reason == "Bad Request - malformed Content-Length"
