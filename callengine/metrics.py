@@ -73,6 +73,7 @@ class EngineCollector(Collector):
             d.add_metric(["response"], counters.dropped_responses)
             d.add_metric(["ack"], counters.dropped_acks)
             d.add_metric(["oversized"], counters.oversized)
+            d.add_metric(["internal_error"], counters.internal_errors)
             yield d
             o = CounterMetricFamily(
                 "callengine_overload_rejected", "INVITEs refused with 503 (limits, draining)"
