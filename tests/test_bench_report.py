@@ -1,0 +1,98 @@
+"""The benchmark report generator on canned results (tests/fixtures/bench): no load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+
+FIXTURES = Path(__file__).parent / "fixtures" / "bench"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk, after checking the signature and CRC."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert (length, kind) == (13, b"IHDR")
+    (crc,) = struct.unpack(">I", data[16 + length : 20 + length])
+    assert crc == zlib.crc32(data[12 : 16 + length])
+    assert data.endswith(b"IEND\xaeB`\x82")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    for src in FIXTURES.glob("*.json"):
+        shutil.copy(src, tmp_path / src.name)
+    return tmp_path
+
+
+def test_render_writes_valid_pngs_at_100_dpi(folder: Path) -> None:
+    written = report.render(folder)
+    assert sorted(p.name for p in written) == ["cps.png", "media.png", "soak.png", "summary.md"]
+    # figsize in inches x 100 dpi
+    assert png_size(folder / "cps.png") == (900, 900)
+    assert png_size(folder / "media.png") == (900, 500)
+    assert png_size(folder / "soak.png") == (900, 600)
+    for name in ("cps.png", "media.png", "soak.png"):
+        assert (folder / name).stat().st_size < 200_000
+
+
+def test_summary_holds_the_ratios_of_the_fixture(folder: Path) -> None:
+    report.render(folder)
+    text = (folder / "summary.md").read_text()
+    # calls/s: engine 600 and --no-media 1,000 against the UAS's 10,000; sustained
+    # 550 and 900 against 9,000; CPU per call (100 % / 600) / (80 % / 10,000) = 20.8
+    assert "**engine: 0.060 x SIPp's UAS** in calls/s (600 vs 10,000); sustained 0.061" in text
+    assert "one call costs 20.8 x the reference's CPU" in text
+    assert "| engine --no-media | 1,000 | 1,100 | 900 | 96 % | 0.100 | 0.100 | 12.0 |" in text
+    assert "| sipp -sn uas | 10,000 | 12,000 | 9,000 | 80 % | 1.000 | 1.000 | 1.0 |" in text
+    # media: worst max delta / 20 ms; CPU per 1,000 streams
+    assert "| 500 | 500 | 24.0 ms | 1.20 | 0.80 ms | 0 | 27 % | 54 % | yes |" in text
+    assert "| 2,000 | 2,000 | 45.0 ms | 2.25 | 0.80 ms | 12 | 99 % | 50 % | no |" in text
+    assert "**1,000** per engine process" in text
+    # soak: 26 ms / 20 ms, lag 25 ms / 20 ms target, RSS 1.12
+    assert "**1.30 x the 20 ms packet time**" in text
+    assert "**1.25 x the 20 ms target**" in text
+    assert "**1.120** (100.0 -> 112.0 MB" in text
+    assert "| loop lag max <= 20 ms (load phase) | FAIL |" in text
+    for image in ("cps.png", "media.png", "soak.png"):
+        assert f"]({image})" in text
+    assert "loaded machine" not in text
+
+
+def test_loaded_machine_and_capped_reference_are_said(folder: Path) -> None:
+    doc = json.loads((folder / "sip_cps.json").read_text())
+    doc["environment"]["loadavg_at_start"] = [3.5, 2.0, 1.0]
+    uas = doc["results"][2]
+    uas["first_bad_cps"] = None
+    (folder / "sip_cps.json").write_text(json.dumps(doc))
+    (folder / "soak.json").unlink()
+    report.render(folder)
+    text = (folder / "summary.md").read_text()
+    assert (
+        "**Measured on a loaded machine** (1-minute load average at the start: sip_cps 3.50" in text
+    )
+    assert "**engine: <= 0.060 x SIPp's UAS**" in text
+    assert "ratios are upper bounds" in text
+    assert "## Soak (`benchmarks.soak`)\n\nNot run." in text
+    assert not (folder / "soak.png").exists()
+
+
+def test_render_command_line(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (folder / "media_streams.json").unlink()
+    assert report.main(["render", str(folder)]) == 0
+    assert capsys.readouterr().out.split() == [
+        str(folder / "cps.png"),
+        str(folder / "soak.png"),
+        str(folder / "summary.md"),
+    ]
