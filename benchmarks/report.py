@@ -82,7 +82,9 @@ class CpsRow:
     ratio: float | None
     """max_cps / the reference's max_cps."""
     sustained_ratio: float | None
-    """sustained_cps / the reference's sustained_cps (or its max_cps if not measured)."""
+    """sustained_cps / the reference's sustained_cps, when both held a rate."""
+    sustained_below: int | None
+    """When no sustained step held (sustained_cps 0): the lowest rate tried."""
     cpu_per_call_ratio: float | None
     """(CPU % / max_cps) / the same for the reference: how many times the reference's
     CPU one call costs."""
@@ -93,7 +95,7 @@ def cps_rows(doc: dict[str, Any]) -> list[CpsRow]:
     results = doc.get("results", [])
     ref = next((r for r in results if r["peer"] == REFERENCE_PEER), None)
     ref_max = ref["max_cps"] if ref else 0
-    ref_sustained = (ref.get("sustained_cps") or ref_max) if ref else 0
+    ref_sustained = ref.get("sustained_cps") if ref else None
     ref_cpu = ref.get("peer_cpu_pct_at_max") if ref else None
     ref_cost = (ref_cpu / ref_max) if ref_cpu and ref_max else None
     rows = []
@@ -111,7 +113,10 @@ def cps_rows(doc: dict[str, Any]) -> list[CpsRow]:
                 cpu_pct_at_max=cpu,
                 ratio=(best / ref_max) if ref_max else None,
                 sustained_ratio=(sustained / ref_sustained)
-                if sustained is not None and ref_sustained
+                if sustained and ref_sustained
+                else None,
+                sustained_below=min((t["rate"] for t in r.get("sustain_steps", [])), default=None)
+                if sustained == 0
                 else None,
                 cpu_per_call_ratio=(cost / ref_cost) if cost and ref_cost else None,
             )
@@ -204,6 +209,12 @@ def summary_markdown(
     return "\n".join(out)
 
 
+def _sustained(r: CpsRow) -> str:
+    if r.sustained_below is not None:
+        return f"< {r.sustained_below:,}"
+    return _f(r.sustained_cps)
+
+
 def _cps_section(doc: dict[str, Any] | None) -> list[str]:
     out = ["## SIP calls per second (`benchmarks.sip_cps`)", ""]
     if not doc:
@@ -227,8 +238,8 @@ def _cps_section(doc: dict[str, Any] | None) -> list[str]:
                 continue
             out.append(
                 f"- **{r.peer}: {_ratio(r.ratio, bound=capped)} x SIPp's UAS** in calls/s "
-                f"({r.max_cps:,} vs {ref.max_cps:,}); sustained "
-                f"{_ratio(r.sustained_ratio, bound=capped)}; one call costs "
+                f"({r.max_cps:,} vs {ref.max_cps:,}); sustained {_sustained(r)} vs "
+                f"{_sustained(ref)} ({_ratio(r.sustained_ratio)}); one call costs "
                 f"{_f(r.cpu_per_call_ratio, '{:.1f}')} x the reference's CPU."
             )
         if capped:
@@ -244,9 +255,9 @@ def _cps_section(doc: dict[str, Any] | None) -> list[str]:
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         out.append(
-            f"| {r.peer} | {r.max_cps:,} | {_f(r.first_bad_cps)} | {_f(r.sustained_cps)} | "
+            f"| {r.peer} | {r.max_cps:,} | {_f(r.first_bad_cps)} | {_sustained(r)} | "
             f"{_f(r.cpu_pct_at_max, '{:.0f} %')} | {_ratio(r.ratio, bound=capped)} | "
-            f"{_ratio(r.sustained_ratio, bound=capped)} | {_f(r.cpu_per_call_ratio, '{:.1f}')} |"
+            f"{_ratio(r.sustained_ratio)} | {_f(r.cpu_per_call_ratio, '{:.1f}')} |"
         )
     out += ["", "![CPS search](cps.png)", ""]
     return out
