@@ -228,6 +228,11 @@ def _cps_section(doc: dict[str, Any] | None) -> list[str]:
         f"{100 * doc.get('max_failed_fraction', 0.001):g} % failed calls; sustained step "
         f"{doc.get('sustain_seconds', 0):g} s."
     )
+    if doc.get("step_seconds", 10) < 10:
+        out.append(
+            f"{doc['step_seconds']:g} s steps overstate what a peer holds (pauses come every "
+            "few tens of seconds, DESIGN.md): the sustained figures are the ones to quote."
+        )
     out.append("")
     if ref is None:
         out.append("The reference (`sipp -sn uas`) was not run: no ratios.")
@@ -431,7 +436,7 @@ def plot_cps(doc: dict[str, Any], path: Path) -> None:
         label="pass threshold",
     )
     ax2.set_yscale("symlog", linthresh=0.1)
-    ax2.set_ylim(bottom=0)
+    ax2.set_ylim(0, 100)
     ax2.set_ylabel("failed or not completed (%)")
     ax2.legend(loc="upper left", fontsize="small")
     ax3.set_ylabel("CPU (% of one core)")

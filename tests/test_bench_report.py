@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -58,7 +59,10 @@ def test_summary_holds_the_ratios_of_the_fixture(rendered: tuple[Path, list[Path
     text = (folder / "summary.md").read_text()
     # calls/s: engine 600 and --no-media 1,000 against the UAS's 10,000; sustained
     # 550 and 900 against 9,000; CPU per call (100 % / 600) / (80 % / 10,000) = 20.8
-    assert "**engine: 0.060 x SIPp's UAS** in calls/s (600 vs 10,000); sustained 0.061" in text
+    assert (
+        "**engine: 0.060 x SIPp's UAS** in calls/s (600 vs 10,000); sustained 550 vs 9,000 "
+        "(0.061)" in text
+    )
     assert "one call costs 20.8 x the reference's CPU" in text
     assert "| engine --no-media | 1,000 | 1,100 | 900 | 96 % | 0.100 | 0.100 | 12.0 |" in text
     assert "| sipp -sn uas | 10,000 | 12,000 | 9,000 | 80 % | 1.000 | 1.000 | 1.0 |" in text
@@ -81,6 +85,7 @@ def test_loaded_machine_and_capped_reference_are_said() -> None:
     doc["environment"]["loadavg_at_start"] = [3.5, 2.0, 1.0]
     uas = doc["results"][2]
     uas["first_bad_cps"] = None
+    uas["sustained_cps"] = 0  # none of its sustained steps (10,000 then 9,000) held
     media = json.loads((FIXTURES / "media_streams.json").read_text())
     text = report.summary_markdown(cps=doc, media=media, soak=None, manifest=None)
     assert (
@@ -88,6 +93,8 @@ def test_loaded_machine_and_capped_reference_are_said() -> None:
     )
     assert "**engine: <= 0.060 x SIPp's UAS**" in text
     assert "ratios are upper bounds" in text
+    assert "sustained 550 vs < 9,000 (-)" in text
+    assert "| sipp -sn uas | 10,000 | - | < 9,000 | 80 % | <= 1.000 | - | 1.0 |" in text
     assert "## Soak (`benchmarks.soak`)\n\nNot run." in text
 
 
@@ -102,3 +109,13 @@ def test_render_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     text = (tmp_path / "summary.md").read_text()
     assert "## SIP calls per second (`benchmarks.sip_cps`)\n\nNot run." in text
     assert not (tmp_path / "cps.png").exists()
+
+
+def test_readme_plots_point_at_the_committed_latest_report() -> None:
+    root = Path(__file__).resolve().parents[1]
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (root / "README.md").read_text())
+    plots = [link for link in links if link.startswith("benchmarks/results/latest/")]
+    assert sorted(Path(p).name for p in plots) == ["cps.png", "media.png", "soak.png"]
+    for link in plots:
+        png_size(root / link)
+    assert (root / "benchmarks/results/latest/summary.md").is_file()
