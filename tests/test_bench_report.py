@@ -119,3 +119,51 @@ def test_readme_plots_point_at_the_committed_latest_report() -> None:
     for link in plots:
         png_size(root / link)
     assert (root / "benchmarks/results/latest/summary.md").is_file()
+
+
+FAKE_BENCHMARK = """
+import json, os, subprocess, sys, time
+from pathlib import Path
+
+mode = sys.argv[1]
+if mode == "writes":
+    out = Path(sys.argv[2]) / "fake-20261130T000000.json"
+    out.write_text(json.dumps({"benchmark": "fake", "args": sys.argv[3:]}))
+    out.with_suffix(".png").write_bytes(b"not ours")
+    print("step 1 ok")
+    print(f"results written to {out}", flush=True)
+    sys.exit(1)
+# "hangs": a peer of its own, then silence until stopped
+peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+Path(sys.argv[2], "peer.pid").write_text(str(peer.pid))
+time.sleep(600)
+"""
+
+
+def test_run_one_collects_the_json_a_benchmark_writes(tmp_path: Path) -> None:
+    (tmp_path / "fakebench.py").write_text(FAKE_BENCHMARK)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run = report._run_one(
+        "soak", ["writes", str(tmp_path), "--x"], folder, module="fakebench", cwd=tmp_path
+    )
+    assert run["returncode"] == 1 and run["json"] == "soak.json" and not run["timed_out"]
+    assert run["command"] == f"python -m fakebench writes {tmp_path} --x"
+    assert json.loads((folder / "soak.json").read_text())["args"] == ["--x"]
+    # moved, and the benchmark's own plot dropped (the report draws its own)
+    assert list(tmp_path.glob("fake-*")) == []
+
+
+def test_run_one_stops_a_silent_benchmark_and_its_peers(tmp_path: Path) -> None:
+    (tmp_path / "fakebench.py").write_text(FAKE_BENCHMARK)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run = report._run_one(
+        "sip_cps", ["hangs", str(tmp_path)], folder, module="fakebench", timeout=2.0, cwd=tmp_path
+    )
+    assert run["timed_out"] and run["returncode"] == -15 and run["json"] is None
+    assert 2.0 <= run["seconds"] < 30.0
+    peer = int((tmp_path / "peer.pid").read_text())
+    stat = Path(f"/proc/{peer}/stat")
+    # killed with its group: gone, or a zombie until init reaps it
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
