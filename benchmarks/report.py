@@ -504,12 +504,23 @@ def _nan(v: float | None) -> float:
 
 
 def plot_soak(doc: dict[str, Any], path: Path) -> None:
-    """RSS and event-loop lag over time from a soak document (load phase marked)."""
+    """RSS (node tree, and each process when there are several) and event-loop lag over
+    time from a soak document; load phase marked, RTP capture windows shaded. Also
+    draws ``benchmarks.soak``'s own plot."""
     plt = _pyplot()
     series = doc.get("series", [])
     t = [r["t"] for r in series]
     fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
     ax1.plot(t, [r["rss_total_kb"] / 1024 for r in series], label="node + descendants")
+    pids = sorted({pid for r in series for pid in r.get("rss_kb", {})})
+    if len(pids) > 1:
+        names = doc.get("processes", {})
+        for pid in pids:
+            ax1.plot(
+                t,
+                [_nan(r["rss_kb"].get(pid)) / 1024 for r in series],
+                label=f"{pid} {names.get(pid, '')[:40]}",
+            )
     ax1.set_ylabel("RSS (MB)")
     ax1.legend(loc="upper left", fontsize="small")
     ax2.plot(t, [_nan(r.get("loop_lag_last_ms")) for r in series], ".", label="lag, last")
@@ -520,14 +531,21 @@ def plot_soak(doc: dict[str, Any], path: Path) -> None:
     ax2.set_xlabel("seconds since the node started")
     ax2.legend(loc="upper left", fontsize="small")
     marks = doc.get("marks_s", {})
+    windows = doc.get("summary", {}).get("rtp", {}).get("windows", [])
     for ax in (ax1, ax2):
-        if "load_start" in marks and "load_end" in marks:
-            ax.axvspan(marks["load_start"], marks["load_end"], color="orange", alpha=0.1)
+        for key in ("load_start", "load_end"):
+            if key in marks:
+                ax.axvline(marks[key], color="grey", linestyle="--")
+        if "load_start" in marks:
+            for w in windows:
+                start = marks["load_start"] + w["start_s"]
+                ax.axvspan(start, start + w["seconds"], color="orange", alpha=0.15)
         ax.grid(True, alpha=0.3)
     cfg = doc.get("config", {})
     fig.suptitle(
         f"soak: {cfg.get('held', '?')} held calls + {cfg.get('cps', '?')} calls/s, "
-        f"{cfg.get('minutes', 0):g} min (shaded: load phase)"
+        f"{cfg.get('minutes', 0):g} min ({doc.get('started', '')})\n"
+        "dashed: load phase; shaded: RTP capture windows"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
