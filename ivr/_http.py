@@ -1,8 +1,8 @@
 """The HTTP client of webhook nodes (``http://`` only), on httpx.
 
-This is the only module that imports httpx. One request per connection
-(``Connection: close``, as webhook servers behind a load balancer expect no
-affinity), a JSON body, a deadline over the whole exchange, the response body
+This is the only module that imports httpx (and its transport stack). One request
+per connection (``Connection: close``: no connection outlives its request, so
+nothing is shared between event loops, flows or tenants), a JSON body, a deadline over the whole exchange, the response body
 capped at 1 MiB (checked against ``Content-Length`` before reading, and while
 reading when there is none). Anything going wrong is an :class:`HttpError`: a
 webhook failure the flow routes to ``on_failure``, never a crash.
@@ -32,6 +32,7 @@ try:
     import httpcore  # noqa: F401
 except ImportError:  # pragma: no cover - a layout change in anyio: only slower
     pass
+
 __all__ = ["HttpError", "HttpResponse", "request"]
 
 _MAX_BODY = 1 << 20
