@@ -91,6 +91,12 @@ class EngineCollector(Collector):
             r.add_metric(["in"], ua.transactions.retransmissions_in)
             r.add_metric(["out"], ua.transactions.retransmissions_out)
             yield r
+        rb = GaugeMetricFamily(
+            "callengine_sip_receive_queue_bytes",
+            "Bytes waiting in the fullest UDP receive buffer (at the last lag sample)",
+        )
+        rb.add_metric([], engine.receive_backlog)
+        yield rb
         od = CounterMetricFamily(
             "callengine_overload_dropped",
             "New INVITEs dropped unread while the event loop was far behind",
