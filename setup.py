@@ -21,6 +21,7 @@ setup(
         "PyYAML==6.0.3",
         "aiortc==1.16.0",
         "pjsua2-python==2.15.1.post1",
+        "aiohttp>=3.9,<4",
     ],
     entry_points={"console_scripts": ["callengine=callengine.cli:main"]},
 )

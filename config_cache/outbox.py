@@ -267,3 +267,42 @@ class Outbox:
                 continue
         rows.reverse()
         return rows
+
+    def recent(self, limit: int) -> list[tuple[str, float | None, CallLog]]:
+        """The newest ``limit`` call logs, oldest first, as ``(state, shipped_at, log)``:
+        shipped ones from the ring (state ``shipped``), then final records waiting in
+        the outbox and open ones (calls in progress). Reads at most about ``3 * limit``
+        records, whatever the outbox holds (a running node serves this to its admin API
+        from a thread)."""
+        limit = max(0, limit)
+        rows: list[tuple[str, float | None, CallLog]] = [
+            ("shipped", at, rec) for at, rec in self.recently_shipped(limit)
+        ]
+        with self._lock:
+            final_ids = heapq.nlargest(limit, self._final.items(), key=lambda kv: kv[1])
+            open_ids = list(self._open)[:limit]
+        for call_id in [cid for cid, _end in reversed(final_ids)] + open_ids:
+            value = self._db.get(_okey(call_id))
+            if value is None:
+                continue
+            try:
+                state, rec = self._decode(value)
+            except ValueError:
+                continue
+            rows.append((state, None, rec))
+        return rows[-limit:] if limit else []
+
+    def find(self, call_id: str) -> tuple[str, float | None, CallLog] | None:
+        """One call's log: its outbox record, else the newest entry of the shipped ring
+        with that call id; None when neither holds it."""
+        value = self._db.get(_okey(call_id))
+        if value is not None:
+            try:
+                state, rec = self._decode(value)
+            except ValueError:
+                return None
+            return state, None, rec
+        for at, rec in reversed(self.recently_shipped()):
+            if rec.call_id == call_id:
+                return "shipped", at, rec
+        return None
