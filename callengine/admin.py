@@ -255,7 +255,13 @@ class AdminServer:
 
     # ------------------------------------------------------------- endpoints
     async def health(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "ok", "node": self.node.config.node_id})
+        return web.json_response(
+            {
+                "status": "ok",
+                "node": self.node.config.node_id,
+                "followers": len(self.feed.readers),
+            }
+        )
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         node = self.node
