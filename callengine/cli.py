@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from config_cache import ConfigError
@@ -17,6 +18,9 @@ from config_cache import ConfigError
 log = logging.getLogger("callengine.cli")
 
 __all__ = ["main"]
+
+ADMIN_URL_FILE = "admin-url"
+"""In the data directory while the node runs: the URL of its admin API."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -193,6 +197,9 @@ async def _run_node(cfg: object) -> int:
             )
             await _quiet_stop(node)
             return 1
+        # `callengine logs --data-dir DIR` finds the API of the node that holds DIR
+        admin_file = Path(cfg.data_dir) / ADMIN_URL_FILE
+        admin_file.write_text(f"http://{cfg.admin.replace('0.0.0.0', '127.0.0.1')}\n")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -209,6 +216,7 @@ async def _run_node(cfg: object) -> int:
     await node.stop()
     if admin is not None:
         await admin.stop()
+        (Path(cfg.data_dir) / ADMIN_URL_FILE).unlink(missing_ok=True)
     log.info("stopped")
     return 0
 

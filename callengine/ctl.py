@@ -8,11 +8,13 @@ with an error or cannot be reached, 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -205,8 +207,13 @@ def print_logs(client: AdminClient, *, limit: int | None, follow: bool, as_json:
 
 def remote_logs(args: argparse.Namespace) -> int:
     """``callengine logs`` while the node runs (its LevelDB is locked): through the API."""
+    url = getattr(args, "admin", None)
+    if url is None and args.data_dir is not None:
+        # the running node wrote where its API listens (callengine serve, cli.py)
+        with contextlib.suppress(OSError):
+            url = (Path(args.data_dir) / "admin-url").read_text().strip() or None
     try:
-        client = AdminClient(getattr(args, "admin", None), getattr(args, "token", None))
+        client = AdminClient(url, getattr(args, "token", None))
         return print_logs(
             client, limit=args.limit, follow=getattr(args, "follow", False), as_json=args.json
         )

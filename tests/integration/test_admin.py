@@ -278,9 +278,10 @@ def test_reload_changed_ivr_and_logs_while_running(
         follower.terminate()
         follower.wait(10)
 
-    # `callengine logs` while the node runs (and holds the LevelDB): through the API
+    # `callengine logs` while the node runs (and holds the LevelDB): through the API,
+    # whose address the node left in its data directory
     out = subprocess.run(
-        [CALLENGINE, "logs", "--data-dir", str(node.daemon.data_dir), "--admin", node.admin],
+        [CALLENGINE, "logs", "--data-dir", str(node.daemon.data_dir)],
         capture_output=True,
         text=True,
         timeout=30,
