@@ -335,8 +335,32 @@ def test_admin_off_loopback_needs_a_token(
     assert refused.returncode == 2
     assert "admin_token" in refused.stderr and "0.0.0.0" in refused.stderr
 
+    # two trunks whose gateways do not exist: one not probed (stays up), one probed
+    # every second that the breaker takes down after one failed probe
+    config = tmp_path / "trunks.yaml"
+    config.write_text(
+        f"""
+trunks:
+  quiet:
+    carrier: Q
+    gateway: {{host: 127.0.0.1, port: {free_port()}}}
+    spans: [{{name: q1, type: E1}}]
+    health: {{probe: false}}
+  dead:
+    carrier: D
+    gateway: {{host: 127.0.0.1, port: {free_port()}}}
+    spans: [{{name: d1, type: T1}}, {{name: d2, type: T1}}]
+    health: {{probe_interval: 1, probe_timeout: 0.3, down_after: 1, cool_down: 60}}
+"""
+    )
     token = secrets.token_hex(16)
-    daemon_factory("--admin", f"0.0.0.0:{port}", env={"CALLENGINE_ADMIN_TOKEN": token})
+    daemon_factory(
+        "--config",
+        str(config),
+        "--admin",
+        f"0.0.0.0:{port}",
+        env={"CALLENGINE_ADMIN_TOKEN": token},
+    )
     wait_for("the admin API", lambda: _health(port))
     for method, path in [("GET", "/calls"), ("POST", "/drain"), ("GET", "/logs")]:
         assert _status(port, path, method=method) == 401
@@ -347,4 +371,13 @@ def test_admin_off_loopback_needs_a_token(
     with pytest.raises(AdminError) as denied:
         client.request("GET", "/trunks")
     assert denied.value.status == 401
-    assert AdminClient(f"127.0.0.1:{port}", token=token).request("GET", "/trunks") == {"trunks": []}
+    api = AdminClient(f"127.0.0.1:{port}", token=token)
+
+    def trunks() -> dict[str, tuple[str, int, int]]:
+        return {
+            t["name"]: (t["state"], t["channels_in_use"], t["channels"])
+            for t in api.request("GET", "/trunks")["trunks"]
+        }
+
+    wait_for("the probed trunk to go down", lambda: trunks()["dead"][0] == "down")
+    assert trunks() == {"quiet": ("up", 0, 30), "dead": ("down", 0, 46)}
