@@ -66,6 +66,8 @@ MAX_PAGE = 1000
 MAX_FOLLOWERS = 16
 FOLLOW_QUEUE = 1000
 """Call logs a ``/logs/follow`` reader may lag behind before lines are dropped."""
+FOLLOW_CHECK = 5.0
+"""Seconds between checks that a quiet ``/logs/follow`` reader is still connected."""
 OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
@@ -203,9 +205,11 @@ class AdminServer:
     async def start(self) -> None:
         """Bind and serve. Raises OSError when the address cannot be bound."""
         self.node.engine.hooks.append(self.feed)
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.host, self.port)
         try:
             await site.start()
         except BaseException:
@@ -403,7 +407,13 @@ class AdminServer:
         feed.readers.append(queue)
         try:
             while not self.stopping:
-                line = await queue.get()
+                try:
+                    line = await asyncio.wait_for(queue.get(), FOLLOW_CHECK)
+                except TimeoutError:
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        break  # the reader left while no call ended: free its place
+                    continue
                 if not line:
                     break
                 await response.write(line)

@@ -277,6 +277,8 @@ def test_reload_changed_ivr_and_logs_while_running(
     finally:
         follower.terminate()
         follower.wait(10)
+    # a reader that went away while no call ended gives its place back
+    wait_for("the follower's place to be freed", lambda: _followers(node) == 0)
 
     # `callengine logs` while the node runs (and holds the LevelDB): through the API,
     # whose address the node left in its data directory
