@@ -198,8 +198,9 @@ async def _run_node(cfg: object) -> int:
             await _quiet_stop(node)
             return 1
         # `callengine logs --data-dir DIR` finds the API of the node that holds DIR
-        admin_file = Path(cfg.data_dir) / ADMIN_URL_FILE
-        admin_file.write_text(f"http://{cfg.admin.replace('0.0.0.0', '127.0.0.1')}\n")
+        local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+        (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

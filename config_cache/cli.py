@@ -126,6 +126,12 @@ def _import(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except ConfigError as exc:
+        if "lock" in str(exc).lower():
+            print(
+                "hint: the node is running and holds its LevelDB: list the file in the node's "
+                "tenant_files and run `callengine ctl reload` (docs/admin.md)",
+                file=sys.stderr,
+            )
         return _fail(exc)
     return 0
 

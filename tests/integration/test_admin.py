@@ -263,6 +263,15 @@ def test_reload_changed_ivr_and_logs_while_running(
 
         # the changed flow is picked up by a reload, without a restart
         node.tenant_file.write_text(TENANT_V1.read_text().replace("_v1", "_v2"))
+        locked = subprocess.run(
+            [CALLENGINE, "config", "import", str(node.tenant_file)]
+            + ["--data-dir", str(node.daemon.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert locked.returncode == 2 and "callengine ctl reload" in locked.stderr
         assert node.api.request("POST", "/reload")["changed"] == ["adm"]
         second = one_call()
         assert steps(second) == ["greet_v2", "bye_v2"]
