@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -57,9 +58,20 @@ def over(before: dict[str, float], after: dict[str, float], ms: str) -> tuple[in
     return int(total - within), int(total)
 
 
-def lags(b0: dict[str, float], b1: dict[str, float]) -> str:
-    counts = [over(b0, b1, ms) for ms in ("10", "20", "50")]
+LAGS = "2/5/10/20 ms"
+
+
+def lags(b0: dict[str, float], b1: dict[str, float], *, swap: bool = False) -> str:
+    if swap:
+        b0, b1 = b1, b0
+    counts = [over(b0, b1, ms) for ms in ("2", "5", "10", "20")]
     return "/".join(str(late) for late, _ in counts) + f" of {counts[0][1]}"
+
+
+def post(url: str) -> bytes:
+    req = urllib.request.Request(url, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return bytes(resp.read())
 
 
 def main() -> int:
@@ -119,6 +131,21 @@ def main() -> int:
             health = json.loads(get(base + "/health"))
             slices = (health["calls_slice_max_ms"], health["calls_slice_cpu_max_ms"])
             results[rtp] = (body["total"], times, slices, b0, b1)
+        # then every call is hung up through the API and the logs are read back
+        ids = [c["id"] for c in json.loads(get(f"{base}/calls?rtp=0"))["calls"]]
+        for call_id in ids:
+            post(f"{base}/calls/{urllib.parse.quote(call_id, safe='')}/hangup")
+        while json.loads(get(base + "/ready"))["calls"]:
+            time.sleep(0.5)
+        time.sleep(2)
+        b0 = lag_buckets(murl)
+        log_times = []
+        for _ in range(args.requests):
+            t0 = time.perf_counter()
+            count = len(json.loads(get(f"{base}/logs?limit=1000"))["logs"])
+            log_times.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.2)
+        log_lag = lags(lag_buckets(murl), b0, swap=True)
         mode = "no media" if args.no_media else "media on"
         print(f"{args.calls} live calls ({mode}), {args.requests} GET /calls each:")
         for rtp, (total, times, (wall, cpu), b0, b1) in results.items():
@@ -126,9 +153,15 @@ def main() -> int:
             print(
                 f"  rtp={rtp}: {total} calls listed; response median {times[len(times) // 2]:.1f}"
                 f" ms, max {times[-1]:.1f} ms; longest loop slice so far {wall:.2f} ms wall,"
-                f" {cpu:.2f} ms CPU; loop-lag samples > 10/20/50 ms: {lags(b0, b1)}"
+                f" {cpu:.2f} ms CPU; loop-lag samples > {LAGS}: {lags(b0, b1)}"
             )
-        print(f"  no requests (same span): loop-lag samples > 10/20/50 ms: {lags(quiet0, quiet1)}")
+        print(f"  no requests (same span): loop-lag samples > {LAGS}: {lags(quiet0, quiet1)}")
+        log_times.sort()
+        print(
+            f"  GET /logs?limit=1000 ({count} logs, LevelDB read and JSON in a thread): response"
+            f" median {log_times[len(log_times) // 2]:.1f} ms, max {log_times[-1]:.1f} ms;"
+            f" loop-lag samples > {LAGS}: {log_lag}"
+        )
     finally:
         if sipp is not None:
             sipp.kill()

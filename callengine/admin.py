@@ -63,6 +63,8 @@ SLICE = 25
 """Calls summarised and encoded per turn of the event loop."""
 MAX_PAGE = 1000
 """Most calls (or call logs) one request returns."""
+LOG_SLICE = 25
+"""Call logs (kilobytes each, with their IVR path) written per turn of the event loop."""
 MAX_FOLLOWERS = 16
 FOLLOW_QUEUE = 1000
 """Call logs a ``/logs/follow`` reader may lag behind before lines are dropped."""
@@ -154,7 +156,7 @@ class LogFeed:
         rec = call_log_of(call, node_id=self.node_id, final=True)
         if rec.end_time is None:
             rec.end_time = rec.answer_time or rec.start_time
-        line = (json.dumps({"state": "final", **rec.to_dict()}, sort_keys=True) + "\n").encode()
+        line = (json.dumps({"state": "final", "log": rec.to_dict()}) + "\n").encode()
         for queue in self.readers:
             try:
                 queue.put_nowait(line)
@@ -316,7 +318,8 @@ class AdminServer:
             first = first and not chunk
             longest = max(longest, time.perf_counter() - t0)
             longest_cpu = max(longest_cpu, time.thread_time() - c0)
-            await response.write(chunk.encode())  # yields to the loop between slices
+            await response.write(chunk.encode())
+            await asyncio.sleep(0)  # write() yields only when the socket buffer is full
         await response.write(b"]}")
         self.slice_max_ms = max(self.slice_max_ms, longest * 1000)
         self.slice_cpu_max_ms = max(self.slice_cpu_max_ms, longest_cpu * 1000)
@@ -383,9 +386,17 @@ class AdminServer:
         store = self.node.store
         if store is None:
             return web.json_response({"error": "store not open"}, status=503)
-        rows = await asyncio.to_thread(store.outbox.recent, limit)
-        body = json.dumps({"logs": [_log_doc(row) for row in rows]}, default=str)
-        return web.Response(text=body, content_type="application/json")
+        # read in a thread; the stored JSON goes out as it is, a few records per turn
+        items = await asyncio.to_thread(store.outbox.recent_json, limit)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"logs":[')
+        for i in range(0, len(items), LOG_SLICE):
+            await response.write((b"," if i else b"") + b",".join(items[i : i + LOG_SLICE]))
+            await asyncio.sleep(0)
+        await response.write(b"]}")
+        await response.write_eof()
+        return response
 
     async def call_log(self, request: web.Request) -> web.StreamResponse:
         store = self.node.store
@@ -452,7 +463,7 @@ def _dumps(obj: Any) -> str:
 
 def _log_doc(row: tuple[str, float | None, Any]) -> dict[str, Any]:
     state, shipped_at, rec = row
-    doc: dict[str, Any] = {"state": state, **rec.to_dict()}
+    doc: dict[str, Any] = {"state": state, "log": rec.to_dict()}
     if shipped_at is not None:
         doc["shipped_at"] = shipped_at
     return doc

@@ -192,14 +192,14 @@ def print_logs(client: AdminClient, *, limit: int | None, follow: bool, as_json:
     docs: list[dict[str, Any]] = data["logs"]
     if as_json:
         for doc in docs:
-            print(json.dumps(doc, sort_keys=True), flush=True)
+            print(json.dumps(_flat(doc), sort_keys=True), flush=True)
     else:
         print(_table(_rows(docs)), flush=True)
     if not follow:
         return 0
     for doc in client.follow():
         if as_json:
-            print(json.dumps(doc, sort_keys=True), flush=True)
+            print(json.dumps(_flat(doc), sort_keys=True), flush=True)
         else:
             print(_table(_rows([doc])).splitlines()[-1], flush=True)
     return 0
@@ -227,13 +227,15 @@ def remote_logs(args: argparse.Namespace) -> int:
 def _rows(docs: list[dict[str, Any]]) -> list[tuple[str, float | None, Any]]:
     from config_cache import CallLog
 
-    rows = []
-    for doc in docs:
-        doc = dict(doc)
-        state = str(doc.pop("state", "final"))
-        at = doc.pop("shipped_at", None)
-        rows.append((state, at, CallLog.from_dict(doc)))
-    return rows
+    return [(str(d["state"]), d.get("shipped_at"), CallLog.from_dict(d["log"])) for d in docs]
+
+
+def _flat(doc: dict[str, Any]) -> dict[str, Any]:
+    """An API item as ``callengine logs --json`` prints it offline (one flat object)."""
+    flat: dict[str, Any] = {"state": doc["state"], **doc["log"]}
+    if doc.get("shipped_at") is not None:
+        flat["shipped_at"] = doc["shipped_at"]
+    return flat
 
 
 def _calls_table(calls: list[dict[str, Any]]) -> str:

@@ -104,7 +104,8 @@ def test_follow_feed_hands_each_ended_call_to_readers_and_bounds_them() -> None:
         return lines, slow.qsize(), feed.dropped
 
     lines, slow_kept, dropped = asyncio.run(main())
-    assert [d["call_id"] for d in lines] == ["c0", "c1", "c2", "c3", "c4"]
-    assert lines[0]["state"] == "final" and lines[0]["node_id"] == "n1"
-    assert lines[0]["result"] == "completed" and lines[0]["end_time"] == 1005.0
+    assert [d["log"]["call_id"] for d in lines] == ["c0", "c1", "c2", "c3", "c4"]
+    first = lines[0]["log"]
+    assert lines[0]["state"] == "final" and first["node_id"] == "n1"
+    assert first["result"] == "completed" and first["end_time"] == 1005.0
     assert (slow_kept, dropped) == (2, 3)

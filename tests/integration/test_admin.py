@@ -301,7 +301,9 @@ def test_reload_changed_ivr_and_logs_while_running(
     assert out.returncode == 0, out.stderr
     assert first["call_id"] in out.stdout and second["call_id"] in out.stdout
     one = node.api.request("GET", f"/logs/{second['call_id']}")
-    assert steps(one) == ["greet_v2", "bye_v2"] and one["state"] == "final"
+    assert steps(one["log"]) == ["greet_v2", "bye_v2"] and one["state"] == "final"
+    page = node.api.request("GET", "/logs?limit=2")["logs"]
+    assert [(d["state"], d["log"]["callee"]) for d in page] == [("final", MAIN)] * 2
 
 
 def _followers(node: Node) -> int:
