@@ -158,7 +158,7 @@ def main() -> int:
         print(f"  no requests (same span): loop-lag samples > {LAGS}: {lags(quiet0, quiet1)}")
         log_times.sort()
         print(
-            f"  GET /logs?limit=1000 ({count} logs, LevelDB read and JSON in a thread): response"
+            f"  GET /logs?limit=1000 ({count} logs, read in a thread, sent 25 per turn): response"
             f" median {log_times[len(log_times) // 2]:.1f} ms, max {log_times[-1]:.1f} ms;"
             f" loop-lag samples > {LAGS}: {log_lag}"
         )
