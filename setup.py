@@ -38,6 +38,7 @@ setup(
         "av>=14,<20",  # imported by media/codecs/_aiortc.py; aiortc 1.16's own range
         "pylibsrtp>=0.10,<2",  # imported by media/srtp.py; aiortc 1.16's own lower bound
         "httpx>=0.27,<1",  # imported by ivr/_http.py (AsyncClient, Limits, verify=SSLContext)
+        "aiohttp>=3.9,<4",  # imported by callengine/admin.py (web.Application, AppRunner)
     ],
     extras_require={
         # `callengine dial` and the interop tests' peer. The wheel's pjproject is

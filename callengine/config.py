@@ -38,6 +38,15 @@ class EngineConfig:
     """Node state: LevelDB configuration cache, call-log outbox, media storage."""
     metrics: str | None = "127.0.0.1:9090"
     """Prometheus endpoint ``HOST:PORT`` (path /metrics); null disables it."""
+    admin: str | None = "127.0.0.1:9091"
+    """Control API ``HOST:PORT`` (docs/admin.md); null disables it. An address other
+    machines can reach (not loopback) requires ``admin_token``."""
+    admin_token: str | None = None
+    """Bearer token of the control API (the environment variable
+    ``CALLENGINE_ADMIN_TOKEN`` sets it too and keeps it out of the file)."""
+    tenant_files: list[str] = field(default_factory=list)
+    """Tenant files (JSON or YAML) imported into the cache at start and again on each
+    reload (``callengine ctl reload``): a changed file becomes the tenant's next rev."""
     max_calls: int = 10000
     """Concurrent calls; excess INVITEs get 503 with Retry-After."""
     max_cps: float = 0.0
@@ -155,6 +164,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "tls_port": (int,),
     "data_dir": (str,),
     "metrics": (str, type(None)),
+    "admin": (str, type(None)),
+    "admin_token": (str, type(None)),
+    "tenant_files": (list,),
     "max_calls": (int,),
     "max_cps": (int, float),
     "retry_after": (int,),
@@ -333,5 +345,13 @@ def _check(cfg: EngineConfig) -> None:
         GuardConfig(**cfg.auth_guard)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc), file=cfg.source, field="auth_guard") from None
+    if cfg.admin:
+        try:
+            parse_listen(cfg.admin)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=cfg.source, field="admin") from None
+    for i, item in enumerate(cfg.tenant_files):
+        if not isinstance(item, str):
+            raise ConfigError("must be a file name", file=cfg.source, field=f"tenant_files[{i}]")
     if cfg.max_calls < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from config_cache import (
     CacheMetrics,
     CacheSettings,
+    ConfigError,
     HistoryShipper,
     LocalStore,
     MasterFollower,
@@ -144,6 +145,7 @@ class Node:
                 metrics=self.cache_metrics,
             )
             await self.follower.start()
+        self.import_tenant_files()
         self.store.config.ensure_not_empty(settings.on_empty)  # type: ignore[arg-type]
         if settings.history_url:
             self.shipper = HistoryShipper(
@@ -188,6 +190,67 @@ class Node:
         await engine.start()
         if not cfg.user_agent_to_trunks and plan.trunks:
             engine.ua.hide_agent = networks_matcher(_trunk_networks(plan))
+
+    # ----------------------------------------------------------------- reload
+    def tenant_file_paths(self) -> list[Path]:
+        """``tenant_files``, relative ones taken from the config file's folder."""
+        cfg = self.config
+        base = Path(cfg.source).parent if cfg.source != "<defaults>" else Path.cwd()
+        return [p if p.is_absolute() else base / p for p in map(Path, cfg.tenant_files)]
+
+    def import_tenant_files(self) -> list[str]:
+        """Store the tenants of ``tenant_files`` that differ from the cached ones, each as
+        the next rev (so a newer master rev still wins later). All files are read and
+        validated first: one bad file raises :class:`ConfigError` and changes nothing.
+        Blocking (file reads, fsynced LevelDB writes): run it off the event loop."""
+        from config_cache import load_tenant_file
+        from config_cache.schema import validate_tenant
+
+        assert self.store is not None
+        cache = self.store.config
+        loaded = [
+            (str(path), t) for path in self.tenant_file_paths() for t in load_tenant_file(path)
+        ]
+        changed = []
+        for source, tenant in loaded:
+            current = None if cache.serving_demo else cache.tenant(tenant.id)
+            if current is not None:
+                mine, theirs = tenant.to_doc(), current.to_doc()
+                mine.pop("rev", None)
+                theirs.pop("rev", None)
+                if mine == theirs:
+                    continue
+                if tenant.rev <= current.rev:
+                    doc = tenant.to_doc()
+                    doc["rev"] = current.rev + 1
+                    tenant = validate_tenant(doc, file=source)
+            cache.apply(tenant, source=source, force=True)
+            changed.append(tenant.id)
+        return changed
+
+    async def reload(self) -> dict[str, Any]:
+        """``callengine ctl reload``: re-import ``tenant_files`` (in a thread) and poll the
+        master now when there is one. New calls take the new configuration; calls in
+        progress keep the snapshot they started with. Raises :class:`ConfigError` for a
+        bad tenant file (nothing of the files is applied; the master poll still runs)."""
+        error: ConfigError | None = None
+        changed: list[str] = []
+        try:
+            changed = await asyncio.to_thread(self.import_tenant_files)
+        except ConfigError as exc:
+            error = exc
+        master: list[str] | None = None
+        if self.follower is not None:
+            master = await self.follower.poll_once()
+        if error is not None:
+            raise error
+        log.info("reload: tenants changed from files %s, from the master %s", changed, master)
+        return {
+            "tenant_files": [str(p) for p in self.tenant_file_paths()],
+            "changed": changed,
+            "master": master,
+            "offline": bool(self.follower is not None and self.follower.offline),
+        }
 
     def _on_logs_written(self) -> None:
         if self.shipper is not None:
