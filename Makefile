@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 APT_PKGS := sip-tester tshark espeak-ng sox kamailio
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench bench-quick clean
 
 install: $(STAMP)
 
@@ -35,8 +35,15 @@ unit: install
 
 test: lint typecheck unit
 
+# The benchmark report (benchmarks/README.md, "Report"): sip_cps, media_streams and soak,
+# then JSON, PNG plots and summary.md under benchmarks/results/<UTC timestamp>/, copied to
+# benchmarks/results/latest/. Full: ~40-60 minutes on a quiet machine; bench-quick (or
+# BENCH_QUICK=1 make bench): ~10 minutes. Run with nothing else on the machine.
 bench: install
-	$(BIN)/python -m benchmarks.sip_cps
+	$(BIN)/python -m benchmarks.report run
+
+bench-quick: install
+	$(BIN)/python -m benchmarks.report run --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

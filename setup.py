@@ -37,6 +37,8 @@ setup(
         "aiortc>=1.16,<2",  # G.722/Opus codec classes as media/codecs/_aiortc.py calls them
         "av>=14,<20",  # imported by media/codecs/_aiortc.py; aiortc 1.16's own range
         "pylibsrtp>=0.10,<2",  # imported by media/srtp.py; aiortc 1.16's own lower bound
+        "httpx>=0.27,<1",  # imported by ivr/_http.py (AsyncClient, Limits, verify=SSLContext)
+        "aiohttp>=3.9,<4",  # imported by callengine/admin.py (web.Application, AppRunner)
         "wsproto>=1.3.2,<2",  # SIP over WebSocket, callengine/transport/ws.py (tested: 1.3.2)
     ],
     extras_require={

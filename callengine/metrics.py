@@ -31,9 +31,9 @@ class EngineCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         engine = self.engine
         ua = engine.ua if engine.started else None
-        g = GaugeMetricFamily("callengine_active_calls", "Calls in progress")
-        g.add_metric([], len(engine.calls))
-        yield g
+        yield GaugeMetricFamily(
+            "callengine_active_calls", "Calls in progress", value=len(engine.calls)
+        )
         c = CounterMetricFamily("callengine_calls", "Ended calls by result", labels=["result"])
         for result, n in sorted(engine.results.items()):
             c.add_metric([result], n)
@@ -64,43 +64,48 @@ class EngineCollector(Collector):
             for s, n in sorted(counters.responses_out.items()):
                 m.add_metric([str(s)], n)
             yield m
-            e = CounterMetricFamily(
-                "callengine_sip_parse_errors", "Malformed SIP messages (answered or dropped)"
+            yield CounterMetricFamily(
+                "callengine_sip_parse_errors",
+                "Malformed SIP messages (answered or dropped)",
+                value=counters.parse_errors,
             )
-            e.add_metric([], counters.parse_errors)
-            yield e
             d = CounterMetricFamily("callengine_sip_dropped", "Messages dropped", labels=["kind"])
             d.add_metric(["response"], counters.dropped_responses)
             d.add_metric(["ack"], counters.dropped_acks)
             d.add_metric(["oversized"], counters.oversized)
+            d.add_metric(["internal_error"], counters.internal_errors)
             yield d
-            o = CounterMetricFamily(
-                "callengine_overload_rejected", "INVITEs refused with 503 (limits, draining)"
+            yield CounterMetricFamily(
+                "callengine_overload_rejected",
+                "INVITEs refused with 503 (limits, draining)",
+                value=counters.rejected_overload,
             )
-            o.add_metric([], counters.rejected_overload)
-            yield o
-            t = CounterMetricFamily(
-                "callengine_sip_transaction_timeouts", "Transactions that timed out (Timer B/F/H)"
+            yield CounterMetricFamily(
+                "callengine_sip_transaction_timeouts",
+                "Transactions that timed out (Timer B/F/H)",
+                value=ua.transactions.timeouts,
             )
-            t.add_metric([], ua.transactions.timeouts)
-            yield t
             r = CounterMetricFamily(
                 "callengine_sip_retransmissions", "Retransmissions", labels=["direction"]
             )
             r.add_metric(["in"], ua.transactions.retransmissions_in)
             r.add_metric(["out"], ua.transactions.retransmissions_out)
             yield r
-        od = CounterMetricFamily(
+        yield GaugeMetricFamily(
+            "callengine_sip_receive_queue_bytes",
+            "Bytes waiting in the fullest UDP receive buffer (at the last lag sample)",
+            value=engine.receive_backlog,
+        )
+        yield CounterMetricFamily(
             "callengine_overload_dropped",
             "New INVITEs dropped unread while the event loop was far behind",
+            value=engine.overload_dropped,
         )
-        od.add_metric([], engine.overload_dropped)
-        yield od
-        media = CounterMetricFamily(
-            "callengine_media_unavailable", "Calls refused with 503: no RTP port could be bound"
+        yield CounterMetricFamily(
+            "callengine_media_unavailable",
+            "Calls refused with 503: no RTP port could be bound",
+            value=engine.media_refusals,
         )
-        media.add_metric([], engine.media_refusals)
-        yield media
         refused = CounterMetricFamily(
             "callengine_calls_refused",
             "New calls refused by a per-source or per-tenant cap",
@@ -111,19 +116,19 @@ class EngineCollector(Collector):
         yield refused
         limiter = engine.limiter
         if limiter is not None:
-            f = CounterMetricFamily(
-                "callengine_flood_dropped", "Messages dropped unread by the per-source limit"
+            yield CounterMetricFamily(
+                "callengine_flood_dropped",
+                "Messages dropped unread by the per-source limit",
+                value=limiter.dropped,
             )
-            f.add_metric([], limiter.dropped)
-            yield f
-            f = CounterMetricFamily("callengine_flood_bans", "Source addresses banned for flooding")
-            f.add_metric([], limiter.bans)
-            yield f
-            g = GaugeMetricFamily(
-                "callengine_flood_tracked_sources", "Source addresses the limiter tracks"
+            yield CounterMetricFamily(
+                "callengine_flood_bans", "Source addresses banned for flooding", value=limiter.bans
             )
-            g.add_metric([], len(limiter))
-            yield g
+            yield GaugeMetricFamily(
+                "callengine_flood_tracked_sources",
+                "Source addresses the limiter tracks",
+                value=len(limiter),
+            )
         if engine.transports is not None:
             f = CounterMetricFamily(
                 "callengine_transport_errors", "Transport errors", labels=["kind"]
@@ -132,11 +137,11 @@ class EngineCollector(Collector):
             f.add_metric(["framing"], engine.transports.framing_errors)
             f.add_metric(["ws_upgrade"], engine.transports.refused_upgrades)
             yield f
-            conns = GaugeMetricFamily(
-                "callengine_stream_connections", "TCP/TLS connections peers opened, now open"
+            yield GaugeMetricFamily(
+                "callengine_stream_connections",
+                "TCP/TLS connections peers opened, now open",
+                value=engine.transports.accepted,
             )
-            conns.add_metric([], engine.transports.accepted)
-            yield conns
             closed = CounterMetricFamily(
                 "callengine_stream_connections_closed",
                 "TCP/TLS connections refused (caps) or closed for silence",
@@ -147,11 +152,11 @@ class EngineCollector(Collector):
             yield closed
         from .logs import LogQueueHandler
 
-        dropped = CounterMetricFamily(
-            "callengine_log_records_dropped", "Log records dropped: the log writer lagged"
+        yield CounterMetricFamily(
+            "callengine_log_records_dropped",
+            "Log records dropped: the log writer lagged",
+            value=LogQueueHandler.dropped,
         )
-        dropped.add_metric([], LogQueueHandler.dropped)
-        yield dropped
         lag = engine.lag
         g = GaugeMetricFamily(
             "callengine_event_loop_lag_seconds",
@@ -205,20 +210,19 @@ class EngineCollector(Collector):
                 clock.lateness_counts,
                 clock.lateness_sum,
             )
-            errors = CounterMetricFamily(
-                "callengine_media_tick_errors", "Media tick failures (per session)"
+            yield CounterMetricFamily(
+                "callengine_media_tick_errors",
+                "Media tick failures (per session)",
+                value=clock.errors,
             )
-            errors.add_metric([], clock.errors)
-            yield errors
-            resyncs = CounterMetricFamily(
+            yield CounterMetricFamily(
                 "callengine_media_clock_resyncs",
                 "Times the media clock skipped ahead after a stall",
+                value=clock.resyncs,
             )
-            resyncs.add_metric([], clock.resyncs)
-            yield resyncs
-            streams = GaugeMetricFamily("callengine_media_streams", "Active RTP streams")
-            streams.add_metric([], len(clock))
-            yield streams
+            yield GaugeMetricFamily(
+                "callengine_media_streams", "Active RTP streams", value=len(clock)
+            )
             drops = clock.drops()
             relatches = drops.pop("relatches")
             rejected = CounterMetricFamily(
@@ -231,21 +235,21 @@ class EngineCollector(Collector):
             for reason, n in drops.items():
                 rejected.add_metric([reason], n)
             yield rejected
-            moved = CounterMetricFamily(
-                "callengine_rtp_relatches", "Times a call's media moved to a new source address"
+            yield CounterMetricFamily(
+                "callengine_rtp_relatches",
+                "Times a call's media moved to a new source address",
+                value=relatches,
             )
-            moved.add_metric([], relatches)
-            yield moved
-            secured = GaugeMetricFamily(
-                "callengine_media_streams_srtp", "Active RTP streams protected by SRTP"
+            yield GaugeMetricFamily(
+                "callengine_media_streams_srtp",
+                "Active RTP streams protected by SRTP",
+                value=clock.secure_sessions(),
             )
-            secured.add_metric([], clock.secure_sessions())
-            yield secured
-            keyed = CounterMetricFamily(
-                "callengine_media_srtp_sessions", "RTP sessions keyed for SRTP (SDES)"
+            yield CounterMetricFamily(
+                "callengine_media_srtp_sessions",
+                "RTP sessions keyed for SRTP (SDES)",
+                value=clock.srtp_sessions,
             )
-            keyed.add_metric([], clock.srtp_sessions)
-            yield keyed
 
 
 def _histogram(

@@ -28,6 +28,7 @@ import functools
 import logging
 import socket
 import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from ..sip.message import StreamFramer
 log = logging.getLogger("callengine.transport")
 
 Address = tuple[str, int]
+_SO_MEMINFO = 55  # Linux: struct of u32, [0] = bytes allocated to the receive queue
 Deliver = Callable[[bytes, Address, str, Address], None]
 
 __all__ = ["WEBSOCKET", "ListenSpec", "TransportSet", "parse_listen"]
@@ -180,6 +182,7 @@ class TransportSet:
         self.idle_closed = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._meminfo = sys.platform == "linux"
         self.udp: list[_Udp] = []
         self._udp4: asyncio.DatagramTransport | None = None
         self._udp6: asyncio.DatagramTransport | None = None
@@ -299,6 +302,24 @@ class TransportSet:
         """A connection of ``transport`` with ``peer`` is up (for WS/WSS: a live flow)."""
         conn = self.connections.get((transport, peer))
         return conn is not None and conn.transport is not None and not conn.transport.is_closing()
+
+    def receive_backlog(self) -> int:
+        """Bytes queued in the fullest UDP receive buffer (Linux ``SO_MEMINFO``); 0 where
+        the platform does not say."""
+        if not self._meminfo:
+            return 0
+        worst = 0
+        for proto in self.udp:
+            sock = proto.transport.get_extra_info("socket") if proto.transport else None
+            if sock is None:
+                continue
+            try:
+                raw = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 64)
+            except OSError:
+                self._meminfo = False
+                return 0
+            worst = max(worst, int.from_bytes(raw[:4], sys.byteorder))
+        return worst
 
     def local_for(self, transport: str, family_host: str = "") -> Address:
         want_v6 = ":" in family_host
