@@ -242,13 +242,15 @@ def _spool_metrics(core: SpoolCore) -> Iterator[GaugeMetricFamily | CounterMetri
         yield g
     c = CounterMetricFamily(
         "callengine_media_uploads",
-        "Uploads by outcome (present: the same blob was already stored)",
+        "Uploads by outcome (present: the same blob was already stored; rejected: refused"
+        " for good, file kept; vanished: spool file deleted by hand)",
         labels=["result"],
     )
     c.add_metric(["ok"], core.uploads_ok)
     c.add_metric(["present"], core.uploads_present)
     c.add_metric(["failed"], core.uploads_failed)
-    c.add_metric(["conflict"], core.conflicts)
+    c.add_metric(["rejected"], core.rejected)
+    c.add_metric(["vanished"], core.vanished)
     yield c
 
 

@@ -19,22 +19,31 @@ from __future__ import annotations
 import asyncio
 import builtins
 import io
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 from azure.storage.blob.aio import BlobServiceClient as AsyncBlobServiceClient
 from azure.storage.blob.aio import ContainerClient as AsyncContainerClient
 
-from .spool import BlobConflict, SpoolItem
+from .spool import BlobConflict, BlobRejected, SpoolItem
 from .storage import MediaStorage, _validate_kind, validate_key, validate_tenant
 
 __all__ = ["AzureBlobStorage", "StorageError"]
 
 CONTENT_TYPES = {".wav": "audio/wav", ".flac": "audio/flac"}
 READ_CHUNK = 256 * 1024
+PERMANENT = frozenset({400, 411, 413, 414})
+"""Statuses that refuse a blob for good (invalid name, too large, bad metadata)."""
+METADATA_SAFE = "@:/.-_~!$&'()*+,;=[]"
 
 
 class StorageError(Exception):
@@ -150,12 +159,15 @@ class AzureBlobStorage(MediaStorage):
         settings = ContentSettings(
             content_type=_content_type(item.name), content_md5=bytearray(md5)
         )
+        # metadata travel as HTTP headers: values from the network (a Call-ID) are
+        # percent-encoded beyond printable ASCII
+        metadata = {k: urllib.parse.quote(v, safe=METADATA_SAFE) for k, v in item.metadata.items()}
         try:
             await blob.upload_blob(
                 _read_chunks(item.path, item.size),
                 length=item.size,
                 overwrite=False,
-                metadata=item.metadata,
+                metadata=metadata,
                 content_settings=settings,
                 max_concurrency=1,
             )
@@ -169,6 +181,11 @@ class AzureBlobStorage(MediaStorage):
             ) from None
         except ResourceNotFoundError:
             self._container_ready = False  # the container was deleted: create it again
+            raise
+        except HttpResponseError as exc:
+            if exc.status_code in PERMANENT:
+                message = str(exc.message or exc).splitlines()[0]
+                raise BlobRejected(f"storage refused it ({exc.status_code}): {message}") from None
             raise
         return True
 

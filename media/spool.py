@@ -40,6 +40,7 @@ from .storage import KINDS, validate_key, validate_tenant
 
 __all__ = [
     "BlobConflict",
+    "BlobRejected",
     "BlobTarget",
     "Spool",
     "SpoolCore",
@@ -55,7 +56,11 @@ class SpoolFull(OSError):
     """The spool holds its quota of bytes: no new recording is accepted."""
 
 
-class BlobConflict(Exception):
+class BlobRejected(Exception):
+    """Storage refuses this blob for good (retrying cannot help): the file is kept."""
+
+
+class BlobConflict(BlobRejected):
     """A different blob already exists under the name (never overwritten)."""
 
 
@@ -122,7 +127,11 @@ class SpoolCore:
         self.uploads_present = 0
         """Uploads that found the same blob already stored (a retry after a crash)."""
         self.uploads_failed = 0
-        self.conflicts = 0
+        self.rejected = 0
+        """Files storage refused for good (a different blob under the name, an invalid
+        name): kept in the spool for an operator, never retried."""
+        self.vanished = 0
+        """Spooled files deleted by someone else before their upload."""
 
     # ---------------------------------------------------------------- queue
     def admit(self) -> bool:
@@ -192,13 +201,22 @@ class SpoolCore:
         self.blocked_until = max(self.blocked_until, now + delay)
         return delay
 
-    def conflicted(self, name: str) -> None:
-        """A different blob has the name: keep the file, never retry it."""
+    def refused(self, name: str) -> None:
+        """Storage refused the blob for good: keep the file, never retry it (a failure
+        of one file must not hold back the others)."""
         item = self.items[name]
         item.uploading = False
         item.conflict = True
         self.in_flight -= 1
-        self.conflicts += 1
+        self.rejected += 1
+
+    def lost(self, name: str) -> None:
+        """The spooled file is gone (deleted by hand): forget it."""
+        item = self.items.pop(name)
+        self.in_flight -= 1
+        self.bytes -= item.size
+        self.vanished += 1
+        self._check_near()
 
     # ---------------------------------------------------------------- state
     def next_deadline(self, now: float) -> float | None:
@@ -234,7 +252,8 @@ class BlobTarget(Protocol):
     async def upload(self, item: SpoolItem, md5: bytes) -> bool:
         """Store the file as blob ``item.name`` unless it exists. True when written,
         False when the same blob (size, MD5) was already there; raises
-        :class:`BlobConflict` for a different blob, anything else for a failure."""
+        :class:`BlobConflict` for a different blob, :class:`BlobRejected` when storage
+        refuses this blob for good, anything else for a failure (retried)."""
         ...
 
     async def close(self) -> None: ...
@@ -383,9 +402,12 @@ class Spool:
             written = await self.target.upload(item, md5)
         except asyncio.CancelledError:
             raise
-        except BlobConflict as exc:
-            self.core.conflicted(item.name)
+        except BlobRejected as exc:
+            self.core.refused(item.name)
             log.error("media spool: %s not uploaded: %s (file kept)", item.name, exc)
+        except FileNotFoundError:
+            self.core.lost(item.name)
+            log.error("media spool: %s was deleted before its upload", item.name)
         except Exception as exc:  # unreachable storage, timeouts: retried with backoff
             delay = self.core.failed(item.name, self.clock())
             log.warning(

@@ -129,7 +129,7 @@ def node_factory(tmp_path: Path, azurite: Azurite) -> Iterator[Callable[..., Dae
                     "container": CONTAINER,
                     "retry_initial": 0.2,
                     "retry_max": 1.0,
-                    "timeout": 5,
+                    "timeout": 30,  # the kill -9 test holds uploads in flight
                     "block_size": 32 * 1024,
                 }
             }
@@ -253,6 +253,8 @@ def test_spool_uploads_are_create_only_on_azurite(tmp_path: Path, azurite: Azuri
                 await storage.upload(other, file_md5(theirs))
             except BlobConflict as exc:
                 outcomes.append(str(exc))
+            odd = SpoolItem("acme/voicemail/odd.wav", theirs, 1004, 0.0, {"call_id": "ä\r\nx"})
+            outcomes.append(await storage.upload(odd, file_md5(theirs)))
         finally:
             await storage.close()
         return outcomes
@@ -261,7 +263,9 @@ def test_spool_uploads_are_create_only_on_azurite(tmp_path: Path, azurite: Azuri
         True,
         False,
         f"a different blob exists ({ours.stat().st_size} bytes, this file 1004)",
+        True,
     ]
+    assert azurite.blobs()["acme/voicemail/odd.wav"].metadata == {"call_id": "%C3%A4%0D%0Ax"}
     blob = azurite.blobs()[name]
     assert blob.metadata == {"tenant": "acme", "call_id": "c1"}
     assert blob.content_settings.content_type == "audio/wav"
@@ -355,7 +359,7 @@ def test_kill_9_mid_upload_loses_and_duplicates_nothing(
     again = metrics['callengine_media_uploads_total{result="ok"}']
     present = metrics['callengine_media_uploads_total{result="present"}']
     print(f"after kill -9: {again:.0f} uploaded again, {present:.0f} found complete in storage")
-    assert done == 4 and metrics['callengine_media_uploads_total{result="conflict"}'] == 0
+    assert done == 4 and metrics['callengine_media_uploads_total{result="rejected"}'] == 0
     blobs = azurite.blobs()
     assert sorted(blobs) == sorted(contents), (sorted(blobs), sorted(contents))
     container = azurite.container()

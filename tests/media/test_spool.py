@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from media.spool import BlobConflict, Spool, SpoolCore, SpoolFull, SpoolItem, file_md5
+from media.spool import BlobConflict, BlobRejected, Spool, SpoolCore, SpoolFull, SpoolItem, file_md5
 
 
 def item(name: str, size: int = 100, added: float = 0.0) -> SpoolItem:
@@ -88,8 +88,8 @@ def test_core_present_and_conflict_outcomes() -> None:
     core.add(item("t/voicemail/other"))
     first, second = core.start_ready(0.0)
     core.succeeded(first.name, present=True)
-    core.conflicted(second.name)
-    assert core.uploads_present == 1 and core.uploads_ok == 0 and core.conflicts == 1
+    core.refused(second.name)
+    assert core.uploads_present == 1 and core.uploads_ok == 0 and core.rejected == 1
     assert core.files == 1 and core.pending == 0  # the conflicting file is kept
     assert core.start_ready(100.0) == []  # and never retried
     assert core.next_deadline(100.0) is None
@@ -130,6 +130,8 @@ class MemoryTarget:
         await asyncio.sleep(0)
         if self.down:
             raise ConnectionRefusedError("storage unreachable")
+        if "invalid" in item.name:
+            raise BlobRejected("storage refused it (400): InvalidResourceName")
         data = item.path.read_bytes()
         assert hashlib.md5(data).digest() == md5
         if item.name in self.blobs:
@@ -247,7 +249,7 @@ async def _shell_conflict_keeps_the_file_and_logs(
     with caplog.at_level(logging.ERROR, logger="media.spool"):
         path = record(spool, "x.wav", b"ours", "cx")
         await asyncio.wait_for(spool.drained(), 5)
-    assert path.exists() and spool.core.conflicts == 1
+    assert path.exists() and spool.core.rejected == 1
     assert target.blobs["acme/voicemail/x.wav"][0] == b"someone else's"
     assert "acme/voicemail/x.wav not uploaded: a different blob exists" in caplog.text
     await spool.stop()
@@ -267,6 +269,34 @@ async def _shell_quota_refuses_and_warns(tmp_path: Path, caplog: pytest.LogCaptu
     record(spool, "2.wav", b"x" * 60, "c2")
     with pytest.raises(SpoolFull, match="media spool full"):
         spool.begin("acme", "voicemail", "3.wav", {})
+
+
+def test_shell_a_refused_or_vanished_file_does_not_hold_back_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    asyncio.run(_shell_a_refused_or_vanished_file_does_not_hold_back_the_others(tmp_path, caplog))
+
+
+async def _shell_a_refused_or_vanished_file_does_not_hold_back_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = MemoryTarget()
+    target.down = True
+    spool = spool_of(tmp_path, target, retry_initial=10.0, retry_max=10.0)
+    bad = record(spool, "invalid.wav", b"bad", "c0")
+    gone = record(spool, "gone.wav", b"gone", "c1")
+    good = record(spool, "good.wav", b"good", "c2")
+    gone.unlink()
+    target.down = False
+    with caplog.at_level(logging.ERROR, logger="media.spool"):
+        await spool.start()
+        await asyncio.wait_for(spool.drained(), 5)  # no 10 s backoff: neither is a failure
+    assert sorted(target.blobs) == ["acme/voicemail/good.wav"] and not good.exists()
+    assert bad.exists() and spool.core.rejected == 1 and spool.core.vanished == 1
+    assert spool.core.uploads_failed == 0 and spool.core.files == 1
+    assert "acme/voicemail/invalid.wav not uploaded: storage refused it (400)" in caplog.text
+    assert "acme/voicemail/gone.wav was deleted before its upload" in caplog.text
+    await spool.stop()
 
 
 def test_spool_names_are_validated(tmp_path: Path) -> None:
