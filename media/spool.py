@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -117,6 +118,13 @@ class SpoolCore:
         self.retry_max = retry_max
         self.near = near
         self.items: dict[str, SpoolItem] = {}
+        # files waiting for an upload, oldest first: (added, name); entries of items
+        # since started, replaced or forgotten are skipped when popped. A heap, not a
+        # sort per wake-up: after hours offline the spool holds 100k files.
+        self._queue: list[tuple[float, str]] = []
+        self._flying: dict[str, float] = {}
+        """Uploads in flight: name -> added (for the oldest age)."""
+        self._kept = 0
         self.bytes = 0
         self.in_flight = 0
         self.failures = 0
@@ -145,8 +153,14 @@ class SpoolCore:
             if old.uploading:
                 raise ValueError(f"{item.name} is being uploaded")
             self.bytes -= old.size
+            self._kept -= old.conflict
+            # rare (the same name spooled again): drop its old entry so that the queue's
+            # head is always a waiting file (the oldest age reads it)
+            self._queue = [e for e in self._queue if e[1] != item.name]
+            heapq.heapify(self._queue)
         self.items[item.name] = item
         self.bytes += item.size
+        heapq.heappush(self._queue, (item.added, item.name))
         return self._check_near()
 
     def _check_near(self) -> bool:
@@ -161,22 +175,24 @@ class SpoolCore:
         """Items to upload now (oldest first), marked as uploading."""
         if now < self.blocked_until:
             return []
-        room = self.concurrency - self.in_flight
-        if room <= 0:
-            return []
-        ready = sorted(
-            (i for i in self.items.values() if not i.uploading and not i.conflict),
-            key=lambda i: (i.added, i.name),
-        )[:room]
-        for item in ready:
+        ready: list[SpoolItem] = []
+        queue, items = self._queue, self.items
+        while queue and self.in_flight + len(ready) < self.concurrency:
+            added, name = heapq.heappop(queue)
+            item = items.get(name)
+            if item is None or item.uploading or item.conflict or item.added != added:
+                continue  # stale entry
             item.uploading = True
             item.attempts += 1
+            self._flying[name] = added
+            ready.append(item)
         self.in_flight += len(ready)
         return ready
 
     def succeeded(self, name: str, *, present: bool = False) -> SpoolItem:
         """The blob is stored: forget the item (the shell deletes the file)."""
         item = self.items.pop(name)
+        self._flying.pop(name, None)
         self.in_flight -= 1
         self.bytes -= item.size
         self.failures = 0
@@ -194,6 +210,8 @@ class SpoolCore:
         Returns the delay before the next try."""
         item = self.items[name]
         item.uploading = False
+        self._flying.pop(name, None)
+        heapq.heappush(self._queue, (item.added, name))
         self.in_flight -= 1
         self.uploads_failed += 1
         self.failures += 1
@@ -207,12 +225,15 @@ class SpoolCore:
         item = self.items[name]
         item.uploading = False
         item.conflict = True
+        self._flying.pop(name, None)
+        self._kept += 1
         self.in_flight -= 1
         self.rejected += 1
 
     def lost(self, name: str) -> None:
         """The spooled file is gone (deleted by hand): forget it."""
         item = self.items.pop(name)
+        self._flying.pop(name, None)
         self.in_flight -= 1
         self.bytes -= item.size
         self.vanished += 1
@@ -221,8 +242,8 @@ class SpoolCore:
     # ---------------------------------------------------------------- state
     def next_deadline(self, now: float) -> float | None:
         """When to look again: the end of the backoff, if anything waits for it."""
-        waiting = any(not i.uploading and not i.conflict for i in self.items.values())
-        if not waiting or self.in_flight >= self.concurrency:
+        waiting = len(self.items) - self.in_flight - self._kept
+        if waiting <= 0 or self.in_flight >= self.concurrency:
             return None
         return max(now, self.blocked_until)
 
@@ -231,15 +252,19 @@ class SpoolCore:
         return len(self.items)
 
     def oldest_age(self, now: float) -> float:
-        """Seconds the oldest spooled file has waited (0 when empty)."""
-        if not self.items:
-            return 0.0
-        return max(0.0, now - min(i.added for i in self.items.values()))
+        """Seconds the oldest file still to upload has waited (0 when none). Read by the
+        metrics thread: the queue's head and the few uploads in flight, no scan."""
+        added = list(self._flying.values())
+        try:
+            added.append(self._queue[0][0])
+        except IndexError:
+            pass
+        return max(0.0, now - min(added)) if added else 0.0
 
     @property
     def pending(self) -> int:
-        """Files still to upload (conflicts excluded)."""
-        return sum(1 for i in self.items.values() if not i.conflict)
+        """Files still to upload (refused ones excluded)."""
+        return len(self.items) - self._kept
 
 
 class BlobTarget(Protocol):

@@ -100,7 +100,17 @@ def test_core_oldest_age_uses_the_given_clock() -> None:
     assert core.oldest_age(50.0) == 0.0
     core.add(item("t/voicemail/a", added=10.0))
     core.add(item("t/voicemail/b", added=30.0))
+    core.add(item("t/voicemail/c", added=35.0))
     assert core.oldest_age(50.0) == 40.0
+    a, b, c, *_ = core.start_ready(50.0)
+    assert core.oldest_age(50.0) == 40.0  # in flight: still waiting
+    core.succeeded(a.name)
+    assert core.oldest_age(50.0) == 20.0
+    core.failed(b.name, 50.0)
+    assert core.oldest_age(50.0) == 20.0  # back in the queue
+    core.refused(c.name)
+    core.add(item("t/voicemail/b", added=45.0))  # spooled again under the same name
+    assert core.oldest_age(50.0) == 5.0  # refused files are not waiting
 
 
 def test_core_rejects_bad_settings() -> None:
