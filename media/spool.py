@@ -365,11 +365,12 @@ class Spool:
             data = {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    def scan(self) -> int:
-        """Queue every file left in the spool (a restart after a stop or a crash)."""
-        count = 0
+    def _left(self) -> list[SpoolItem]:
+        """The files a previous run left (read in a worker thread: after a long outage
+        they are many)."""
+        found: list[SpoolItem] = []
         if not self.files_dir.is_dir():
-            return 0
+            return found
         for path in sorted(self.files_dir.rglob("*")):
             if not path.is_file():
                 continue
@@ -378,15 +379,24 @@ class Spool:
                 st = path.stat()
             except FileNotFoundError:
                 continue
-            self._add(SpoolItem(name, path, st.st_size, st.st_mtime, self._read_meta(name)))
-            count += 1
-        if count:
-            log.info("media spool: %d files (%d bytes) left to upload", count, self.core.bytes)
-        return count
+            found.append(SpoolItem(name, path, st.st_size, st.st_mtime, self._read_meta(name)))
+        return found
+
+    async def scan(self) -> int:
+        """Queue every file left in the spool (a restart after a stop or a crash)."""
+        found = await asyncio.to_thread(self._left)
+        for item in found:
+            self._add(item)
+        if found:
+            log.info(
+                "media spool: %d files (%d bytes) left to upload", len(found), self.core.bytes
+            )
+        return len(found)
 
     # ------------------------------------------------------------ running
     async def start(self) -> None:
-        self.scan()
+        """Queue what a previous run left, then start shipping."""
+        await self.scan()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
