@@ -388,9 +388,7 @@ class Spool:
         for item in found:
             self._add(item)
         if found:
-            log.info(
-                "media spool: %d files (%d bytes) left to upload", len(found), self.core.bytes
-            )
+            log.info("media spool: %d files (%d bytes) left to upload", len(found), self.core.bytes)
         return len(found)
 
     # ------------------------------------------------------------ running
