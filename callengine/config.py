@@ -368,6 +368,10 @@ def storage_settings(cfg: EngineConfig) -> StorageSettings:
             raise fail("give either connection_string or account_url", "connection_string")
         if settings.account_url and not settings.account_url.startswith(("https://", "http://")):
             raise fail("must be an http(s) URL", "account_url")
+        if settings.connection_string:
+            parts = dict(p.split("=", 1) for p in settings.connection_string.split(";") if "=" in p)
+            if not ("AccountName" in parts or "BlobEndpoint" in parts):
+                raise fail("names no AccountName nor BlobEndpoint", "connection_string")
     if not _CONTAINER.match(settings.container):
         raise fail("3-63 lower-case letters, digits and single hyphens", "container")
     for name in ("spool_quota", "upload_concurrency", "block_size"):

@@ -347,8 +347,11 @@ def test_media_storage_config_is_validated_naming_file_and_field(tmp_path: Path)
     assert "media_storage.spool_quota: expected int, got str" in error(
         "media_storage: {kind: azure, connection_string: x, spool_quota: 10GB}"
     )
+    assert "media_storage.connection_string: names no AccountName nor BlobEndpoint" in error(
+        "media_storage: {kind: azure, connection_string: 'Key=1;Other=2'}"
+    )
     assert "media_storage.container: 3-63 lower-case" in error(
-        "media_storage: {kind: azure, connection_string: x, container: Bad_Name}"
+        "media_storage: {kind: azure, connection_string: 'AccountName=a', container: Bad_Name}"
     )
     assert "media_storage.colour: unknown setting" in error("media_storage: {colour: red}")
     assert "media_storage.retry_max: must not be less than retry_initial" in error(
