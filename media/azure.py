@@ -108,7 +108,8 @@ class AzureBlobStorage(MediaStorage):
         self._aio_service: AsyncBlobServiceClient | None = None
         self._aio: AsyncContainerClient | None = None
         self._container_ready = False
-        self._base_url = self._sync_container().url.rstrip("/")
+        # without the query: a SAS in the connection string must not reach call logs
+        self._base_url = self._sync_container().url.split("?", 1)[0].rstrip("/")
 
     # ---------------------------------------------------------------- clients
     def _sync_container(self) -> ContainerClient:
@@ -143,8 +144,8 @@ class AzureBlobStorage(MediaStorage):
         return f"{validate_tenant(tenant)}/{_validate_kind(kind)}/{validate_key(key)}"
 
     def url(self, name: str) -> str:
-        """The blob's URL (without credentials)."""
-        return f"{self._base_url}/{name}"
+        """The blob's URL (without credentials), quoted as the SDK quotes it."""
+        return f"{self._base_url}/{urllib.parse.quote(name, safe='~/')}"
 
     # ------------------------------------------------------- the spool target
     async def upload(self, item: SpoolItem, md5: bytes) -> bool:

@@ -203,7 +203,9 @@ def check_logs_point_at_blobs(
         assert log["state"] == "final" and log["result"] == "completed", log
         (media,) = log["extra"]["media"]
         name = f"demo/{log['voicemail_key']}"
-        assert media["blob"] == name and media["url"] == base + name, media
+        url = azurite.container().get_blob_client(name).url  # as the SDK spells it
+        assert media["blob"] == name and media["url"] == url, media
+        assert url == base + name.replace("@", "%40"), url
         blob = blobs[name]
         assert blob.metadata == {"tenant": "demo", "call_id": log["call_id"]}, blob.metadata
 
@@ -213,6 +215,11 @@ def test_media_storage_interface_on_azurite(azurite: Azurite) -> None:
     azurite.start()
     storage = AzureBlobStorage(connection_string=azurite.connection_string, container=CONTAINER)
     assert storage.list("acme", "prompts") == []
+    sas = azurite.connection_string + "SharedAccessSignature=sv=2020-08-04&sig=secret;"
+    with_sas = AzureBlobStorage(connection_string=sas, container=CONTAINER)
+    assert with_sas.url("acme/voicemail/a@b.wav") == (
+        f"http://127.0.0.1:{azurite.port}/{ACCOUNT}/{CONTAINER}/acme/voicemail/a%40b.wav"
+    )
     storage.put("acme", "prompts", "fr/welcome.wav", b"RIFF-one")
     with storage.open("acme", "prompts", "menu.wav", "wb") as f:
         f.write(b"RIFF-two")
