@@ -6,7 +6,7 @@ APT_PKGS := sip-tester tshark espeak-ng sox kamailio
 STAMP   := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench bench-quick clean
 
 install: $(STAMP) $(NPM_STAMP)
 
@@ -44,8 +44,15 @@ unit: install
 
 test: lint typecheck unit
 
+# The benchmark report (benchmarks/README.md, "Report"): sip_cps, media_streams and soak,
+# then JSON, PNG plots and summary.md under benchmarks/results/<UTC timestamp>/, copied to
+# benchmarks/results/latest/. Full: ~40-60 minutes on a quiet machine; bench-quick (or
+# BENCH_QUICK=1 make bench): ~10 minutes. Run with nothing else on the machine.
 bench: install
-	$(BIN)/python -m benchmarks.sip_cps
+	$(BIN)/python -m benchmarks.report run
+
+bench-quick: install
+	$(BIN)/python -m benchmarks.report run --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info node_modules

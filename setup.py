@@ -36,10 +36,12 @@ setup(
         "PyYAML>=6.0.1,<7",
         "aiortc>=1.16,<2",  # G.722/Opus codec classes as media/codecs/_aiortc.py calls them
         "av>=14,<20",  # imported by media/codecs/_aiortc.py; aiortc 1.16's own range
-        # media/azure.py (Media Storage on Azure Blob); aiohttp is the transport of the
-        # SDK's asyncio API. Lower bounds: the versions tested (older ones not checked).
+        "pylibsrtp>=0.10,<2",  # imported by media/srtp.py; aiortc 1.16's own lower bound
+        "httpx>=0.27,<1",  # imported by ivr/_http.py (AsyncClient, Limits, verify=SSLContext)
+        "aiohttp>=3.9,<4",  # imported by callengine/admin.py (web.Application, AppRunner)
+        # media/azure.py (Media Storage on Azure Blob; its asyncio API runs on aiohttp,
+        # required above). Lower bound: the version tested (older ones not checked).
         "azure-storage-blob>=12.31,<13",
-        "aiohttp>=3.14,<4",
     ],
     extras_require={
         # `callengine dial` and the interop tests' peer. The wheel's pjproject is

@@ -153,6 +153,7 @@ def start_engine(
         *(("--metrics", f"127.0.0.1:{metrics_port}") if metrics_port else ("--no-metrics",)),
         "--log-level",
         "WARNING",
+        "--no-admin",  # benchmarks run several nodes: no fight over the admin port
         *(() if media else ("--no-media",)),
         *extra,
     ]

@@ -122,6 +122,7 @@ def start_node(workdir: Path) -> tuple[Peer, int]:
         f"127.0.0.1:{metrics_port}",
         "--log-level",
         "WARNING",
+        "--no-admin",
     ]
     log_path = workdir / "engine.log"
     with open(log_path, "wb") as log:

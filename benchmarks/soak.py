@@ -983,61 +983,18 @@ def report(plan: Plan, summary: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def _nan(v: float | None) -> float:
-    return float("nan") if v is None else float(v)
-
-
 def plot(doc: dict[str, Any], path: Path) -> str | None:
     """RSS and loop lag over time (two panels sharing the time axis) from a result
-    document. Returns why no plot was written, or None."""
+    document, drawn by :mod:`benchmarks.report` (the one module that imports
+    matplotlib). Returns why no plot was written, or None."""
+    if not doc["series"]:
+        return "no samples: no plot"
     try:
-        import matplotlib
+        from .report import plot_soak
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plot_soak(doc, path)
     except ImportError:
         return "matplotlib is not installed in this environment: no plot"
-    series = doc["series"]
-    if not series:
-        return "no samples: no plot"
-    t = [r["t"] for r in series]
-    fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(10, 6))
-    ax1.plot(t, [r["rss_total_kb"] / 1024 for r in series], label="node + descendants")
-    pids = sorted({pid for r in series for pid in r["rss_kb"]})
-    if len(pids) > 1:
-        for pid in pids:
-            name = doc["processes"].get(pid, "")[:40]
-            ax1.plot(
-                t,
-                [_nan(r["rss_kb"].get(pid)) / 1024 for r in series],
-                label=f"{pid} {name}",
-            )
-    ax1.set_ylabel("RSS (MB)")
-    ax1.legend(loc="upper left", fontsize="small")
-    ax2.plot(t, [_nan(r["loop_lag_last_ms"]) for r in series], ".", label="lag, last (sampled)")
-    ax2.plot(t, [_nan(r["loop_lag_max_ms"]) for r in series], label="lag, max since start")
-    ax2.axhline(TARGETS["loop_lag_max_ms"], color="red", linestyle=":", label="target")
-    ax2.set_ylabel("event-loop lag (ms)")
-    ax2.set_xlabel("seconds since the node started")
-    ax2.legend(loc="upper left", fontsize="small")
-    marks = doc["marks_s"]
-    windows = doc["summary"]["rtp"]["windows"]
-    for ax in (ax1, ax2):
-        for key in ("load_start", "load_end"):
-            if key in marks:
-                ax.axvline(marks[key], color="grey", linestyle="--")
-        if "load_start" in marks:
-            for w in windows:
-                start = marks["load_start"] + w["start_s"]
-                ax.axvspan(start, start + w["seconds"], color="orange", alpha=0.15)
-    cfg = doc["config"]
-    fig.suptitle(
-        f"soak: {cfg['held']} held calls + {cfg['cps']} calls/s, {cfg['minutes']:g} min "
-        f"({doc['started']}; shaded: RTP capture windows)"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
     return None
 
 

@@ -19,7 +19,9 @@ from media.prompts import PromptCache
 from media.recorder import Recorder, RecordingResult
 from media.session import MediaClock, RtpSession
 from media.spool import Spool, SpoolCore
+from media.srtp import SrtpContext
 from media.storage import LocalMediaStorage
+from media.stream import RELATCH_AFTER
 
 from .sip import sdp as sdpmod
 
@@ -41,6 +43,8 @@ class MediaManager:
         codecs: Sequence[CodecInfo],
         sockets: bool = True,
         storage: StorageSettings | None = None,
+        relatch_after: float = RELATCH_AFTER,
+        srtp: str = "tls",
     ) -> None:
         self.clock = MediaClock()
         self.storage = LocalMediaStorage(Path(data_dir) / "media")
@@ -72,6 +76,20 @@ class MediaManager:
         self.codecs = list(codecs)
         self.sessions = 0
         self.sockets = sockets
+        self.relatch_after = relatch_after
+        if srtp not in ("tls", "any", "off"):
+            raise ValueError(f"srtp must be tls, any or off, not {srtp!r}")
+        self.srtp = srtp
+
+    def srtp_accepted(self, transport: str) -> bool:
+        """Whether an SDES (``a=crypto``) offer received over ``transport`` is taken:
+        the keys are in the SDP, so by default only over TLS."""
+        return self.srtp == "any" or (self.srtp == "tls" and transport == "TLS")
+
+    def srtp_offered(self, transport: str) -> bool:
+        """Whether our offers over ``transport`` carry SRTP (TLS only: never keys in
+        clear-text signalling)."""
+        return self.srtp != "off" and transport == "TLS"
 
     def preload(self) -> int:
         """Decode, resample and encode every bundled prompt for every codec now, at
@@ -103,7 +121,10 @@ class MediaManager:
             return SilentMedia(codec)  # type: ignore[return-value]
         te = negotiated.telephone_event_pt if negotiated is not None else 101
         # 0 disables the inactivity hang-up (the stream's own default is 60 s)
-        options: dict[str, Any] = {"rtp_timeout": self.rtp_timeout or float("inf")}
+        options: dict[str, Any] = {
+            "rtp_timeout": self.rtp_timeout or float("inf"),
+            "relatch_after": self.relatch_after,
+        }
         session = await RtpSession.open(
             codec,
             clock=self.clock,
@@ -308,6 +329,12 @@ class SilentMedia:
         return None
 
     def set_remote(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def set_srtp(self, context: SrtpContext) -> None:
+        return None
+
+    def await_srtp(self) -> None:
         return None
 
     def quality(self) -> dict[str, Any]:

@@ -367,7 +367,8 @@ class B2BUA:
             return self._inbound(trunk, tenant_route(call))
         if self._tenant_number(number):
             return None
-        match = plan.route_outbound(number, source_ip=source_ip)
+        authenticated = "auth_user" in call.variables  # Digest, by the node (issue 11)
+        match = plan.route_outbound(number, source_ip=source_ip, authenticated=authenticated)
         if match is not None:
             group, dialled = match.group, match.number
 

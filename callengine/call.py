@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ivr import CallHangup
 from pri.causes import format_reason
 
+from .sip import sdes
 from .sip import sdp as sdpmod
 from .sip.message import Request, Response
 from .sip.useragent import InviteSession, SessionState, UserAgent
@@ -151,6 +152,9 @@ class Call:
         self._events: asyncio.Queue[CallEvent] | None = None
         self._history: list[CallEvent] = []
         self._offer: sdpmod.SessionDescription | None = None
+        self._offered_cryptos: list[sdes.CryptoAttribute] = []
+        self.srtp: sdes.SrtpNegotiation | None = None
+        """The SRTP (SDES) of this call's media, when it is secured."""
         self.quality: dict[str, Any] = {}
         self.task: asyncio.Task[None] | None = None
         self.outcome: asyncio.Future[Response | SipError] = (
@@ -246,15 +250,50 @@ class Call:
         except ValueError as exc:
             self.send_reject(400, f"Bad Request - SDP: {exc}"[:120])
             return None
+        offer, cryptos = sdes.screen_offer(
+            offer, allow_srtp=engine.media_manager.srtp_accepted(self.session.transport)
+        )
         negotiated = sdpmod.negotiate(offer, engine.codecs)
         if negotiated is None:
             self.send_reject(488)
             return None
         self.sdp_answer = negotiated
         port = await engine.open_media(self, negotiated)
-        return negotiated.to_sdp(
+        # No await between opening the media and keying it: no packet goes out plain.
+        description = negotiated.to_sdp(
             self._sdp_session, address=self._sdp_session.address, port=port
-        ).serialize()
+        )
+        self._secure_answer(negotiated, cryptos.get(negotiated.media_index), description)
+        return description.serialize()
+
+    def _secure_answer(
+        self,
+        negotiated: sdpmod.Answer,
+        offered: sdes.CryptoAttribute | None,
+        description: sdpmod.SessionDescription,
+    ) -> bool:
+        """Key the media with the offered ``a=crypto`` and put ours in the answer.
+        False when the call's SRTP state cannot follow the offer (re-INVITE: 488)."""
+        index = negotiated.media_index
+        if offered is None:
+            return self.srtp is None
+        if self.srtp is not None and self.srtp.local.suite == offered.suite:
+            # A re-offer: keep our key (RFC 4568 7.1.4 allows it), take the peer's.
+            local = sdes.CryptoAttribute(offered.tag, offered.suite, self.srtp.local.key)
+        elif self.srtp is None and (self.media is None or not self.answered):
+            local = sdes.answer_crypto(offered)
+        else:
+            return False
+        self.srtp = sdes.SrtpNegotiation(local, offered)
+        if self.media is not None:
+            current = getattr(self.media, "srtp", None)
+            if current is not None and current.tx_key == local.key:
+                current.rekey_rx(offered.key)
+            else:
+                self.media.set_srtp(sdes.context_for(self.srtp))
+        assert negotiated.offer is not None
+        sdes.secure_media(description, index, [local], proto=negotiated.offer.media[index].proto)
+        return True
 
     def reoffer(self, body: bytes) -> bytes | None:
         """A re-INVITE/UPDATE offer (hold/unhold): our answer, or None for 488."""
@@ -264,19 +303,27 @@ class Call:
             offer = sdpmod.SessionDescription.parse(body)
         except ValueError:
             return None
+        offer, cryptos = sdes.screen_offer(
+            offer,
+            allow_srtp=self.engine.media_manager.srtp_accepted(self.session.transport),
+        )
         negotiated = sdpmod.negotiate(offer, self.engine.codecs)
         if negotiated is None:
             return None
-        self.sdp_answer = negotiated
         port = self.media.rtp_port if self.media is not None else 9
+        description = negotiated.to_sdp(
+            self._sdp_session, address=self._sdp_session.address, port=port
+        )
+        # A secured call stays secured and a plain one plain (else 488).
+        if not self._secure_answer(negotiated, cryptos.get(negotiated.media_index), description):
+            return None
+        self.sdp_answer = negotiated
         if self.media is not None:
             from ._media import apply_answer
 
             apply_answer(self.media, negotiated)
         self._emit("hold" if negotiated.on_hold else "unhold")
-        return negotiated.to_sdp(
-            self._sdp_session, address=self._sdp_session.address, port=port
-        ).serialize()
+        return description.serialize()
 
     async def reject(
         self,
@@ -467,6 +514,11 @@ class Call:
             telephone_event=engine.telephone_event,
         )
         self._offer = offer
+        if engine.media_manager.srtp_offered(self.session.transport):
+            # SDES over TLS (RFC 4568): the media waits for the answer's key.
+            self._offered_cryptos = sdes.offer_cryptos()
+            sdes.secure_media(offer, 0, self._offered_cryptos)
+            self.media.await_srtp()
         return offer.serialize()
 
     def accept_answer(self, body: bytes) -> bool:
@@ -481,6 +533,18 @@ class Call:
             return False
         if answer is None:
             return False
+        if self._offered_cryptos:
+            assert answer.offer is not None
+            negotiation = sdes.match_answer(
+                self._offered_cryptos, answer.offer.media[answer.media_index]
+            )
+            if negotiation is None:
+                log.warning("SDP answer from %s accepts none of our SRTP keys", self.callee)
+                return False
+            if negotiation != self.srtp:  # a 183 then the 200: keyed once
+                self.srtp = negotiation
+                if self.media is not None:
+                    self.media.set_srtp(sdes.context_for(negotiation))
         self.sdp_answer = answer
         if self.media is not None:
             from ._media import apply_answer

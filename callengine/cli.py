@@ -1,4 +1,4 @@
-"""``callengine``: the command line (serve, dial, config, logs)."""
+"""``callengine``: the command line (serve, dial, ctl, config, logs)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from config_cache import ConfigError
@@ -16,6 +18,9 @@ from config_cache import ConfigError
 log = logging.getLogger("callengine.cli")
 
 __all__ = ["main"]
+
+ADMIN_URL_FILE = "admin-url"
+"""In the data directory while the node runs: the URL of its admin API."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics", metavar="HOST:PORT", help="Prometheus endpoint (default 127.0.0.1:9090)"
     )
     serve.add_argument("--no-metrics", action="store_true", help="do not open the metrics endpoint")
+    serve.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="control API (default 127.0.0.1:9091; a non-loopback address needs a token: "
+        "admin_token or $CALLENGINE_ADMIN_TOKEN)",
+    )
+    serve.add_argument("--no-admin", action="store_true", help="do not open the control API")
     serve.add_argument("--history", metavar="MONGODB_URL", help="History DB for call logs")
     serve.add_argument("--master", metavar="MONGODB_URL", help="master Configuration DB")
     serve.add_argument("--log-format", choices=("plain", "json"))
@@ -64,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
 
     from config_cache.cli import add_subcommands
 
-    add_subcommands(sub)
+    from .ctl import add_ctl, remote_logs
+
+    add_ctl(sub)
+    add_subcommands(sub, remote_logs=remote_logs)
     return p
 
 
@@ -86,6 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         "listen": args.listen,
         "data_dir": args.data_dir,
         "metrics": args.metrics,
+        "admin": args.admin,
         "history_url": args.history,
         "master_url": args.master,
         "log_format": args.log_format,
@@ -103,6 +119,18 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.no_metrics:
         cfg.metrics = None
+    if args.no_admin:
+        cfg.admin = None
+    cfg.admin_token = os.environ.get("CALLENGINE_ADMIN_TOKEN") or cfg.admin_token
+    if cfg.admin:
+        from .admin import AdminConfigError, check_bind
+        from .transport import parse_listen
+
+        try:
+            check_bind(parse_listen(cfg.admin)[0], cfg.admin_token)
+        except AdminConfigError as exc:
+            print(f"callengine: configuration error: {exc}", file=sys.stderr)
+            return 2
     writer = setup_logging(cfg.log_format, cfg.log_level)
     try:
         return int(_event_loop_run(_run_node(cfg)))
@@ -156,6 +184,25 @@ async def _run_node(cfg: object) -> int:
             )
             await _quiet_stop(node)
             return 1
+    admin = None
+    if cfg.admin:
+        from .admin import AdminServer
+
+        host, port = parse_listen(cfg.admin)
+        admin = AdminServer(node, host, port, token=cfg.admin_token)
+        try:
+            await admin.start()
+        except OSError as exc:
+            print(
+                f"callengine: cannot open the admin API on {cfg.admin}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            await _quiet_stop(node)
+            return 1
+        # `callengine logs --data-dir DIR` finds the API of the node that holds DIR
+        local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+        (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -167,7 +214,12 @@ async def _run_node(cfg: object) -> int:
         len(node.engine.calls),
         cfg.drain_grace,
     )
+    if admin is not None:
+        admin.stopping = True  # /ready says 503 while calls drain
     await node.stop()
+    if admin is not None:
+        await admin.stop()
+        (Path(cfg.data_dir) / ADMIN_URL_FILE).unlink(missing_ok=True)
     log.info("stopped")
     return 0
 

@@ -39,6 +39,15 @@ class EngineConfig:
     """Node state: LevelDB configuration cache, call-log outbox, media storage."""
     metrics: str | None = "127.0.0.1:9090"
     """Prometheus endpoint ``HOST:PORT`` (path /metrics); null disables it."""
+    admin: str | None = "127.0.0.1:9091"
+    """Control API ``HOST:PORT`` (docs/admin.md); null disables it. An address other
+    machines can reach (not loopback) requires ``admin_token``."""
+    admin_token: str | None = None
+    """Bearer token of the control API (the environment variable
+    ``CALLENGINE_ADMIN_TOKEN`` sets it too and keeps it out of the file)."""
+    tenant_files: list[str] = field(default_factory=list)
+    """Tenant files (JSON or YAML) imported into the cache at start and again on each
+    reload (``callengine ctl reload``): a changed file becomes the tenant's next rev."""
     max_calls: int = 10000
     """Concurrent calls; excess INVITEs get 503 with Retry-After."""
     max_cps: float = 0.0
@@ -94,6 +103,14 @@ class EngineConfig:
     rtp_port_max: int = 20000
     rtp_timeout: float = 60.0
     """Seconds without RTP before an answered call is hung up (0 disables)."""
+    rtp_relatch_after: float = 5.0
+    """Seconds the latched RTP source must be silent before another address may take
+    the call's media over (after 5 in-sequence packets); see ``media/stream.py``."""
+    srtp: str = "tls"
+    """SRTP with SDES keys (RFC 4568): ``tls`` offers it on outgoing TLS legs and accepts
+    it on incoming TLS legs only (the keys travel in the SDP: in the clear over UDP or
+    TCP); ``any`` also accepts it over UDP and TCP; ``off`` never. An ``RTP/SAVP``
+    stream that may not be secured is refused (488 when nothing else is usable)."""
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "telephone-event"])
     media: bool = True
     """Open an RTP session for each answered call (false: signalling only)."""
@@ -119,6 +136,21 @@ class EngineConfig:
     """What may be dialled out through trunks: international and premium numbers are
     refused unless allowed (``pri/dialplan.py``, docs/security.md)."""
     probe: dict[str, Any] = field(default_factory=dict)
+    max_contacts: int = 10
+    """Registered contacts per address-of-record (0: no limit). A REGISTER that would
+    leave more gets 403 "Forbidden - too many registered contacts" and changes nothing:
+    every binding is one more INVITE leg when the user is called."""
+    digest_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
+    """Digest challenges offered to users, in order of preference (RFC 8760 §2.4: SHA-256
+    first); some old tools and phones read only the first one."""
+    auth_guard: dict[str, Any] = field(default_factory=dict)
+    """Brute-force limits of Digest authentication (REGISTER and challenged INVITEs),
+    the fields of :class:`callengine.sip.authguard.GuardConfig`: ``window`` (60 s),
+    ``source_limit`` (10 failures from one address ban it), ``ban_time`` (60 s, doubled
+    per repeated ban), ``max_ban`` (3600 s), ``user_limit`` (5 failures for one user
+    start its back-off), ``backoff`` (2 s, doubled per failure), ``max_backoff`` (60 s),
+    ``good_sources`` (4), ``max_tracked`` (10,000). Every failure is logged on
+    ``callengine.security`` for fail2ban (``deploy/fail2ban/``)."""
     config_cache: dict[str, Any] = field(default_factory=dict)
     """Settings of the configuration cache and History DB shipper (docs/config.md)."""
     media_storage: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +169,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "tls_port": (int,),
     "data_dir": (str,),
     "metrics": (str, type(None)),
+    "admin": (str, type(None)),
+    "admin_token": (str, type(None)),
+    "tenant_files": (list,),
     "max_calls": (int,),
     "max_cps": (int, float),
     "retry_after": (int,),
@@ -161,6 +196,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rtp_port_min": (int,),
     "rtp_port_max": (int,),
     "rtp_timeout": (int, float),
+    "rtp_relatch_after": (int, float),
+    "srtp": (str,),
     "codecs": (list,),
     "media": (bool,),
     "user_agent": (str,),
@@ -177,6 +214,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "trusted_sources": (list,),
     "dial_policy": (dict,),
     "probe": (dict,),
+    "max_contacts": (int,),
+    "auth_guard": (dict,),
+    "digest_algorithms": (list,),
     "config_cache": (dict,),
     "media_storage": (dict,),
 }
@@ -254,6 +294,10 @@ def _check(cfg: EngineConfig) -> None:
             file=cfg.source,
             field="rtp_port_min",
         )
+    if cfg.srtp not in ("tls", "any", "off"):
+        raise ConfigError("must be tls, any or off", file=cfg.source, field="srtp")
+    if cfg.rtp_relatch_after < 0:
+        raise ConfigError("must be 0 or more", file=cfg.source, field="rtp_relatch_after")
     if cfg.log_format not in ("plain", "json"):
         raise ConfigError("must be plain or json", file=cfg.source, field="log_format")
     if cfg.gc not in ("realtime", "python"):
@@ -293,6 +337,28 @@ def _check(cfg: EngineConfig) -> None:
             raise ConfigError("must be greater than 0", file=cfg.source, field=name)
     if cfg.max_fork < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_fork")
+    if cfg.max_contacts < 0:
+        raise ConfigError("must not be negative", file=cfg.source, field="max_contacts")
+    from .sip.auth import DigestServer
+    from .sip.authguard import GuardConfig
+
+    try:
+        DigestServer("check", b"check", algorithms=[str(a) for a in cfg.digest_algorithms])
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=cfg.source, field="digest_algorithms") from None
+
+    try:
+        GuardConfig(**cfg.auth_guard)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), file=cfg.source, field="auth_guard") from None
+    if cfg.admin:
+        try:
+            parse_listen(cfg.admin)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=cfg.source, field="admin") from None
+    for i, item in enumerate(cfg.tenant_files):
+        if not isinstance(item, str):
+            raise ConfigError("must be a file name", file=cfg.source, field=f"tenant_files[{i}]")
     if cfg.max_calls < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")
     storage_settings(cfg)

@@ -39,6 +39,10 @@ DROP_FACTOR = 4
 """Beyond ``DROP_FACTOR * overload_lag`` of loop lag, new INVITEs are dropped unread (the
 caller retransmits or its proxy fails over); between 1x and that, they get 503."""
 
+DROP_BACKLOG = 512 * 1024
+"""Bytes waiting in a UDP receive buffer (kernel accounting, ~2 KB per datagram) beyond
+which new INVITEs are dropped unread until it is down to a quarter of that."""
+
 current_call_id: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
 
 __all__ = ["Engine", "Handler", "current_call_id"]
@@ -83,6 +87,8 @@ class Engine:
         self._exempt_seen: dict[str, bool] = {}
         self.log_throttle = LogThrottle()
         self._drop_invites = False
+        self.receive_backlog = 0
+        """Bytes queued in the UDP receive buffers at the last lag sample."""
         self.overload_dropped = 0
         """New INVITEs dropped unread while the loop was far behind (``DROP_FACTOR``)."""
         self.media_refusals = 0
@@ -164,6 +170,8 @@ class Engine:
             codecs=self.codecs,
             sockets=cfg.media,
             storage=storage_settings(cfg),
+            relatch_after=cfg.rtp_relatch_after,
+            srtp=cfg.srtp,
         )
         self.media_manager.preload()
         await self.media_manager.start()
@@ -242,10 +250,17 @@ class Engine:
         if ua is None or limit <= 0:
             return
         shedding = lag > limit
-        # far behind: new INVITEs are not even read (a 503 costs nearly what a call
+        # Far behind: new INVITEs are not even read (a 503 costs nearly what a call
         # set-up does), so that what is queued behind them (OPTIONS from the balancer,
-        # BYEs, ACKs) gets through and the loop catches up
-        self._drop_invites = lag > DROP_FACTOR * limit or (self._drop_invites and shedding)
+        # BYEs, ACKs) gets through and the loop catches up. Two signals: the loop's own
+        # lateness, and the bytes waiting in the UDP receive queue (a loop busy reading
+        # datagrams still runs its timers nearly on time while seconds of work queue up).
+        backlog = self.transports.receive_backlog() if self.transports is not None else 0
+        self.receive_backlog = backlog
+        if self._drop_invites:
+            self._drop_invites = shedding or backlog > DROP_BACKLOG // 4
+        else:
+            self._drop_invites = lag > DROP_FACTOR * limit or backlog >= DROP_BACKLOG
         if shedding != ua.shedding:
             ua.shedding = shedding
             log.warning(

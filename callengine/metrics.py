@@ -75,6 +75,7 @@ class EngineCollector(Collector):
             d.add_metric(["response"], counters.dropped_responses)
             d.add_metric(["ack"], counters.dropped_acks)
             d.add_metric(["oversized"], counters.oversized)
+            d.add_metric(["internal_error"], counters.internal_errors)
             yield d
             o = CounterMetricFamily(
                 "callengine_overload_rejected", "INVITEs refused with 503 (limits, draining)"
@@ -92,6 +93,12 @@ class EngineCollector(Collector):
             r.add_metric(["in"], ua.transactions.retransmissions_in)
             r.add_metric(["out"], ua.transactions.retransmissions_out)
             yield r
+        rb = GaugeMetricFamily(
+            "callengine_sip_receive_queue_bytes",
+            "Bytes waiting in the fullest UDP receive buffer (at the last lag sample)",
+        )
+        rb.add_metric([], engine.receive_backlog)
+        yield rb
         od = CounterMetricFamily(
             "callengine_overload_dropped",
             "New INVITEs dropped unread while the event loop was far behind",
@@ -220,6 +227,33 @@ class EngineCollector(Collector):
             streams = GaugeMetricFamily("callengine_media_streams", "Active RTP streams")
             streams.add_metric([], len(clock))
             yield streams
+            drops = clock.drops()
+            relatches = drops.pop("relatches")
+            rejected = CounterMetricFamily(
+                "callengine_rtp_dropped_packets",
+                "RTP/RTCP packets dropped, by reason (wrong_source and wrong_ssrc: from an "
+                "address that is not the call's latched source, e.g. a hijack attempt; "
+                "srtp_failed: SRTP authentication or replay check failed)",
+                labels=["reason"],
+            )
+            for reason, n in drops.items():
+                rejected.add_metric([reason], n)
+            yield rejected
+            moved = CounterMetricFamily(
+                "callengine_rtp_relatches", "Times a call's media moved to a new source address"
+            )
+            moved.add_metric([], relatches)
+            yield moved
+            secured = GaugeMetricFamily(
+                "callengine_media_streams_srtp", "Active RTP streams protected by SRTP"
+            )
+            secured.add_metric([], clock.secure_sessions())
+            yield secured
+            keyed = CounterMetricFamily(
+                "callengine_media_srtp_sessions", "RTP sessions keyed for SRTP (SDES)"
+            )
+            keyed.add_metric([], clock.srtp_sessions)
+            yield keyed
             if mm.spool is not None:
                 yield from _spool_metrics(mm.spool.core)
 

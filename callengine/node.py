@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from config_cache import (
     CacheMetrics,
     CacheSettings,
+    ConfigError,
     HistoryShipper,
     LocalStore,
     MasterFollower,
@@ -39,10 +40,10 @@ from .calllogs import CallLogHook, CallLogWriter
 from .config import EngineConfig
 from .engine import Engine, Handler
 from .limits import networks_matcher
-from .sip.auth import DigestServer
+from .sip.authguard import GuardConfig
 from .sip.message import Request, Response
 from .sip.registrar import Binding as RegBinding
-from .sip.registrar import Registrar, UserRecord
+from .userauth import AuthCollector, UserAuth
 
 log = logging.getLogger("callengine.node")
 
@@ -93,10 +94,24 @@ class Node:
         self.writer: CallLogWriter | None = None
         self.registry = CollectorRegistry()
         self.cache_metrics = CacheMetrics(registry=self.registry)
-        self._registrars: dict[str, Registrar] = {}
-        self._secret = secrets.token_bytes(32)
+        # issue 11: registrars per tenant, INVITE challenges, the brute-force guard
+        self.auth = UserAuth(
+            tenants=lambda: self._local().config.snapshot.tenants,
+            lookup=lambda number: self._local().config.lookup(number),
+            plan=lambda: getattr(getattr(self, "b2bua", None), "plan", None),
+            make_store=lambda: PersistentBindings(self._local().bindings),
+            max_contacts=config.max_contacts,
+            guard=GuardConfig(**config.auth_guard),
+            secret=secrets.token_bytes(32),
+            algorithms=tuple(config.digest_algorithms),
+        )
+        self.registry.register(AuthCollector(self.auth))
         self.python_actions: dict[str, Callable[..., Awaitable[str | None]]] = {}
         self.recovered: list[str] = []
+
+    def _local(self) -> LocalStore:
+        assert self.store is not None, "the node is not started"
+        return self.store
 
     # ----------------------------------------------------------------- start
     async def start(self) -> None:
@@ -130,6 +145,7 @@ class Node:
                 metrics=self.cache_metrics,
             )
             await self.follower.start()
+        self.import_tenant_files()
         self.store.config.ensure_not_empty(settings.on_empty)  # type: ignore[arg-type]
         if settings.history_url:
             self.shipper = HistoryShipper(
@@ -175,6 +191,67 @@ class Node:
         if not cfg.user_agent_to_trunks and plan.trunks:
             engine.ua.hide_agent = networks_matcher(_trunk_networks(plan))
 
+    # ----------------------------------------------------------------- reload
+    def tenant_file_paths(self) -> list[Path]:
+        """``tenant_files``, relative ones taken from the config file's folder."""
+        cfg = self.config
+        base = Path(cfg.source).parent if cfg.source != "<defaults>" else Path.cwd()
+        return [p if p.is_absolute() else base / p for p in map(Path, cfg.tenant_files)]
+
+    def import_tenant_files(self) -> list[str]:
+        """Store the tenants of ``tenant_files`` that differ from the cached ones, each as
+        the next rev (so a newer master rev still wins later). All files are read and
+        validated first: one bad file raises :class:`ConfigError` and changes nothing.
+        Blocking (file reads, fsynced LevelDB writes): run it off the event loop."""
+        from config_cache import load_tenant_file
+        from config_cache.schema import validate_tenant
+
+        assert self.store is not None
+        cache = self.store.config
+        loaded = [
+            (str(path), t) for path in self.tenant_file_paths() for t in load_tenant_file(path)
+        ]
+        changed = []
+        for source, tenant in loaded:
+            current = None if cache.serving_demo else cache.tenant(tenant.id)
+            if current is not None:
+                mine, theirs = tenant.to_doc(), current.to_doc()
+                mine.pop("rev", None)
+                theirs.pop("rev", None)
+                if mine == theirs:
+                    continue
+                if tenant.rev <= current.rev:
+                    doc = tenant.to_doc()
+                    doc["rev"] = current.rev + 1
+                    tenant = validate_tenant(doc, file=source)
+            cache.apply(tenant, source=source, force=True)
+            changed.append(tenant.id)
+        return changed
+
+    async def reload(self) -> dict[str, Any]:
+        """``callengine ctl reload``: re-import ``tenant_files`` (in a thread) and poll the
+        master now when there is one. New calls take the new configuration; calls in
+        progress keep the snapshot they started with. Raises :class:`ConfigError` for a
+        bad tenant file (nothing of the files is applied; the master poll still runs)."""
+        error: ConfigError | None = None
+        changed: list[str] = []
+        try:
+            changed = await asyncio.to_thread(self.import_tenant_files)
+        except ConfigError as exc:
+            error = exc
+        master: list[str] | None = None
+        if self.follower is not None:
+            master = await self.follower.poll_once()
+        if error is not None:
+            raise error
+        log.info("reload: tenants changed from files %s, from the master %s", changed, master)
+        return {
+            "tenant_files": [str(p) for p in self.tenant_file_paths()],
+            "changed": changed,
+            "master": master,
+            "offline": bool(self.follower is not None and self.follower.offline),
+        }
+
     def _on_logs_written(self) -> None:
         if self.shipper is not None:
             self.shipper.notify()
@@ -203,6 +280,11 @@ class Node:
         the B2BUA (403 from untrusted sources)."""
         assert self.store is not None
         b2bua = getattr(self, "b2bua", None)
+        if not call.variables.get("_auth_checked"):
+            call.variables["_auth_checked"] = "1"
+            refused = self.auth.check_invite(call)  # 407 when the route needs Digest
+            if refused is not None:
+                return refused
         if b2bua is not None and not call.variables.get("_trunk_routed"):
             call.variables["_trunk_routed"] = "1"
             trunk_handler = b2bua.route(call, self.route)
@@ -309,32 +391,7 @@ class Node:
     # --------------------------------------------------------------- registrar
     def on_register(self, request: Request, now: float) -> Response | None:
         assert self.store is not None
-        domain = request.to.uri.host if request.to is not None else ""
-        tenant = None
-        for t in self.store.config.snapshot.tenants.values():
-            if t.realm == domain or t.id == domain:
-                tenant = t
-                break
-        realm = tenant.realm if tenant is not None else domain
-        registrar = self._registrars.get(realm)
-        if registrar is None:
-            store = PersistentBindings(self.store.bindings)
-
-            def lookup_user(domain: str, user: str) -> UserRecord | None:
-                snap = self.store.config.snapshot  # type: ignore[union-attr]
-                for t in snap.tenants.values():
-                    if t.realm == domain or t.id == domain:
-                        u = t.users.get(user)
-                        return UserRecord(password=u.password, tenant=t.id) if u else None
-                return None
-
-            registrar = Registrar(
-                lookup_user=lookup_user,
-                store=store,
-                auth=DigestServer(realm or "callengine", self._secret),
-            )
-            self._registrars[realm] = registrar
-        return registrar.handle(request, time.time())
+        return self.auth.on_register(request, now)
 
     def owns_number(self, number: str) -> bool:
         """A tenant owns ``number`` (the default route does not count)."""
@@ -352,7 +409,7 @@ class Node:
         t = self.store.config.tenant(tenant)
         if t is None:
             return []
-        registrar = self._registrars.get(t.realm)
+        registrar = self.auth.registrars.get(t.realm)
         if registrar is None:
             store = PersistentBindings(self.store.bindings)
             return [b for b in store.get(f"{user}@{t.realm}") if b.expires_at > time.time()]

@@ -41,6 +41,11 @@ __all__ = ["DialResult", "DialSpec", "SoftCall", "Softphone", "SoftphoneError", 
 log = logging.getLogger("callengine.softphone")
 
 _CLOCK_RATE = 8000
+_SRTP_USE = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "mandatory": pj.PJMEDIA_SRTP_MANDATORY,
+}
 _endpoint_in_use = False
 
 
@@ -145,7 +150,9 @@ class SoftCall:
     # ------------------------------------------------------------- control
     def wait_confirmed(self, timeout: float = 10.0) -> None:
         """Poll until the call is confirmed with active audio; raise if it failed."""
-        self.phone.poll_until(lambda: self._media is not None and self.confirmed, timeout)
+        self.phone.poll_until(
+            lambda: (self._media is not None and self.confirmed) or not self.active, timeout
+        )
         if not self.confirmed or self._media is None:
             raise SoftphoneError(f"call to {self.uri} not answered: {self.status} {self.reason}")
 
@@ -242,12 +249,28 @@ class Softphone:
         codecs: Sequence[str] = ("PCMU", "PCMA"),
         user: str = "softphone",
         log_level: int = 0,
+        transport: str = "udp",
+        srtp: str = "off",
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
+        srtp_secure_signaling: int = 1,
     ) -> None:
+        if transport not in ("udp", "tls"):
+            raise SoftphoneError(f"transport must be udp or tls, not {transport!r}")
+        if srtp not in _SRTP_USE:
+            raise SoftphoneError(f"srtp must be one of {', '.join(_SRTP_USE)}, not {srtp!r}")
         self.host = host
         self.port = port
         self.codecs = tuple(codecs)
         self.user = user
         self.log_level = log_level
+        self.transport = transport
+        self.srtp = srtp
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.tls_ca = tls_ca
+        self.srtp_secure_signaling = srtp_secure_signaling
         self._ep: pj.Endpoint | None = None
         self._account: pj.Account | None = None
         self.calls: list[SoftCall] = []
@@ -291,7 +314,17 @@ class Softphone:
         tcfg = pj.TransportConfig()
         tcfg.port = self.port
         tcfg.boundAddress = self.host
-        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        kind = pj.PJSIP_TRANSPORT_UDP
+        if self.transport == "tls":
+            kind = pj.PJSIP_TRANSPORT_TLS
+            tls = tcfg.tlsConfig
+            if self.tls_cert and self.tls_key:
+                tls.certFile = self.tls_cert
+                tls.privKeyFile = self.tls_key
+            if self.tls_ca:
+                tls.CaListFile = self.tls_ca
+                tls.verifyServer = True
+        tid = ep.transportCreate(kind, tcfg)
         self.port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
         ep.libStart()
         devices = ep.audDevManager()
@@ -301,6 +334,12 @@ class Softphone:
         acfg.idUri = f"sip:{self.user}@{self.host}:{self.port}"
         acfg.mediaConfig.transportConfig.boundAddress = self.host
         acfg.mediaConfig.transportConfig.port = 0
+        # SDES keys (RFC 4568); pjsua's default secure-signalling rule (1) wants TLS to
+        # the next hop before it puts keys in an SDP.
+        acfg.mediaConfig.srtpUse = _SRTP_USE[self.srtp]
+        acfg.mediaConfig.srtpSecureSignaling = self.srtp_secure_signaling
+        if self.transport == "tls":
+            acfg.sipConfig.transportId = tid
         account = pj.Account()
         account.create(acfg)
         self._account = account
@@ -392,6 +431,16 @@ class DialSpec:
     host: str = "127.0.0.1"
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA"])
     answer_timeout: float = 10.0
+    transport: str = "udp"
+    """``udp`` or ``tls`` (then the URI needs ``;transport=tls``)."""
+    srtp: str = "off"
+    """``off``, ``optional`` or ``mandatory`` (SDES, RFC 4568)."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    """With ``tls_ca`` the node's certificate is verified."""
+    srtp_secure_signaling: int = 1
+    """pjsua's rule for SRTP keys: 0 any transport, 1 TLS to the next hop, 2 end to end."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> DialSpec:
@@ -422,7 +471,17 @@ class DialResult:
 def run(spec: DialSpec) -> DialResult:
     """Place one call as ``spec`` says and report what happened."""
     result = DialResult()
-    with Softphone(host=spec.host, port=spec.port, codecs=spec.codecs) as phone:
+    with Softphone(
+        host=spec.host,
+        port=spec.port,
+        codecs=spec.codecs,
+        transport=spec.transport,
+        srtp=spec.srtp,
+        tls_cert=spec.tls_cert,
+        tls_key=spec.tls_key,
+        tls_ca=spec.tls_ca,
+        srtp_secure_signaling=spec.srtp_secure_signaling,
+    ) as phone:
         try:
             call = phone.call(spec.uri, timeout=spec.answer_timeout)
         except SoftphoneError as exc:

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,16 @@ from .store import open_store
 __all__ = ["add_subcommands"]
 
 
-def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``config push|import|show`` and ``logs``."""
+def add_subcommands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    remote_logs: Callable[[argparse.Namespace], int] | None = None,
+) -> None:
+    """Register ``config push|import|show`` and ``logs``.
+
+    ``remote_logs`` serves ``logs`` from a running node (its admin API) when the
+    LevelDB directory is held by that node, when no ``--data-dir`` is given, and for
+    ``--follow``."""
     config = subparsers.add_parser("config", help="tenant configuration")
     sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
 
@@ -51,11 +60,20 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
     logs = subparsers.add_parser("logs", help="call logs in the outbox and recently shipped")
     logs.add_argument(
-        "--data-dir", required=True, help="the node data directory (its LevelDB is DIR/leveldb)"
+        "--data-dir",
+        required=remote_logs is None,
+        help="the node data directory (its LevelDB is DIR/leveldb); while the node runs "
+        "(it holds the LevelDB) the logs come from its admin API",
     )
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
     logs.add_argument("--limit", type=int, default=None, help="at most N shipped logs")
-    logs.set_defaults(func=_logs)
+    if remote_logs is not None:
+        logs.add_argument("--admin", metavar="URL", help="the running node's admin API")
+        logs.add_argument("--token", help="its bearer token (default $CALLENGINE_ADMIN_TOKEN)")
+        logs.add_argument(
+            "--follow", "-f", action="store_true", help="then print calls as they end (API)"
+        )
+    logs.set_defaults(func=_logs, remote_logs=remote_logs)
 
 
 def node_db_dir(data_dir: str) -> str:
@@ -108,6 +126,12 @@ def _import(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except ConfigError as exc:
+        if "lock" in str(exc).lower():
+            print(
+                "hint: the node is running and holds its LevelDB: list the file in the node's "
+                "tenant_files and run `callengine ctl reload` (docs/admin.md)",
+                file=sys.stderr,
+            )
         return _fail(exc)
     return 0
 
@@ -134,9 +158,14 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    remote = getattr(args, "remote_logs", None)
+    if remote is not None and (args.data_dir is None or getattr(args, "follow", False)):
+        return int(remote(args))
     try:
         store = open_store(node_db_dir(args.data_dir))
     except ConfigError as exc:
+        if remote is not None and "lock" in str(exc).lower():
+            return int(remote(args))  # the node is running and holds the LevelDB
         return _fail(exc)
     try:
         rows: list[tuple[str, float | None, CallLog]] = [

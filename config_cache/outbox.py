@@ -267,3 +267,44 @@ class Outbox:
                 continue
         rows.reverse()
         return rows
+
+    def recent_json(self, limit: int) -> list[bytes]:
+        """The newest ``limit`` call logs, oldest first, each as the JSON object
+        ``{"state": ..., "log": {...}}`` (``shipped_at`` too for ``shipped``): shipped
+        ones from the ring, then final records waiting in the outbox, then open ones
+        (calls in progress). The stored JSON is spliced, never decoded (a call log with
+        its IVR path is kilobytes: decoding a page of them would take a running node's
+        CPU), and at most about ``3 * limit`` records are read whatever the outbox holds."""
+        if limit <= 0:
+            return []
+        shipped: list[bytes] = []
+        for _key, value in self._db.items(P_SHIPPED, reverse=True):
+            if len(shipped) >= limit:
+                break
+            if value[:1] == b"{" and value[-1:] == b"}":
+                shipped.append(b'{"state":"shipped",' + value[1:])
+        shipped.reverse()
+        with self._lock:
+            final_ids = heapq.nlargest(limit, self._final.items(), key=lambda kv: kv[1])
+            open_ids = list(self._open)[:limit]
+        waiting: list[bytes] = []
+        for call_id in [cid for cid, _end in reversed(final_ids)] + open_ids:
+            stored = self._db.get(_okey(call_id))
+            if stored is not None and stored[:1] == b"{" and stored[-1:] == b"}":
+                waiting.append(stored)  # stored as {"state": "open"|"final", "log": {...}}
+        return (shipped + waiting)[-limit:]
+
+    def find(self, call_id: str) -> tuple[str, float | None, CallLog] | None:
+        """One call's log: its outbox record, else the newest entry of the shipped ring
+        with that call id; None when neither holds it."""
+        value = self._db.get(_okey(call_id))
+        if value is not None:
+            try:
+                state, rec = self._decode(value)
+            except ValueError:
+                return None
+            return state, None, rec
+        for at, rec in reversed(self.recently_shipped()):
+            if rec.call_id == call_id:
+                return "shipped", at, rec
+        return None

@@ -37,6 +37,7 @@ from .errors import ConfigError
 
 __all__ = [
     "BUNDLED_PROMPTS",
+    "INVITE_AUTH_MODES",
     "ROUTE_KINDS",
     "NumberEntry",
     "OutboundRoute",
@@ -62,6 +63,8 @@ _DID = re.compile(r"\+?[0-9]{1,20}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _PREFIX = re.compile(r"\+?[0-9*#]{0,20}")
 _STRATEGIES = frozenset({"parallel", "sequential"})
+#: ``invite_auth`` values: which calls from this tenant's users get a 407 challenge.
+INVITE_AUTH_MODES: frozenset[str] = frozenset({"off", "external", "all"})
 
 _TOP_LEVEL = frozenset(
     {
@@ -81,6 +84,7 @@ _TOP_LEVEL = frozenset(
         "prompts",
         "description",
         "deleted",
+        "invite_auth",
     }
 )
 
@@ -185,6 +189,12 @@ class TenantConfig:
     compiled_flows: Mapping[str, Any] = field(default_factory=dict)
     #: The canonical JSON text of the tenant document (what LevelDB stores).
     doc_json: str = ""
+    #: Digest authentication of INVITEs from this tenant's users (407 challenge):
+    #: ``external`` (default) for calls that leave the tenant (trunk routes, other
+    #: tenants' numbers), ``all`` for every call, ``off`` never (such calls then only
+    #: leave through a trunk from a trusted source). Calls from trunks are never
+    #: challenged.
+    invite_auth: str = "external"
 
     def to_doc(self) -> dict[str, Any]:
         """The tenant as a JSON-able document (a fresh copy)."""
@@ -567,6 +577,9 @@ def validate_tenant(
     outbound = _outbound(ctx, data.get("outbound_routes", []))
     dial_policy = _dial_policy(ctx, data.get("dial_policy", {}))
     limits = _limits(ctx, data.get("limits", {}))
+    invite_auth = _str(ctx, data.get("invite_auth", "external"), "invite_auth")
+    if invite_auth not in INVITE_AUTH_MODES:
+        raise ctx.error("invite_auth", f"must be one of {', '.join(sorted(INVITE_AUTH_MODES))}")
     if "deleted" in data:
         _bool(ctx, data["deleted"], "deleted")
     try:
@@ -591,4 +604,5 @@ def validate_tenant(
         limits=MappingProxyType(limits),
         compiled_flows=MappingProxyType(dict(compiled)),
         doc_json=doc_json,
+        invite_auth=invite_auth,
     )

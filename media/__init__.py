@@ -1,8 +1,8 @@
 """media: RTP/RTCP, codecs, DTMF, jitter buffer, tones, prompts, recorder,
 media storage, the per-call stream core and the asyncio media session.
 
-Only :mod:`media.codecs` imports aiortc and only :mod:`media.prompts` and
-:mod:`media.recorder` import soundfile.
+Only :mod:`media.codecs` imports aiortc, only :mod:`media.prompts` and
+:mod:`media.recorder` import soundfile, and only :mod:`media.srtp` imports pylibsrtp.
 """
 
 from __future__ import annotations

@@ -9,7 +9,12 @@ metrics.
 
 :class:`RtpSession` owns one even/odd UDP port pair (RTP, RTCP = RTP + 1) and
 one :class:`~media.stream.RtpStream`; datagrams are fed to the stream core
-with ``now = loop.time()``; decisions stay in the core, I/O stays here.
+with ``now = loop.time()``; decisions stay in the core, I/O stays here. With
+:meth:`RtpSession.set_srtp` the session protects what it sends and unprotects
+what it receives (SRTP and SRTCP, :mod:`media.srtp`) at this edge: the stream core
+sees plain RTP, and a packet that fails authentication never reaches it (so it
+cannot move the latch either). A plain session pays nothing for this: the send
+and receive callbacks are swapped, not tested per packet.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .dtmf import DtmfEvent, InbandDtmfDetector
 from .jitterbuffer import RecordingJitterBuffer
 from .recorder import Recorder, RecordingResult
 from .rtp import RtpPacket
+from .srtp import SrtpContext, SrtpError
 from .stream import Address, RtpStream
 
 # The clock belongs to no call: its ticks must not inherit the first call's context
@@ -40,13 +46,23 @@ _CLOCK_CONTEXT = contextvars.Context()
 # One generator per process: seeding a new Random from os.urandom costs ~70 us a call.
 _RNG = random.Random()
 
-__all__ = ["DEFAULT_PORT_RANGE", "MediaClock", "RtpSession"]
+__all__ = ["DEFAULT_PORT_RANGE", "DROP_COUNTERS", "MediaClock", "RtpSession"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT_RANGE = (10000, 20000)
 _OCTET_PER_TICK = frozenset({"PCMU", "PCMA", "G722"})
 _LATENESS_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+#: The :class:`~media.stream.StreamCounters` a node exports as dropped-packet reasons.
+DROP_COUNTERS = (
+    "malformed",
+    "wrong_pt",
+    "wrong_ssrc",
+    "wrong_source",
+    "srtp_failed",
+    "rtcp_malformed",
+    "relatches",
+)
 
 
 class MediaClock:
@@ -69,6 +85,9 @@ class MediaClock:
         self.lateness_counts: list[int] = [0] * (len(_LATENESS_BUCKETS_MS) + 1)
         self.lateness_sum = 0.0
         self.lateness_max = 0.0
+        self.srtp_sessions = 0  # sessions that were secured with SRTP, ever
+        # Drop counters of the sessions that ended (live ones are summed at read time).
+        self._ended_drops: dict[str, int] = dict.fromkeys(DROP_COUNTERS, 0)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -89,6 +108,26 @@ class MediaClock:
         if not self._sessions and self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def retire(self, session: RtpSession) -> None:
+        """Keep the drop counters of a session that ends (for :meth:`drops`)."""
+        counters = session.stream.counters
+        for name in DROP_COUNTERS:
+            self._ended_drops[name] += getattr(counters, name)
+
+    def drops(self) -> dict[str, int]:
+        """RTP/RTCP packets dropped by every session of this clock, by reason (and the
+        number of re-latches), since the process started."""
+        totals = dict(self._ended_drops)
+        for session in self._sessions.values():
+            counters = session.stream.counters
+            for name in DROP_COUNTERS:
+                totals[name] += getattr(counters, name)
+        return totals
+
+    def secure_sessions(self) -> int:
+        """Active sessions whose media is SRTP."""
+        return sum(1 for session in self._sessions.values() if session.secure)
 
     def lateness_histogram(self) -> dict[str, int]:
         """Tick lateness counts by bucket upper bound in ms (``"+Inf"`` last); not cumulative."""
@@ -143,6 +182,10 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         logger.debug("RTP socket error: %s", exc)
 
 
+def _drop_datagram(datagram: bytes, addr: Address) -> None:
+    return None
+
+
 def _bind_pair(
     host: str, port_range: tuple[int, int], rng: random.Random
 ) -> tuple[socket.socket, socket.socket]:
@@ -194,7 +237,7 @@ class RtpSession:
         self.stream = stream
         self.clock = clock
         self._rtp = rtp_transport
-        self._sendto = rtp_transport.sendto
+        self._sendto: Callable[[bytes, Any], None] = rtp_transport.sendto
         self._rtcp = rtcp_transport
         # Next time the RTCP and inactivity checks can change (0: check on the next tick).
         self._checks_at = 0.0
@@ -219,6 +262,8 @@ class RtpSession:
         #: media relay hooks here.
         self.on_audio: Callable[[bytes], None] | None = None
         self._closed = False
+        self._srtp: SrtpContext | None = None
+        self._srtp_pending = False
         rtp_protocol = rtp_transport.get_protocol()
         rtcp_protocol = rtcp_transport.get_protocol()
         assert isinstance(rtp_protocol, _RtpProtocol)
@@ -300,6 +345,53 @@ class RtpSession:
         return self._silence
 
     # --- configuration -------------------------------------------------------------
+
+    @property
+    def srtp(self) -> SrtpContext | None:
+        """The SRTP transform in use, if any."""
+        return self._srtp
+
+    @property
+    def secure(self) -> bool:
+        """SRTP is in use or awaited: no packet goes out or comes in in the clear."""
+        return self._srtp is not None or self._srtp_pending
+
+    def _receive_srtp(self) -> None:
+        # Not kept in an attribute: session -> protocol -> session would be a cycle that
+        # outlives the call (the transport drops its protocol when it closes).
+        protocol = self._rtp.get_protocol()
+        assert isinstance(protocol, _RtpProtocol)
+        protocol._callback = self._on_srtp
+
+    def await_srtp(self) -> None:
+        """We offered SRTP and the answer has not come: send nothing, drop what comes
+        (counted as ``srtp_failed``) until :meth:`set_srtp` gives the keys."""
+        self._srtp_pending = True
+        self._sendto = _drop_datagram
+        self._receive_srtp()
+
+    def set_srtp(self, context: SrtpContext) -> None:
+        """Protect and unprotect every packet from now on with ``context``.
+
+        Call it before the first packet is sent (right after the session is opened or
+        when the answer arrives); a new context for a running session (a re-INVITE with
+        new keys) replaces the old one."""
+        if self._srtp is None:
+            self.clock.srtp_sessions += 1
+        self._srtp = context
+        self._srtp_pending = False
+        protect = context.protect
+        sendto = self._rtp.sendto
+        counters = self.stream.counters
+
+        def send_protected(datagram: bytes, addr: Address) -> None:
+            try:
+                sendto(protect(datagram), addr)
+            except SrtpError:
+                counters.srtp_failed += 1
+
+        self._sendto = send_protected
+        self._receive_srtp()
 
     def set_remote(
         self,
@@ -461,8 +553,40 @@ class RtpSession:
         for event in result:
             self.deliver_digit(event)
 
+    def _on_srtp(self, data: bytes, addr: Address) -> None:
+        srtp = self._srtp
+        if srtp is None:
+            self.stream.counters.srtp_failed += 1
+            return
+        try:
+            data = srtp.unprotect(data)
+        except SrtpError:
+            self.stream.counters.srtp_failed += 1
+            return
+        self._on_rtp(data, addr)
+
     def _on_rtcp(self, data: bytes, addr: Address) -> None:
+        if self._srtp_pending or self._srtp is not None:
+            if self._srtp is None:
+                self.stream.counters.srtp_failed += 1
+                return
+            try:
+                data = self._srtp.unprotect_rtcp(data)
+            except SrtpError:
+                self.stream.counters.srtp_failed += 1
+                return
         self.stream.receive_rtcp(data, addr, self._loop.time())
+
+    def _send_rtcp(self, report: bytes, addr: Address) -> None:
+        if self._srtp is not None:
+            try:
+                report = self._srtp.protect_rtcp(report)
+            except SrtpError:
+                self.stream.counters.srtp_failed += 1
+                return
+        elif self._srtp_pending:
+            return
+        self._rtcp.sendto(report, addr)
 
     def _on_tick(self, now: float) -> None:
         # The per-stream hot path (20 ms, every call): next payload, one sendto, and
@@ -500,7 +624,7 @@ class RtpSession:
         if stream.rtcp_due(now):
             report = stream.build_rtcp(now)
             if stream.remote_rtcp is not None:
-                self._rtcp.sendto(report, stream.remote_rtcp)
+                self._send_rtcp(report, stream.remote_rtcp)
         if not self.timed_out.is_set() and stream.timed_out(now):
             self.timed_out.set()
             if self.on_timeout is not None:
@@ -522,6 +646,7 @@ class RtpSession:
         if self._closed:
             return
         self._closed = True
+        self.clock.retire(self)
         self.clock.remove(self)
         # what the owner hooked in refers back to it: drop it, so that the session and
         # its call are freed by reference counting (no cycle left for the collector)
@@ -532,7 +657,7 @@ class RtpSession:
         for event in self.stream.flush_dtmf():
             self._digits.put_nowait(event)
         if self.stream.remote_rtcp is not None:
-            self._rtcp.sendto(self.stream.build_bye(self._loop.time()), self.stream.remote_rtcp)
+            self._send_rtcp(self.stream.build_bye(self._loop.time()), self.stream.remote_rtcp)
         self._rtp.close()
         self._rtcp.close()
         await asyncio.sleep(0)

@@ -17,16 +17,28 @@ Theory of operation. The session shell calls, with ``now`` from the loop clock:
 - :meth:`RtpStream.next_deadline` / :meth:`RtpStream.timed_out` for the RTP
   inactivity timer.
 
-Symmetric RTP (RFC 4961; "latching" as SBCs do it): the first valid packet
-fixes the peer's source address and from then on we send there, whatever SDP
-said (NAT). Later the source may move only when the SSRC changes (a new
-stream: at once from the same address; from another address while the current
-source is live, only after ``MIN_SEQUENTIAL`` packets in sequence, RFC 3550
-A.1, else it is ``wrong_ssrc``) or after the current source has been silent for
-``relatch_after`` seconds (NAT rebinding); packets from another address while the current
-source is live are dropped (``wrong_source``). An SSRC that was replaced is
-retired: stragglers from it are dropped (``wrong_ssrc``), so two sources cannot
-make the stream flap.
+Symmetric RTP (RFC 4961; "latching" as SBCs do it) and its rules against RTP
+hijacking (a third party that sends packets to our port to receive the call's
+audio). The latched source is the address we receive from and, with
+``symmetric``, the one we send to:
+
+1. The first valid packet of the call latches (the peer may be behind a NAT
+   and send from an address that its SDP does not name).
+2. The address the SDP signalled is always acceptable: a packet from it
+   latches at once (sending there is what the offer/answer asked for).
+3. While the latched source is live (a packet from it less than
+   ``relatch_after`` seconds ago) packets from any other address are dropped
+   and counted: ``wrong_ssrc`` for an SSRC we do not know, ``wrong_source``
+   for the current SSRC. A new SSRC from the latched address is a new stream
+   at once (the peer restarted its stream).
+4. Once the latched source has been silent for ``relatch_after`` seconds (NAT
+   rebinding), another address may take over, but only after
+   ``relatch_packets`` consecutive packets of one SSRC in sequence (RFC 3550
+   A.1 probation); the packets on probation are dropped and counted.
+
+An SSRC that was replaced is retired: stragglers from it are dropped
+(``wrong_ssrc``), so two sources cannot make the stream flap. A new SDP address
+(re-INVITE) starts latching again.
 """
 
 from __future__ import annotations
@@ -60,7 +72,8 @@ __all__ = ["COMFORT_NOISE_PT", "RtpStream", "StreamCounters"]
 Address = tuple[str, int]
 
 COMFORT_NOISE_PT = 13  # RFC 3389
-MIN_SEQUENTIAL = 2  # RFC 3550 A.1: in-sequence packets before a new source is valid
+RELATCH_PACKETS = 5  # in-sequence packets before another address may take over (A.1)
+RELATCH_AFTER = 5.0  # seconds the latched source must be silent before that
 
 
 @dataclass(slots=True)
@@ -77,6 +90,7 @@ class StreamCounters:
     wrong_source: int = 0
     ssrc_changes: int = 0
     relatches: int = 0
+    srtp_failed: int = 0
     rtcp_sent: int = 0
     rtcp_received: int = 0
     rtcp_malformed: int = 0
@@ -99,7 +113,8 @@ class RtpStream:
         ssrc: int | None = None,
         symmetric: bool = True,
         rtp_timeout: float = 60.0,
-        relatch_after: float = 0.5,
+        relatch_after: float = RELATCH_AFTER,
+        relatch_packets: int = RELATCH_PACKETS,
         rtcp_interval: float = 5.0,
         cname: str = "callengine",
         wallclock_offset: float = 0.0,
@@ -119,6 +134,8 @@ class RtpStream:
         self.symmetric = symmetric
         self.rtp_timeout = rtp_timeout
         self.relatch_after = relatch_after
+        self.relatch_packets = max(1, relatch_packets)
+        self._signalled = remote
         self.rtcp_interval = rtcp_interval
         self.cname = cname.encode()
         self.wallclock_offset = wallclock_offset
@@ -136,6 +153,9 @@ class RtpStream:
         self._started = now
         self._last_rx: float | None = None
         self._source: Address | None = None
+        self._source_rx = 0.0  # when the latched source last sent an accepted packet
+        self._rtcp_source: Address | None = None
+        self._rtcp_rx = 0.0
         self._remote_ssrc: int | None = None
         self._retired: set[int] = set()
         self._probation: tuple[int, Address, int, int] | None = None  # ssrc, addr, seq, count
@@ -167,10 +187,17 @@ class RtpStream:
         self._ts_step = codec.timestamp_step
 
     def set_remote(self, remote: Address, remote_rtcp: Address | None = None) -> None:
-        """Set the SDP destination (re-INVITE); latching starts again."""
+        """Set the SDP destination (answer, re-INVITE); a new address starts latching
+        again, the same one keeps the latched source (a hold/unhold re-INVITE must not
+        reopen the stream to whoever sends first)."""
+        if remote == self._signalled and self._source is not None:
+            return
+        self._signalled = remote
         self.remote = remote
         self.remote_rtcp = remote_rtcp or (remote[0], remote[1] + 1)
         self._source = None
+        self._probation = None
+        self._rtcp_source = None
 
     # --- sending ---------------------------------------------------------------
 
@@ -265,21 +292,42 @@ class RtpStream:
         if self._source is not None:
             self.counters.relatches += 1
         self._source = addr
+        self._probation = None
         if self.symmetric:
             self.remote = addr
 
-    def _passes_probation(self, ssrc: int, addr: Address, seq: int) -> bool:
-        # RFC 3550 A.1: a new source is valid after MIN_SEQUENTIAL packets in sequence.
-        # Applied only to an SSRC from another address while the current source is
-        # live, so a stray or spoofed packet cannot steal the stream.
+    def _admit(self, addr: Address, ssrc: int, seq: int, now: float) -> bool:
+        # A packet from an address other than the latched source (module docstring,
+        # rules 1-4); counts what it drops.
+        counters = self.counters
+        if ssrc in self._retired:
+            counters.wrong_ssrc += 1
+            return False
+        if self._source is None or addr == self._signalled:
+            self._latch(addr)
+            return True
+        if now - self._source_rx < self.relatch_after:
+            # The latched source is live: nobody else may take the stream.
+            self._probation = None
+            if ssrc == self._remote_ssrc:
+                counters.wrong_source += 1
+            else:
+                counters.wrong_ssrc += 1
+            return False
         candidate = self._probation
-        if candidate is not None and candidate[:2] == (ssrc, addr):
-            if (seq - candidate[2]) & 0xFFFF == 1:
-                if candidate[3] + 1 >= MIN_SEQUENTIAL:
-                    return True
-                self._probation = (ssrc, addr, seq, candidate[3] + 1)
-                return False
-        self._probation = (ssrc, addr, seq, 1)
+        count = 1
+        if (
+            candidate is not None
+            and candidate[0] == ssrc
+            and candidate[1] == addr
+            and (seq - candidate[2]) & 0xFFFF == 1
+        ):
+            count = candidate[3] + 1
+        if count >= self.relatch_packets:
+            self._latch(addr)
+            return True
+        self._probation = (ssrc, addr, seq, count)
+        counters.wrong_source += 1
         return False
 
     def receive(self, data: bytes, addr: Address, now: float) -> RtpPacket | list[DtmfEvent] | None:
@@ -295,30 +343,14 @@ class RtpStream:
             counters.wrong_pt += 1
             return None
         ssrc = packet.ssrc
+        if addr != self._source and not self._admit(addr, ssrc, packet.sequence_number, now):
+            return None
         if ssrc != self._remote_ssrc:
             if ssrc in self._retired:
                 counters.wrong_ssrc += 1
                 return None
-            if (
-                addr != self._source
-                and self._last_rx is not None
-                and now - self._last_rx < self.relatch_after
-                and not self._passes_probation(ssrc, addr, packet.sequence_number)
-            ):
-                counters.wrong_ssrc += 1
-                return None
-            self._probation = None
             self._new_source(ssrc)
-            if addr != self._source:
-                self._latch(addr)
-        elif addr != self._source:
-            if self._source is None or (
-                self._last_rx is not None and now - self._last_rx >= self.relatch_after
-            ):
-                self._latch(addr)
-            else:
-                counters.wrong_source += 1
-                return None
+        self._source_rx = now
         self._last_rx = now
         counters.packets_received += 1
         counters.octets_received += len(packet.payload)
@@ -343,15 +375,27 @@ class RtpStream:
         return ntp_timestamp(now + self.wallclock_offset)
 
     def receive_rtcp(self, data: bytes, addr: Address, now: float) -> list[RtcpPacket] | None:
-        """Handle one RTCP datagram; ``None`` if malformed (counted)."""
+        """Handle one RTCP datagram; ``None`` if malformed or from an address that may
+        not send it (both counted)."""
         try:
             packets = parse_compound(data)
         except ValueError:
             self.counters.rtcp_malformed += 1
             return None
+        if addr != self._rtcp_source:
+            # RTCP latches like RTP: from the RTP source's host, and away from a live
+            # RTCP source only after it has been silent for relatch_after.
+            source = self._source
+            if (source is not None and addr[0] != source[0]) or (
+                self._rtcp_source is not None and now - self._rtcp_rx < self.relatch_after
+            ):
+                self.counters.wrong_source += 1
+                return None
+            self._rtcp_source = addr
+            if self.symmetric:
+                self.remote_rtcp = addr
+        self._rtcp_rx = now
         self.counters.rtcp_received += 1
-        if self.symmetric and (self._source is None or addr[0] == self._source[0]):
-            self.remote_rtcp = addr
         for packet in packets:
             if isinstance(packet, RtcpSenderReport | RtcpReceiverReport):
                 if (

@@ -450,21 +450,29 @@ class TrunkPlan:
         address = _parse_ip(source_ip)
         return address is not None and any(address in net for net in self.trusted_sources)
 
-    def route_outbound(self, number: str, *, source_ip: str) -> RouteMatch | None:
+    def route_outbound(
+        self, number: str, *, source_ip: str, authenticated: bool = False
+    ) -> RouteMatch | None:
         """Route called ``number`` from ``source_ip`` by longest matching prefix.
 
         ``None`` when the source is not trusted (answer 403), or no route
         matches (answer 404), or the rewritten number would be empty.
+        ``authenticated``: the caller proved to be a tenant's user (Digest), so it
+        may use the routes from an untrusted address (still not a route whose
+        ``sources`` leave its address out).
         Never raises on network input.
         """
         address = _parse_ip(source_ip)
-        if address is None or not any(address in net for net in self.trusted_sources):
+        trusted = address is not None and any(address in net for net in self.trusted_sources)
+        if not trusted and not authenticated:
             return None
         best: OutboundRoute | None = None
         for route in self.routes:
             if not number.startswith(route.prefix):
                 continue
-            if route.sources and not any(address in net for net in route.sources):
+            if route.sources and (
+                address is None or not any(address in net for net in route.sources)
+            ):
                 continue
             if best is None or len(route.prefix) > len(best.prefix):
                 best = route

@@ -10,10 +10,26 @@ server can ignore credentials it does not understand (RFC 4475 §3.3.7).
 :class:`DigestServer` issues challenges and checks credentials. Its nonces are
 stateless: ``base64(timestamp || salt || HMAC-SHA256(secret, realm || timestamp || salt))``,
 so any worker holding the secret verifies any other worker's nonce and nothing is stored
-per challenge. The price is that a nonce can be replayed until it expires (``nonce_ttl``);
-``track_nc=True`` adds the RFC 7616 §3.4 nonce-count check (nc must increase per nonce),
-kept in this object's memory only, i.e. per worker. ``now`` is wall-clock time (seconds
-since the epoch): workers must agree on it for their nonces to be mutually valid.
+per challenge. A stateless nonce alone could be replayed until it expires (``nonce_ttl``):
+a captured ``Authorization`` would register the attacker's Contact, or wipe a victim's
+bindings with ``Contact: *`` (issue 11). So nonces are also *used up*, in a bounded
+registry of the nonces seen used (:class:`UsedNonces`; ``track_nc=True``, the default;
+one registry may serve several servers, e.g. a node's realms, under one bound):
+
+* with qop, the RFC 7616 §3.4 nonce count must increase per nonce, so the same
+  (nonce, nc, cnonce) is accepted once, and a phone may still reuse a nonce with nc+1;
+* without qop (RFC 2069) there is no count: such a nonce is single-use;
+* a wrong response burns the nonce: the next guess needs a fresh challenge (a round trip
+  and a new nonce each, instead of thousands of guesses on one nonce).
+
+A refused reuse is STALE with reason :data:`REPLAYED` (the digest itself may be right);
+the peer gets a fresh challenge with ``stale=true``. The registry holds at most
+``max_nonces`` entries (oldest first out, expired ones dropped as they age); a nonce
+issued no later than an entry pushed out early is refused as stale too, so eviction never
+re-opens a replay. It lives in this object's memory, i.e. per worker: with several
+workers behind one address, the retry of a challenge must reach the worker that verifies
+it (the node runs one process). ``now`` is wall-clock time (seconds since the epoch):
+workers must agree on it for their nonces to be mutually valid.
 
 :class:`DigestClient` answers a challenge: qop=auth (or auth-int) with a fresh cnonce and
 an nc that counts per nonce, or the RFC 2069 form when the challenge offers no qop.
@@ -32,6 +48,7 @@ import hashlib
 import hmac
 import secrets
 import struct
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -40,12 +57,15 @@ from .errors import RemoteProtocolError
 from .uri import parse_uri
 
 __all__ = [
+    "REPLAYED",
+    "WRONG_RESPONSE",
     "AuthHeader",
     "AuthResult",
     "AuthStatus",
     "ChallengeError",
     "DigestClient",
     "DigestServer",
+    "UsedNonces",
     "digest_response",
     "parse_auth_header",
 ]
@@ -55,6 +75,11 @@ _HASHES = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
 MAX_HEADER_LENGTH = 8192  # longer credential or challenge values are refused as garbage
 _NONCE_SKEW = 30.0  # seconds a nonce's timestamp may lie in the future (workers' clocks)
 _WS = " \t\r\n"
+_BURNT = 1 << 40  # an nc no client reaches: the nonce is used up
+REPLAYED = "nonce reused"
+"""The reason of a STALE result for a nonce (or nonce count) already used."""
+WRONG_RESPONSE = "wrong response"
+"""The reason of a BAD result for a wrong digest (a wrong password)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +303,9 @@ class DigestServer:
         algorithms: Iterable[str] = ("SHA-256", "MD5"),
         nonce_ttl: float = 300,
         allow_rfc2069: bool = True,
-        track_nc: bool = False,
+        track_nc: bool = True,
+        max_nonces: int = 50_000,
+        used: UsedNonces | None = None,
     ) -> None:
         algs = tuple(algorithms)
         for alg in algs:
@@ -295,7 +322,10 @@ class DigestServer:
         self.track_nc = track_nc
         self._secret = secret
         self._accepted = {a.upper() for a in algs}
-        self._nc_seen: dict[str, tuple[int, float]] = {}  # nonce -> (last nc, issued at)
+        if used is not None and used.ttl < nonce_ttl:
+            raise ValueError("the used-nonce registry must keep nonces for nonce_ttl")
+        self.used = used if used is not None else UsedNonces(max_nonces, nonce_ttl)
+        """The used-nonce registry (``track_nc``); ``used`` shares one between servers."""
 
     # -- nonces -------------------------------------------------------------------
 
@@ -351,6 +381,8 @@ class DigestServer:
         the credentials' ``uri`` must name it (RFC 7616 §3.4.6); ``body`` is only used by
         qop=auth-int. The response is compared with :func:`hmac.compare_digest`. A right
         digest over an expired or foreign nonce is STALE, a wrong one BAD (RFC 7616 §3.3).
+        With ``track_nc`` a used-up nonce is STALE with reason :data:`REPLAYED` before the
+        digest is even computed, and a wrong digest uses its nonce up.
         """
         parsed = parse_auth_header(authorization_value)
         if parsed is None or not parsed.is_digest:
@@ -380,6 +412,9 @@ class DigestServer:
             if len(nc) != 8 or any(c not in "0123456789abcdefABCDEF" for c in nc):
                 return AuthResult(AuthStatus.BAD, username, "bad nc", algorithm)
             nc_value = int(nc, 16)
+        nonce = p["nonce"]
+        if self.track_nc and self._used_up(nonce, nc_value if qop is not None else 1):
+            return AuthResult(AuthStatus.STALE, username, REPLAYED, algorithm)
         password = lookup(username)
         if password is None:
             return AuthResult(AuthStatus.UNKNOWN_USER, username, "unknown user", algorithm)
@@ -399,26 +434,74 @@ class DigestServer:
         if not hmac.compare_digest(
             expected.encode(), p["response"].lower().encode("utf-8", "surrogateescape")
         ):
-            return AuthResult(AuthStatus.BAD, username, "wrong response", algorithm)
-        nonce = p["nonce"]
+            if self.track_nc and self._nonce_fresh(nonce, now):
+                self._use(nonce, _BURNT, now)
+            return AuthResult(AuthStatus.BAD, username, WRONG_RESPONSE, algorithm)
         if not self._nonce_fresh(nonce, now):
             return AuthResult(AuthStatus.STALE, username, "stale nonce", algorithm)
-        if self.track_nc and qop is not None and not self._count(nonce, nc_value, now):
-            return AuthResult(AuthStatus.STALE, username, "nc did not increase", algorithm)
+        if self.track_nc:
+            self._use(nonce, nc_value if qop is not None else _BURNT, now)
         return AuthResult(AuthStatus.OK, username, "", algorithm)
 
-    def _count(self, nonce: str, nc: int, now: float) -> bool:
-        seen = self._nc_seen
-        if len(seen) > 4096:
-            horizon = now - self.nonce_ttl
-            for key in [k for k, (_, t) in seen.items() if t < horizon]:
-                del seen[key]
-        last = seen.get(nonce)
-        if last is not None and nc <= last[0]:
+    # -- the used-nonce registry ------------------------------------------------------
+
+    def _used_up(self, nonce: str, nc: int) -> bool:
+        return self.used.used_up(nonce, nc, self.nonce_issued_at)
+
+    def _use(self, nonce: str, nc: int, now: float) -> None:
+        self.used.use(nonce, nc, self.nonce_issued_at(nonce), now)
+
+    @property
+    def nonces_tracked(self) -> int:
+        """Used nonces remembered (bounded by the registry's ``max_nonces``)."""
+        return len(self.used)
+
+
+class UsedNonces:
+    """The bounded registry of used nonces (see the module docstring).
+
+    One may serve several :class:`DigestServer` (a node's tenants): nonces are unique
+    across realms (random salt, realm in the MAC), and one bound then covers them all.
+    ``ttl`` must be at least the servers' ``nonce_ttl``: entries older than that (plus the
+    clock skew allowed) are dropped, their nonces being refused as stale anyway.
+    """
+
+    def __init__(self, max_nonces: int = 50_000, ttl: float = 300) -> None:
+        if max_nonces < 1:
+            raise ValueError("max_nonces must be at least 1")
+        self.max_nonces = max_nonces
+        self.ttl = ttl
+        # nonce -> (last nc, issued at), in order of first use (~ order of issue)
+        self._used: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._floor = float("-inf")  # nonces issued no later than this are used up
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    def used_up(self, nonce: str, nc: int, issued_at: Callable[[str], float | None]) -> bool:
+        """True when ``nonce`` with count ``nc`` was already used (or may have been)."""
+        last = self._used.get(nonce)
+        if last is not None:
+            return nc <= last[0]
+        if self._floor == float("-inf"):
             return False
-        issued = self.nonce_issued_at(nonce)
-        seen[nonce] = (nc, issued if issued is not None else now)
-        return True
+        issued = issued_at(nonce)
+        return issued is not None and issued <= self._floor
+
+    def use(self, nonce: str, nc: int, issued: float | None, now: float) -> None:
+        """Record ``nonce`` as used up to count ``nc``."""
+        used = self._used
+        used[nonce] = (nc, issued if issued is not None else now)
+        horizon = now - self.ttl - _NONCE_SKEW
+        while used:
+            first, (_, at) = next(iter(used.items()))
+            if at < horizon:
+                del used[first]  # expired: it would be refused as stale anyway
+            elif len(used) > self.max_nonces:
+                del used[first]
+                self._floor = max(self._floor, at)
+            else:
+                break
 
 
 class ChallengeError(RemoteProtocolError, ValueError):

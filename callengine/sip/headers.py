@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ._abnf import TOKEN_RE, quote, split_commas, unquote
+from ._abnf import DIGITS_RE, TOKEN_RE, quote, split_commas, unquote
 from .errors import RemoteProtocolError
 from .uri import URI, parse_host_port, parse_uri
 
@@ -247,9 +247,10 @@ def parse_via(value: str) -> Via:
 def parse_cseq(value: str) -> tuple[int, str]:
     """CSeq = 1*DIGIT LWS Method, number < 2**31 (RFC 3261 §8.1.1.5)."""
     parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not TOKEN_RE.match(parts[1]):
+    if len(parts) != 2 or not DIGITS_RE.match(parts[0]) or not TOKEN_RE.match(parts[1]):
         raise RemoteProtocolError("Bad Request - malformed CSeq")
-    number = int(parts[0])
+    digits = parts[0].lstrip("0") or "0"
+    number = int(digits) if len(digits) <= 10 else 2**31
     if number >= 2**31:
         raise RemoteProtocolError("Bad Request - CSeq number out of range")
     return number, parts[1]

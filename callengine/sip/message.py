@@ -44,6 +44,12 @@ _PREFIXES = {key: display + ": " for key, display in CANONICAL.items()}
 _CANONICAL_KEYS = {display: key for key, display in CANONICAL.items()}
 
 
+def _digits(text: str) -> bool:
+    """1*DIGIT in ASCII (``str.isdigit`` is also true for "²" and other digits that
+    ``int`` refuses or the grammar does not allow)."""
+    return text.isascii() and text.isdigit()
+
+
 class Headers:
     """Header fields keyed case-insensitively, values kept as received, in order per name."""
 
@@ -308,14 +314,14 @@ class Message:
             raise RemoteProtocolError("Bad Request - malformed Call-ID")
         self.call_id = cid
         number, sp, method = cseq[0].partition(" ")
-        if sp and method in METHODS and number.isdigit() and len(number) < 10:
+        if sp and method in METHODS and len(number) < 10 and _digits(number):
             self.cseq = int(number)  # < 10 digits: below 2**31 (RFC 3261 §8.1.1.5)
             self.cseq_method = method
         else:
             self.cseq, self.cseq_method = parse_cseq(cseq[0])
         if mf is not None:
-            text = mf[0]
-            if not text.isdigit() or int(text) > 255:
+            text = mf[0].lstrip("0") or "0"
+            if len(text) > 3 or not _digits(text) or int(text) > 255:
                 raise RemoteProtocolError("Bad Request - Max-Forwards out of range")
             self.max_forwards = int(text)
         date = get("date")
@@ -420,8 +426,11 @@ _KNOWN_NAMES.update(
 )
 
 
-def _parse_headers(lines: list[str]) -> Headers:
+def _parse_headers(lines: list[str]) -> tuple[Headers, str | None]:
+    """The header fields, and the first fault found: a line that is not a header is
+    skipped, so that a request broken there can still be answered (with the fault)."""
     headers = Headers()
+    problem: str | None = None
     d = headers._d
     names = headers._names
     known = _KNOWN_NAMES
@@ -437,14 +446,19 @@ def _parse_headers(lines: list[str]) -> Headers:
             if line[0] in " \t":
                 # RFC 3261 §7.3.1 line folding: continuation replaced by one SP.
                 if current is None:
-                    raise RemoteProtocolError("Bad Request - continuation line before any header")
+                    problem = problem or "Bad Request - continuation line before any header"
+                    continue
                 current[-1] = current[-1] + " " + line.strip()
                 continue
             if not sep:
-                raise RemoteProtocolError("Bad Request - header line without colon")
+                problem = problem or "Bad Request - header line without colon"
+                current = None
+                continue
             name = name.rstrip(" \t")
             if not TOKEN_RE.match(name):
-                raise RemoteProtocolError("Bad Request - bad header name")
+                problem = problem or "Bad Request - bad header name"
+                current = None
+                continue
             key = name.lower()
             if len(key) == 1:
                 key = COMPACT.get(key, key)
@@ -456,22 +470,24 @@ def _parse_headers(lines: list[str]) -> Headers:
             current = d[key] = [value]
         else:
             current.append(value)
-    return headers
+    return headers, problem
 
 
 def _content_length(headers: Headers) -> int | None:
     values = headers._d.get("content-length")
     if not values:
         return None
-    if len(values) == 1 and values[0].isdigit():
+    if len(values) == 1 and len(values[0]) < 10 and _digits(values[0]):
         return int(values[0])
     texts = {v.strip() for v in values}
     if len(texts) > 1:
         raise RemoteProtocolError("Bad Request - conflicting Content-Length values")
     text = texts.pop()
-    if not text.isdigit():
+    if not _digits(text):
         raise RemoteProtocolError("Bad Request - malformed Content-Length")
-    return int(text)
+    text = text.lstrip("0") or "0"
+    # no message is larger than a datagram: more digits than that only means "too large"
+    return int(text) if len(text) < 10 else MAX_MESSAGE + 1
 
 
 _PLACEHOLDER_URI = "sip:invalid.invalid"
@@ -530,10 +546,14 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     head_bytes, rest_or_none = _split_head(data)
     rest = rest_or_none if rest_or_none is not None else b""
     head = head_bytes.decode("utf-8", "surrogateescape")
-    sep = "\r\n" if "\r\n" in head else "\n"
-    lines = head.split(sep)
+    crlfs = head.count("\r\n")
+    if crlfs and crlfs == head.count("\n"):
+        lines = head.split("\r\n")
+    else:
+        # bare LF line ends (or a mix): every LF ends a line, a CR before it goes
+        lines = [line[:-1] if line[-1:] == "\r" else line for line in head.split("\n")]
     start = lines[0]
-    headers = _parse_headers(lines[1:])
+    headers, problem = _parse_headers(lines[1:])
     msg: Request | Response
     if start.startswith("SIP/"):
         if rest_or_none is None:
@@ -542,9 +562,11 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
         if len(parts) < 2 or parts[0] != "SIP/2.0":
             raise RemoteProtocolError("Bad Response - version", 505)
         code = parts[1]
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not _digits(code) or not 100 <= int(code) <= 699:
             raise RemoteProtocolError("Bad Response - status code out of range")
         msg = Response(int(code), parts[2] if len(parts) > 2 else "", headers)
+        if problem is not None:
+            raise RemoteProtocolError(problem.replace("Request", "Response"))
         msg._fill_routing_fields()
     else:
         msg = _request_from_line(start, headers)
@@ -561,6 +583,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             if version.startswith("SIP/"):
                 raise PartialRequestError("Version Not Supported", 505, msg)
             raise PartialRequestError("Bad Request - malformed Request-Line", 400, msg)
+        if problem is not None:
+            with contextlib.suppress(RemoteProtocolError):
+                msg._fill_routing_fields()
+            raise PartialRequestError(problem, 400, msg)
         try:
             msg._fill_routing_fields()
         except RemoteProtocolError as exc:
@@ -624,7 +650,7 @@ class StreamFramer:
                 key = name.strip().lower()
                 if key in (b"content-length", b"l"):
                     text = value.strip()
-                    if not text.isdigit():
+                    if not text.isdigit() or len(text) > 9:
                         raise RemoteProtocolError("Bad Request - malformed Content-Length")
                     if length is not None and length != int(text):
                         raise RemoteProtocolError("Bad Request - conflicting Content-Length values")

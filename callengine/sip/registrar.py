@@ -32,6 +32,19 @@ Digest nonces are checked against it.
 7. The bindings are written back in one ``store.put`` and the 200 OK lists every current
    binding with its remaining ``expires`` (§10.3 step 8) and a Date header.
 
+Limits (issue 11). An AOR holds at most ``max_contacts`` bindings: one INVITE to a user
+forks to every binding, so an unbounded list is an amplifier. A REGISTER that would leave
+more is refused whole with **403** "Forbidden - too many registered contacts" (no binding
+changes). Kamailio's ``max_contacts`` answers 503 instead; we do not, because RFC 3261
+§21.5.4 tells a client to retry a 503 elsewhere or later, which turns a policy limit into
+a retry loop across a cluster, while §21.4.4's 403 says the request must not be repeated
+as it is. A phone that re-registers its own contact, or removes one, is never refused.
+
+With an :class:`~callengine.sip.authguard.AuthGuard` every failed check (wrong password,
+unknown user, replayed nonce, another user's AOR) is recorded and logged; the credentials
+of a banned source, or for a user in back-off, are not verified: the request is
+challenged again as if they were wrong (see :mod:`callengine.sip.authguard`).
+
 Bindings are matched by RFC 5626 instance (``+sip.instance`` plus ``reg-id``) when the
 contact has one, so a phone that moved keeps one binding; otherwise by contact URI
 following RFC 3261 §19.1.4, simplified: every URI parameter must match (the RFC ignores
@@ -52,7 +65,8 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Protocol
 
-from .auth import AuthStatus, DigestServer, parse_auth_header
+from .auth import REPLAYED, WRONG_RESPONSE, AuthResult, AuthStatus, DigestServer, parse_auth_header
+from .authguard import AuthGuard, Verdict
 from .errors import RemoteProtocolError
 from .headers import NameAddr, format_params
 from .message import Request, Response, make_response
@@ -64,6 +78,7 @@ __all__ = [
     "MemoryBindingStore",
     "Registrar",
     "UserRecord",
+    "failure_reason",
 ]
 
 # RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
@@ -241,9 +256,17 @@ class Registrar:
         max_expires: int = 7200,
         auth: DigestServer | None,
         make_tag: Callable[[], str] | None = None,
+        max_contacts: int = 10,
+        guard: AuthGuard | None = None,
     ) -> None:
         if not 0 < min_expires <= default_expires <= max_expires:
             raise ValueError("need 0 < min_expires <= default_expires <= max_expires")
+        if max_contacts < 0:
+            raise ValueError("max_contacts must not be negative (0: no limit)")
+        self.max_contacts = max_contacts
+        self.guard = guard
+        self.counters: dict[str, int] = {}
+        """Refusals by reason (``too-many-contacts``), for metrics."""
         self.lookup_user = lookup_user
         self.store = store
         self.default_expires = default_expires
@@ -348,10 +371,12 @@ class Registrar:
                     return self._reply(request, 500, "Server Internal Error - CSeq out of order")
             if star:
                 current.clear()
+            adding = 0
             for u in updates:
                 if u.expires == 0:
                     current.pop(u.key, None)
                     continue
+                adding += u.key not in current
                 na = u.name_addr
                 params = {k: v for k, v in na.params.items() if k not in ("expires", "q")}
                 current[u.key] = Binding(
@@ -364,6 +389,13 @@ class Registrar:
                     transport=request.transport,
                     instance_id=na.params.get("+sip.instance"),
                     params=params,
+                )
+            if self.max_contacts and adding and len(current) > self.max_contacts:
+                self.counters["too-many-contacts"] = self.counters.get("too-many-contacts", 0) + 1
+                return self._reply(
+                    request,
+                    403,
+                    f"Forbidden - too many registered contacts (max {self.max_contacts})",
                 )
             live = list(current.values())
             self.store.put(aor, live)
@@ -385,12 +417,23 @@ class Registrar:
                 credentials = value
                 break
         stale = False
+        guard = self.guard
+        address = request.source[0] if request.source is not None else ""
         if credentials is not None:
 
             def password(username: str) -> str | None:
                 record = self.lookup_user(domain, username)
                 return record.password if record is not None else None
 
+            claimed = parse_auth_header(credentials)
+            username = claimed.params.get("username", "") if claimed is not None else ""
+            known = f"{username}@{auth.realm}" if password(username) is not None else None
+            verdict = guard.check(address, known, now) if guard is not None else Verdict.ALLOW
+            if verdict is not Verdict.ALLOW:
+                if verdict is Verdict.CHALLENGE:
+                    # the user is in back-off: not verified, but counted against the address
+                    self._failed(request, username, "user-backoff", None, now)
+                return self._challenge(request, now, stale=False)
             result = auth.verify(
                 request.method,
                 credentials,
@@ -401,8 +444,48 @@ class Registrar:
             )
             if result.status is AuthStatus.OK:
                 if result.username != user:
+                    self._failed(request, username, "wrong-aor", known, now)
                     return self._reply(request, 403, "Forbidden - not your address-of-record")
+                if guard is not None and known is not None:
+                    guard.success(address, known, now)
                 return None
             stale = result.status is AuthStatus.STALE
-        challenges = auth.challenge(now, stale=stale)
+            reason = failure_reason(result)
+            if reason is not None:
+                self._failed(request, username, reason, known, now)
+        return self._challenge(request, now, stale=stale)
+
+    def _challenge(self, request: Request, now: float, *, stale: bool) -> Response:
+        assert self.auth is not None
+        challenges = self.auth.challenge(now, stale=stale)
         return self._reply(request, 401, headers=[("WWW-Authenticate", c) for c in challenges])
+
+    def _failed(
+        self, request: Request, username: str, reason: str, known: str | None, now: float
+    ) -> None:
+        if self.guard is None:
+            return
+        address, port = request.source if request.source is not None else ("", 0)
+        self.guard.failure(
+            address,
+            known,
+            now,
+            reason=reason,
+            port=port,
+            transport=request.transport,
+            method=request.method,
+            claimed_user=username,
+            realm=self.auth.realm if self.auth is not None else "",
+        )
+
+
+def failure_reason(result: AuthResult) -> str | None:
+    """The :class:`AuthGuard` reason for a failed check; ``None`` when it is no failure
+    (OK, or a right digest over an expired nonce: the phone retries with a new one)."""
+    if result.status is AuthStatus.OK:
+        return None
+    if result.status is AuthStatus.UNKNOWN_USER:
+        return "unknown-user"
+    if result.status is AuthStatus.STALE:
+        return "replay" if result.reason == REPLAYED else None
+    return "wrong-password" if result.reason == WRONG_RESPONSE else "bad-credentials"

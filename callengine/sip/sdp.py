@@ -11,6 +11,13 @@ version that increases with each offer or answer we send (RFC 3264 8).
 :func:`build_offer` and :func:`accept_answer` are the offerer's side.
 Malformed SDP raises ``ValueError`` naming the line; a caller answering an
 INVITE turns it into 400, and a ``None`` from :func:`negotiate` into 488.
+
+Be liberal in what you accept (RFC 4566 5.13 and 6): only a description that cannot
+be read at all (v=, o=, s=, c=) is an error. An attribute we cannot read (an
+``a=rtpmap`` without clock rate, a bad ``a=ptime``, ``a=fmtp`` or ``a=rtcp``) is kept
+as an unknown attribute and ignored; payload types that are not RTP numbers are never
+chosen; an ``m=`` line with a port we cannot read is a stream we decline (port 0).
+Whether anything usable is left is :func:`negotiate`'s answer (``None``: 488).
 """
 
 from __future__ import annotations
@@ -144,7 +151,7 @@ class MediaDescription:
     @property
     def payload_types(self) -> list[int]:
         """The formats as payload type numbers (RTP profiles only)."""
-        return [int(f) for f in self.formats if f.isdigit()]
+        return [pt for pt in map(_payload_type, self.formats) if pt is not None]
 
     def codec_of(self, pt: int) -> RtpMap | None:
         """rtpmap for ``pt``, or the RFC 3551 static assignment."""
@@ -178,7 +185,8 @@ class SessionDescription:
     @classmethod
     def parse(cls, data: bytes | str) -> SessionDescription:
         """Parse an SDP body; raise ``ValueError`` naming the offending line."""
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        # RFC 4566 5: text fields may be in another charset (a=charset): keep the octets
+        text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
         lines = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
         if not lines:
             raise ValueError("SDP is empty")
@@ -214,9 +222,10 @@ class SessionDescription:
                     current.connection = conn
             elif kind == "t":
                 parts = value.split()
-                if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                    raise ValueError(f"SDP line {number}: invalid t= {value!r}")
-                timing.append((int(parts[0]), int(parts[1])))
+                times = [_number(p, 20) for p in parts]
+                if len(times) == 2 and times[0] is not None and times[1] is not None:
+                    timing.append((times[0], times[1]))
+                # else: ignored, the answer says t=0 0 (RFC 3264 5)
             elif kind == "m":
                 current = _parse_media(value, number)
                 media.append(current)
@@ -275,8 +284,8 @@ class SessionDescription:
                 out.append(f"c={m.connection.serialize()}")
             out += [f"{k}={v}" for k, v in m.other if k != "i"]
             for fmt in m.formats:
-                if fmt.isdigit():
-                    pt = int(fmt)
+                pt = _payload_type(fmt)
+                if pt is not None:
                     if pt in m.rtpmap:
                         out.append(f"a=rtpmap:{pt} {m.rtpmap[pt].serialize()}")
                     if pt in m.fmtp:
@@ -286,7 +295,7 @@ class SessionDescription:
             out += [_attr(name, value) for name, value in m.attributes]
             if m.direction is not None:
                 out.append(f"a={m.direction}")
-        return ("\r\n".join(out) + "\r\n").encode()
+        return ("\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
 
     def __bytes__(self) -> bytes:
         return self.serialize()
@@ -305,6 +314,20 @@ class SessionDescription:
         if conn is not None and conn.is_hold and direction == "sendrecv":
             return "sendonly"
         return direction
+
+
+def _number(text: str, max_digits: int) -> int | None:
+    """ASCII digits of at most ``max_digits`` as an int (``str.isdigit`` also accepts
+    "²", which ``int`` refuses; a huge digit string would exceed ``int``'s limit)."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def _payload_type(fmt: str) -> int | None:
+    """An RTP payload type number (0-127), or ``None``."""
+    pt = _number(fmt, 3)
+    return pt if pt is not None and pt <= 127 else None
 
 
 def _attr(name: str, value: str | None) -> str:
@@ -335,9 +358,11 @@ def _parse_origin(value: str, number: int) -> Origin:
     if len(parts) != 6:
         raise ValueError(f"SDP line {number}: o= needs 6 fields, got {len(parts)}")
     username, sess_id, sess_version, nettype, addrtype, address = parts
-    if not sess_id.isdigit() or not sess_version.isdigit():
+    session_id = _number(sess_id, 64)
+    version = _number(sess_version, 64)
+    if session_id is None or version is None:
         raise ValueError(f"SDP line {number}: o= session id and version must be numeric")
-    return Origin(username, int(sess_id), int(sess_version), address, nettype, addrtype)
+    return Origin(username, session_id, version, address, nettype, addrtype)
 
 
 def _parse_connection(value: str, number: int) -> Connection:
@@ -365,42 +390,40 @@ def _parse_media(value: str, number: int) -> MediaDescription:
     port_count = None
     if "/" in port_text:
         port_text, _, count_text = port_text.partition("/")
-        if not count_text.isdigit():
-            raise ValueError(f"SDP line {number}: invalid port count {count_text!r}")
-        port_count = int(count_text)
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"SDP line {number}: invalid port {port_text!r}")
-    formats = parts[3:]
-    if "RTP/" in proto:
-        for fmt in formats:
-            if not fmt.isdigit() or int(fmt) > 127:
-                raise ValueError(f"SDP line {number}: invalid RTP payload type {fmt!r}")
-    return MediaDescription(media, int(port_text), proto, formats, port_count=port_count)
+        port_count = _number(count_text, 5)  # unreadable: ignored (one port)
+    port = _number(port_text, 5)
+    if port is None or port > 65535:
+        port = 0  # a stream we cannot address: declined in the answer (RFC 3264 6)
+    # RTP formats that are not payload type numbers are never chosen (payload_types)
+    return MediaDescription(media, port, proto, parts[3:], port_count=port_count)
 
 
 def _media_attribute(m: MediaDescription, name: str, value: str | None, number: int) -> None:
+    # An attribute we cannot read is kept as an unknown one and ignored (RFC 4566 5.13).
     if name == "rtpmap" and value is not None:
         pt_text, _, spec = value.partition(" ")
         pieces = spec.strip().split("/")
-        if not pt_text.isdigit() or len(pieces) < 2 or not pieces[1].isdigit():
-            raise ValueError(f"SDP line {number}: invalid rtpmap {value!r}")
-        channels = 1
-        if len(pieces) > 2:
-            if not pieces[2].isdigit():
-                raise ValueError(f"SDP line {number}: invalid rtpmap channels {value!r}")
-            channels = int(pieces[2])
-        m.rtpmap[int(pt_text)] = RtpMap(pieces[0], int(pieces[1]), channels)
+        pt = _payload_type(pt_text)
+        rate = _number(pieces[1], 9) if len(pieces) >= 2 else None
+        channels = _number(pieces[2], 3) if len(pieces) > 2 else 1
+        if pt is not None and rate and channels and pieces[0] and len(pieces) <= 3:
+            m.rtpmap[pt] = RtpMap(pieces[0], rate, channels)
+        else:
+            m.attributes.append((name, value))  # e.g. "31 LPC": no clock rate
     elif name == "fmtp" and value is not None:
         pt_text, _, params = value.partition(" ")
-        if pt_text.isdigit():
-            m.fmtp[int(pt_text)] = params.strip()
+        pt = _payload_type(pt_text)
+        if pt is not None:
+            m.fmtp[pt] = params.strip()
         else:
             m.attributes.append((name, value))
     elif name == "ptime" and value is not None:
-        try:
-            m.ptime = int(float(value))
-        except ValueError:
-            raise ValueError(f"SDP line {number}: invalid ptime {value!r}") from None
+        whole, _, fraction = value.strip().partition(".")
+        ptime = _number(whole, 4)
+        if ptime is not None and 0 < ptime <= 1000 and (not fraction or fraction.isdigit()):
+            m.ptime = ptime
+        else:
+            m.attributes.append((name, value))
     elif name in DIRECTIONS and value is None:
         m.direction = name
     else:
@@ -581,12 +604,12 @@ def negotiate(
         remote_direction = offer.media_direction(index)
         direction = _combine(_ANSWER_DIRECTION[remote_direction], local_direction)
         port = m.port
-        rtcp_port = port + 1
+        rtcp_port = port + 1 if port < 65535 else port
         rtcp = m.attribute("rtcp")
-        if rtcp:
-            first = rtcp.split()[0]
-            if first.isdigit():
-                rtcp_port = int(first)
+        if rtcp and rtcp.split():
+            first = _number(rtcp.split()[0], 5)
+            if first is not None and 0 < first <= 65535:
+                rtcp_port = first
         return Answer(
             codec=codecs[0],
             codecs=tuple(codecs),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ._abnf import HOST_RE, SCHEME_RE
+from ._abnf import DIGITS_RE, HOST_RE, SCHEME_RE
 from .errors import RemoteProtocolError
 
 SIP_SCHEMES = frozenset({"sip", "sips"})
@@ -127,7 +127,7 @@ def parse_host_port(text: str, *, where: str) -> tuple[str, int | None]:
         raise RemoteProtocolError(f"Bad Request - bad host in {where}")
     port: int | None = None
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if len(port_text) > 5 or not DIGITS_RE.match(port_text) or not 0 < int(port_text) < 65536:
             raise RemoteProtocolError(f"Bad Request - bad port in {where}")
         port = int(port_text)
     return host, port

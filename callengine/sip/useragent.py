@@ -93,6 +93,8 @@ class Counters:
     rejected_overload: int = 0
     rejected_caps: int = 0
     oversized: int = 0
+    internal_errors: int = 0
+    """Exceptions of the core itself while handling a message (a bug: each is logged)."""
 
 
 class Admission(Protocol):
@@ -189,8 +191,9 @@ def reason_cause(message: Request | Response) -> int | None:
             continue
         for p in params.split(";"):
             name, _, v = p.partition("=")
-            if name.strip().lower() == "cause" and v.strip().isdigit():
-                return int(v.strip())
+            v = v.strip()
+            if name.strip().lower() == "cause" and len(v) <= 3 and v.isascii() and v.isdigit():
+                return int(v)
     return None
 
 
@@ -250,12 +253,25 @@ class UserAgent:
     def receive(
         self, data: bytes, source: Address, transport: str, local: Address, now: float
     ) -> None:
-        """Feed one datagram / framed stream message."""
+        """Feed one datagram / framed stream message. Never raises: a malformed request
+        gets its 4xx, a malformed response is dropped; both count as ``parse_errors``."""
         if not data or (data[0] in (10, 13) and not data.strip(b"\r\n")):
             return  # keep-alive (RFC 5626 §3.5.1)
         if len(data) > self.max_message_size:
             self._too_large(data, source, transport)
             return
+        try:
+            self._receive(data, source, transport, local, now)
+        except Exception as exc:
+            # Last line of defence: nothing from the network may raise into the event
+            # loop. Reaching this is a bug of the core (the fuzzer counts it as one).
+            self.counters.internal_errors += 1
+            log.error("internal error handling a message from %s: %r", source, exc)
+            log.debug("internal error", exc_info=True)
+
+    def _receive(
+        self, data: bytes, source: Address, transport: str, local: Address, now: float
+    ) -> None:
         try:
             msg = parse_message(data, stream=transport != "UDP")
         except PartialRequestError as exc:
@@ -292,7 +308,10 @@ class UserAgent:
             # a lazily parsed header was malformed
             self.counters.parse_errors += 1
             if isinstance(msg, Request) and msg.method != "ACK":
-                txn = self.transactions.match_server(msg)
+                try:
+                    txn = self.transactions.match_server(msg) if msg.vias else None
+                except RemoteProtocolError:
+                    txn = None  # the fault is in what matching reads (From tag, RFC 2543)
                 if txn is not None and txn.state in (State.TRYING, State.PROCEEDING):
                     txn.respond(self._response(msg, exc.status, exc.reason), now)
                 else:
@@ -338,7 +357,11 @@ class UserAgent:
         params = via.params
         rport = params.get("rport")
         if "rport" in params:
-            return (source[0], int(rport) if rport and rport.isdigit() else source[1])
+            if rport and len(rport) <= 5 and rport.isascii() and rport.isdigit():
+                port = int(rport)
+                if 0 < port < 65536:
+                    return (source[0], port)
+            return source
         host = params.get("received") or via.host
         return (host.strip("[]"), via.port or 5060)
 
@@ -352,7 +375,8 @@ class UserAgent:
         if "rport" in via.params:
             via.params["rport"] = str(src[1])
             changed = True
-        if via.host.strip("[]") != src[0]:
+        if via.host.strip("[]") != src[0] or "received" in via.params:
+            # §18.2.1; a received the peer wrote itself is not an address to trust
             via.params["received"] = src[0]
             changed = True
         if changed:
@@ -422,6 +446,10 @@ class UserAgent:
     # --------------------------------------------------------------- requests
     def _on_request(self, req: Request, local: Address, now: float) -> None:
         self._stamp_via(req)
+        # From and To are read to match transactions (RFC 2543 peers) and dialogs, and
+        # copied into every answer: a fault in them is a 400 naming the header, now,
+        # before any transaction or dialog exists (RFC 4475 §3.1.2.6, §3.1.2.14-15).
+        _ = req.from_, req.to
         method = req.method
         txn = self.transactions.match_server(req)
         if txn is not None:
@@ -441,9 +469,6 @@ class UserAgent:
             self._on_cancel(req, now)
             return
         to_tag = req.to_tag
-        if not to_tag:
-            # a new request: From and To must parse (RFC 4475 §3.1.2.6, §3.1.2.14-15)
-            _ = req.from_, req.to
         # §8.2.1 method inspection
         if method not in ALLOWED:
             status = 405 if method in KNOWN_NOT_ALLOWED else 501
@@ -533,7 +558,10 @@ class UserAgent:
     def _new_invite(
         self, req: Request, local: Address, mkey: tuple[str, str, int], now: float
     ) -> None:
-        _ = req.contacts  # malformed Contact -> 400
+        # What the answer copies or the dialog keeps (§12.1.1): a malformed Contact or
+        # Record-Route is a 400 naming it now, not a failure when the call is answered.
+        _ = req.contacts
+        req.routes("record-route")
         txn = self.transactions.create_server(req, self._response_dest(req))
         if not self._admit(now):
             self.counters.rejected_overload += 1

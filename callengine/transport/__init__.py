@@ -21,6 +21,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from ..sip.message import StreamFramer
 log = logging.getLogger("callengine.transport")
 
 Address = tuple[str, int]
+_SO_MEMINFO = 55  # Linux: struct of u32, [0] = bytes allocated to the receive queue
 Deliver = Callable[[bytes, Address, str, Address], None]
 
 __all__ = ["ListenSpec", "TransportSet", "parse_listen"]
@@ -163,6 +165,7 @@ class TransportSet:
         self.idle_closed = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._meminfo = sys.platform == "linux"
         self.udp: list[_Udp] = []
         self._udp4: asyncio.DatagramTransport | None = None
         self._udp6: asyncio.DatagramTransport | None = None
@@ -267,6 +270,24 @@ class TransportSet:
                 sockname = _norm(server.sockets[0].getsockname())
                 self.bound.append(ListenSpec(sockname[0], sockname[1], name))
                 port = sockname[1]
+
+    def receive_backlog(self) -> int:
+        """Bytes queued in the fullest UDP receive buffer (Linux ``SO_MEMINFO``); 0 where
+        the platform does not say."""
+        if not self._meminfo:
+            return 0
+        worst = 0
+        for proto in self.udp:
+            sock = proto.transport.get_extra_info("socket") if proto.transport else None
+            if sock is None:
+                continue
+            try:
+                raw = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 64)
+            except OSError:
+                self._meminfo = False
+                return 0
+            worst = max(worst, int.from_bytes(raw[:4], sys.byteorder))
+        return worst
 
     def local_for(self, transport: str, family_host: str = "") -> Address:
         want_v6 = ":" in family_host

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,4 +110,33 @@ def test_kill_9_loses_nothing_and_recovery_marks_interrupted(tmp_path: Path) -> 
     assert (closed.result, closed.interrupted) == ("completed", False)
     assert box.depth() == 20
     assert box.recover_interrupted(now=600.0) == []
+    store.close()
+
+
+def test_recent_json_newest_page_without_decoding(tmp_path: Path) -> None:
+    """What a running node's ``GET /logs`` serves: shipped, then waiting, then open
+    records, newest ``limit`` of them, each a JSON object spliced from the stored bytes."""
+    store = open_store(tmp_path / "db", shipped_keep=10)
+    box = store.outbox
+    for i, end in enumerate([10.0, 20.0, 30.0, 40.0, 50.0]):
+        rec = _log(f"c{i}")
+        rec.end_time = end
+        box.close_call(rec)
+    box.mark_shipped(box.pending(2), shipped_at=1000.0)  # c0, c1
+    box.open_call(_log("live"))
+    page = [json.loads(item) for item in box.recent_json(10)]
+    assert [(d["state"], d["log"]["call_id"]) for d in page] == [
+        ("shipped", "c0"),
+        ("shipped", "c1"),
+        ("final", "c2"),
+        ("final", "c3"),
+        ("final", "c4"),
+        ("open", "live"),
+    ]
+    assert page[0]["shipped_at"] == 1000.0 and page[2]["log"]["end_time"] == 30.0
+    assert [json.loads(i)["log"]["call_id"] for i in box.recent_json(3)] == ["c3", "c4", "live"]
+    assert box.recent_json(0) == []
+    found = box.find("c1")
+    assert found is not None and found[:2] == ("shipped", 1000.0)
+    assert box.find("c3") is not None and box.find("nope") is None
     store.close()

@@ -123,6 +123,8 @@ def start_daemon(
         args += ["--metrics", f"127.0.0.1:{metrics_port}"]
     else:
         args.append("--no-metrics")
+    if "--admin" not in extra:
+        args.append("--no-admin")  # parallel nodes would share the default admin port
     args += list(extra)
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(

@@ -122,3 +122,103 @@ def test_hold_stops_sending_and_timeout_fires() -> None:
         await b.stop()
 
     asyncio.run(main())
+
+
+def test_srtp_sessions_exchange_audio_and_refuse_plain_rtp() -> None:
+    from media.srtp import SUITES, SrtpContext, generate_key
+
+    suite = SUITES["AES_CM_128_HMAC_SHA1_80"]
+    key_a, key_b = generate_key(suite), generate_key(suite)
+    payloads = PromptCache().payloads("welcome", PCMU)[:50]
+    wire: list[bytes] = []
+
+    async def main() -> None:
+        clock = MediaClock()
+        a, b = await _pair(clock, rtcp_interval=0.1)
+        a.set_srtp(SrtpContext(suite, tx_key=key_a, rx_key=key_b))
+        b.set_srtp(SrtpContext(suite, tx_key=key_b, rx_key=key_a))
+        original = b._rtp.get_protocol()._callback  # type: ignore[attr-defined]
+
+        def spy(data: bytes, addr: tuple[str, int]) -> None:
+            wire.append(data)
+            original(data, addr)
+
+        b._rtp.get_protocol()._callback = spy  # type: ignore[attr-defined]
+        heard: list[bytes] = []
+        b.on_audio = heard.append
+        assert await asyncio.wait_for(a.play([payloads]), 10) is None
+        await asyncio.sleep(0.1)
+        # A plain RTP packet (someone without the key) is dropped and counted.
+        loop = asyncio.get_running_loop()
+        plain = RtpPacket(0, False, 1, 160, 0xBAD, payload=b"\xff" * 160).serialize()
+        intruder, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=(HOST, 0)
+        )
+        for _ in range(3):
+            intruder.sendto(plain, (HOST, b.rtp_port))
+        intruder.close()
+        while b.quality()["srtp_failed"] != 3:
+            await asyncio.sleep(0.01)
+        q = b.quality()
+        assert q["malformed"] == 0 and q["wrong_ssrc"] == 0 and q["packets_lost"] == 0
+        assert q["rtcp_received"] > 0 and q["rtcp_malformed"] == 0  # SRTCP both ways
+        assert a.secure and clock.secure_sessions() == 2 and clock.srtp_sessions == 2
+        assert clock.drops()["srtp_failed"] == 3
+        assert b"".join(payloads) in b"".join(heard)  # decrypted audio, in order
+        await a.stop()
+        await b.stop()
+        assert clock.drops()["srtp_failed"] == 3  # kept after the sessions ended
+
+    asyncio.run(main())
+    # On the wire: SRTP packets (10-octet tag), none carrying a prompt frame in clear.
+    assert wire and all(len(d) == 12 + 160 + 10 for d in wire[:10])
+    clear = set(payloads)
+    assert not any(d[12:172] in clear for d in wire)
+
+
+def test_awaiting_srtp_keys_sends_nothing() -> None:
+    async def main() -> None:
+        clock = MediaClock()
+        a, b = await _pair(clock)
+        a.await_srtp()
+        await asyncio.sleep(0.15)
+        assert a.quality()["packets_sent"] > 0  # the stream ticked ...
+        assert b.quality()["packets_received"] == 0  # ... but nothing left in clear
+        assert a.quality()["srtp_failed"] > 0  # b's plain RTP was refused
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(main())
+
+
+def test_sessions_plain_and_srtp_are_freed_without_the_collector() -> None:
+    import gc
+
+    from media.srtp import SUITES, SrtpContext, generate_key
+
+    suite = SUITES["AES_CM_128_HMAC_SHA1_80"]
+    garbage: list[str] = []
+
+    async def main() -> None:
+        clock = MediaClock()
+        a, b = await _pair(clock)
+        k1, k2 = generate_key(suite), generate_key(suite)
+        a.set_srtp(SrtpContext(suite, tx_key=k1, rx_key=k2))
+        b.await_srtp()
+        await asyncio.sleep(0.1)
+        await a.stop()
+        await b.stop()
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        asyncio.run(main())
+        gc.collect()
+        garbage = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    leaked = [name for name in garbage if name in ("RtpSession", "RtpStream", "SrtpContext")]
+    assert leaked == [], leaked

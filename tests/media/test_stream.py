@@ -61,36 +61,107 @@ def test_dtmf_replaces_audio_with_event_packets() -> None:
     assert sent[5].timestamp == ts0 + 5 * 160
 
 
+ATTACKER = ("203.0.113.5", 9)
+
+
 def test_latching_and_source_rules() -> None:
-    s = _stream()
+    s = _stream(relatch_after=2.0, relatch_packets=3)
     assert isinstance(s.receive(_pkt(1), NAT, 0.0), RtpPacket)
     assert s.remote == NAT and s.source == NAT  # symmetric RTP: reply to the source
     # Same SSRC from another address while the source is live: dropped.
-    assert s.receive(_pkt(2), ("203.0.113.5", 9), 0.02) is None
+    assert s.receive(_pkt(2), ATTACKER, 0.02) is None
     assert s.counters.wrong_source == 1 and s.remote == NAT
-    # After the source has been silent, the same SSRC may move (NAT rebinding).
-    assert s.receive(_pkt(3), ("203.0.113.5", 9), 1.0) is not None
-    assert s.remote == ("203.0.113.5", 9) and s.counters.relatches == 1
-    # A new SSRC from another address while the source is live must pass probation
-    # (RFC 3550 A.1: two packets in sequence): a lone stray packet is dropped.
-    assert s.receive(_pkt(500, ssrc=0x9999), NAT, 1.02) is None
-    assert s.counters.wrong_ssrc == 1 and s.remote_ssrc != 0x9999
-    assert s.receive(_pkt(501, ssrc=0x9999), NAT, 1.03) is not None
-    assert s.remote_ssrc == 0x9999 and s.counters.ssrc_changes == 1 and s.remote == NAT
-    # The old SSRC is retired: its stragglers are dropped.
-    assert s.receive(_pkt(4), ("203.0.113.5", 9), 1.04) is None
-    assert s.counters.wrong_ssrc == 2
-    # A new SSRC from the current source's address is a new stream at once.
-    assert s.receive(_pkt(9, ssrc=0x7777), NAT, 1.05) is not None
-    assert s.remote_ssrc == 0x7777 and s.counters.ssrc_changes == 2
+    # After the source has been silent for relatch_after, the same SSRC may move (NAT
+    # rebinding), but only after relatch_packets packets in sequence.
+    assert s.receive(_pkt(3), ATTACKER, 2.5) is None
+    assert s.receive(_pkt(4), ATTACKER, 2.52) is None
+    assert s.remote == NAT and s.counters.wrong_source == 3
+    assert s.receive(_pkt(5), ATTACKER, 2.54) is not None
+    assert s.remote == ATTACKER and s.counters.relatches == 1
+    # A new SSRC from another address while the source is live: dropped, however many
+    # packets in sequence it sends.
+    for i in range(10):
+        assert s.receive(_pkt(500 + i, ssrc=0x9999), NAT, 2.56 + i * 0.02) is None
+        assert s.receive(_pkt(6 + i), ATTACKER, 2.56 + i * 0.02) is not None
+    assert s.counters.wrong_ssrc == 10 and s.remote_ssrc == 0x1234 and s.remote == ATTACKER
+    # A new SSRC from the current source's address is a new stream at once ...
+    assert s.receive(_pkt(9, ssrc=0x7777), ATTACKER, 3.0) is not None
+    assert s.remote_ssrc == 0x7777 and s.counters.ssrc_changes == 1
+    # ... and the old SSRC is retired: its stragglers are dropped, from anywhere.
+    assert s.receive(_pkt(16), ATTACKER, 3.02) is None
+    assert s.receive(_pkt(17), NAT, 9.0) is None
+    assert s.counters.wrong_ssrc == 12 and s.remote == ATTACKER
 
 
 def test_wrong_ssrc_out_of_sequence_never_passes_probation() -> None:
-    s = _stream()
+    s = _stream(relatch_after=0.5, relatch_packets=2)
     s.receive(_pkt(1), NAT, 0.0)
     for i, seq in enumerate((100, 300, 50, 7000)):
         assert s.receive(_pkt(seq, ssrc=0xBAD), ("198.51.100.9", 4000), 0.01 * (i + 1)) is None
     assert s.counters.wrong_ssrc == 4 and s.remote_ssrc != 0xBAD and s.remote == NAT
+    # After the silence, packets out of sequence still never pass probation.
+    for i, seq in enumerate((100, 300, 50, 7000, 7002, 7001)):
+        assert s.receive(_pkt(seq, ssrc=0xBAD), ("198.51.100.9", 4000), 1.0 + i * 0.02) is None
+    assert s.counters.wrong_source == 6 and s.remote == NAT and s.counters.relatches == 0
+
+
+def test_hijack_with_a_new_ssrc_in_sequence_is_rejected_while_the_caller_talks() -> None:
+    # The attack of issue 11: in-sequence packets with a new SSRC from another address.
+    s = _stream()  # defaults: relatch_after 5 s, relatch_packets 5
+    now = 0.0
+    caller_seq = 1000
+    for i in range(500):  # 10 s of a live caller and an attacker sending in step
+        assert s.receive(_pkt(caller_seq + i), NAT, now) is not None
+        assert s.receive(_pkt(20000 + i, ssrc=0xEE11), ATTACKER, now + 0.001) is None
+        now += 0.02
+    assert s.remote == NAT and s.source == NAT and s.remote_ssrc == 0x1234
+    assert s.counters.wrong_ssrc == 500 and s.counters.relatches == 0
+    # The caller pauses for less than relatch_after: still nobody else.
+    now += 4.0
+    for i in range(20):
+        assert s.receive(_pkt(20500 + i, ssrc=0xEE11), ATTACKER, now + i * 0.02) is None
+    assert s.remote == NAT and s.counters.relatches == 0
+
+
+def test_first_packets_latch_and_the_signalled_address_is_always_accepted() -> None:
+    s = _stream()
+    # Someone else's packet arrives first (a race, or the phone's NAT address): latched.
+    assert s.receive(_pkt(1, ssrc=0xAAAA), ATTACKER, 0.0) is not None
+    assert s.remote == ATTACKER
+    # The address the SDP named sends: sending there is what signalling asked for.
+    assert s.receive(_pkt(7), PEER, 0.02) is not None
+    assert s.remote == PEER and s.remote_ssrc == 0x1234 and s.counters.relatches == 1
+    # From now on the other address is rejected while the peer talks.
+    assert s.receive(_pkt(2, ssrc=0xAAAA), ATTACKER, 0.04) is None
+    assert s.remote == PEER and s.counters.wrong_ssrc == 1
+
+
+def test_rtcp_latches_on_the_rtp_source_host_and_holds_while_live() -> None:
+    s = _stream(relatch_after=2.0)
+    s.receive(_pkt(1), NAT, 0.0)
+    report = serialize_compound([RtcpReceiverReport(0x1234, ())])
+    nat_rtcp = (NAT[0], NAT[1] + 7)  # the NAT mapped the RTCP port elsewhere: fine
+    assert s.receive_rtcp(report, nat_rtcp, 0.1) is not None and s.remote_rtcp == nat_rtcp
+    # Another host, or another port of the same host while the RTCP source is live:
+    # dropped and counted, our reports keep going to the peer.
+    assert s.receive_rtcp(report, ATTACKER, 0.2) is None
+    assert s.receive_rtcp(report, (NAT[0], 40000), 0.3) is None
+    assert s.remote_rtcp == nat_rtcp and s.counters.wrong_source == 2
+    assert s.counters.rtcp_received == 1
+    # After the RTCP source has been silent for relatch_after, the same host may move it.
+    assert s.receive_rtcp(report, (NAT[0], 40000), 2.5) is not None
+    assert s.remote_rtcp == (NAT[0], 40000)
+
+
+def test_reinvite_to_the_same_address_keeps_the_latch_a_new_address_relatches() -> None:
+    s = _stream()
+    s.receive(_pkt(1), NAT, 0.0)
+    s.set_remote(PEER)  # hold/unhold re-INVITE: same SDP address
+    assert s.source == NAT and s.remote == NAT
+    assert s.receive(_pkt(1, ssrc=0x5555), ATTACKER, 0.02) is None
+    s.set_remote(("192.0.2.99", 5000))  # the peer moved its media
+    assert s.source is None and s.remote == ("192.0.2.99", 5000)
+    assert s.receive(_pkt(2), NAT, 0.04) is not None and s.remote == NAT
 
 
 def test_malformed_and_wrong_payload_type_are_counted() -> None:

@@ -137,3 +137,30 @@ def test_oversized_request_gets_513_and_is_not_kept(daemon_factory: Callable[...
         assert s.recv(65535).startswith(b"SIP/2.0 513 Message Too Large")
     assert daemon.metrics_port is not None
     assert scrape(daemon.metrics_port)['callengine_sip_dropped_total{kind="oversized"}'] == 1
+
+
+def test_invite_flood_through_the_balancer_leaves_its_options_answered(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """The flood comes from the balancer's own (exempt) address, far beyond what the
+    node can take: new INVITEs are dropped unread once the receive queue backs up, so
+    the balancer's OPTIONS (queued behind them) are still answered."""
+    import subprocess
+
+    daemon = daemon_factory(metrics=True)
+    prober = Prober(daemon.port)
+    prober.start()
+    subprocess.run(
+        [SIPP, "-sn", "uac", "-i", BALANCER, "-r", "4000", "-m", "16000", "-d", "100",
+         "-timeout", "8", "-recv_timeout", "1000", "-nostdin", daemon.address],
+        cwd=tmp_path, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    prober.stop.set()
+    prober.join(5)
+    assert daemon.metrics_port is not None
+    metrics = scrape(daemon.metrics_port)
+    assert metrics["callengine_overload_dropped_total"] > 0
+    assert metrics["callengine_flood_dropped_total"] == 0  # exempt: not the per-source limit
+    assert prober.lost == 0 and len(prober.rtts) >= 20, (prober.lost, len(prober.rtts))
+    assert max(prober.rtts) < 1.0, max(prober.rtts)
+    assert "Traceback" not in daemon.log()

@@ -759,3 +759,147 @@ def test_undecodable_octets_in_credentials_do_not_raise() -> None:
     req = parse_message(raw)
     assert isinstance(req, Request)
     assert reg.handle(req, T0).status == 401
+
+
+# -- limits (issue 11): contacts per AOR, replayed credentials, the brute-force guard ----
+
+
+def test_contacts_per_aor_are_capped_with_403() -> None:
+    reg = make_registrar(max_contacts=3)
+    three = [f"Contact: <sip:alice@10.0.0.{i}>" for i in range(3)]
+    assert reg.handle(register(*three), T0).status == 200
+    resp = reg.handle(register("Contact: <sip:alice@10.0.0.9>", cseq=2), T0)
+    assert (resp.status, resp.reason) == (
+        403,
+        "Forbidden - too many registered contacts (max 3)",
+    )
+    assert len(reg.bindings_for("alice@example.com", T0)) == 3
+    # refreshing, or replacing one contact by another in one request, is fine
+    assert reg.handle(register(three[0], cseq=3), T0).status == 200
+    swap = register("Contact: <sip:alice@10.0.0.0>;expires=0", "Contact: <sip:alice@x>", cseq=4)
+    assert reg.handle(swap, T0).status == 200
+    # one REGISTER with many contacts is refused whole
+    many = [f"Contact: <sip:bob@10.0.1.{i}>" for i in range(400)]
+    resp = reg.handle(register(*many, user="bob"), T0)
+    assert resp.status == 403
+    assert reg.bindings_for("bob@example.com", T0) == []
+
+
+def test_default_contact_cap_is_ten_and_zero_disables_it() -> None:
+    many = [f"Contact: <sip:alice@10.0.1.{i}>" for i in range(11)]
+    assert make_registrar().handle(register(*many), T0).status == 403
+    assert make_registrar(max_contacts=0).handle(register(*many), T0).status == 200
+
+
+def captured_register(reg: Registrar) -> str:
+    """The victim registers; returns the Authorization header an eavesdropper saw."""
+    first = reg.handle(register("Contact: <sip:alice@victim>"), T0)
+    req = answer(first, "alice", "alice-pw", "Contact: <sip:alice@victim>", cseq=2)
+    assert reg.handle(req, T0).status == 200
+    value = req.headers.get("authorization")
+    assert value is not None
+    return value
+
+
+def test_replayed_authorization_with_new_call_id_and_contact_is_refused() -> None:
+    reg = make_registrar(auth=True)
+    stolen = captured_register(reg)
+    replay = register(
+        "Contact: <sip:alice@attacker>", f"Authorization: {stolen}", call_id="evil@x", cseq=9
+    )
+    resp = reg.handle(replay, T0 + 5)
+    assert resp.status == 401
+    assert all(v.endswith("stale=true") for v in resp.headers.get_all("www-authenticate"))
+    assert [b.contact for b in reg.bindings_for("alice@example.com", T0 + 5)] == [
+        "sip:alice@victim"
+    ]
+
+
+def test_replayed_authorization_cannot_wipe_bindings_with_star() -> None:
+    reg = make_registrar(auth=True)
+    stolen = captured_register(reg)
+    wipe = register("Contact: *", "Expires: 0", f"Authorization: {stolen}", call_id="e@x", cseq=9)
+    assert reg.handle(wipe, T0 + 5).status == 401
+    assert len(reg.bindings_for("alice@example.com", T0 + 5)) == 1
+
+
+def guess(reg: Registrar, password: str, source: tuple[str, int], cseq: int) -> Response:
+    first = reg.handle(register("Contact: <sip:alice@a>", source=source, cseq=cseq), T0)
+    if first.status != 401:
+        return first
+    challenge = DigestClient.select_challenge(first.headers.get_all("www-authenticate"))
+    assert challenge is not None
+    value = DigestClient("alice", password).authorize("REGISTER", "sip:example.com", challenge)
+    req = register("Contact: <sip:alice@a>", f"Authorization: {value}", source=source, cseq=cseq)
+    return reg.handle(req, T0)
+
+
+def test_banned_source_is_challenged_unchecked_even_with_the_right_password() -> None:
+    from callengine.sip.authguard import AuthGuard, GuardConfig
+
+    guard = AuthGuard(GuardConfig(source_limit=3, user_limit=0))
+    reg = make_registrar(auth=True, guard=guard)
+    attacker = ("203.0.113.9", 5999)
+    statuses = [guess(reg, f"guess{i}", attacker, i + 1).status for i in range(3)]
+    assert statuses == [401, 401, 401]
+    resp = guess(reg, "alice-pw", attacker, 10)
+    # the same answer as to a wrong password: the attacker cannot tell he is banned
+    assert (resp.status, resp.reason) == (401, "Unauthorized")
+    assert all("stale" not in v for v in resp.headers.get_all("www-authenticate"))
+    assert reg.bindings_for("alice@example.com", T0) == []
+    assert guard.counters["banned"] == 1
+    # the real phone elsewhere registers
+    assert guess(reg, "alice-pw", ("198.51.100.7", 5060), 11).status == 200
+    assert guard.counters["failure:wrong-password"] == 3
+    assert guard.counters["ban"] == 1
+
+
+def test_each_failure_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    from callengine.sip.authguard import AuthGuard
+
+    reg = make_registrar(auth=True, guard=AuthGuard())
+    with caplog.at_level("WARNING", logger="callengine.security"):
+        for i in range(3):
+            guess(reg, f"guess{i}", ("203.0.113.9", 5999), i + 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "SIP auth failure from 203.0.113.9 port 5999 UDP: reason=wrong-password "
+        'method="REGISTER" user="alice" realm="example.com" action=none'
+    ] * 3
+
+
+def test_user_backoff_challenges_without_verifying() -> None:
+    from callengine.sip.authguard import AuthGuard, GuardConfig
+
+    guard = AuthGuard(GuardConfig(source_limit=0, user_limit=3, backoff=30))
+    reg = make_registrar(auth=True, guard=guard)
+    for i in range(3):
+        assert guess(reg, f"guess{i}", (f"203.0.113.{i}", 5999), i + 1).status == 401
+    # a fourth address with the right password: not verified while alice is in back-off
+    assert guess(reg, "alice-pw", ("203.0.113.77", 5999), 10).status == 401
+    assert guard.counters["challenge"] == 1
+    assert reg.bindings_for("alice@example.com", T0) == []
+
+
+def test_replay_and_unknown_user_are_counted_failures() -> None:
+    from callengine.sip.authguard import AuthGuard
+
+    guard = AuthGuard()
+    reg = make_registrar(auth=True, guard=guard)
+    stolen = captured_register(reg)
+    reg.handle(register("Contact: <sip:alice@x>", f"Authorization: {stolen}", cseq=5), T0)
+    first = reg.handle(register("Contact: <sip:x@a>", user="mallory"), T0)
+    reg.handle(answer(first, "mallory", "x", "Contact: <sip:x@a>", cseq=6), T0)
+    assert guard.counters == {"failure:replay": 1, "failure:unknown-user": 1}
+
+
+def test_user_backoff_attempts_count_against_the_address() -> None:
+    from callengine.sip.authguard import AuthGuard, GuardConfig
+
+    guard = AuthGuard(GuardConfig(source_limit=4, user_limit=2, backoff=30))
+    reg = make_registrar(auth=True, guard=guard)
+    attacker = ("203.0.113.9", 5999)
+    for i in range(4):
+        assert guess(reg, f"guess{i}", attacker, i + 1).status == 401
+    assert guard.counters["failure:wrong-password"] == 2
+    assert guard.counters["failure:user-backoff"] == 2
+    assert guard.banned("203.0.113.9", T0)

@@ -210,20 +210,8 @@ def test_uac_offer_and_answer() -> None:
             "SDP line 4: invalid IP6 address '1:2:zz::'",
         ),
         (
-            "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nm=audio 99999 RTP/AVP 0\r\n",
-            "SDP line 4: invalid port '99999'",
-        ),
-        (
-            "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nm=audio 5 RTP/AVP x\r\n",
-            "SDP line 4: invalid RTP payload type 'x'",
-        ),
-        (
             "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nm=audio 5 RTP/AVP 0\r\n",
             "SDP media 0 (audio) has no c= line and no session c=",
-        ),
-        (
-            "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nm=audio 5 RTP/AVP 96\r\na=rtpmap:96 opus\r\n",
-            "SDP line 6: invalid rtpmap '96 opus'",
         ),
     ],
 )
@@ -231,3 +219,70 @@ def test_malformed_sdp(body: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         SessionDescription.parse(body)
     assert str(info.value) == message
+
+
+# ------------------------------------------------ liberal acceptance (issue 11)
+HEAD = "v=0\r\no=- 1 1 IN IP4 192.0.2.5\r\ns=-\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\n"
+
+
+@pytest.mark.parametrize(
+    ("media", "codec"),
+    [
+        # RFC 4475 esc01 / longreq: an rtpmap without clock rate on a stream we decline
+        ("m=audio 49217 RTP/AVP 0 12\r\nm=video 3227 RTP/AVP 31\r\na=rtpmap:31 LPC\r\n", "PCMU"),
+        # an unreadable rtpmap for an offered payload type: that type is not chosen
+        ("m=audio 5000 RTP/AVP 96 8\r\na=rtpmap:96 opus\r\n", "PCMA"),
+        ("m=audio 5000 RTP/AVP 96 0\r\na=rtpmap:96 x/\u00b2\r\na=rtpmap:0\r\n", "PCMU"),
+        # formats that are not payload type numbers, or out of range, are skipped
+        ("m=audio 5000 RTP/AVP x 200 \u00b2 0\r\n", "PCMU"),
+        ("m=audio 5000 RTP/AVP " + "9" * 5000 + " 8\r\n", "PCMA"),
+        # unknown or unreadable attributes and lines are ignored
+        (
+            "m=audio 5000 RTP/AVP 0\r\na=ptime:abc\r\na=rtcp:" + "9" * 5000 + "\r\n"
+            "a=fmtp:x y\r\na=foo\r\nx=unknown\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:k\r\n",
+            "PCMU",
+        ),
+        ("m=audio 5000 RTP/AVP 0\r\na=ptime:1e999\r\n", "PCMU"),
+        ("m=audio 5000/x RTP/AVP 0\r\n", "PCMU"),
+        # a stream we cannot address is declined, another one is answered
+        ("m=audio 99999 RTP/AVP 0\r\nm=audio 5002 RTP/AVP 8\r\n", "PCMA"),
+    ],
+)
+def test_liberal_offers_are_answered(media: str, codec: str) -> None:
+    offer = SessionDescription.parse((HEAD + media).encode())
+    answer = negotiate(offer, [PCMU, PCMA, TELEPHONE_EVENT])
+    assert answer is not None and answer.codec.name == codec
+    body = answer.to_sdp(SdpSession("192.0.2.1"), address="192.0.2.1", port=30000).serialize()
+    again = SessionDescription.parse(body)  # our answer is well-formed, one m= per offered
+    assert len(again.media) == len(offer.media)
+    assert [m.port for m in again.media].count(30000) == 1
+    assert answer.ptime in (None, 20) and 0 < answer.remote_rtcp_port < 65536
+
+
+@pytest.mark.parametrize(
+    "media",
+    [
+        "m=audio 99999 RTP/AVP 0\r\n",
+        "m=audio 5000 RTP/AVP 96\r\na=rtpmap:96 opus\r\n",
+        "m=audio 5000 RTP/AVP x\r\n",
+        "m=video 5000 RTP/AVP 31\r\na=rtpmap:31 LPC\r\n",
+        "m=audio 0 RTP/AVP 0\r\n",
+    ],
+)
+def test_nothing_usable_left_is_none_for_488(media: str) -> None:
+    offer = SessionDescription.parse(HEAD + media)
+    assert negotiate(offer, [PCMU, PCMA, TELEPHONE_EVENT]) is None
+
+
+def test_non_utf8_text_is_kept_and_written_back() -> None:
+    offer = SessionDescription.parse(
+        HEAD.replace("s=-", "s=caf\xe9").encode("latin-1") + b"m=audio 5000 RTP/AVP 0\r\n"
+    )
+    assert offer.serialize().split(b"\r\n")[2] == b"s=caf\xe9"
+    assert negotiate(offer, [PCMU]) is not None
+
+
+def test_huge_numbers_are_errors_not_crashes() -> None:
+    with pytest.raises(ValueError) as info:
+        SessionDescription.parse("v=0\r\no=- " + "9" * 5000 + " 1 IN IP4 1.2.3.4\r\ns=-\r\n")
+    assert str(info.value) == "SDP line 2: o= session id and version must be numeric"

@@ -1,0 +1,469 @@
+"""The control API of a node: an admin HTTP server on the node's own event loop.
+
+``callengine serve --admin HOST:PORT`` (default ``127.0.0.1:9091``) opens it; this is the
+only module that imports aiohttp. Endpoints (JSON; docs/admin.md):
+
+=============================  ==========================================================
+``GET /health``                liveness: the loop answers
+``GET /ready``                 200 when taking calls, 503 while draining (balancers, k8s)
+``GET /calls``                 live calls (``offset``/``limit``, at most 1,000 per page)
+``GET /calls/{id}``            one call, with its RTP statistics
+``POST /calls/{id}/hangup``    BYE (answered) or a final response / CANCEL (not yet)
+``POST /drain`` ``/undrain``   new INVITEs and OPTIONS get 503 / normal service again
+``POST /reload``               re-read ``tenant_files`` and poll the master now
+``GET /logs``                  recent call logs (``limit``, at most 1,000)
+``GET /logs/{call_id}``        one call's log
+``GET /logs/follow``           newline-delimited JSON, one call log as each call ends
+``GET /trunks``                breaker state and B-channels per trunk
+=============================  ==========================================================
+
+Real time (DESIGN.md principle 4): a handler never holds the loop for long. The call
+list is built and encoded in slices of :data:`SLICE` calls with a yield to the loop
+between slices; call-log reads (LevelDB) run in a thread and are bounded by ``limit``;
+a slow ``/logs/follow`` reader loses lines (counted) instead of growing a queue.
+
+Authentication: ``Authorization: Bearer <token>`` when a token is set; a token is
+required when the address is not a loopback one (:func:`check_bind`). ``/health`` and
+``/ready`` answer without it (they tell nothing but up/ready, and probes rarely carry
+secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .calllogs import call_log_of
+
+if TYPE_CHECKING:
+    from .call import Call
+    from .node import Node
+
+log = logging.getLogger("callengine.admin")
+
+__all__ = [
+    "DEFAULT_ADMIN",
+    "AdminServer",
+    "LogFeed",
+    "call_summary",
+    "check_bind",
+    "is_loopback",
+]
+
+DEFAULT_ADMIN = "127.0.0.1:9091"
+SLICE = 25
+"""Calls summarised and encoded per turn of the event loop."""
+MAX_PAGE = 1000
+"""Most calls (or call logs) one request returns."""
+LOG_SLICE = 25
+"""Call logs (kilobytes each, with their IVR path) written per turn of the event loop."""
+MAX_FOLLOWERS = 16
+FOLLOW_QUEUE = 1000
+"""Call logs a ``/logs/follow`` reader may lag behind before lines are dropped."""
+FOLLOW_CHECK = 5.0
+"""Seconds between checks that a quiet ``/logs/follow`` reader is still connected."""
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
+class AdminConfigError(ValueError):
+    """The admin address or token settings cannot be used (raised before binding)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches (127.0.0.0/8, ::1, ``localhost``).
+
+    A wildcard (``0.0.0.0``, ``::``) and any other address are reachable from outside."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse an admin address reachable from other machines without a token."""
+    if not token and not is_loopback(host):
+        raise AdminConfigError(
+            f"admin API on {host} is reachable from other machines: set admin_token "
+            "(or CALLENGINE_ADMIN_TOKEN), or bind it to 127.0.0.1"
+        )
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """``Authorization: Bearer <token>`` matches (constant-time); no token: anyone."""
+    if not token:
+        return True
+    if header is None or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+
+
+def call_summary(call: Call, now: float, *, rtp: bool = True) -> dict[str, Any]:
+    """What the API says about one live call (``now``: wall-clock seconds)."""
+    answer = call.sdp_answer
+    codecs = [c.name for c in answer.codecs] if answer is not None else []
+    trunk = call.trunk_attempts[-1] if call.trunk_attempts else None
+    media = call.media
+    since = call.answered_at or call.started_at
+    return {
+        "id": call.call_id,
+        "caller": call.caller,
+        "callee": call.callee,
+        "tenant": call.tenant,
+        "did": call.did,
+        "direction": call.direction,
+        "state": call.state,
+        "answered": call.answered,
+        "started_at": call.started_at,
+        "answered_at": call.answered_at,
+        "duration": round(max(0.0, now - since), 3),
+        "source": f"{call.source[0]}:{call.source[1]}" if call.source else None,
+        "trunk": dict(trunk) if trunk is not None else None,
+        "codecs": codecs,
+        "rtp": media.quality() if (rtp and media is not None) else None,
+    }
+
+
+class LogFeed:
+    """Engine hook: hands each ended call's log to the ``/logs/follow`` readers.
+
+    Costs nothing while nobody follows; each reader has a bounded queue and loses lines
+    (counted in ``dropped``) when it does not keep up."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.readers: list[asyncio.Queue[bytes]] = []
+        self.dropped = 0
+
+    def on_call_started(self, call: Call) -> None:
+        return None
+
+    def on_call_answered(self, call: Call) -> None:
+        return None
+
+    def on_call_ended(self, call: Call) -> None:
+        if not self.readers:
+            return
+        rec = call_log_of(call, node_id=self.node_id, final=True)
+        if rec.end_time is None:
+            rec.end_time = rec.answer_time or rec.start_time
+        line = (json.dumps({"state": "final", "log": rec.to_dict()}) + "\n").encode()
+        for queue in self.readers:
+            try:
+                queue.put_nowait(line)
+            except asyncio.QueueFull:
+                self.dropped += 1
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminServer:
+    """The control API of one :class:`~callengine.node.Node` (see the module doc)."""
+
+    def __init__(self, node: Node, host: str, port: int, *, token: str | None = None) -> None:
+        check_bind(host, token)
+        self.node = node
+        self.host = host
+        self.port = port
+        self.token = token or None
+        self.feed = LogFeed(node.config.node_id)
+        self.slice_max_ms = 0.0
+        """Longest stretch one ``/calls`` slice held the loop (wall clock, milliseconds)."""
+        self.slice_cpu_max_ms = 0.0
+        """The same in CPU time of the loop's thread (what preemption does not inflate)."""
+        self.stopping = False
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        app = web.Application(middlewares=[self._auth])
+        app.add_routes(
+            [
+                web.get("/health", self.health),
+                web.get("/ready", self.ready),
+                web.get("/calls", self.calls),
+                web.get("/calls/{id}", self.call),
+                web.post("/calls/{id}/hangup", self.hangup),
+                web.post("/drain", self.drain),
+                web.post("/undrain", self.undrain),
+                web.post("/reload", self.reload),
+                web.get("/logs", self.logs),
+                web.get("/logs/follow", self.follow),
+                web.get("/logs/{call_id}", self.call_log),
+                web.get("/trunks", self.trunks),
+            ]
+        )
+        self.app = app
+
+    # ------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Bind and serve. Raises OSError when the address cannot be bound."""
+        self.node.engine.hooks.append(self.feed)
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._site = runner, site
+        log.info("admin API on http://%s:%d", self.host, self.port)
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually bound (``port`` 0 picks a free one)."""
+        assert self._runner is not None
+        for address in self._runner.addresses:
+            return int(address[1])
+        return self.port
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for queue in self.feed.readers:
+            while queue.full():
+                queue.get_nowait()
+            queue.put_nowait(b"")  # each follower ends its response
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.feed in self.node.engine.hooks:
+            self.node.engine.hooks.remove(self.feed)
+
+    # ---------------------------------------------------------------- helpers
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS and not authorized(
+            request.headers.get("Authorization"), self.token
+        ):
+            return web.json_response(
+                {"error": "unauthorized"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="callengine"'},
+            )
+        return await handler(request)
+
+    @property
+    def draining(self) -> bool:
+        engine = self.node.engine
+        return engine.started and engine.ua.draining
+
+    def _find(self, call_id: str) -> list[Call]:
+        return [c for c in self.node.engine.calls.values() if c.call_id == call_id]
+
+    # ------------------------------------------------------------- endpoints
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "status": "ok",
+                "node": self.node.config.node_id,
+                "followers": len(self.feed.readers),
+                "calls_slice_max_ms": round(self.slice_max_ms, 3),
+                "calls_slice_cpu_max_ms": round(self.slice_cpu_max_ms, 3),
+            }
+        )
+
+    async def ready(self, request: web.Request) -> web.StreamResponse:
+        node = self.node
+        engine = node.engine
+        follower = node.follower
+        body = {
+            "ready": False,
+            "draining": self.draining,
+            "listening": engine.started and bool(engine.transports and engine.transports.bound),
+            "offline": bool(follower is not None and follower.offline),
+            "calls": len(engine.calls),
+        }
+        body["ready"] = bool(body["listening"]) and not body["draining"] and not self.stopping
+        return web.json_response(body, status=200 if body["ready"] else 503)
+
+    async def calls(self, request: web.Request) -> web.StreamResponse:
+        try:
+            offset = max(0, int(request.query.get("offset", "0")))
+            limit = min(MAX_PAGE, max(0, int(request.query.get("limit", str(MAX_PAGE)))))
+        except ValueError:
+            return web.json_response({"error": "offset and limit are integers"}, status=400)
+        rtp = request.query.get("rtp", "1") not in ("0", "false", "no")
+        started = time.perf_counter()
+        live = list(self.node.engine.calls.values())
+        total = len(live)
+        page = live[offset : offset + limit]
+        del live
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        head = f'{{"total": {total}, "offset": {offset}, "limit": {limit}, "calls": ['
+        await response.write(head.encode())
+        longest = longest_cpu = 0.0
+        first = True
+        for i in range(0, len(page), SLICE):
+            t0 = time.perf_counter()
+            c0 = time.thread_time()
+            now = time.time()
+            parts = [
+                json.dumps(call_summary(c, now, rtp=rtp), default=str) for c in page[i : i + SLICE]
+            ]
+            chunk = ",".join(parts)
+            if not first and chunk:
+                chunk = "," + chunk
+            first = first and not chunk
+            longest = max(longest, time.perf_counter() - t0)
+            longest_cpu = max(longest_cpu, time.thread_time() - c0)
+            await response.write(chunk.encode())
+            await asyncio.sleep(0)  # write() yields only when the socket buffer is full
+        await response.write(b"]}")
+        self.slice_max_ms = max(self.slice_max_ms, longest * 1000)
+        self.slice_cpu_max_ms = max(self.slice_cpu_max_ms, longest_cpu * 1000)
+        log.debug(
+            "GET /calls: %d calls, longest slice %.2f ms, %.1f ms in all",
+            len(page),
+            longest * 1000,
+            (time.perf_counter() - started) * 1000,
+        )
+        await response.write_eof()
+        return response
+
+    async def call(self, request: web.Request) -> web.StreamResponse:
+        found = self._find(request.match_info["id"])
+        if not found:
+            return web.json_response({"error": "no such call"}, status=404)
+        now = time.time()
+        legs = [call_summary(c, now) for c in found]
+        body = dict(legs[0])
+        body["variables"] = dict(found[0].variables)
+        body["ivr_path"] = list(found[0].ivr_path[-50:])
+        if len(legs) > 1:
+            body["legs"] = legs
+        return web.json_response(body, dumps=_dumps)
+
+    async def hangup(self, request: web.Request) -> web.StreamResponse:
+        found = self._find(request.match_info["id"])
+        if not found:
+            return web.json_response({"error": "no such call"}, status=404)
+        for call in found:
+            log.info("hangup requested through the admin API", extra={"call_id": call.call_id})
+            await call.hangup(cause=16)
+        return web.json_response({"hungup": request.match_info["id"], "legs": len(found)})
+
+    async def drain(self, request: web.Request) -> web.StreamResponse:
+        self.node.engine.ua.draining = True
+        log.warning(
+            "draining (admin API): new INVITEs and OPTIONS get 503; %d calls in progress",
+            len(self.node.engine.calls),
+        )
+        return web.json_response({"draining": True, "calls": len(self.node.engine.calls)})
+
+    async def undrain(self, request: web.Request) -> web.StreamResponse:
+        if self.stopping:
+            return web.json_response({"error": "the node is shutting down"}, status=409)
+        self.node.engine.ua.draining = False
+        log.warning("undrained (admin API): taking new calls")
+        return web.json_response({"draining": False})
+
+    async def reload(self, request: web.Request) -> web.StreamResponse:
+        from config_cache import ConfigError
+
+        try:
+            result = await self.node.reload()
+        except ConfigError as exc:
+            return web.json_response({"error": str(exc)}, status=422)
+        return web.json_response(result)
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        try:
+            limit = min(MAX_PAGE, max(0, int(request.query.get("limit", "100"))))
+        except ValueError:
+            return web.json_response({"error": "limit is an integer"}, status=400)
+        store = self.node.store
+        if store is None:
+            return web.json_response({"error": "store not open"}, status=503)
+        # read in a thread; the stored JSON goes out as it is, a few records per turn
+        items = await asyncio.to_thread(store.outbox.recent_json, limit)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"logs":[')
+        for i in range(0, len(items), LOG_SLICE):
+            await response.write((b"," if i else b"") + b",".join(items[i : i + LOG_SLICE]))
+            await asyncio.sleep(0)
+        await response.write(b"]}")
+        await response.write_eof()
+        return response
+
+    async def call_log(self, request: web.Request) -> web.StreamResponse:
+        store = self.node.store
+        if store is None:
+            return web.json_response({"error": "store not open"}, status=503)
+        row = await asyncio.to_thread(store.outbox.find, request.match_info["call_id"])
+        if row is None:
+            return web.json_response({"error": "no log for this call"}, status=404)
+        return web.json_response(_log_doc(row), dumps=_dumps)
+
+    async def follow(self, request: web.Request) -> web.StreamResponse:
+        feed = self.feed
+        if len(feed.readers) >= MAX_FOLLOWERS:
+            return web.json_response({"error": "too many followers"}, status=503)
+        queue: asyncio.Queue[bytes] = asyncio.Queue(FOLLOW_QUEUE)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        feed.readers.append(queue)
+        try:
+            while not self.stopping:
+                try:
+                    line = await asyncio.wait_for(queue.get(), FOLLOW_CHECK)
+                except TimeoutError:
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        break  # the reader left while no call ended: free its place
+                    continue
+                if not line:
+                    break
+                await response.write(line)
+        except ConnectionResetError:
+            pass  # the reader went away
+        finally:
+            feed.readers.remove(queue)
+        return response
+
+    async def trunks(self, request: web.Request) -> web.StreamResponse:
+        b2bua = getattr(self.node, "b2bua", None)
+        out = []
+        if b2bua is not None:
+            from pri.health import HealthState
+
+            for name, trunk in b2bua.plan.trunks.items():
+                state = b2bua.board.state(name) if b2bua.board is not None else HealthState.UP
+                gw = trunk.gateway
+                out.append(
+                    {
+                        "name": name,
+                        "carrier": trunk.carrier,
+                        "gateway": f"{gw.host}:{gw.port};transport={gw.transport}",
+                        "state": state.value,
+                        "enabled": trunk.enabled,
+                        "channels_in_use": trunk.in_use,
+                        "channels": trunk.capacity,
+                    }
+                )
+        return web.json_response({"trunks": out})
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+def _log_doc(row: tuple[str, float | None, Any]) -> dict[str, Any]:
+    state, shipped_at, rec = row
+    doc: dict[str, Any] = {"state": state, "log": rec.to_dict()}
+    if shipped_at is not None:
+        doc["shipped_at"] = shipped_at
+    return doc
