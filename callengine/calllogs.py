@@ -133,7 +133,8 @@ def call_log_of(call: Call, *, node_id: str, final: bool) -> CallLog:
         rtp_quality=dict(call.quality),
         node_id=node_id,
     )
-    media = getattr(call.engine, "media_manager", None)
+    # (calls built by hand in tests and tools may have no engine)
+    media = getattr(getattr(call, "engine", None), "media_manager", None)
     locations = []
     for key in call.recordings:
         if key.startswith("voicemail/"):
