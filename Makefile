@@ -4,10 +4,19 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 APT_PKGS := sip-tester tshark espeak-ng sox kamailio
 STAMP   := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
 
 .PHONY: install demo test lint typecheck unit bench bench-quick clean
 
-install: $(STAMP)
+install: $(STAMP) $(NPM_STAMP)
+
+# Azurite (the Azure Storage emulator the media-storage tests start), pinned in
+# package.json / package-lock.json. Node.js: the machine's, else Debian's.
+$(NPM_STAMP): package.json package-lock.json
+	command -v npm >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NPM_STAMP)
 
 $(STAMP): setup.py constraints.txt requirements-dev.txt
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -46,4 +55,4 @@ bench-quick: install
 	$(BIN)/python -m benchmarks.report run --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info node_modules

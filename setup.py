@@ -40,6 +40,9 @@ setup(
         "httpx>=0.27,<1",  # imported by ivr/_http.py (AsyncClient, Limits, verify=SSLContext)
         "aiohttp>=3.9,<4",  # imported by callengine/admin.py (web.Application, AppRunner)
         "wsproto>=1.3.2,<2",  # SIP over WebSocket, callengine/transport/ws.py (tested: 1.3.2)
+        # media/azure.py (Media Storage on Azure Blob; its asyncio API runs on aiohttp,
+        # required above). Lower bound: the version tested (older ones not checked).
+        "azure-storage-blob>=12.31,<13",
     ],
     extras_require={
         # `callengine dial` and the interop tests' peer. The wheel's pjproject is

@@ -11,18 +11,22 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from media.codecs import CodecInfo
 from media.dtmf import DtmfEvent
 from media.prompts import PromptCache
 from media.recorder import Recorder, RecordingResult
 from media.session import MediaClock, RtpSession
+from media.spool import Spool, SpoolCore
 from media.srtp import SrtpContext
 from media.storage import LocalMediaStorage
 from media.stream import RELATCH_AFTER
 
 from .sip import sdp as sdpmod
+
+if TYPE_CHECKING:
+    from .config import StorageSettings
 
 log = logging.getLogger("callengine.media")
 
@@ -38,11 +42,34 @@ class MediaManager:
         rtp_timeout: float,
         codecs: Sequence[CodecInfo],
         sockets: bool = True,
+        storage: StorageSettings | None = None,
         relatch_after: float = RELATCH_AFTER,
         srtp: str = "tls",
     ) -> None:
         self.clock = MediaClock()
         self.storage = LocalMediaStorage(Path(data_dir) / "media")
+        self.spool: Spool | None = None
+        """With remote storage: recordings and voicemail are written here first and
+        uploaded in the background (docs/storage.md)."""
+        if storage is not None and storage.kind == "azure":
+            from media.azure import AzureBlobStorage
+
+            target = AzureBlobStorage(
+                connection_string=storage.connection_string,
+                account_url=storage.account_url,
+                credential=storage.credential,
+                container=storage.container,
+                block_size=storage.block_size,
+                timeout=storage.timeout,
+            )
+            core = SpoolCore(
+                quota=storage.spool_quota,
+                concurrency=storage.upload_concurrency,
+                retry_initial=storage.retry_initial,
+                retry_max=storage.retry_max,
+                near=storage.spool_near,
+            )
+            self.spool = Spool(Path(data_dir) / "spool", target, core)
         self.prompts = PromptCache(self.storage)
         self.port_range = port_range
         self.rtp_timeout = rtp_timeout
@@ -141,23 +168,79 @@ class MediaManager:
         max_seconds: float,
         silence_timeout: float | None,
     ) -> tuple[Recorder, Path]:
-        kind, _, rest = key.partition("/")
-        if kind not in ("recordings", "voicemail", "prompts") or not rest:
-            kind, rest = "recordings", key
-        path = self.storage.path(tenant, kind, rest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
-        rec = Recorder(
-            path,
-            sample_rate=sample_rate,
-            format=fmt,
-            max_seconds=max_seconds,
-            silence_timeout=silence_timeout,
-        )
-        return rec, path
+        """A recorder writing ``key`` (``voicemail/...``, ``recordings/...``) of
+        ``tenant``: into local media storage, or into the spool (raises
+        :class:`~media.spool.SpoolFull` at its quota) to be uploaded when closed."""
+        kind, rest = _split(key)
+        fmt = "FLAC" if key.lower().endswith(".flac") else "WAV"
+        options: dict[str, Any] = {
+            "sample_rate": sample_rate,
+            "format": fmt,
+            "max_seconds": max_seconds,
+            "silence_timeout": silence_timeout,
+        }
+        spool = self.spool
+        if spool is None or kind == "prompts":
+            path = self.storage.path(tenant, kind, rest)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return Recorder(path, **options), path
+        from .engine import current_call_id
+
+        path = spool.begin(tenant, kind, rest, {"tenant": tenant, "call_id": current_call_id.get()})
+
+        def closed() -> None:
+            spool.finished(tenant, kind, rest)
+
+        return _SpooledRecorder(path, on_closed=closed, **options), path
+
+    def location(self, tenant: str, key: str) -> dict[str, Any]:
+        """Where a recording is, for the call log: the local path, or the blob's URL
+        (fixed before the upload) with the spool file and the upload state as of now."""
+        kind, rest = _split(key)
+        spool = self.spool
+        if spool is None or kind == "prompts":
+            return {"key": key, "path": str(self.storage.path(tenant, kind, rest))}
+        name = spool.blob_name(tenant, kind, rest)
+        waiting = name in spool.core.items or spool.path(tenant, kind, rest).exists()
+        return {
+            "key": key,
+            "blob": name,
+            "url": spool.target.url(name),
+            "spool": str(spool.path(tenant, kind, rest)),
+            "state": "spooled" if waiting else "uploaded",
+        }
+
+    async def start(self) -> None:
+        """Start the uploader (it first queues what a previous run left in the spool)."""
+        if self.spool is not None:
+            await self.spool.start()
 
     async def close(self) -> None:
+        if self.spool is not None:
+            await self.spool.stop()
         await asyncio.sleep(0)
+
+
+def _split(key: str) -> tuple[str, str]:
+    kind, _, rest = key.partition("/")
+    if kind not in ("recordings", "voicemail", "prompts") or not rest:
+        return "recordings", key
+    return kind, rest
+
+
+class _SpooledRecorder(Recorder):
+    """A recorder that hands its file to the spool once it is closed."""
+
+    def __init__(self, path: Path, *, on_closed: Callable[[], None], **options: Any) -> None:
+        super().__init__(path, **options)
+        self._on_closed = on_closed
+
+    def close(self, reason: str = "stopped", digit: str | None = None) -> RecordingResult:
+        first = not self.closed
+        result = super().close(reason, digit)
+        if first:
+            self._on_closed()
+        return result
 
 
 def apply_answer(session: RtpSession, negotiated: sdpmod.Answer) -> None:

@@ -133,11 +133,20 @@ def call_log_of(call: Call, *, node_id: str, final: bool) -> CallLog:
         rtp_quality=dict(call.quality),
         node_id=node_id,
     )
+    # (calls built by hand in tests and tools may have no engine)
+    media = getattr(getattr(call, "engine", None), "media_manager", None)
+    locations = []
     for key in call.recordings:
         if key.startswith("voicemail/"):
             rec.voicemail_key = key
         else:
             rec.recording_key = key
+        if media is not None:
+            locations.append(media.location(call.tenant or "default", key))
+    if locations:
+        # where each recording is: its blob URL (fixed before the upload) and, until
+        # the upload is confirmed, the spool file (docs/storage.md, "Call logs")
+        rec.extra["media"] = locations
     return rec
 
 

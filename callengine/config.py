@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 
 from config_cache import ConfigError
 
-__all__ = ["EngineConfig", "load_config"]
+__all__ = ["EngineConfig", "StorageSettings", "load_config", "storage_settings"]
 
 
 @dataclass(slots=True)
@@ -157,6 +158,10 @@ class EngineConfig:
     ``callengine.security`` for fail2ban (``deploy/fail2ban/``)."""
     config_cache: dict[str, Any] = field(default_factory=dict)
     """Settings of the configuration cache and History DB shipper (docs/config.md)."""
+    media_storage: dict[str, Any] = field(default_factory=dict)
+    """Where recordings and voicemail go: ``kind: local`` (the default: files under
+    ``data_dir/media``) or ``kind: azure`` (Azure Blob through the offline spool);
+    see docs/storage.md and :class:`StorageSettings`."""
     source: str = "<defaults>"
     """The file this configuration came from (for error messages)."""
 
@@ -220,6 +225,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "auth_guard": (dict,),
     "digest_algorithms": (list,),
     "config_cache": (dict,),
+    "media_storage": (dict,),
 }
 
 
@@ -368,3 +374,93 @@ def _check(cfg: EngineConfig) -> None:
             raise ConfigError("must be a file name", file=cfg.source, field=f"tenant_files[{i}]")
     if cfg.max_calls < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")
+    storage_settings(cfg)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """The ``media_storage`` section of a node configuration (docs/storage.md)."""
+
+    kind: str = "local"
+    """``local`` (files under ``data_dir/media``) or ``azure``."""
+    connection_string: str | None = None
+    """Azure: ``DefaultEndpointsProtocol=...;AccountName=...;AccountKey=...;...``."""
+    account_url: str | None = None
+    """Azure: ``https://ACCOUNT.blob.core.windows.net`` (instead of a connection string)."""
+    credential: str | None = None
+    """Azure, with ``account_url``: the account key or a SAS token."""
+    container: str = "callengine"
+    """One container per platform; blobs are ``<tenant>/<kind>/<key>``."""
+    spool_quota: int = 10 * 1024**3
+    """Bytes the spool (``data_dir/spool``) may hold; new recordings are refused beyond."""
+    spool_near: float = 0.9
+    """Fraction of the quota at which a warning is logged (once per episode)."""
+    upload_concurrency: int = 4
+    """Uploads in flight at once."""
+    retry_initial: float = 0.5
+    """Seconds before the first retry after a failed upload (doubled each time)."""
+    retry_max: float = 30.0
+    """Longest wait between retries while storage is unreachable."""
+    block_size: int = 4 * 1024 * 1024
+    """Bytes per uploaded block; a file up to this size goes in one request."""
+    timeout: float = 20.0
+    """Seconds to connect to storage and to wait for each response."""
+
+
+_STORAGE_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,),
+    "connection_string": (str, type(None)),
+    "account_url": (str, type(None)),
+    "credential": (str, type(None)),
+    "container": (str,),
+    "spool_quota": (int,),
+    "spool_near": (int, float),
+    "upload_concurrency": (int,),
+    "retry_initial": (int, float),
+    "retry_max": (int, float),
+    "block_size": (int,),
+    "timeout": (int, float),
+}
+
+_CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+
+def storage_settings(cfg: EngineConfig) -> StorageSettings:
+    """The validated ``media_storage`` section; :class:`ConfigError` names the field."""
+    data = cfg.media_storage
+
+    def fail(message: str, name: str) -> ConfigError:
+        return ConfigError(message, file=cfg.source, field=f"media_storage.{name}")
+
+    for key, value in data.items():
+        types = _STORAGE_TYPES.get(key)
+        if types is None:
+            raise fail("unknown setting", key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            want = " or ".join(t.__name__ for t in types)
+            raise fail(f"expected {want}, got {type(value).__name__}", key)
+    settings = StorageSettings(**data)
+    if settings.kind not in ("local", "azure"):
+        raise fail("must be local or azure", "kind")
+    if settings.kind == "azure":
+        if bool(settings.connection_string) == bool(settings.account_url):
+            raise fail("give either connection_string or account_url", "connection_string")
+        if settings.account_url and not settings.account_url.startswith(("https://", "http://")):
+            raise fail("must be an http(s) URL", "account_url")
+        if settings.connection_string:
+            parts = dict(p.split("=", 1) for p in settings.connection_string.split(";") if "=" in p)
+            if not ("AccountName" in parts or "BlobEndpoint" in parts):
+                raise fail("names no AccountName nor BlobEndpoint", "connection_string")
+    if not _CONTAINER.match(settings.container):
+        raise fail("3-63 lower-case letters, digits and single hyphens", "container")
+    for name in ("spool_quota", "upload_concurrency", "block_size"):
+        if getattr(settings, name) < 1:
+            raise fail("must be at least 1", name)
+    for name in ("retry_initial", "retry_max", "timeout"):
+        if not getattr(settings, name) > 0:
+            raise fail("must be greater than 0", name)
+    if settings.retry_max < settings.retry_initial:
+        raise fail("must not be less than retry_initial", "retry_max")
+    if not 0 < settings.spool_near <= 1:
+        raise fail("must be in (0, 1]", "spool_near")
+    return settings

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .call import Call, MediaUnavailable, SipError, TransferResult
-from .config import EngineConfig, load_config
+from .config import EngineConfig, load_config, storage_settings
 from .limits import CallCaps, LogThrottle, SourceLimiter, networks_matcher
 from .realtime import GcGovernor, LoopLagMonitor, StallReporter
 from .router import CallRouter, Handler
@@ -175,10 +175,12 @@ class Engine:
             rtp_timeout=cfg.rtp_timeout,
             codecs=self.codecs,
             sockets=cfg.media,
+            storage=storage_settings(cfg),
             relatch_after=cfg.rtp_relatch_after,
             srtp=cfg.srtp,
         )
         self.media_manager.preload()
+        await self.media_manager.start()
         self._exempt = networks_matcher(self.exempt_networks)
         if cfg.source_rate > 0:
             self.limiter = SourceLimiter(

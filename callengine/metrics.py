@@ -16,6 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from media.spool import SpoolCore
+
     from .engine import Engine
 
 __all__ = ["EngineCollector", "serve_metrics"]
@@ -250,6 +252,36 @@ class EngineCollector(Collector):
                 "RTP sessions keyed for SRTP (SDES)",
                 value=clock.srtp_sessions,
             )
+            if mm.spool is not None:
+                yield from _spool_metrics(mm.spool.core)
+
+
+def _spool_metrics(core: SpoolCore) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The media spool (docs/storage.md): what waits for upload, and how uploads go."""
+    for name, doc, value in (
+        ("callengine_media_spool_files", "Recordings waiting in the spool", core.files),
+        ("callengine_media_spool_bytes", "Bytes waiting in the spool", core.bytes),
+        ("callengine_media_spool_quota_bytes", "The spool's quota", core.quota),
+        (
+            "callengine_media_spool_oldest_seconds",
+            "Age of the oldest spooled recording",
+            core.oldest_age(time.time()),
+        ),
+        ("callengine_media_uploads_active", "Uploads in flight", core.in_flight),
+    ):
+        yield GaugeMetricFamily(name, doc, value=value)
+    c = CounterMetricFamily(
+        "callengine_media_uploads",
+        "Uploads by outcome (present: the same blob was already stored; rejected: refused"
+        " for good, file kept; vanished: spool file deleted by hand)",
+        labels=["result"],
+    )
+    c.add_metric(["ok"], core.uploads_ok)
+    c.add_metric(["present"], core.uploads_present)
+    c.add_metric(["failed"], core.uploads_failed)
+    c.add_metric(["rejected"], core.rejected)
+    c.add_metric(["vanished"], core.vanished)
+    yield c
 
 
 def _histogram(
