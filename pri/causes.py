@@ -420,10 +420,13 @@ def q850_cause(value: str | None) -> int | None:
     return None
 
 
-def _quote(text: str) -> str:
+def _clean(text: str) -> str:
     # Control characters (CR, LF...) cannot appear in a quoted-string and would
     # split the header: drop them rather than emit a broken message.
-    clean = "".join(ch for ch in text if ch == "\t" or ch >= " " and ch != "\x7f")
+    return "".join(ch for ch in text if ch == "\t" or ch >= " " and ch != "\x7f")
+
+
+def _quote(clean: str) -> str:
     return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -435,4 +438,6 @@ def format_reason(cause: int, *, protocol: str = "Q.850", text: str | None = Non
     if text is None and protocol.upper() == "Q.850":
         text = CAUSE_TEXT.get(cause)
     head = f"{protocol};cause={cause}"
-    return f"{head};text={_quote(text)}" if text else head
+    clean = _clean(text) if text else ""
+    # nothing printable left (e.g. only DEL): no text parameter rather than text=""
+    return f"{head};text={_quote(clean)}" if clean else head
