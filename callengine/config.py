@@ -69,7 +69,7 @@ class EngineConfig:
     source_ban: float = 60.0
     tcp_max_connections: int = 4096
     """TCP/TLS connections peers may hold open at once (beyond: refused)."""
-    tcp_max_per_source: int = 32
+    tcp_max_per_source: int = 256
     """TCP/TLS connections one address may hold open (``source_exempt``: no cap)."""
     tcp_idle_timeout: float = 600.0
     """Seconds a TCP/TLS connection may stay silent (CR LF keep-alives count) before it

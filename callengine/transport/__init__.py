@@ -162,7 +162,7 @@ class TransportSet:
         *,
         tls_context: ssl.SSLContext | None = None,
         max_connections: int = 4096,
-        max_per_source: int = 32,
+        max_per_source: int = 256,
         idle_timeout: float = 600.0,
         first_message_timeout: float = 30.0,
         exempt: Callable[[str], bool] = lambda address: False,
