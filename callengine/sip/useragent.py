@@ -94,7 +94,6 @@ class Counters:
     dropped_responses: int = 0
     dropped_acks: int = 0
     rejected_overload: int = 0
-    rejected_caps: int = 0
     oversized: int = 0
     internal_errors: int = 0
     """Exceptions of the core itself while handling a message (a bug: each is logged)."""
@@ -578,7 +577,6 @@ class UserAgent:
         if self.admission is not None:
             refused = self.admission.admit_call(req, now)
             if refused is not None:
-                self.counters.rejected_caps += 1
                 txn.respond(
                     self._response(
                         req,

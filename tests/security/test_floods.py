@@ -76,6 +76,20 @@ class Prober(threading.Thread):
                 self.stop.wait(0.05)
 
 
+def probed_flood(
+    tmp: Path, daemon: Daemon, source: str, **flood: int
+) -> tuple[dict[str, float], Prober]:
+    """A SIPp flood from ``source`` while the balancer probes: the node's metrics after
+    it, and the prober's round trips."""
+    prober = Prober(daemon.port)
+    prober.start()
+    sipp_flood(tmp, daemon, source, **flood)
+    prober.stop.set()
+    prober.join(5)
+    assert daemon.metrics_port is not None
+    return scrape(daemon.metrics_port), prober
+
+
 def test_options_flood_from_one_source_is_cut_and_the_balancer_still_answered(
     daemon_factory: Callable[..., Daemon],
 ) -> None:
@@ -122,13 +136,9 @@ def test_invite_flood_from_one_source_leaves_the_balancer_answered(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:
     daemon = daemon_factory(metrics=True)
-    prober = Prober(daemon.port)
-    prober.start()
-    sipp_flood(tmp_path, daemon, ATTACKER, rate=3000, count=6000, timeout=4, recv_timeout=500)
-    prober.stop.set()
-    prober.join(5)
-    assert daemon.metrics_port is not None
-    metrics = scrape(daemon.metrics_port)
+    metrics, prober = probed_flood(
+        tmp_path, daemon, ATTACKER, rate=3000, count=6000, timeout=4, recv_timeout=500
+    )
     assert metrics["callengine_flood_dropped_total"] > 0
     assert metrics["callengine_flood_bans_total"] >= 1
     assert prober.lost == 0 and len(prober.rtts) >= 5
@@ -158,13 +168,9 @@ def test_invite_flood_through_the_balancer_leaves_its_options_answered(
     node can take: new INVITEs are dropped unread once the receive queue backs up, so
     the balancer's OPTIONS (queued behind them) are still answered."""
     daemon = daemon_factory(metrics=True)
-    prober = Prober(daemon.port)
-    prober.start()
-    sipp_flood(tmp_path, daemon, BALANCER, rate=4000, count=16000, timeout=8, recv_timeout=1000)
-    prober.stop.set()
-    prober.join(5)
-    assert daemon.metrics_port is not None
-    metrics = scrape(daemon.metrics_port)
+    metrics, prober = probed_flood(
+        tmp_path, daemon, BALANCER, rate=4000, count=16000, timeout=8, recv_timeout=1000
+    )
     assert metrics["callengine_overload_dropped_total"] > 0
     assert metrics["callengine_flood_dropped_total"] == 0  # exempt: not the per-source limit
     assert prober.lost == 0 and len(prober.rtts) >= 20, (prober.lost, len(prober.rtts))
