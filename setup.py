@@ -14,7 +14,7 @@ package and tests/integration/test_daemon.py and test_media_sipp.py.
 from setuptools import find_packages, setup
 
 TYPED = ["callengine", "ivr", "media", "pri", "config_cache"]
-DATA = {"config_cache": ["demo/*.json"], "media": ["prompts/*.wav"]}
+DATA = {"config_cache": ["demo/*.json", "schemas/*.json"], "media": ["prompts/*.wav"]}
 
 setup(
     name="callengine",
@@ -34,6 +34,9 @@ setup(
         "soundfile>=0.12,<1",  # wheels that bundle libsndfile (0.12)
         "soxr>=0.4,<2",  # built against numpy 2 (0.4)
         "PyYAML>=6.0.1,<7",
+        # config_cache/validation.py: the JSON Schemas compiled to Python (draft-07,
+        # fast_fail and collect-all modes). Lower bound: the version tested.
+        "fastjsonschema>=2.22,<3",
         "aiortc>=1.16,<2",  # G.722/Opus codec classes as media/codecs/_aiortc.py calls them
         "av>=14,<20",  # imported by media/codecs/_aiortc.py; aiortc 1.16's own range
         "pylibsrtp>=0.10,<2",  # imported by media/srtp.py; aiortc 1.16's own lower bound

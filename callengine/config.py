@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from config_cache import validation
 from config_cache import ConfigError
 
 __all__ = ["EngineConfig", "StorageSettings", "load_config", "storage_settings"]
@@ -230,13 +229,12 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 
 def _read(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return json.loads(text)
+        return json.loads(validation.read_text(path))
     if suffix == ".toml":
-        return tomllib.loads(text)
-    return yaml.safe_load(text)
+        return tomllib.loads(validation.read_text(path))
+    return validation.load_yaml(path)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> EngineConfig:
@@ -252,9 +250,11 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         source = str(path)
         try:
             raw = _read(p)
-        except FileNotFoundError:
-            raise ConfigError("no such file", file=source) from None
-        except (OSError, ValueError, yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        except validation.DocumentError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise ConfigError("no such file", file=source) from None
+            raise ConfigError(str(exc), file=source) from None
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot parse: {exc}".splitlines()[0], file=source) from None
         if raw is None:
             raw = {}

@@ -118,6 +118,10 @@ def test_wheel_carries_prompts_demo_tenant_py_typed_and_ranges(wheel: Path) -> N
     prompts = {p.name for p in (ROOT / "media" / "prompts").glob("*.wav")}
     assert prompts and {f"media/prompts/{p}" for p in prompts} <= names
     assert "config_cache/demo/demo.json" in names
+    schemas = {
+        f"config_cache/schemas/{s.name}" for s in (ROOT / "config_cache/schemas").glob("*.json")
+    }
+    assert schemas and schemas <= names  # the published JSON Schemas the validators compile
     sources = {f.relative_to(ROOT).as_posix() for p in PACKAGES for f in (ROOT / p).rglob("*.py")}
     assert sources - names == set()  # every module, in every subpackage
     assert {f"{p}/py.typed" for p in PACKAGES} <= names
