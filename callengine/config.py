@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from config_cache import validation
-from config_cache import ConfigError
+from config_cache import ConfigError, validation
 
 __all__ = ["EngineConfig", "StorageSettings", "load_config", "storage_settings"]
 

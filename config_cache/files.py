@@ -4,40 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from . import validation
 from .errors import ConfigError
 from .schema import TenantConfig, validate_tenant
 
 __all__ = ["load_tenant_file", "read_tenant_documents"]
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars: ``17:00`` stays a string (YAML 1.1
-    reads it as the base-60 integer 1020) and dates stay strings."""
-
-
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [
-        (tag, rx)
-        for tag, rx in resolvers
-        if tag
-        not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
-    ]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789")
-)
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"),
-    list("-+.0123456789"),
-)
 
 
 def read_tenant_documents(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -46,19 +20,16 @@ def read_tenant_documents(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     p = Path(path)
     name = str(p)
     try:
-        text = p.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=name) from exc
-    try:
-        data: Any = (
-            json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_Yaml12Loader)
-        )
+        if p.suffix == ".json":
+            data: Any = json.loads(validation.read_text(p))
+        else:
+            data = validation.load_yaml(p)
+    except validation.DocumentError as exc:
+        raise ConfigError(str(exc), file=name) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", file=name
         ) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=name) from exc
     docs = data if isinstance(data, list) else [data]
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict):

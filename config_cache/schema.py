@@ -1,8 +1,10 @@
 """Tenant configuration schema and validation (pure: no I/O besides the tz database).
 
 Theory of operation: a tenant document is a JSON-able mapping (from a file, from
-the master Configuration DB or from LevelDB). :func:`validate_tenant` checks every
-field, rejects unknown fields and wrong types, and returns a frozen
+the master Configuration DB or from LevelDB). :func:`validate_tenant` checks it
+against the JSON Schema ``config_cache/schemas/tenant.json`` (every field's type,
+unknown fields), then what a schema cannot say (time zone, route targets, ring
+group members, IVR flows, ``dial_policy``) in Python, and returns a frozen
 :class:`TenantConfig`. The first mistake raises :class:`ConfigError` naming the
 file, the tenant and the dotted field path (``users.100.password``).
 
@@ -33,6 +35,7 @@ from typing import Any
 
 from pri.trunk import TrunkConfigError, load_dial_policy
 
+from . import validation
 from .errors import ConfigError
 
 __all__ = [
@@ -58,35 +61,8 @@ BUNDLED_PROMPTS: frozenset[str] = frozenset(
 ROUTE_KINDS: frozenset[str] = frozenset({"ivr", "user", "group", "voicemail"})
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_EXTENSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}")
-_DID = re.compile(r"\+?[0-9]{1,20}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_PREFIX = re.compile(r"\+?[0-9*#]{0,20}")
-_STRATEGIES = frozenset({"parallel", "sequential"})
 #: ``invite_auth`` values: which calls from this tenant's users get a 407 challenge.
 INVITE_AUTH_MODES: frozenset[str] = frozenset({"off", "external", "all"})
-
-_TOP_LEVEL = frozenset(
-    {
-        "id",
-        "rev",
-        "name",
-        "timezone",
-        "realm",
-        "numbers",
-        "default_route",
-        "users",
-        "ring_groups",
-        "flows",
-        "outbound_routes",
-        "dial_policy",
-        "limits",
-        "prompts",
-        "description",
-        "deleted",
-        "invite_auth",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +188,33 @@ class TenantConfig:
         return best
 
 
-# -- validation helpers ---------------------------------------------------------
+# -- validation -----------------------------------------------------------------
+
+#: How tenant documents word a schema mistake (``validation.first_issue``).
+_WORDING = validation.Wording(
+    kind=lambda value: _type_name(value),
+    want={
+        "object": "a mapping",
+        "array": "a list",
+        "string": "a string",
+        "non-empty string": "a non-empty string",
+        "integer": "an integer",
+        "number": "a number",
+        "boolean": "true or false",
+        "null": "null",
+    },
+    type="must be {want}, not {got}",
+    missing="missing",
+    unknown="unknown field",
+    empty="must not be empty",
+    range="must be between {low} and {high}, not {value}",
+    minimum="must be >= {low}, not {value}",
+    exclusive_minimum="must be > {low}, not {value}",
+    enum="must be one of {names}, not {value!r}",
+    pattern="invalid value {value!r}",
+    min_items="must not be empty",
+    key_type="key must be a string (quote it in YAML), not {got}",
+)
 
 
 class _Ctx:
@@ -241,71 +243,7 @@ def _type_name(value: object) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _mapping(ctx: _Ctx, value: object, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ctx.error(path, f"must be a mapping, not {_type_name(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            raise ctx.error(
-                _join(path, str(key)),
-                "key must be a string (quote it in YAML), not " + _type_name(key),
-            )
-    return value
-
-
-def _str(ctx: _Ctx, value: object, path: str, *, pattern: re.Pattern[str] | None = None) -> str:
-    if not isinstance(value, str):
-        raise ctx.error(path, f"must be a non-empty string, not {_type_name(value)}")
-    if not value:
-        raise ctx.error(path, "must not be empty")
-    if pattern is not None and not pattern.fullmatch(value):
-        raise ctx.error(path, f"invalid value {value!r} (expected {pattern.pattern})")
-    return value
-
-
-def _opt_str(ctx: _Ctx, value: object, path: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ctx.error(path, f"must be a string, not {_type_name(value)}")
-    return value
-
-
-def _int(ctx: _Ctx, value: object, path: str, *, minimum: int = 0) -> int:
-    if type(value) is not int:
-        raise ctx.error(path, f"must be an integer, not {_type_name(value)}")
-    if value < minimum:
-        raise ctx.error(path, f"must be >= {minimum}, not {value}")
-    return value
-
-
-def _number(ctx: _Ctx, value: object, path: str) -> float:
-    if type(value) not in (int, float):
-        raise ctx.error(path, f"must be a number, not {_type_name(value)}")
-    assert isinstance(value, int | float)
-    if not value > 0:
-        raise ctx.error(path, f"must be > 0, not {value}")
-    return float(value)
-
-
-def _bool(ctx: _Ctx, value: object, path: str) -> bool:
-    if type(value) is not bool:
-        raise ctx.error(path, f"must be true or false, not {_type_name(value)}")
-    return value
-
-
-def _no_unknown(ctx: _Ctx, value: Mapping[str, Any], allowed: Collection[str], path: str) -> None:
-    for key in value:
-        if key not in allowed and not key.startswith("_"):
-            raise ctx.error(_join(path, key), "unknown field")
-
-
-def _route(ctx: _Ctx, value: object, path: str) -> Route:
-    text = _str(ctx, value, path)
+def _route(ctx: _Ctx, text: str, path: str) -> Route:
     kind, sep, target = text.partition(":")
     if not sep or kind not in ROUTE_KINDS or not target:
         raise ctx.error(
@@ -313,60 +251,6 @@ def _route(ctx: _Ctx, value: object, path: str) -> Route:
             f"invalid route {text!r} (expected one of {', '.join(sorted(ROUTE_KINDS))}:<name>)",
         )
     return Route(kind, target)
-
-
-# -- sections -------------------------------------------------------------------
-
-
-def _users(ctx: _Ctx, value: object) -> dict[str, User]:
-    users: dict[str, User] = {}
-    for ext, raw in _mapping(ctx, value, "users").items():
-        path = f"users.{ext}"
-        if not _EXTENSION.fullmatch(ext):
-            raise ctx.error(path, f"invalid extension {ext!r} (expected {_EXTENSION.pattern})")
-        entry = _mapping(ctx, raw, path)
-        _no_unknown(ctx, entry, {"password", "name", "voicemail"}, path)
-        if "password" not in entry:
-            raise ctx.error(f"{path}.password", "missing")
-        users[ext] = User(
-            extension=ext,
-            password=_str(ctx, entry["password"], f"{path}.password"),
-            name=_opt_str(ctx, entry.get("name"), f"{path}.name"),
-            voicemail=_bool(ctx, entry.get("voicemail", True), f"{path}.voicemail"),
-        )
-    return users
-
-
-def _ring_groups(ctx: _Ctx, value: object, users: Mapping[str, User]) -> dict[str, RingGroup]:
-    groups: dict[str, RingGroup] = {}
-    for name, raw in _mapping(ctx, value, "ring_groups").items():
-        path = f"ring_groups.{name}"
-        if not _NAME.fullmatch(name):
-            raise ctx.error(path, f"invalid name {name!r} (expected {_NAME.pattern})")
-        entry = _mapping(ctx, raw, path)
-        _no_unknown(ctx, entry, {"members", "strategy", "timeout"}, path)
-        members = entry.get("members")
-        if not isinstance(members, list) or not members:
-            raise ctx.error(
-                f"{path}.members", f"must be a non-empty list, not {_type_name(members)}"
-            )
-        for i, member in enumerate(members):
-            ext = _str(ctx, member, f"{path}.members.{i}")
-            if ext not in users:
-                raise ctx.error(f"{path}.members.{i}", f"unknown user {ext!r}")
-        strategy = _str(ctx, entry.get("strategy", "parallel"), f"{path}.strategy")
-        if strategy not in _STRATEGIES:
-            raise ctx.error(
-                f"{path}.strategy",
-                f"must be one of {', '.join(sorted(_STRATEGIES))}, not {strategy!r}",
-            )
-        groups[name] = RingGroup(
-            name=name,
-            members=tuple(members),
-            strategy=strategy,
-            timeout=_number(ctx, entry.get("timeout", 20), f"{path}.timeout"),
-        )
-    return groups
 
 
 def _check_route_target(
@@ -388,74 +272,6 @@ def _check_route_target(
         raise ctx.error(path, f"unknown ring group {route.target!r}")
 
 
-def _numbers(ctx: _Ctx, value: object) -> dict[str, tuple[Route, str | None, str]]:
-    """DID -> (route, label, field path of the route)."""
-    numbers: dict[str, tuple[Route, str | None, str]] = {}
-    for did, raw in _mapping(ctx, value, "numbers").items():
-        path = f"numbers.{did}"
-        if not _DID.fullmatch(did):
-            raise ctx.error(path, f"invalid number {did!r} (expected {_DID.pattern})")
-        if isinstance(raw, str):
-            numbers[did] = (_route(ctx, raw, path), None, path)
-            continue
-        entry = _mapping(ctx, raw, path)
-        _no_unknown(ctx, entry, {"route", "name"}, path)
-        if "route" not in entry:
-            raise ctx.error(f"{path}.route", "missing")
-        numbers[did] = (
-            _route(ctx, entry["route"], f"{path}.route"),
-            _opt_str(ctx, entry.get("name"), f"{path}.name"),
-            f"{path}.route",
-        )
-    return numbers
-
-
-def _outbound(ctx: _Ctx, value: object) -> tuple[OutboundRoute, ...]:
-    if not isinstance(value, list):
-        raise ctx.error("outbound_routes", f"must be a list, not {_type_name(value)}")
-    routes: list[OutboundRoute] = []
-    for i, raw in enumerate(value):
-        path = f"outbound_routes.{i}"
-        entry = _mapping(ctx, raw, path)
-        _no_unknown(ctx, entry, {"prefix", "trunk_group", "strip", "prepend"}, path)
-        prefix = entry.get("prefix", "")
-        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
-            raise ctx.error(f"{path}.prefix", f"must be a string of digits, not {prefix!r}")
-        if "trunk_group" not in entry:
-            raise ctx.error(f"{path}.trunk_group", "missing")
-        prepend = entry.get("prepend", "")
-        if not isinstance(prepend, str) or not _PREFIX.fullmatch(prepend):
-            raise ctx.error(f"{path}.prepend", f"must be a string of digits, not {prepend!r}")
-        routes.append(
-            OutboundRoute(
-                prefix=prefix,
-                trunk_group=_str(ctx, entry["trunk_group"], f"{path}.trunk_group", pattern=_NAME),
-                strip=_int(ctx, entry.get("strip", 0), f"{path}.strip"),
-                prepend=prepend,
-            )
-        )
-    return tuple(routes)
-
-
-def _prompts(ctx: _Ctx, value: object) -> dict[str, Prompt]:
-    prompts: dict[str, Prompt] = {}
-    for name, raw in _mapping(ctx, value, "prompts").items():
-        path = f"prompts.{name}"
-        if not _NAME.fullmatch(name):
-            raise ctx.error(path, f"invalid name {name!r} (expected {_NAME.pattern})")
-        entry = _mapping(ctx, raw, path)
-        _no_unknown(ctx, entry, {"file", "text", "language"}, path)
-        if "file" not in entry:
-            raise ctx.error(f"{path}.file", "missing")
-        prompts[name] = Prompt(
-            name=name,
-            file=_str(ctx, entry["file"], f"{path}.file"),
-            text=_opt_str(ctx, entry.get("text"), f"{path}.text"),
-            language=_opt_str(ctx, entry.get("language"), f"{path}.language"),
-        )
-    return prompts
-
-
 def _validate_flows(
     ctx: _Ctx,
     tenant: str,
@@ -466,15 +282,11 @@ def _validate_flows(
 ) -> Mapping[str, Any]:
     """Check the flows; return ``ivr.load_flows``'s result (or ``{}``).
 
-    Uses ``ivr.load_flows`` when the ``ivr`` package provides it and turns
+    The schema checked the outer shape (flow name -> mapping). Uses
+    ``ivr.load_flows`` when the ``ivr`` package provides it and turns
     ``ivr.FlowValidationError`` into :class:`ConfigError` with the field path
-    ``flows.<flow>.nodes.<node>.<field>``. Without it, only the outer shape
-    (a mapping of flow name -> mapping) is checked.
+    ``flows.<flow>.nodes.<node>.<field>``.
     """
-    for name, flow in flows.items():
-        if not _NAME.fullmatch(name):
-            raise ctx.error(f"flows.{name}", f"invalid name {name!r} (expected {_NAME.pattern})")
-        _mapping(ctx, flow, f"flows.{name}")
     try:
         import ivr  # late: ivr may import config_cache
     except ImportError:  # pragma: no cover - ivr is part of this project
@@ -495,28 +307,11 @@ def _validate_flows(
     return compiled
 
 
-# -- entry point ----------------------------------------------------------------
-
-
 def _dial_policy(ctx: _Ctx, value: object) -> dict[str, Any]:
     try:
         return load_dial_policy(value, source=ctx.file or "", path="dial_policy")
     except TrunkConfigError as exc:
         raise ctx.error(exc.field or "dial_policy", exc.message) from None
-
-
-def _limits(ctx: _Ctx, value: object) -> dict[str, float]:
-    m = _mapping(ctx, value, "limits")
-    _no_unknown(ctx, m, ("max_calls", "max_cps"), "limits")
-    out: dict[str, float] = {}
-    if "max_calls" in m:
-        out["max_calls"] = _int(ctx, m["max_calls"], "limits.max_calls")
-    if "max_cps" in m:
-        cps = m["max_cps"]
-        if type(cps) not in (int, float) or cps < 0:
-            raise ctx.error("limits.max_cps", f"must be a number >= 0, not {cps!r}")
-        out["max_cps"] = float(cps)
-    return out
 
 
 def validate_tenant(
@@ -530,10 +325,15 @@ def validate_tenant(
 
     ``doc`` may carry its id as ``id`` or (from MongoDB) ``_id``; ``tenant``
     names it when the document does not. ``rev`` defaults to 0 when absent.
+    The shape and types are checked by ``config_cache/schemas/tenant.json``;
+    the id, time zone, routes and their targets, ring group members, IVR flows
+    (``ivr.load_flows``) and ``dial_policy`` after it, here.
     Raises :class:`ConfigError` naming ``file``, the tenant and the field.
     """
     ctx = _Ctx(file, tenant)
-    data = dict(_mapping(ctx, doc, ""))
+    if not isinstance(doc, Mapping):
+        raise ctx.error("", f"must be a mapping, not {_type_name(doc)}")
+    data = dict(doc)
     if "_id" in data:
         oid = data.pop("_id")
         data.setdefault("id", oid)
@@ -544,44 +344,60 @@ def validate_tenant(
         raise ctx.error("id", f"invalid tenant id {tid!r} (expected {_TENANT_ID.pattern})")
     ctx.tenant = tid
     data["id"] = tid
-    _no_unknown(ctx, data, _TOP_LEVEL, "")
-    # "_"-prefixed top-level fields are comments / master metadata: not kept.
+    issue = validation.first_issue("tenant", data, _WORDING)
+    if issue is not None:
+        raise ctx.error(".".join(str(part) for part in issue.path), issue.message)
+    # "_"-prefixed fields are comments / master metadata: not kept at the top level.
     data = {key: value for key, value in data.items() if not key.startswith("_")}
-    rev = _int(ctx, data.get("rev", 0), "rev")
-    name = _str(ctx, data.get("name", tid), "name")
-    tz = _str(ctx, data.get("timezone", "UTC"), "timezone")
+    tz = data.get("timezone", "UTC")
     try:
         zoneinfo.ZoneInfo(tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
         raise ctx.error("timezone", f"unknown time zone {tz!r}") from exc
-    realm = _str(ctx, data.get("realm", tid), "realm")
 
-    users = _users(ctx, data.get("users", {}))
-    groups = _ring_groups(ctx, data.get("ring_groups", {}), users)
-    prompts = _prompts(ctx, data.get("prompts", {}))
-    flows = dict(_mapping(ctx, data.get("flows", {}), "flows"))
+    users = {
+        ext: User(ext, u["password"], u.get("name"), u.get("voicemail", True))
+        for ext, u in data.get("users", {}).items()
+    }
+    groups: dict[str, RingGroup] = {}
+    for name, g in data.get("ring_groups", {}).items():
+        for i, ext in enumerate(g["members"]):
+            if ext not in users:
+                raise ctx.error(f"ring_groups.{name}.members.{i}", f"unknown user {ext!r}")
+        groups[name] = RingGroup(
+            name, tuple(g["members"]), g.get("strategy", "parallel"), float(g.get("timeout", 20))
+        )
+    prompts = {
+        name: Prompt(name, p["file"], p.get("text"), p.get("language"))
+        for name, p in data.get("prompts", {}).items()
+    }
+    flows = dict(data.get("flows", {}))
     compiled = _validate_flows(
         ctx, tid, flows, frozenset(bundled_prompts) | prompts.keys(), timezone=tz
     )
 
     numbers: dict[str, NumberEntry] = {}
-    for did, (route, label, path) in _numbers(ctx, data.get("numbers", {})).items():
+    for did, raw in data.get("numbers", {}).items():
+        path = f"numbers.{did}" if isinstance(raw, str) else f"numbers.{did}.route"
+        text = raw if isinstance(raw, str) else raw["route"]
+        route = _route(ctx, text, f"numbers.{did}" if isinstance(raw, str) else path)
         _check_route_target(ctx, route, path, users=users, groups=groups, flows=flows)
-        numbers[did] = NumberEntry(did, route, label)
+        numbers[did] = NumberEntry(did, route, None if isinstance(raw, str) else raw.get("name"))
     default_route: Route | None = None
     if data.get("default_route") is not None:
         default_route = _route(ctx, data["default_route"], "default_route")
         _check_route_target(
             ctx, default_route, "default_route", users=users, groups=groups, flows=flows
         )
-    outbound = _outbound(ctx, data.get("outbound_routes", []))
+    outbound = tuple(
+        OutboundRoute(
+            r.get("prefix", ""), r["trunk_group"], r.get("strip", 0), r.get("prepend", "")
+        )
+        for r in data.get("outbound_routes", [])
+    )
     dial_policy = _dial_policy(ctx, data.get("dial_policy", {}))
-    limits = _limits(ctx, data.get("limits", {}))
-    invite_auth = _str(ctx, data.get("invite_auth", "external"), "invite_auth")
-    if invite_auth not in INVITE_AUTH_MODES:
-        raise ctx.error("invite_auth", f"must be one of {', '.join(sorted(INVITE_AUTH_MODES))}")
-    if "deleted" in data:
-        _bool(ctx, data["deleted"], "deleted")
+    limits = {key: float(v) if key == "max_cps" else v for key, v in data.get("limits", {}).items()}
+    limits = {key: v for key, v in limits.items() if not key.startswith("_")}
     try:
         doc_json = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -589,10 +405,10 @@ def validate_tenant(
 
     return TenantConfig(
         id=tid,
-        rev=rev,
-        name=name,
+        rev=data.get("rev", 0),
+        name=data.get("name", tid),
         timezone=tz,
-        realm=realm,
+        realm=data.get("realm", tid),
         numbers=MappingProxyType(numbers),
         default_route=default_route,
         users=MappingProxyType(users),
@@ -604,5 +420,5 @@ def validate_tenant(
         limits=MappingProxyType(limits),
         compiled_flows=MappingProxyType(dict(compiled)),
         doc_json=doc_json,
-        invite_auth=invite_auth,
+        invite_auth=data.get("invite_auth", "external"),
     )

@@ -3,23 +3,25 @@
 Every mistake a tenant can make in a flow is found here, when configuration is
 loaded, never while a call is running. The first mistake found raises
 :class:`FlowValidationError` naming tenant, flow, node and field. Checks run in
-a fixed order (flow fields, then nodes in definition order and their fields in
-the order listed below, then node references, then reachability), so a given
-document always reports the same error.
+a fixed order: the JSON Schema ``config_cache/schemas/flow.json`` (shape, types,
+ranges, unknown fields; shallowest mistake first), then what it cannot say --
+prompt names, digits, time zones, regexes, time ranges, dates, actions -- for the
+nodes in definition order and their fields in the order listed below, then node
+references, then reachability. A given document always reports the same error.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
+from config_cache import validation
 
 from .errors import FlowValidationError
 from .flow import (
@@ -56,12 +58,7 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 _T = TypeVar("_T")
 _MISSING: Any = object()
-_TIME_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])|24:00")
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TARGET_RE = re.compile(r"(user|group|ext):[A-Za-z0-9_.\-]+|external:\+?[0-9]+")
-_COMMON_FIELDS = frozenset({"type", "description"})
-_FLOW_FIELDS = frozenset({"start", "nodes", "timezone", "description"})
 
 
 def _kind(value: object) -> str:
@@ -81,8 +78,69 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
+#: How flow errors word a schema mistake (``validation.first_issue``).
+_WORDING = validation.Wording(
+    kind=_kind,
+    want={
+        "object": "object",
+        "array": "array",
+        "string": "string",
+        "non-empty string": "string",
+        "integer": "integer",
+        "number": "number",
+        "boolean": "boolean",
+        "null": "null",
+    },
+    type="expected {want}, got {got}",
+    missing="required field missing",
+    unknown="unknown field",
+    empty="must not be empty",
+    range="must be between {low} and {high}, got {value}",
+    minimum="must be at least {low}, got {value}",
+    exclusive_minimum="must be > {low}, got {value!r}",
+    enum="expected one of {names}, got {value!r}",
+    pattern="invalid value {value!r}",
+    min_items="must not be empty",
+    key_type="bad key {key!r}",
+)
+
+
+def _without_nulls(data: Mapping[Any, Any]) -> dict[Any, Any]:
+    """The flow as the schema sees it: a null field counts as absent (for the flow and
+    each node), except gather's ``terminator``, where null means "no terminator"."""
+    out = {k: v for k, v in data.items() if v is not None}
+    nodes = out.get("nodes")
+    if isinstance(nodes, Mapping):
+        out["nodes"] = {
+            nid: {k: v for k, v in raw.items() if v is not None or k == "terminator"}
+            if isinstance(raw, Mapping)
+            else raw
+            for nid, raw in nodes.items()
+        }
+    return out
+
+
+def _locate(path: Sequence[str | int]) -> tuple[str | None, str | None]:
+    """(node, field) of a schema path: ``nodes.menu.options.7`` -> ("menu", "options.7")."""
+    node: str | None = None
+    rest = list(path)
+    if len(rest) >= 2 and rest[0] == "nodes":
+        node, rest = str(rest[1]), rest[2:]
+    field: str | None = None
+    for part in rest:
+        if field is None:
+            field = str(part)
+        elif isinstance(part, int):
+            field += f"[{part}]"
+        else:
+            field += f".{part}"
+    return node, field
+
+
 class _Checker:
-    """Field parsers bound to one flow; each raises with the full location."""
+    """What the flow schema cannot check, for one flow: prompt names, digits, time
+    zones, regexes, time ranges, dates, actions and node references. Each check
+    raises with the full location; fields are parsed in the order listed below."""
 
     def __init__(
         self,
@@ -114,13 +172,10 @@ class _Checker:
             file=self.file,
         )
 
-    # -- field access ---------------------------------------------------------
+    # -- field access: the schema checked types; ``None`` is absent ------------
 
     def req(self, raw: Mapping[str, Any], name: str, parse: Callable[[str, Any], _T]) -> _T:
-        value = raw.get(name)
-        if value is None:
-            self.fail(name, "required field missing")
-        return parse(name, value)
+        return parse(name, raw[name])
 
     def opt(
         self, raw: Mapping[str, Any], name: str, parse: Callable[[str, Any], _T], default: _T
@@ -130,50 +185,19 @@ class _Checker:
             return default
         return parse(name, value)
 
-    # -- parsers: (field path, raw value) -> typed value ----------------------
+    # -- parsers: (field path, schema-checked value) -> typed value ------------
 
-    def string(self, field: str, value: Any) -> str:
-        if not isinstance(value, str):
-            self.fail(field, f"expected string, got {_kind(value)}")
-        if not value:
-            self.fail(field, "must not be empty")
+    @staticmethod
+    def same(field: str, value: _T) -> _T:
         return value
 
-    def ref(self, field: str, value: Any) -> str:
-        target = self.string(field, value)
-        self.refs.append((self.node, field, target))
-        return target
-
-    def boolean(self, field: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            self.fail(field, f"expected boolean, got {_kind(value)}")
-        return value
-
-    def seconds(self, field: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(field, f"expected number, got {_kind(value)}")
-        if not value > 0:
-            self.fail(field, f"must be > 0, got {value!r}")
+    @staticmethod
+    def seconds(field: str, value: float) -> float:
         return float(value)
 
-    def integer(self, lo: int, hi: int) -> Callable[[str, Any], int]:
-        def parse(field: str, value: Any) -> int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                self.fail(field, f"expected integer, got {_kind(value)}")
-            if not lo <= value <= hi:
-                self.fail(field, f"must be between {lo} and {hi}, got {value}")
-            return value
-
-        return parse
-
-    def choice(self, *allowed: str) -> Callable[[str, Any], str]:
-        def parse(field: str, value: Any) -> str:
-            if value not in allowed:
-                names = " or ".join(repr(a) for a in allowed)
-                self.fail(field, f"expected {names}, got {value!r}")
-            return str(value)
-
-        return parse
+    def ref(self, field: str, target: str) -> str:
+        self.refs.append((self.node, field, target))
+        return target
 
     def digit(self, field: str, value: Any) -> str:
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9:
@@ -182,96 +206,60 @@ class _Checker:
             self.fail(field, f"bad digit {value!r} (expected one of 0-9, *, #, A-D)")
         return value
 
-    def prompt_list(self, field: str, value: Any) -> tuple[str, ...]:
+    def prompt_list(self, field: str, value: str | list[str]) -> tuple[str, ...]:
         """A prompt name or a list of them; every name must exist."""
         if isinstance(value, str):
-            items: list[tuple[str, Any]] = [(field, value)]
-        elif isinstance(value, list | tuple):
-            if not value:
-                self.fail(field, "expected at least one prompt")
-            items = [(f"{field}[{i}]", v) for i, v in enumerate(value)]
+            items = [(field, value)]
         else:
-            self.fail(field, f"expected string or array, got {_kind(value)}")
-        names = []
-        for path, item in items:
-            name = self.string(path, item)
+            items = [(f"{field}[{i}]", v) for i, v in enumerate(value)]
+        for path, name in items:
             if name not in BUILTIN_PROMPTS and name not in self.prompts:
                 self.fail(path, f"unknown prompt {name!r}")
-            names.append(name)
-        return tuple(names)
+        return tuple(name for _, name in items)
 
-    def mapping(self, field: str, value: Any) -> Mapping[Any, Any]:
-        if not isinstance(value, Mapping):
-            self.fail(field, f"expected object, got {_kind(value)}")
-        if not value:
-            self.fail(field, "must not be empty")
-        return value
+    def ref_list(self, field: str, value: list[str]) -> tuple[str, ...]:
+        return tuple(self.ref(f"{field}[{i}]", v) for i, v in enumerate(value))
 
-    def array(self, field: str, value: Any) -> list[Any] | tuple[Any, ...]:
-        if not isinstance(value, list | tuple):
-            self.fail(field, f"expected array, got {_kind(value)}")
-        return value
-
-    def ref_list(self, field: str, value: Any) -> tuple[str, ...]:
-        items = self.array(field, value)
-        if not items:
-            self.fail(field, "expected at least one node")
-        return tuple(self.ref(f"{field}[{i}]", v) for i, v in enumerate(items))
-
-    def options(self, field: str, value: Any) -> Mapping[str, str]:
-        raw = self.mapping(field, value)
+    def options(self, field: str, value: Mapping[Any, str]) -> Mapping[str, str]:
         out: dict[str, str] = {}
-        for key, target in raw.items():
+        for key, target in value.items():
             path = f"{field}.{key}"
             out[self.digit(path, key)] = self.ref(path, target)
         return MappingProxyType(out)
 
-    def regex(self, field: str, value: Any) -> re.Pattern[str]:
-        source = self.string(field, value)
+    def regex(self, field: str, source: str) -> re.Pattern[str]:
         try:
             return re.compile(source)
         except re.error as exc:
             self.fail(field, f"invalid regex {source!r}: {exc}")
 
-    def zone(self, field: str, value: Any) -> str:
-        name = self.string(field, value)
+    def zone(self, field: str, name: str) -> str:
         try:
             ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
             self.fail(field, f"unknown time zone {name!r}")
         return name
 
-    def clock_time(self, field: str, value: Any) -> int:
-        if not isinstance(value, str) or not _TIME_RE.fullmatch(value):
-            self.fail(field, f"bad time {value!r} (expected HH:MM)")
-        hours, minutes = value.split(":")
-        return int(hours) * 60 + int(minutes)
-
-    def schedule(self, field: str, value: Any) -> Mapping[int, tuple[tuple[int, int], ...]]:
-        raw = self.mapping(field, value)
+    def schedule(
+        self, field: str, value: Mapping[str, list[list[str]]]
+    ) -> Mapping[int, tuple[tuple[int, int], ...]]:
         out: dict[int, tuple[tuple[int, int], ...]] = {}
-        for day, ranges in raw.items():
-            path = f"{field}.{day}"
-            if day not in WEEKDAYS:
-                self.fail(path, "unknown weekday (expected mon, tue, wed, thu, fri, sat, sun)")
+        for day, ranges in value.items():
             parsed = []
-            for i, pair in enumerate(self.array(path, ranges)):
-                item = f"{path}[{i}]"
-                if not isinstance(pair, list | tuple) or len(pair) != 2:
-                    self.fail(item, f"expected [start, end] pair, got {pair!r}")
-                start = self.clock_time(f"{item}[0]", pair[0])
-                end = self.clock_time(f"{item}[1]", pair[1])
+            for i, (start_text, end_text) in enumerate(ranges):
+                start, end = _minutes(start_text), _minutes(end_text)
                 if start >= end:
                     self.fail(
-                        item, f"bad time range {pair[0]!r}-{pair[1]!r}: start must be before end"
+                        f"{field}.{day}[{i}]",
+                        f"bad time range {start_text!r}-{end_text!r}: start must be before end",
                     )
                 parsed.append((start, end))
             out[WEEKDAYS.index(day)] = tuple(sorted(parsed))
         return MappingProxyType(out)
 
-    def holidays(self, field: str, value: Any) -> frozenset[date]:
+    def holidays(self, field: str, value: list[Any]) -> frozenset[date]:
         days = set()
-        for i, item in enumerate(self.array(field, value)):
+        for i, item in enumerate(value):
             if isinstance(item, date) and not isinstance(item, datetime):
                 days.add(item)
                 continue
@@ -283,60 +271,33 @@ class _Checker:
                 self.fail(f"{field}[{i}]", f"bad date {item!r} (expected YYYY-MM-DD)")
         return frozenset(days)
 
-    def targets(self, field: str, value: Any) -> tuple[str, ...]:
-        items = self.array(field, value)
-        if not items:
-            self.fail(field, "expected at least one target")
-        out = []
-        for i, item in enumerate(items):
-            path = f"{field}[{i}]"
-            target = self.string(path, item)
-            if not _TARGET_RE.fullmatch(target):
-                self.fail(
-                    path,
-                    f"bad target {target!r} (expected user:<id>, group:<name>, "
-                    "ext:<number> or external:<number>)",
-                )
-            out.append(target)
-        return tuple(out)
+    @staticmethod
+    def targets(field: str, value: list[str]) -> tuple[str, ...]:
+        return tuple(value)
 
-    def url(self, field: str, value: Any) -> str:
-        url = self.string(field, value)
-        if not re.fullmatch(r"http://[^/?#\s]+[^\s]*", url):
-            self.fail(field, f"unsupported URL {url!r} (only http:// is supported)")
-        return url
-
-    def json_body(self, field: str, value: Any) -> str:
-        if not isinstance(value, Mapping):
-            self.fail(field, f"expected object, got {_kind(value)}")
+    def json_body(self, field: str, value: Mapping[str, Any]) -> str:
         try:
             return json.dumps(value, sort_keys=True)
         except (TypeError, ValueError):
             self.fail(field, "not JSON-serializable")
 
-    def assignments(self, field: str, value: Any) -> Mapping[str, str]:
-        raw = self.mapping(field, value)
+    def assignments(self, field: str, value: Mapping[Any, Any]) -> Mapping[str, str]:
         out: dict[str, str] = {}
-        for name, val in raw.items():
-            path = f"{field}.{name}"
-            if not isinstance(name, str) or not _VAR_RE.fullmatch(name):
-                self.fail(path, "bad variable name (expected letters, digits and _)")
-            if isinstance(val, bool) or not isinstance(val, str | int | float):
-                self.fail(path, f"expected string or number, got {_kind(val)}")
+        for name, val in value.items():
+            if not isinstance(name, str):  # YAML's unquoted 1: (the schema sees strings)
+                self.fail(f"{field}.{name}", "bad variable name (expected letters, digits and _)")
             out[name] = str(val)
         return MappingProxyType(out)
 
-    def variable(self, field: str, value: Any) -> str:
-        name = self.string(field, value)
-        if not _VAR_RE.fullmatch(name):
-            self.fail(field, "bad variable name (expected letters, digits and _)")
-        return name
-
-    def action(self, field: str, value: Any) -> str:
-        name = self.string(field, value)
+    def action(self, field: str, name: str) -> str:
         if self.actions is not None and name not in self.actions:
             self.fail(field, f"unknown action {name!r}")
         return name
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
 
 
 # -- one parser per node type; fields are checked in argument order -----------
@@ -346,7 +307,7 @@ def _play(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
     return PlayNode(
         id=nid,
         prompts=c.req(raw, "prompts", c.prompt_list),
-        barge_in=c.opt(raw, "barge_in", c.boolean, True),
+        barge_in=c.opt(raw, "barge_in", c.same, True),
         next=c.opt(raw, "next", c.ref, None),
     )
 
@@ -359,7 +320,7 @@ def _menu(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
         invalid_prompt=c.opt(raw, "invalid_prompt", c.prompt_list, ()),
         timeout_prompt=c.opt(raw, "timeout_prompt", c.prompt_list, ()),
         timeout=c.opt(raw, "timeout", c.seconds, 5.0),
-        retries=c.opt(raw, "retries", c.integer(0, 10), 2),
+        retries=c.opt(raw, "retries", c.same, 2),
         on_failure=c.opt(raw, "on_failure", c.ref, None),
     )
 
@@ -367,10 +328,10 @@ def _menu(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
 def _gather(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
     node = GatherNode(
         id=nid,
-        variable=c.req(raw, "variable", c.variable),
-        max_digits=c.req(raw, "max_digits", c.integer(1, 64)),
+        variable=c.req(raw, "variable", c.same),
+        max_digits=c.req(raw, "max_digits", c.same),
         prompt=c.opt(raw, "prompt", c.prompt_list, ()),
-        min_digits=c.opt(raw, "min_digits", c.integer(0, 64), 1),
+        min_digits=c.opt(raw, "min_digits", c.same, 1),
         # An explicit null or "" means no terminator; absent means "#".
         terminator=None
         if raw.get("terminator", "#") in (None, "")
@@ -378,7 +339,7 @@ def _gather(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
         timeout=c.opt(raw, "timeout", c.seconds, 5.0),
         inter_digit_timeout=c.opt(raw, "inter_digit_timeout", c.seconds, 3.0),
         pattern=c.opt(raw, "pattern", c.regex, None),
-        retries=c.opt(raw, "retries", c.integer(0, 10), 0),
+        retries=c.opt(raw, "retries", c.same, 0),
         invalid_prompt=c.opt(raw, "invalid_prompt", c.prompt_list, ()),
         next=c.opt(raw, "next", c.ref, None),
         on_failure=c.opt(raw, "on_failure", c.ref, None),
@@ -403,7 +364,7 @@ def _transfer(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
     return TransferNode(
         id=nid,
         targets=c.req(raw, "targets", c.targets),
-        strategy=c.opt(raw, "strategy", c.choice("parallel", "sequential"), "parallel"),
+        strategy=c.opt(raw, "strategy", c.same, "parallel"),
         timeout=c.opt(raw, "timeout", c.seconds, 20.0),
         on_no_answer=c.opt(raw, "on_no_answer", c.ref, None),
         on_busy=c.opt(raw, "on_busy", c.ref, None),
@@ -415,7 +376,7 @@ def _voicemail(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
     return VoicemailNode(
         id=nid,
         greeting=c.opt(raw, "greeting", c.prompt_list, ()),
-        beep=c.opt(raw, "beep", c.boolean, True),
+        beep=c.opt(raw, "beep", c.same, True),
         max_seconds=c.opt(raw, "max_seconds", c.seconds, 120.0),
         silence_timeout=c.opt(raw, "silence_timeout", c.seconds, 5.0),
         next=c.opt(raw, "next", c.ref, None),
@@ -435,15 +396,15 @@ def _goto(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
 
 
 def _hangup(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
-    return HangupNode(id=nid, cause=c.opt(raw, "cause", c.integer(1, 127), 16))
+    return HangupNode(id=nid, cause=c.opt(raw, "cause", c.same, 16))
 
 
 def _webhook(c: _Checker, nid: str, raw: Mapping[str, Any]) -> Node:
     return WebhookNode(
         id=nid,
-        url=c.req(raw, "url", c.url),
+        url=c.req(raw, "url", c.same),
         allowed_next=c.req(raw, "allowed_next", c.ref_list),
-        method=c.opt(raw, "method", c.choice("GET", "POST"), "POST"),
+        method=c.opt(raw, "method", c.same, "POST"),
         timeout=c.opt(raw, "timeout", c.seconds, 5.0),
         body=c.opt(raw, "body", c.json_body, None),
         next=c.opt(raw, "next", c.ref, None),
@@ -474,40 +435,6 @@ _PARSERS: dict[str, Callable[[_Checker, str, Mapping[str, Any]], Node]] = {
     "webhook": _webhook,
     "python": _python,
 }
-_FIELDS: dict[str, frozenset[str]] = {
-    "play": frozenset({"prompts", "barge_in", "next"}),
-    "menu": frozenset(
-        {"prompt", "options", "invalid_prompt", "timeout_prompt", "timeout", "retries"}
-        | {"on_failure"}
-    ),
-    "gather": frozenset(
-        {"variable", "max_digits", "prompt", "min_digits", "terminator", "timeout"}
-        | {"inter_digit_timeout", "pattern", "retries", "invalid_prompt", "next", "on_failure"}
-    ),
-    "time_condition": frozenset({"timezone", "schedule", "holidays", "open", "closed"}),
-    "transfer": frozenset({"targets", "strategy", "timeout", "on_no_answer", "on_busy", "next"}),
-    "voicemail": frozenset({"greeting", "beep", "max_seconds", "silence_timeout", "next"}),
-    "set": frozenset({"variables", "next"}),
-    "goto": frozenset({"node"}),
-    "hangup": frozenset({"cause"}),
-    "webhook": frozenset(
-        {"url", "allowed_next", "method", "timeout", "body", "next", "on_failure"}
-    ),
-    "python": frozenset({"action", "allowed_next", "next", "on_failure"}),
-}
-
-
-def _node(c: _Checker, nid: str, raw: Any) -> Node:
-    if not isinstance(raw, Mapping):
-        c.fail(None, f"expected object, got {_kind(raw)}")
-    kind = c.req(raw, "type", c.string)
-    parser = _PARSERS.get(kind)
-    if parser is None:
-        c.fail("type", f"unknown node type {kind!r}")
-    for key in raw:
-        if key not in _FIELDS[kind] and key not in _COMMON_FIELDS:
-            c.fail(str(key), "unknown field")
-    return parser(c, nid, raw)
 
 
 def load_flow(
@@ -526,25 +453,31 @@ def load_flow(
     name none (a flow may override it with a top-level ``timezone``). When
     ``actions`` is given, ``python`` nodes must name one of them; otherwise
     action names are checked when the call runs. ``file`` is only used in
-    error messages. Raises :class:`FlowValidationError`.
+    error messages. The shape and types are checked by
+    ``config_cache/schemas/flow.json`` (a null field counts as absent), the rest
+    here. Raises :class:`FlowValidationError`.
     """
     c = _Checker(
         tenant=tenant, flow=name, prompts=prompts, actions=actions, timezone=timezone, file=file
     )
     if not isinstance(data, Mapping):
         c.fail(None, f"expected object, got {_kind(data)}")
-    for key in data:
-        if key not in _FLOW_FIELDS:
-            c.fail(str(key), "unknown field")
+    data = _without_nulls(data)
+    issue = validation.first_issue("flow", data, _WORDING, string_keys=False)
+    if issue is not None:
+        node, field = _locate(issue.path)
+        c.fail(field, issue.message, node=node)
     start = c.req(data, "start", c.ref)
     c.timezone = c.opt(data, "timezone", c.zone, timezone)
-    raw_nodes = c.req(data, "nodes", c.mapping)
     nodes: dict[str, Node] = {}
-    for nid, raw in raw_nodes.items():
-        if not isinstance(nid, str) or not nid:
-            c.fail("nodes", f"bad node id {nid!r} (expected a non-empty string)")
+    for nid, raw in data["nodes"].items():
+        kind = raw["type"]
+        issue = validation.first_issue("flow", raw, _WORDING, part=kind, string_keys=False)
+        if issue is not None:
+            node, field = _locate(("nodes", nid, *issue.path))
+            c.fail(field, issue.message, node=node)
         c.node = nid
-        nodes[nid] = _node(c, nid, raw)
+        nodes[nid] = _PARSERS[kind](c, nid, raw)
     c.node = None
 
     edges: dict[str | None, list[str]] = {}
@@ -601,37 +534,6 @@ def load_flows(
     return out
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars: ``17:00`` is a string, not 1020.
-
-    YAML 1.1 (PyYAML's default) reads ``17:00`` as a base-60 integer and
-    ``2026-12-25`` as a date; schedules and holidays must stay strings.
-    """
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [
-        (tag, rx)
-        for tag, rx in resolvers
-        if tag
-        not in (
-            "tag:yaml.org,2002:int",
-            "tag:yaml.org,2002:float",
-            "tag:yaml.org,2002:timestamp",
-        )
-    ]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789")
-)
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"),
-    list("-+.0123456789"),
-)
-
-
 def load_flow_file(
     path: str | Path,
     *,
@@ -657,15 +559,14 @@ def load_flow_file(
     if suffix not in (".json", ".yaml", ".yml"):
         fail(f"unsupported file type {suffix!r} (expected .json, .yaml or .yml)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read: {exc}")
-    try:
-        data = json.loads(text) if suffix == ".json" else yaml.load(text, Loader=_YamlLoader)
+        if suffix == ".json":
+            data = json.loads(validation.read_text(path))
+        else:
+            data = validation.load_yaml(path)
+    except validation.DocumentError as exc:
+        fail(str(exc))
     except json.JSONDecodeError as exc:
         fail(f"invalid JSON: {exc}")
-    except yaml.YAMLError as exc:
-        fail(f"invalid YAML: {' '.join(str(exc).split())}")
     return load_flow(
         tenant, flow, data, prompts=prompts, timezone=timezone, actions=actions, file=str(path)
     )

@@ -15,14 +15,18 @@ plus channel accounting; ``TrunkGroup`` orders trunks for a call (hunting);
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
 import ipaddress
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from pri.dialplan import POLICY_FIELDS, DialPolicy
+
+if TYPE_CHECKING:
+    from config_cache import validation
 
 __all__ = [
     "ALL_BUSY_CAUSE",
@@ -56,8 +60,6 @@ ALL_BUSY_CAUSE: Final = 34
 # B-channels per PRI span: T1 is 23B+D, E1 is 30B+D (timeslot 16 is the D-channel).
 SPAN_CHANNELS: Final[Mapping[str, int]] = {"T1": 23, "E1": 30}
 _MAX_SPAN_CHANNELS: Final = 31
-_TRANSPORTS: Final = ("udp", "tcp", "tls")
-_DIAL_CHARS: Final = frozenset("0123456789+*#")
 
 
 class TrunkConfigError(ValueError):
@@ -499,91 +501,10 @@ class TrunkPlan:
 
 
 # --- loading -----------------------------------------------------------------
-
-_MISSING: Final = object()
-
-
-class _Reader:
-    """Typed field access that raises ``TrunkConfigError`` naming the field path."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, path: str, message: str) -> NoReturn:
-        raise TrunkConfigError(message, source=self.source, field=path)
-
-    def mapping(self, value: object, path: str) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            self.fail(path, f"expected a mapping, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                self.fail(path, f"keys must be strings, got {key!r}")
-        return value
-
-    def sequence(self, value: object, path: str) -> Sequence[Any]:
-        if not isinstance(value, list | tuple):
-            self.fail(path, f"expected a list, got {_kind(value)}")
-        return value
-
-    def only(self, m: Mapping[str, Any], path: str, allowed: Iterable[str]) -> None:
-        allowed = set(allowed)
-        for key in m:
-            if key not in allowed:
-                self.fail(_join(path, key), f"unknown field (expected one of: {_names(allowed)})")
-
-    def string(self, m: Mapping[str, Any], key: str, path: str, default: Any = _MISSING) -> Any:
-        value = m.get(key, _MISSING)
-        if value is _MISSING:
-            if default is _MISSING:
-                self.fail(path, f"missing field '{key}'")
-            return default
-        if not isinstance(value, str) or not value:
-            self.fail(_join(path, key), f"expected a non-empty string, got {_kind(value)}")
-        return value
-
-    def integer(
-        self, m: Mapping[str, Any], key: str, path: str, default: int, *, low: int, high: int
-    ) -> int:
-        value = m.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(_join(path, key), f"expected an integer, got {_kind(value)}")
-        if not low <= value <= high:
-            self.fail(_join(path, key), f"must be between {low} and {high}, got {value}")
-        return value
-
-    def number(self, m: Mapping[str, Any], key: str, path: str, default: float) -> float:
-        value = m.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(_join(path, key), f"expected a number of seconds, got {_kind(value)}")
-        if not value > 0:
-            self.fail(_join(path, key), f"must be greater than 0, got {value}")
-        return float(value)
-
-    def boolean(self, m: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        value = m.get(key, default)
-        if not isinstance(value, bool):
-            self.fail(_join(path, key), f"expected true or false, got {_kind(value)}")
-        return value
-
-    def networks(self, value: object, path: str) -> tuple[IPNetwork, ...]:
-        nets: list[IPNetwork] = []
-        for i, item in enumerate(self.sequence(value, path)):
-            item_path = f"{path}[{i}]"
-            if not isinstance(item, str):
-                self.fail(item_path, f"expected an address or network, got {_kind(item)}")
-            try:
-                nets.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                self.fail(item_path, f"invalid address or network {item!r}")
-        return tuple(nets)
-
-    def dial_string(self, value: object, path: str, *, empty_ok: bool) -> str:
-        if not isinstance(value, str):
-            hint = " (quote numbers in YAML)" if isinstance(value, int) else ""
-            self.fail(path, f"expected a string of digits, got {_kind(value)}{hint}")
-        if (not value and not empty_ok) or not set(value) <= _DIAL_CHARS:
-            self.fail(path, f"invalid number {value!r} (digits, '+', '*', '#')")
-        return value
+#
+# The shape and types are checked by config_cache/schemas/trunks.json; what a
+# schema cannot say (trunk and group references, DIDs, addresses, span channels,
+# duplicates, max_attempts) is checked here, naming the same field paths.
 
 
 def _kind(value: object) -> str:
@@ -602,108 +523,128 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _names(names: Iterable[str]) -> str:
-    return ", ".join(sorted(names))
-
-
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-_TRUNK_FIELDS: Final = (
-    "carrier",
-    "gateway",
-    "auth",
-    "dids",
-    "sources",
-    "spans",
-    "enabled",
-    "health",
-)
-_GROUP_FIELDS: Final = ("strategy", "trunks", "setup_timeout", "max_attempts")
-_ROUTE_FIELDS: Final = ("prefix", "group", "strip", "prepend", "sources")
-_HEALTH_FIELDS: Final = (
-    "probe",
-    "probe_interval",
-    "probe_timeout",
-    "down_after",
-    "up_after",
-    "cool_down",
-)
+def _field(path: str, parts: Iterable[str | int]) -> str:
+    for part in parts:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
+    return path
 
 
-def _load_gateway(r: _Reader, value: object, path: str) -> Gateway:
-    m = r.mapping(value, path)
-    r.only(m, path, ("host", "port", "transport"))
-    host = r.string(m, "host", path)
-    port = r.integer(m, "port", path, 5060, low=1, high=65535)
-    transport = m.get("transport", "udp")
-    if not isinstance(transport, str) or transport.lower() not in _TRANSPORTS:
-        r.fail(
-            _join(path, "transport"),
-            f"unknown transport {transport!r} (expected one of: {', '.join(_TRANSPORTS)})",
-        )
-    return Gateway(host, port, transport.lower())
+@functools.cache
+def _wording() -> validation.Wording:
+    """How the trunk loaders word a schema mistake (``validation.first_issue``).
 
+    Built on first use: ``config_cache`` imports this module, so this one imports
+    ``config_cache.validation`` only when it loads a trunk section."""
+    from config_cache import validation
 
-def _load_credentials(r: _Reader, value: object, path: str) -> Credentials:
-    m = r.mapping(value, path)
-    r.only(m, path, ("username", "password", "realm"))
-    return Credentials(
-        r.string(m, "username", path),
-        r.string(m, "password", path),
-        r.string(m, "realm", path, None),
+    return validation.Wording(
+        kind=_kind,
+        want={
+            "object": "a mapping",
+            "array": "a list",
+            "string": "a string",
+            "non-empty string": "a non-empty string",
+            "integer": "an integer",
+            "number": "a number",
+            "boolean": "true or false",
+            "null": "nothing",
+        },
+        type="expected {want}, got {got}",
+        missing="missing field '{key}'",
+        unknown="unknown field (expected one of: {names})",
+        empty="expected a non-empty string, got {got}",
+        range="must be between {low} and {high}, got {value}",
+        minimum="must be at least {low}, got {value}",
+        exclusive_minimum="must be greater than {low:g}, got {value}",
+        enum="expected one of: {names}, got {value!r}",
+        pattern="invalid value {value!r}",
+        min_items="must not be empty",
+        key_type="keys must be strings, got {key!r}",
+        at_parent=True,
     )
 
 
-def _load_span(r: _Reader, value: object, path: str, trunk: str, index: int) -> Span:
-    m = r.mapping(value, path)
-    r.only(m, path, ("name", "type", "channels"))
-    name = r.string(m, "name", path, f"{trunk}/{index + 1}")
+def _check(schema: str, value: object, *, source: str, path: str = "") -> None:
+    from config_cache import validation
+
+    issue = validation.first_issue(schema, value, _wording())
+    if issue is not None:
+        raise TrunkConfigError(issue.message, source=source, field=_field(path, issue.path))
+
+
+class _Fail:
+    """Raises ``TrunkConfigError`` for ``source`` naming a field path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __call__(self, path: str, message: str) -> NoReturn:
+        raise TrunkConfigError(message, source=self.source, field=path)
+
+
+def _networks(fail: _Fail, values: Sequence[str], path: str) -> tuple[IPNetwork, ...]:
+    nets: list[IPNetwork] = []
+    for i, item in enumerate(values):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            fail(f"{path}[{i}]", f"invalid address or network {item!r}")
+    return tuple(nets)
+
+
+def _load_span(fail: _Fail, m: Mapping[str, Any], path: str, trunk: str, index: int) -> Span:
+    name = m.get("name", f"{trunk}/{index + 1}")
     kind = m.get("type")
     if kind is None:
         if "channels" not in m:
-            r.fail(path, "a span needs 'type' (E1 or T1) or 'channels'")
-        channels = r.integer(m, "channels", path, 0, low=1, high=_MAX_SPAN_CHANNELS)
-        return Span(name, "custom", channels)
+            fail(path, "a span needs 'type' (E1 or T1) or 'channels'")
+        return Span(
+            name,
+            "custom",
+            _in_range(fail, m["channels"], f"{path}.channels", 1, _MAX_SPAN_CHANNELS),
+        )
     if not isinstance(kind, str) or kind.upper() not in SPAN_CHANNELS:
-        r.fail(_join(path, "type"), f"unknown span type {kind!r} (expected E1 or T1)")
+        fail(_join(path, "type"), f"unknown span type {kind!r} (expected E1 or T1)")
     kind = kind.upper()
     full = SPAN_CHANNELS[kind]
-    channels = r.integer(m, "channels", path, full, low=1, high=full)
-    return Span(name, kind, channels)
+    return Span(name, kind, _in_range(fail, m.get("channels", full), f"{path}.channels", 1, full))
 
 
-def _load_did(r: _Reader, value: object, path: str) -> DidRange:
-    if not isinstance(value, str):
-        hint = " (quote numbers in YAML)" if isinstance(value, int) else ""
-        r.fail(path, f"expected a number prefix or range 'low-high', got {_kind(value)}{hint}")
+def _in_range(fail: _Fail, value: int, path: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        fail(path, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _load_did(fail: _Fail, value: str, path: str) -> DidRange:
     text = value.strip().removeprefix("+")
     low, dash, high = text.partition("-")
     low, high = low.strip().removeprefix("+"), high.strip().removeprefix("+")
     if not low.isdigit() or not low.isascii():
-        r.fail(path, f"invalid DID {value!r} (digits, or a range 'low-high')")
+        fail(path, f"invalid DID {value!r} (digits, or a range 'low-high')")
     if not dash:
         return DidRange(low)
     if not high.isdigit() or not high.isascii() or len(high) != len(low) or high < low:
-        r.fail(path, f"invalid DID range {value!r} (equal-length low-high, low <= high)")
+        fail(path, f"invalid DID range {value!r} (equal-length low-high, low <= high)")
     return DidRange(low, high)
 
 
-def _load_health(r: _Reader, value: object, path: str) -> HealthConfig:
-    m = r.mapping(value, path)
-    r.only(m, path, _HEALTH_FIELDS)
+def _load_health(fail: _Fail, m: Mapping[str, Any], path: str) -> HealthConfig:
     d = HealthConfig()
     config = HealthConfig(
-        probe=r.boolean(m, "probe", path, d.probe),
-        probe_interval=r.number(m, "probe_interval", path, d.probe_interval),
-        probe_timeout=r.number(m, "probe_timeout", path, d.probe_timeout),
-        down_after=r.integer(m, "down_after", path, d.down_after, low=1, high=1000),
-        up_after=r.integer(m, "up_after", path, d.up_after, low=1, high=1000),
-        cool_down=r.number(m, "cool_down", path, d.cool_down),
+        probe=m.get("probe", d.probe),
+        probe_interval=float(m.get("probe_interval", d.probe_interval)),
+        probe_timeout=float(m.get("probe_timeout", d.probe_timeout)),
+        down_after=m.get("down_after", d.down_after),
+        up_after=m.get("up_after", d.up_after),
+        cool_down=float(m.get("cool_down", d.cool_down)),
     )
     if config.probe_timeout > config.probe_interval:
-        r.fail(
+        fail(
             _join(path, "probe_timeout"),
             f"must not exceed probe_interval ({config.probe_interval:g}), "
             f"got {config.probe_timeout:g}",
@@ -711,128 +652,88 @@ def _load_health(r: _Reader, value: object, path: str) -> HealthConfig:
     return config
 
 
-def _load_trunk(r: _Reader, name: str, value: object, path: str) -> Trunk:
-    m = r.mapping(value, path)
-    r.only(m, path, _TRUNK_FIELDS)
-    carrier = r.string(m, "carrier", path)
-    if "gateway" not in m:
-        r.fail(path, "missing field 'gateway'")
-    gateway = _load_gateway(r, m["gateway"], _join(path, "gateway"))
-    if "spans" not in m:
-        r.fail(path, "missing field 'spans'")
-    span_values = r.sequence(m["spans"], _join(path, "spans"))
-    if not span_values:
-        r.fail(_join(path, "spans"), "a trunk needs at least one span")
-    spans = [_load_span(r, v, f"{path}.spans[{i}]", name, i) for i, v in enumerate(span_values)]
+def _load_trunk(fail: _Fail, name: str, m: Mapping[str, Any], path: str) -> Trunk:
+    g = m["gateway"]
+    gateway = Gateway(g["host"], g.get("port", 5060), g.get("transport", "udp").lower())
+    spans = [_load_span(fail, v, f"{path}.spans[{i}]", name, i) for i, v in enumerate(m["spans"])]
     seen: set[str] = set()
     for i, span in enumerate(spans):
         if span.name in seen:
-            r.fail(f"{path}.spans[{i}].name", f"duplicate span name {span.name!r}")
+            fail(f"{path}.spans[{i}].name", f"duplicate span name {span.name!r}")
         seen.add(span.name)
+    auth = m.get("auth")
     credentials = (
-        _load_credentials(r, m["auth"], _join(path, "auth")) if m.get("auth") is not None else None
+        Credentials(auth["username"], auth["password"], auth.get("realm"))
+        if auth is not None
+        else None
     )
-    dids_path = _join(path, "dids")
-    dids = [
-        _load_did(r, v, f"{dids_path}[{i}]")
-        for i, v in enumerate(r.sequence(m.get("dids", []), dids_path))
-    ]
+    dids = [_load_did(fail, v, f"{path}.dids[{i}]") for i, v in enumerate(m.get("dids", []))]
     if "sources" in m:
-        sources = r.networks(m["sources"], _join(path, "sources"))
+        sources = _networks(fail, m["sources"], _join(path, "sources"))
     else:
         # A gateway given as an IP literal is its own trusted source.
         address = _parse_ip(gateway.host)
         sources = (ipaddress.ip_network(address),) if address is not None else ()
     health = (
-        _load_health(r, m["health"], _join(path, "health")) if "health" in m else HealthConfig()
+        _load_health(fail, m["health"], _join(path, "health")) if "health" in m else HealthConfig()
     )
     return Trunk(
         name,
-        carrier=carrier,
+        carrier=m["carrier"],
         gateway=gateway,
         spans=spans,
         credentials=credentials,
         dids=dids,
         sources=sources,
-        enabled=r.boolean(m, "enabled", path, True),
+        enabled=m.get("enabled", True),
         health=health,
     )
 
 
 def _load_group(
-    r: _Reader,
+    fail: _Fail,
     name: str,
-    value: object,
+    m: Mapping[str, Any],
     path: str,
     trunks: Mapping[str, Trunk],
     rng: random.Random,
 ) -> TrunkGroup:
-    m = r.mapping(value, path)
-    r.only(m, path, _GROUP_FIELDS)
-    raw_strategy = m.get("strategy", Hunting.PRIORITY.value)
-    try:
-        strategy = Hunting(raw_strategy)
-    except ValueError:
-        r.fail(
-            _join(path, "strategy"),
-            f"unknown strategy {raw_strategy!r} "
-            f"(expected one of: {', '.join(h.value for h in Hunting)})",
-        )
-    if "trunks" not in m:
-        r.fail(path, "missing field 'trunks'")
-    members_path = _join(path, "trunks")
-    members = r.sequence(m["trunks"], members_path)
-    if not members:
-        r.fail(members_path, "a trunk group needs at least one trunk")
     chosen: list[Trunk] = []
     weights: list[int] = []
-    for i, member in enumerate(members):
-        member_path = f"{members_path}[{i}]"
-        weight = 1
-        if isinstance(member, Mapping):
-            r.only(member, member_path, ("trunk", "weight"))
-            trunk_name = r.string(member, "trunk", member_path)
-            weight = r.integer(member, "weight", member_path, 1, low=1, high=1_000_000)
-        elif isinstance(member, str):
-            trunk_name = member
-        else:
-            r.fail(member_path, f"expected a trunk name, got {_kind(member)}")
+    for i, member in enumerate(m["trunks"]):
+        member_path = f"{path}.trunks[{i}]"
+        trunk_name = member if isinstance(member, str) else member["trunk"]
         if trunk_name not in trunks:
-            r.fail(member_path, f"unknown trunk {trunk_name!r}")
+            fail(member_path, f"unknown trunk {trunk_name!r}")
         trunk = trunks[trunk_name]
         if trunk in chosen:
-            r.fail(member_path, f"trunk {trunk_name!r} is listed twice")
+            fail(member_path, f"trunk {trunk_name!r} is listed twice")
         chosen.append(trunk)
-        weights.append(weight)
-    max_attempts = r.integer(m, "max_attempts", path, len(chosen), low=1, high=len(chosen))
+        weights.append(1 if isinstance(member, str) else member.get("weight", 1))
+    max_attempts = _in_range(
+        fail, m.get("max_attempts", len(chosen)), _join(path, "max_attempts"), 1, len(chosen)
+    )
     return TrunkGroup(
         name,
         chosen,
-        strategy=strategy,
+        strategy=Hunting(m.get("strategy", Hunting.PRIORITY.value)),
         weights=weights,
-        setup_timeout=r.number(m, "setup_timeout", path, 5.0),
+        setup_timeout=float(m.get("setup_timeout", 5.0)),
         max_attempts=max_attempts,
         rng=rng,
     )
 
 
 def _load_route(
-    r: _Reader, value: object, path: str, groups: Mapping[str, TrunkGroup]
+    fail: _Fail, m: Mapping[str, Any], path: str, groups: Mapping[str, TrunkGroup]
 ) -> OutboundRoute:
-    m = r.mapping(value, path)
-    r.only(m, path, _ROUTE_FIELDS)
-    if "prefix" not in m:
-        r.fail(path, "missing field 'prefix'")
-    prefix = r.dial_string(m["prefix"], _join(path, "prefix"), empty_ok=True)
-    group = m.get("group")
+    group = m["group"]
     if group is None:
-        r.fail(path, "missing field 'group'")
+        fail(path, "missing field 'group'")
     if not isinstance(group, str) or group not in groups:
-        r.fail(_join(path, "group"), f"unknown trunk group {group!r}")
-    strip = r.integer(m, "strip", path, 0, low=0, high=64)
-    prepend = r.dial_string(m.get("prepend", ""), _join(path, "prepend"), empty_ok=True)
-    sources = r.networks(m["sources"], _join(path, "sources")) if "sources" in m else ()
-    return OutboundRoute(prefix, group, strip, prepend, sources)
+        fail(_join(path, "group"), f"unknown trunk group {group!r}")
+    sources = _networks(fail, m["sources"], _join(path, "sources")) if "sources" in m else ()
+    return OutboundRoute(m["prefix"], group, m.get("strip", 0), m.get("prepend", ""), sources)
 
 
 def load_trunks(
@@ -842,41 +743,40 @@ def load_trunks(
     ``outbound_routes``, ``trusted_sources``); other top-level keys are ignored.
 
     ``rng`` drives weighted hunting (pass a seeded ``random.Random`` for
-    reproducible tests). Raises ``TrunkConfigError`` naming ``source`` and the
-    field path of the first mistake.
+    reproducible tests). Checked against ``config_cache/schemas/trunks.json``, then
+    the references and values a schema cannot check. Raises ``TrunkConfigError``
+    naming ``source`` and the field path of the first mistake.
     """
-    r = _Reader(source)
-    top = r.mapping(data, "")
+    _check("trunks", data, source=source)
+    fail = _Fail(source)
     shared_rng = rng if rng is not None else random.Random()
 
     trunks: dict[str, Trunk] = {}
-    raw_trunks = top.get("trunks") or {}
-    for name, value in r.mapping(raw_trunks, "trunks").items():
-        trunks[name] = _load_trunk(r, name, value, f"trunks.{name}")
+    for name, value in (data.get("trunks") or {}).items():
+        trunks[name] = _load_trunk(fail, name, value, f"trunks.{name}")
 
     groups: dict[str, TrunkGroup] = {}
-    raw_groups = top.get("trunk_groups") or {}
-    for name, value in r.mapping(raw_groups, "trunk_groups").items():
-        groups[name] = _load_group(r, name, value, f"trunk_groups.{name}", trunks, shared_rng)
+    for name, value in (data.get("trunk_groups") or {}).items():
+        path = f"trunk_groups.{name}"
+        groups[name] = _load_group(fail, name, value, path, trunks, shared_rng)
 
     routes: list[OutboundRoute] = []
     seen: dict[tuple[str, tuple[IPNetwork, ...]], int] = {}
-    raw_routes = top.get("outbound_routes") or []
-    for i, value in enumerate(r.sequence(raw_routes, "outbound_routes")):
+    for i, value in enumerate(data.get("outbound_routes") or []):
         route_path = f"outbound_routes[{i}]"
-        route = _load_route(r, value, route_path, groups)
+        route = _load_route(fail, value, route_path, groups)
         key = (route.prefix, route.sources)
         if key in seen:
-            r.fail(
+            fail(
                 _join(route_path, "prefix"),
                 f"prefix {route.prefix!r} already routed by outbound_routes[{seen[key]}]",
             )
         seen[key] = i
         routes.append(route)
 
-    trusted = r.networks(top.get("trusted_sources") or [], "trusted_sources")
+    trusted = _networks(fail, data.get("trusted_sources") or [], "trusted_sources")
     policy = DialPolicy().override(
-        load_dial_policy(top.get("dial_policy") or {}, source=source, path="dial_policy")
+        load_dial_policy(data.get("dial_policy") or {}, source=source, path="dial_policy")
     )
     return TrunkPlan(trunks, groups, tuple(routes), trusted, source, policy)
 
@@ -884,28 +784,13 @@ def load_trunks(
 def load_dial_policy(value: object, *, source: str, path: str) -> dict[str, Any]:
     """Validate a ``dial_policy`` mapping (node or tenant): the fields it sets, typed.
 
-    Raises ``TrunkConfigError`` naming ``source`` and the field.
+    Checked against ``config_cache/schemas/dial_policy.json``. Raises
+    ``TrunkConfigError`` naming ``source`` and the field.
     """
-    r = _Reader(source)
-    m = r.mapping(value, path)
-    r.only(m, path, POLICY_FIELDS)
-    out: dict[str, Any] = {}
-    for key in ("allow_international", "allow_premium"):
-        if key in m:
-            out[key] = r.boolean(m, key, path, False)
-    if "home_country" in m:
-        cc = m["home_country"]
-        if not isinstance(cc, str) or not cc.isdigit() or len(cc) > 3:
-            hint = " (quote numbers in YAML)" if isinstance(cc, int) else ""
-            r.fail(_join(path, "home_country"), f"expected a country code like '1' or '32'{hint}")
-        out["home_country"] = cc
+    _check("dial_policy", value, source=source, path=path)
+    assert isinstance(value, Mapping)
+    out: dict[str, Any] = {key: value[key] for key in POLICY_FIELDS if key in value}
     for key in ("premium_prefixes", "allow", "deny"):
-        if key in m:
-            key_path = _join(path, key)
-            out[key] = tuple(
-                r.dial_string(item, f"{key_path}[{i}]", empty_ok=False)
-                for i, item in enumerate(r.sequence(m[key], key_path))
-            )
-    if "max_digits" in m:
-        out["max_digits"] = r.integer(m, "max_digits", path, 18, low=1, high=32)
+        if key in out:
+            out[key] = tuple(out[key])
     return out
