@@ -29,6 +29,8 @@ class EngineConfig:
     """``HOST:PORT`` addresses; each opens UDP and TCP (and TLS on ``tls_port`` when a
     certificate is set)."""
     transports: list[str] = field(default_factory=lambda: ["UDP", "TCP"])
+    """Plain transports each ``listen`` address opens: ``UDP`` and/or ``TCP``. TLS is
+    not listed here: it listens on ``tls_port`` when ``tls_cert``/``tls_key`` are set."""
     tls_cert: str | None = None
     """PEM certificate chain; with ``tls_key`` enables TLS listeners."""
     tls_key: str | None = None
@@ -56,6 +58,7 @@ class EngineConfig:
     max_cps: float = 0.0
     """New calls per second (token bucket); 0 means unlimited."""
     retry_after: int = 5
+    """Seconds in the ``Retry-After`` header of a 503 refusing a call (overload, drain)."""
     max_message_size: int = 16384
     """Bytes; a larger SIP request gets 513 Message Too Large and keeps nothing."""
     source_rate: float = 200.0
@@ -115,6 +118,8 @@ class EngineConfig:
     TCP); ``any`` also accepts it over UDP and TCP; ``off`` never. An ``RTP/SAVP``
     stream that may not be secured is refused (488 when nothing else is usable)."""
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA", "telephone-event"])
+    """Codecs offered and accepted, in order of preference (names of ``media.codecs``:
+    PCMU, PCMA, G722, OPUS, telephone-event); at least one audio codec."""
     media: bool = True
     """Open an RTP session for each answered call (false: signalling only)."""
     user_agent: str = "callengine"
@@ -125,6 +130,7 @@ class EngineConfig:
     log_format: str = "plain"
     """``plain`` or ``json`` lines."""
     log_level: str = "INFO"
+    """``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``."""
     history_url: str | None = None
     master_url: str | None = None
     on_empty: str = "demo"
@@ -138,7 +144,6 @@ class EngineConfig:
     dial_policy: dict[str, Any] = field(default_factory=dict)
     """What may be dialled out through trunks: international and premium numbers are
     refused unless allowed (``pri/dialplan.py``, docs/security.md)."""
-    probe: dict[str, Any] = field(default_factory=dict)
     max_contacts: int = 10
     """Registered contacts per address-of-record (0: no limit). A REGISTER that would
     leave more gets 403 "Forbidden - too many registered contacts" and changes nothing:
@@ -155,7 +160,9 @@ class EngineConfig:
     ``good_sources`` (4), ``max_tracked`` (10,000). Every failure is logged on
     ``callengine.security`` for fail2ban (``deploy/fail2ban/``)."""
     config_cache: dict[str, Any] = field(default_factory=dict)
-    """Settings of the configuration cache and History DB shipper (docs/config.md)."""
+    """Settings of the configuration cache and History DB shipper (docs/config.md). Its
+    ``data_dir``, ``on_empty``, ``master_url`` and ``history_url`` are the node's
+    top-level settings of those names, not keys of this section."""
     media_storage: dict[str, Any] = field(default_factory=dict)
     """Where recordings and voicemail go: ``kind: local`` (the default: files under
     ``data_dir/media``) or ``kind: azure`` (Azure Blob through the offline spool);
@@ -218,7 +225,6 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "outbound_routes": (list,),
     "trusted_sources": (list,),
     "dial_policy": (dict,),
-    "probe": (dict,),
     "max_contacts": (int,),
     "auth_guard": (dict,),
     "digest_algorithms": (list,),
@@ -262,7 +268,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         data = dict(raw)
     data.pop("tenants", None)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(EngineConfig)}
+    known = {f.name for f in fields(EngineConfig)} - {"source"}
     for key, value in data.items():
         if key not in known:
             raise ConfigError("unknown setting", file=source, field=key)
@@ -290,8 +296,18 @@ def _check(cfg: EngineConfig) -> None:
         except ValueError as exc:
             raise ConfigError(str(exc), file=cfg.source, field=f"listen[{i}]") from None
     for i, t in enumerate(cfg.transports):
-        if t not in ("UDP", "TCP", "TLS"):
+        if t == "TLS":
+            raise ConfigError(
+                "TLS listens on tls_port when tls_cert and tls_key are set; list UDP and TCP here",
+                file=cfg.source,
+                field=f"transports[{i}]",
+            )
+        if t not in ("UDP", "TCP"):
             raise ConfigError(f"unknown transport {t!r}", file=cfg.source, field=f"transports[{i}]")
+    if not cfg.transports and not cfg.tls_cert:
+        raise ConfigError("no transport to listen on", file=cfg.source, field="transports")
+    if not 0 < cfg.tls_port <= 65535:
+        raise ConfigError("must be a port (1-65535)", file=cfg.source, field="tls_port")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ConfigError("tls_cert and tls_key go together", file=cfg.source, field="tls_key")
     for name in ("ws_port", "wss_port"):
@@ -310,6 +326,11 @@ def _check(cfg: EngineConfig) -> None:
         raise ConfigError("must be tls, any or off", file=cfg.source, field="srtp")
     if cfg.rtp_relatch_after < 0:
         raise ConfigError("must be 0 or more", file=cfg.source, field="rtp_relatch_after")
+    if str(cfg.log_level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(
+            "must be DEBUG, INFO, WARNING, ERROR or CRITICAL", file=cfg.source, field="log_level"
+        )
+    _check_codecs(cfg)
     if cfg.log_format not in ("plain", "json"):
         raise ConfigError("must be plain or json", file=cfg.source, field="log_format")
     if cfg.gc not in ("realtime", "python"):
@@ -336,6 +357,12 @@ def _check(cfg: EngineConfig) -> None:
         "source_max_cps",
         "tenant_max_calls",
         "tenant_max_cps",
+        "max_cps",
+        "retry_after",
+        "rtp_timeout",
+        "overload_lag",
+        "stall_report_ms",
+        "drain_grace",
     ):
         if getattr(cfg, name) < 0:
             raise ConfigError("must not be negative", file=cfg.source, field=name)
@@ -374,6 +401,44 @@ def _check(cfg: EngineConfig) -> None:
     if cfg.max_calls < 1:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")
     storage_settings(cfg)
+    _check_config_cache(cfg)
+
+
+#: Keys of the ``config_cache`` section that a node takes from its top-level settings.
+_NODE_OWNED_CACHE_KEYS = ("data_dir", "on_empty", "master_url", "history_url")
+
+
+def _check_config_cache(cfg: EngineConfig) -> None:
+    """The ``config_cache`` section, checked when the file is loaded (not when the
+    node starts); a key the node sets from its top level would be silently replaced,
+    so it is refused."""
+    from config_cache import CacheSettings
+
+    for key in _NODE_OWNED_CACHE_KEYS:
+        if key in cfg.config_cache:
+            raise ConfigError(
+                f"a node setting: write it at the top level ({key}: ...)",
+                file=cfg.source,
+                field=f"config_cache.{key}",
+            )
+    CacheSettings.from_mapping(cfg.config_cache, source=cfg.source)
+
+
+def _check_codecs(cfg: EngineConfig) -> None:
+    """Codec names the engine knows (an unknown one used to be dropped silently)."""
+    from media.codecs import CODECS
+
+    audio = 0
+    for i, name in enumerate(cfg.codecs):
+        if not isinstance(name, str) or name.upper() not in CODECS:
+            known = ", ".join(sorted(CODECS))
+            raise ConfigError(
+                f"unknown codec {name!r} (known: {known})", file=cfg.source, field=f"codecs[{i}]"
+            )
+        if name.upper() != "TELEPHONE-EVENT":
+            audio += 1
+    if not audio:
+        raise ConfigError("needs at least one audio codec", file=cfg.source, field="codecs")
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,13 +108,11 @@ class Engine:
         )
         from media.codecs import CODECS
 
-        self.codecs = [
-            CODECS[name.upper()]
-            for name in config.codecs
-            if name.upper() in CODECS and name != "telephone-event"
-        ]
+        # load_config refuses unknown names; names are case-insensitive there and here
+        names = [name.upper() for name in config.codecs]
+        self.codecs = [CODECS[n] for n in names if n in CODECS and n != "TELEPHONE-EVENT"]
         te = CODECS.get("TELEPHONE-EVENT")
-        self.telephone_event = te if "telephone-event" in config.codecs else None
+        self.telephone_event = te if "TELEPHONE-EVENT" in names else None
         if self.telephone_event is not None:
             self.codecs.append(self.telephone_event)
 
