@@ -64,12 +64,14 @@ NODE_EFFECTS: frozenset[str] = frozenset(
         "ws_port",
         "wss_port",
         "tcp_max_per_source",
+        "tcp_max_connections",
         "tcp_first_message_timeout",
         "tcp_idle_timeout",
         "max_calls",
         "retry_after",
         "tenant_max_cps",
         "drain_grace",
+        "user_agent_to_trunks",
         # a node that does not start
         "on_empty",
     }
@@ -412,6 +414,9 @@ def test_node_b_settings(tmp_path: Path) -> None:
     tls_port, ws_port, wss_port = (free_port(socket.SOCK_STREAM, both=False) for _ in range(3))
     cert, key = _self_signed(tmp_path)
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(TENANT))
+    gateway = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gateway.bind(("127.0.0.6", 0))
+    gateway_port = gateway.getsockname()[1]
     config = {
         "listen": [f"127.0.0.1:{port}"],
         "transports": ["UDP", "TCP"],
@@ -426,6 +431,21 @@ def test_node_b_settings(tmp_path: Path) -> None:
         "wss_port": wss_port,
         "source_exempt": [],
         "tcp_max_per_source": 2,
+        "tcp_max_connections": 3,
+        # a trunk whose gateway is a socket of this test (on 127.0.0.6: gateways and
+        # trusted sources are exempt from the per-source caps tested from 127.0.0.1)
+        "trunks": {
+            "gw": {
+                "carrier": "test",
+                "gateway": {"host": "127.0.0.6", "port": gateway_port},
+                "spans": [{"type": "E1"}],
+                "health": {"probe": False},
+            }
+        },
+        "trunk_groups": {"pstn": {"trunks": ["gw"]}},
+        "outbound_routes": [{"prefix": "9", "strip": 1, "group": "pstn"}],
+        "trusted_sources": ["127.0.0.5/32"],
+        "user_agent_to_trunks": True,
         "tcp_first_message_timeout": 1,
         "tcp_idle_timeout": 2,
         "max_calls": 1,
@@ -474,9 +494,44 @@ def test_node_b_settings(tmp_path: Path) -> None:
                 t0 = time.monotonic()
                 assert third.recv(1) == b""
                 assert time.monotonic() - t0 < 0.5
+            # tcp_max_connections: 3 in all; a fourth, from yet another address, is closed
+            held.append(socket.create_connection(("127.0.0.1", port), 5, ("127.0.0.2", 0)))
+            with socket.create_connection(("127.0.0.1", port), 5, ("127.0.0.3", 0)) as fourth:
+                t0 = time.monotonic()
+                assert fourth.recv(1) == b""
+                assert time.monotonic() - t0 < 0.5
         finally:
             for s in held:
                 s.close()
+        # user_agent_to_trunks: the INVITE a trusted source sends out through the trunk
+        # carries the User-Agent header (by default trunks never see it)
+        trusted = Peer(port, "127.0.0.5")
+        try:
+            trusted.request(
+                "INVITE", "9123", extra="Content-Type: application/sdp\r\n", body=_sdp()
+            )
+            gateway.settimeout(10)
+            data, node_addr = gateway.recvfrom(65535)
+            while not data.startswith(b"INVITE "):
+                data, node_addr = gateway.recvfrom(65535)
+            assert b"\r\nUser-Agent: callengine\r\n" in data, data
+            assert data.startswith(b"INVITE sip:123@127.0.0.6")  # strip: 1
+            # the carrier is busy: the call ends (max_calls below counts calls)
+            head = data.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+            echo = [h + (";tag=gw" if h.lower().startswith("to:") else "") for h in head[1:]]
+            busy = [h for h in echo if h.split(":")[0].lower() in _ECHO]
+            gateway.sendto(
+                (
+                    "SIP/2.0 486 Busy Here\r\n"
+                    + "\r\n".join(busy)
+                    + "\r\nContent-Length: 0\r\n\r\n"
+                ).encode(),
+                node_addr,
+            )
+            reply = trusted.final(10.0)
+            assert reply is not None and reply.status == 486, reply
+        finally:
+            trusted.close()
         # tenant_max_cps: 1 new call per second for tenant cfgt (no limits of its own)
         first, call_id, tag = peer.invite("4243", _sdp())
         assert first is not None and first.status == 200, first
@@ -505,6 +560,7 @@ def test_node_b_settings(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < 6.0
     finally:
         peer.close()
+        gateway.close()
         node.stop(timeout=5)
 
 
