@@ -402,6 +402,25 @@ def _check(cfg: EngineConfig) -> None:
         raise ConfigError("must be at least 1", file=cfg.source, field="max_calls")
     storage_settings(cfg)
     _check_config_cache(cfg)
+    _check_trunks(cfg)
+
+
+def _check_trunks(cfg: EngineConfig) -> None:
+    """The trunk section, checked when the file is loaded (it used to be read only
+    when the node started, after the file had been accepted)."""
+    from pri.trunk import TrunkConfigError, load_trunks
+
+    section = {
+        "trunks": cfg.trunks,
+        "trunk_groups": cfg.trunk_groups,
+        "outbound_routes": cfg.outbound_routes,
+        "trusted_sources": cfg.trusted_sources,
+        "dial_policy": cfg.dial_policy,
+    }
+    try:
+        load_trunks(section, source=cfg.source)
+    except TrunkConfigError as exc:
+        raise ConfigError(exc.message, file=cfg.source, field=exc.field or None) from None
 
 
 #: Keys of the ``config_cache`` section that a node takes from its top-level settings.

@@ -1,0 +1,420 @@
+"""Every documented node setting either takes effect or is refused at load time.
+
+Three tables, one row per setting of ``callengine/config.py`` ``EngineConfig``:
+
+- ``REFUSED``: a wrong value of the setting, written in a YAML file, is refused by
+  ``load_config`` with a ``ConfigError`` naming that file and the field;
+- ``EFFECTS`` (here) and ``NODE_EFFECTS`` (``tests/integration/test_config_effects.py``,
+  for what shows only on a running node): a value other than the default changes
+  what a peer sees (a response, a header, a bound port, a log record);
+- ``ELSEWHERE``: settings whose effect an existing test already asserts through the
+  node's configuration (the test is named; this module checks that it exists and
+  sets the setting).
+
+``test_every_setting_has_a_case`` keeps the tables complete: a new setting without
+a case fails it. Settings that did nothing were removed (``probe``) or made to be
+refused (``source``, unknown ``codecs``, ``TLS`` in ``transports``...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import re
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from integration.support import ROOT, free_port
+from integration.test_config_effects import NODE_EFFECTS
+
+from callengine.call import Call
+from callengine.config import EngineConfig, load_config
+from callengine.engine import Engine
+from config_cache import CacheSettings, ConfigError
+
+SETTINGS = frozenset(f.name for f in fields(EngineConfig)) - {"source"}
+
+# -- refused at load time -------------------------------------------------------------
+
+# (settings, field named by the ConfigError, a fragment of its message)
+REFUSED: list[tuple[dict[str, Any], str, str]] = [
+    ({"listen": ["127.0.0.1:notaport"]}, "listen[0]", ""),
+    ({"transports": ["TLS"]}, "transports[0]", "TLS listens on tls_port"),
+    ({"transports": ["SCTP"]}, "transports[0]", "unknown transport 'SCTP'"),
+    ({"transports": []}, "transports", "no transport"),
+    ({"tls_cert": "c.pem"}, "tls_key", "go together"),
+    ({"tls_key": "k.pem"}, "tls_key", "go together"),
+    ({"tls_port": 0}, "tls_port", "must be a port"),
+    ({"ws_port": 70000}, "ws_port", "must be a port"),
+    ({"wss_port": 5443}, "wss_port", "needs tls_cert"),
+    ({"data_dir": 5}, "data_dir", "expected str"),
+    ({"metrics": 9090}, "metrics", "expected str or NoneType"),
+    ({"admin": "nowhere"}, "admin", ""),
+    ({"admin_token": 1234}, "admin_token", "expected str or NoneType"),
+    ({"tenant_files": [5]}, "tenant_files[0]", "must be a file name"),
+    ({"max_calls": 0}, "max_calls", "must be at least 1"),
+    ({"max_cps": -1}, "max_cps", "must not be negative"),
+    ({"retry_after": -5}, "retry_after", "must not be negative"),
+    ({"retry_after": 2.5}, "retry_after", "expected int"),
+    ({"max_message_size": 100}, "max_message_size", "between 1024 and 65535"),
+    ({"source_rate": -1}, "source_rate", "must not be negative"),
+    ({"source_burst": -1}, "source_burst", "must not be negative"),
+    ({"source_ban": -1}, "source_ban", "must not be negative"),
+    ({"tcp_max_connections": 0}, "tcp_max_connections", "greater than 0"),
+    ({"tcp_max_per_source": 0}, "tcp_max_per_source", "greater than 0"),
+    ({"tcp_idle_timeout": 0}, "tcp_idle_timeout", "greater than 0"),
+    ({"tcp_first_message_timeout": 0}, "tcp_first_message_timeout", "greater than 0"),
+    ({"max_fork": 0}, "max_fork", "at least 1"),
+    ({"source_max_calls": -1}, "source_max_calls", "must not be negative"),
+    ({"source_max_cps": -1}, "source_max_cps", "must not be negative"),
+    ({"tenant_max_calls": -1}, "tenant_max_calls", "must not be negative"),
+    ({"tenant_max_cps": -1}, "tenant_max_cps", "must not be negative"),
+    ({"source_exempt": ["10.0.0.0/33"]}, "source_exempt[0]", "not an address or network"),
+    ({"overload_lag": -0.1}, "overload_lag", "must not be negative"),
+    ({"gc": "sometimes"}, "gc", "must be realtime or python"),
+    ({"stall_report_ms": -1}, "stall_report_ms", "must not be negative"),
+    ({"drain_grace": -1}, "drain_grace", "must not be negative"),
+    ({"rtp_port_min": 80}, "rtp_port_min", "1024 <= rtp_port_min"),
+    ({"rtp_port_max": 70000}, "rtp_port_min", "rtp_port_max <= 65535"),
+    ({"rtp_timeout": -1}, "rtp_timeout", "must not be negative"),
+    ({"rtp_relatch_after": -1}, "rtp_relatch_after", "must be 0 or more"),
+    ({"srtp": "maybe"}, "srtp", "must be tls, any or off"),
+    ({"codecs": ["PCMU", "G729"]}, "codecs[1]", "unknown codec 'G729'"),
+    ({"codecs": ["telephone-event"]}, "codecs", "at least one audio codec"),
+    ({"media": "yes"}, "media", "expected bool"),
+    ({"user_agent": 5}, "user_agent", "expected str"),
+    ({"user_agent_to_trunks": "yes"}, "user_agent_to_trunks", "expected bool"),
+    ({"log_format": "xml"}, "log_format", "must be plain or json"),
+    ({"log_level": "LOUD"}, "log_level", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    ({"history_url": 27017}, "history_url", "expected str or NoneType"),
+    ({"master_url": 27017}, "master_url", "expected str or NoneType"),
+    ({"on_empty": "maybe"}, "on_empty", "must be demo or refuse"),
+    ({"node_id": 7}, "node_id", "expected str"),
+    ({"trunks": {"a": {"carrier": "c"}}}, "trunks.a", "missing field 'gateway'"),
+    ({"trunk_groups": {"g": {"trunks": ["nosuch"]}}}, "trunk_groups.g.trunks[0]", "nosuch"),
+    ({"outbound_routes": [{"prefix": "9"}]}, "outbound_routes[0]", "missing field 'group'"),
+    ({"trusted_sources": ["10.0.0.0/33"]}, "trusted_sources[0]", "not an address or network"),
+    ({"dial_policy": {"home_country": "0044"}}, "dial_policy.home_country", "country code"),
+    ({"dial_policy": {"home_country": "32\n"}}, "dial_policy.home_country", "country code"),
+    ({"max_contacts": -1}, "max_contacts", "must not be negative"),
+    ({"digest_algorithms": ["SHA-1"]}, "digest_algorithms", "SHA-1"),
+    ({"auth_guard": {"nonsense": 1}}, "auth_guard", "nonsense"),
+    ({"config_cache": {"poll_interval": "often"}}, "config_cache.poll_interval", ""),
+    ({"config_cache": {"master_url": "mongodb://x"}}, "config_cache.master_url", "top level"),
+    ({"config_cache": {"data_dir": "/x"}}, "config_cache.data_dir", "top level"),
+    ({"media_storage": {"kind": "s3"}}, "media_storage.kind", "must be local or azure"),
+    # not settings: refused by name
+    ({"source": "elsewhere.yaml"}, "source", "unknown setting"),
+    ({"probe": {"interval": 5}}, "probe", "unknown setting"),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "fragment"), REFUSED, ids=[f"{r[1]}:{list(r[0])[0]}" for r in REFUSED]
+)
+def test_a_wrong_value_is_refused_naming_file_and_field(
+    tmp_path: Path, settings: dict[str, Any], field: str, fragment: str
+) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.file, info.value.field) == (str(path), field), str(info.value)
+    assert fragment in info.value.message, str(info.value)
+
+
+def test_the_defaults_and_the_node_configs_shipped_load() -> None:
+    load_config()
+    shipped = sorted((ROOT / "deploy").rglob("*.yaml")) + sorted(
+        (ROOT / "examples").rglob("*.yaml")
+    )
+    for path in shipped:
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and "listen" in data:
+            load_config(path)
+
+
+# -- effects visible without a node process ---------------------------------------------
+
+OFFER = (
+    "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+
+
+class _Client(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.replies.put_nowait(data)
+
+
+async def _invite(port: int, *, hang_up: bool = True) -> tuple[int, str]:
+    """One INVITE from a fresh UDP socket: (final status, body); a 2xx is ACKed and BYE'd."""
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(
+        _Client, local_addr=("127.0.0.1", 0), remote_addr=("127.0.0.1", port)
+    )
+    lport = transport.get_extra_info("sockname")[1]
+    call_id = secrets.token_hex(8)
+
+    def request(method: str, cseq: int, to_tag: str = "", body: str = "") -> bytes:
+        to = f"<sip:100@127.0.0.1:{port}>" + (f";tag={to_tag}" if to_tag else "")
+        extra = "Content-Type: application/sdp\r\n" if body else ""
+        return (
+            f"{method} sip:100@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
+            f"From: <sip:c@127.0.0.1:{lport}>;tag=c\r\nTo: {to}\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContact: <sip:c@127.0.0.1:{lport}>\r\n"
+            f"{extra}Content-Length: {len(body)}\r\n\r\n{body}"
+        ).encode()
+
+    try:
+        transport.sendto(request("INVITE", 1, body=OFFER))
+        while True:
+            data = await asyncio.wait_for(client.replies.get(), 5)
+            head, _, body = data.decode().partition("\r\n\r\n")
+            status = int(head.split()[1])
+            if status >= 200:
+                break
+        tag = re.search(r"\r\nTo:[^\r]*;tag=([^;\r]+)", head, re.I)
+        to_tag = tag.group(1) if tag else ""
+        transport.sendto(request("ACK", 1, to_tag))
+        if status < 300 and hang_up:
+            transport.sendto(request("BYE", 2, to_tag))
+        return status, body
+    finally:
+        transport.close()
+
+
+async def _answer(call: Call) -> None:
+    await call.answer()
+    await call.wait_hangup()
+
+
+def _run(
+    settings: dict[str, Any], tmp: Path, body: Callable[[Engine, int], Awaitable[None]]
+) -> None:
+    """Start an Engine loaded from a YAML file with ``settings``; run ``body``."""
+    port = free_port()
+    path = tmp / "node.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "listen": [f"127.0.0.1:{port}"],
+                "transports": ["UDP"],
+                "metrics": None,
+                "data_dir": str(tmp / "data"),
+                **settings,
+            }
+        )
+    )
+
+    async def main() -> None:
+        engine = Engine(load_config(path))
+        engine.on_call()(_answer)
+        await engine.start()
+        try:
+            await body(engine, port)
+        finally:
+            await engine.stop(grace=0)
+
+    asyncio.run(main())
+
+
+def _max_cps(tmp: Path) -> None:
+    """max_cps: 1 new call per second node-wide: the second INVITE at once gets 503."""
+
+    async def body(engine: Engine, port: int) -> None:
+        assert (await _invite(port))[0] == 200
+        assert (await _invite(port))[0] == 503
+
+    _run({"max_cps": 1}, tmp, body)
+
+
+def _overload_lag(tmp: Path) -> None:
+    """overload_lag: a loop waking later than it sheds new calls with 503; 0 never."""
+
+    async def body(engine: Engine, port: int) -> None:
+        engine._on_lag(0.2)  # what the lag monitor reports after a 200 ms stall
+        assert (await _invite(port))[0] == (503 if engine.config.overload_lag else 200)
+        engine._on_lag(0.0)
+        assert (await _invite(port))[0] == 200
+
+    _run({"overload_lag": 0.1}, tmp, body)
+    _run({"overload_lag": 0}, tmp, body)
+
+
+def _gc(tmp: Path) -> None:
+    """gc: ``python`` keeps automatic collection on; ``realtime`` switches it off."""
+    seen: dict[str, bool] = {}
+
+    def probe(mode: str) -> Callable[[Engine, int], Awaitable[None]]:
+        async def body(engine: Engine, port: int) -> None:
+            seen[mode] = gc.isenabled()
+
+        return body
+
+    try:
+        _run({"gc": "python"}, tmp, probe("python"))
+        _run({"gc": "realtime"}, tmp, probe("realtime"))
+    finally:
+        gc.enable()
+    assert seen == {"python": True, "realtime": False}
+
+
+def _stall_report_ms(tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """stall_report_ms: a loop stalled longer is reported with the stack it was in."""
+
+    async def body(engine: Engine, port: int) -> None:
+        await asyncio.sleep(0.3)  # the lag monitor has beaten
+        time.sleep(0.5)  # the stall: the loop's thread is in time.sleep
+        await asyncio.sleep(0.1)
+
+    with caplog.at_level(logging.WARNING, logger="callengine.realtime"):
+        _run({"stall_report_ms": 100}, tmp, body)
+    stalls = [r.getMessage() for r in caplog.records if "event loop stalled" in r.getMessage()]
+    # (start-up may stall too: freezing what it loaded for the GC)
+    assert any("more than 100 ms" in s and "time.sleep(0.5)" in s for s in stalls), stalls
+
+
+def _media(tmp: Path) -> None:
+    """media: false answers without opening an RTP socket (the answer's port is free;
+    with the default, the node holds it for the call)."""
+    seen: dict[bool, bool] = {}
+
+    def probe(media: bool) -> Callable[[Engine, int], Awaitable[None]]:
+        async def body(engine: Engine, port: int) -> None:
+            status, sdp = await _invite(port, hang_up=False)
+            assert status == 200
+            found = re.search(r"m=audio (\d+)", sdp)
+            assert found is not None
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    s.bind(("127.0.0.1", int(found.group(1))))
+                    seen[media] = True
+                except OSError:
+                    seen[media] = False
+
+        return body
+
+    _run({"media": True}, tmp, probe(True))
+    _run({"media": False}, tmp, probe(False))
+    assert seen == {True: False, False: True}  # port free only without media
+
+
+def _node_wiring(tmp: Path) -> None:
+    """max_contacts, auth_guard, config_cache: what the node builds from them (their
+    behaviour is tested on those objects: tests/sip/test_registrar.py,
+    tests/sip/test_authguard.py, tests/config_cache/)."""
+    from callengine.node import Node
+
+    cfg = EngineConfig(
+        data_dir=str(tmp / "data"),
+        max_contacts=3,
+        auth_guard={"source_limit": 4},
+        config_cache={"shipped_keep": 7, "poll_interval": 2.5},
+    )
+    node = Node(cfg)
+    assert node.auth.max_contacts == 3
+    assert node.auth.guard.config.source_limit == 4
+    assert (node.settings.shipped_keep, node.settings.poll_interval) == (7, 2.5)
+    assert node.settings.data_dir == str(tmp / "data" / "leveldb")
+
+
+EFFECTS: dict[str, Callable[..., None]] = {
+    "max_cps": _max_cps,
+    "overload_lag": _overload_lag,
+    "gc": _gc,
+    "stall_report_ms": _stall_report_ms,
+    "media": _media,
+    "max_contacts": _node_wiring,
+    "auth_guard": _node_wiring,
+    "config_cache": _node_wiring,
+}
+
+
+@pytest.mark.parametrize("setting", sorted(set(EFFECTS)))
+def test_setting_takes_effect(
+    setting: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    case = EFFECTS[setting]
+    if case is _stall_report_ms:
+        case(tmp_path, caplog)
+    else:
+        case(tmp_path)
+
+
+# -- effects asserted by existing tests --------------------------------------------------
+
+ELSEWHERE: dict[str, str] = {
+    "source_max_calls": "tests/security/test_caps.py::test_concurrent_calls_per_source",
+    "tenant_max_calls": "tests/security/test_caps.py::test_concurrent_calls_per_tenant",
+    "max_fork": "tests/security/test_fork_cap.py::test_fork_fan_out_is_capped",
+    "rtp_relatch_after": (
+        "tests/security/test_rtp_hijack.py::test_rtp_hijack_attempts_are_refused_and_counted"
+    ),
+    "media_storage": (
+        "tests/integration/test_azure_storage.py::test_sipp_voicemail_lands_in_azurite"
+    ),
+    "history_url": (
+        "tests/integration/test_reliability.py::test_history_down_for_a_whole_1000_call_run"
+    ),
+    "master_url": (
+        "tests/integration/test_reliability.py::test_master_down_calls_use_the_cache_and_catch_up"
+    ),
+    "trunks": "tests/security/test_toll_fraud.py::test_malformed_numbers_never_hold_a_channel",
+    "trunk_groups": (
+        "tests/security/test_toll_fraud.py::test_malformed_numbers_never_hold_a_channel"
+    ),
+    "outbound_routes": (
+        "tests/security/test_toll_fraud.py::test_malformed_numbers_never_hold_a_channel"
+    ),
+    "trusted_sources": (
+        "tests/security/test_toll_fraud.py::test_malformed_numbers_never_hold_a_channel"
+    ),
+    "dial_policy": (
+        "tests/security/test_toll_fraud.py::test_toll_fraud_destinations_refused_unless_allowed"
+    ),
+}
+
+#: How each ELSEWHERE test sets the setting (a CLI flag for two of them).
+_SPELLING = {"history_url": "--history", "master_url": "--master"}
+
+
+@pytest.mark.parametrize("setting", sorted(ELSEWHERE))
+def test_the_test_named_for_a_setting_exists_and_sets_it(setting: str) -> None:
+    path, _, name = ELSEWHERE[setting].partition("::")
+    text = (ROOT / path).read_text()
+    assert f"def {name}(" in text
+    assert _SPELLING.get(setting, setting) in text
+
+
+def test_every_setting_has_a_case() -> None:
+    refused = {key for settings, _, _ in REFUSED for key in settings}
+    assert SETTINGS <= refused, sorted(SETTINGS - refused)
+    covered = set(EFFECTS) | set(NODE_EFFECTS) | set(ELSEWHERE)
+    assert SETTINGS - covered == set(), sorted(SETTINGS - covered)
+    assert covered - SETTINGS == set(), sorted(covered - SETTINGS)
+
+
+def test_every_documented_config_cache_key_is_a_setting() -> None:
+    """docs/config.md's table of the ``config_cache:`` section lists exactly the keys
+    CacheSettings reads (each refused with a wrong type by CacheSettings.from_mapping)."""
+    doc = (ROOT / "docs" / "config.md").read_text()
+    section = doc.split("## Node settings (`config_cache:` section", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+    assert documented == {f.name for f in fields(CacheSettings)}
+    for key in documented:
+        with pytest.raises(ConfigError) as info:
+            CacheSettings.from_mapping({key: object()}, source="n.yaml")
+        assert info.value.field == f"config_cache.{key}"
