@@ -5,8 +5,9 @@ change (config_cache/follower.py), so this is loop time per pushed tenant.
 
     python -m benchmarks.config_validation [--users 1000] [--flows 100] [--repeat 20]
 
-Prints the median milliseconds for the bundled demo tenant and for a generated
-large tenant (``large_tenant``, also used by tests/test_validation.py).
+Prints the median and minimum milliseconds for the bundled demo tenant and for a
+generated large tenant (``large_tenant``, also used by
+tests/config_cache/test_validation.py). On a shared machine compare minimums.
 """
 
 from __future__ import annotations
