@@ -312,34 +312,12 @@ def _media(tmp: Path) -> None:
     assert seen == {True: False, False: True}  # port free only without media
 
 
-def _node_wiring(tmp: Path) -> None:
-    """max_contacts, auth_guard, config_cache: what the node builds from them (their
-    behaviour is tested on those objects: tests/sip/test_registrar.py,
-    tests/sip/test_authguard.py, tests/config_cache/)."""
-    from callengine.node import Node
-
-    cfg = EngineConfig(
-        data_dir=str(tmp / "data"),
-        max_contacts=3,
-        auth_guard={"source_limit": 4},
-        config_cache={"shipped_keep": 7, "poll_interval": 2.5},
-    )
-    node = Node(cfg)
-    assert node.auth.max_contacts == 3
-    assert node.auth.guard.config.source_limit == 4
-    assert (node.settings.shipped_keep, node.settings.poll_interval) == (7, 2.5)
-    assert node.settings.data_dir == str(tmp / "data" / "leveldb")
-
-
 EFFECTS: dict[str, Callable[..., None]] = {
     "max_cps": _max_cps,
     "overload_lag": _overload_lag,
     "gc": _gc,
     "stall_report_ms": _stall_report_ms,
     "media": _media,
-    "max_contacts": _node_wiring,
-    "auth_guard": _node_wiring,
-    "config_cache": _node_wiring,
 }
 
 

@@ -13,7 +13,9 @@ default ``source_exempt`` says) or from 127.0.0.2/127.0.0.3 (not exempt).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import secrets
 import socket
 import ssl
@@ -57,6 +59,9 @@ NODE_EFFECTS: frozenset[str] = frozenset(
         "metrics",
         "data_dir",
         "tenant_files",
+        "max_contacts",
+        "auth_guard",
+        "config_cache",
         # node B
         "tls_cert",
         "tls_key",
@@ -79,6 +84,7 @@ NODE_EFFECTS: frozenset[str] = frozenset(
 
 TENANT = {
     "id": "cfgt",
+    "default_route": "ivr:main",
     "users": {"200": {"password": "pw200"}},
     "numbers": {"4242": "user:200", "4243": "ivr:main"},
     "flows": {
@@ -137,6 +143,7 @@ class Peer:
         cseq: int = 1,
         to_tag: str = "",
         domain: str | None = None,
+        contact: str | None = None,
     ) -> tuple[str, str, str]:
         """Send a request; returns (call id, branch, request URI)."""
         call_id = call_id or secrets.token_hex(8)
@@ -148,7 +155,7 @@ class Peer:
             f"Via: SIP/2.0/UDP {self.host}:{self.lport};branch={branch};rport\r\n"
             f"From: <sip:caller@{self.host}:{self.lport}>;tag=f{call_id}\r\nTo: {to}\r\n"
             f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n"
-            f"Contact: <sip:caller@{self.host}:{self.lport}>\r\n{extra}"
+            f"Contact: {contact or f'<sip:caller@{self.host}:{self.lport}>'}\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n{body}"
         )
         self.sock.sendto(msg.encode(), ("127.0.0.1", self.port))
@@ -316,6 +323,10 @@ def test_node_a_settings(tmp_path: Path) -> None:
         "log_format": "json",
         "log_level": "DEBUG",
         "node_id": "cfg-node-7",
+        "max_contacts": 1,
+        "auth_guard": {"source_limit": 2},
+        # numbers no tenant owns go to cfgt's default route (not to the demo tenant's)
+        "config_cache": {"default_tenant": "cfgt"},
     }
     node = _start(tmp_path, "a", config)
     peer = Peer(port)
@@ -355,11 +366,28 @@ def test_node_a_settings(tmp_path: Path) -> None:
         assert "algorithm=MD5" in reply.headers["www-authenticate"]
         assert "SHA-256" not in reply.headers["www-authenticate"]
         # tenant_files: the numbers are tenant cfgt's (4243 its IVR, answered above; 4242
-        # its user 200, not registered), and the demo tenant is not served
+        # its user 200, not registered)
         reply, call_id, tag = peer.invite("4242", _sdp())
         assert reply is not None and reply.status == 480, reply
+        # config_cache.default_tenant: a number nobody owns takes cfgt's default route
         reply, call_id, tag = peer.invite("999", _sdp())
-        assert reply is not None and reply.status == 404, reply
+        assert reply is not None and reply.status == 200, reply
+        peer.bye("999", call_id, tag)
+        # max_contacts: 1: a REGISTER that would leave two bindings is refused
+        reply = _register(peer, "pw200", contacts=2)
+        assert reply is not None and reply.status == 403, reply
+        assert "too many registered contacts" in reply.reason
+        assert _register(peer, "pw200", contacts=1).status == 200  # type: ignore[union-attr]
+        # auth_guard: source_limit 2: two wrong passwords from 127.0.0.4 ban the address,
+        # so the right one is challenged again unchecked (with the default 10 it passes)
+        guessing = Peer(port, "127.0.0.4")
+        try:
+            for _ in range(2):
+                assert _register(guessing, "wrong").status == 401  # type: ignore[union-attr]
+            time.sleep(1.0)  # 5 requests a second (source_rate): not what refuses it
+            assert _register(guessing, "pw200").status == 401  # type: ignore[union-attr]
+        finally:
+            guessing.close()
         # source_exempt: 127.0.0.1 is never limited: 20 requests, 20 answers
         for _ in range(20):
             peer.request("OPTIONS")
@@ -562,6 +590,47 @@ def test_node_b_settings(tmp_path: Path) -> None:
         peer.close()
         gateway.close()
         node.stop(timeout=5)
+
+
+def _register(peer: Peer, password: str, *, contacts: int = 1) -> Reply | None:
+    """REGISTER user 200 of tenant cfgt: challenge, then answer it with ``password``
+    (RFC 2617 MD5, qop=auth when offered); the final response to the second request."""
+    call_id = secrets.token_hex(8)
+    contact = ", ".join(f"<sip:200-{i}@{peer.host}:{peer.lport}>" for i in range(contacts))
+    headers = "Expires: 60\r\n"
+    peer.request("REGISTER", "200", extra=headers, call_id=call_id, domain="cfgt", contact=contact)
+    challenge = peer.final(call_id=call_id)
+    if challenge is None or challenge.status != 401:
+        return challenge
+    params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge.headers["www-authenticate"]))
+    uri = "sip:200@cfgt"
+    ha1 = _md5(f"200:{params['realm']}:{password}")
+    ha2 = _md5(f"REGISTER:{uri}")
+    auth = f'Digest username="200", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+    auth += f'uri="{uri}", algorithm=MD5, '
+    if "qop" in params:
+        cnonce = secrets.token_hex(4)
+        response = _md5(f"{ha1}:{params['nonce']}:00000001:{cnonce}:auth:{ha2}")
+        auth += f'qop=auth, nc=00000001, cnonce="{cnonce}", '
+    else:
+        response = _md5(f"{ha1}:{params['nonce']}:{ha2}")
+    auth += f'response="{response}"'
+    if "opaque" in params:
+        auth += f', opaque="{params["opaque"]}"'
+    peer.request(
+        "REGISTER",
+        "200",
+        extra=f"{headers}Authorization: {auth}\r\n",
+        call_id=call_id,
+        cseq=2,
+        domain="cfgt",
+        contact=contact,
+    )
+    return peer.final(call_id=call_id)
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()  # RFC 2617 digest
 
 
 def _tcp_options(port: int, lport: int) -> bytes:
