@@ -5,6 +5,8 @@ DB) and Azurite (Media Storage), both started here, then stopped to see ``check`
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import signal
@@ -20,6 +22,7 @@ from integration.support import CALLENGINE, ROOT, free_port, wait_udp_sip
 from integration.test_azure_storage import CONTAINER, Azurite
 from integration.test_reliability import Secantus
 
+from callengine.cli import main
 from config_cache import load_tenant_file
 
 pytestmark = pytest.mark.integration
@@ -42,6 +45,14 @@ def run(
         check=False,
         env={**os.environ, **(env or {})},
     )
+
+
+def call(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same command line run in this process (saves the interpreter's start-up)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
 def init_args(port: int) -> list[str]:
@@ -97,6 +108,12 @@ class Serve:
             )
         try:
             wait_udp_sip(port, timeout=30)
+            # SIP answers before serve installs its SIGTERM handler: wait for "ready"
+            deadline = time.monotonic() + 15
+            while " ready" not in self.log.read_text():
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise TimeoutError
+                time.sleep(0.05)
         except TimeoutError:
             self.stop(signal.SIGKILL)
             raise AssertionError(f"serve did not start:\n{self.log.read_text()}") from None
@@ -169,7 +186,7 @@ def test_init_then_serve_answers_options_and_check_sees_the_node(tmp_path: Path)
     # a port taken by another program: one line naming it, exit 1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", port))
-        taken = run("check", "--config", str(config), cwd=tmp_path)
+        taken = call("check", "--config", str(config))
     assert taken.returncode == 1
     problems = [line for line in lines(taken) if line.startswith("FAIL")]
     assert len(problems) == 1, taken.stdout
@@ -178,7 +195,7 @@ def test_init_then_serve_answers_options_and_check_sees_the_node(tmp_path: Path)
     )
     assert lines(taken)[-1] == "check: 1 problem(s)"
 
-    again = run("init", str(root), cwd=tmp_path)
+    again = call("init", str(root))
     assert again.returncode == 2 and "--force" in again.stderr
 
 
@@ -204,7 +221,7 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
         str(prompts),
     ]
 
-    dry = run(*provision, "--dry-run", cwd=tmp_path)
+    dry = call(*provision, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert lines(dry) == [
         f"prompt acme/prompts/promo.wav: would create ({promo.stat().st_size} bytes from {promo})",
@@ -215,10 +232,10 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
         assert c["callengine"]["tenants"].count_documents({}) == 0
     assert blobs.blobs() == {}  # not even the container
 
-    first = run(*provision, cwd=tmp_path)
+    first = call(*provision)
     assert first.returncode == 0, first.stderr
     assert lines(first)[-1] == "provision: 2 change(s) made"
-    second = run(*provision, cwd=tmp_path)
+    second = call(*provision)
     assert lines(second) == [
         "prompt acme/prompts/promo.wav: unchanged",
         "tenant acme: unchanged (rev 1)",
@@ -233,7 +250,7 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
 
     # a new recording of the prompt: uploaded, and the tenant's rev tells the nodes
     promo.write_bytes((BUNDLED / "goodbye.wav").read_bytes())
-    third = run(*provision, cwd=tmp_path)
+    third = call(*provision)
     assert lines(third) == [
         f"prompt acme/prompts/promo.wav: update ({promo.stat().st_size} bytes from {promo})",
         "tenant acme: update (rev 1 -> 2, prompts changed)",
@@ -243,7 +260,7 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
 
     # a bad tenant file: nothing written, the error names file, tenant and field
     bad = TENANTS / "reliability_bad_types.yaml"
-    refused = run(*provision[:-4], "--tenants", str(ACME), str(bad), cwd=tmp_path)
+    refused = call(*provision[:-4], "--tenants", str(ACME), str(bad))
     assert refused.returncode == 2
     assert f"{bad}: tenant 'rel': users.100.password:" in refused.stderr
     with mongo.client() as c:
@@ -252,7 +269,7 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
     # a node of this platform: init, check (all up), serve follows the master
     port = free_port()
     root = tmp_path / "node"
-    created = run(
+    created = call(
         "init",
         str(root),
         *init_args(port),
@@ -264,12 +281,11 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
         blobs.connection_string,
         "--container",
         CONTAINER,
-        cwd=tmp_path,
     )
     assert created.returncode == 0, created.stderr
     config = root / "callengine.yaml"
     with_rtp_range(config, free_range())
-    up = run("check", "--config", str(config), cwd=tmp_path)
+    up = call("check", "--config", str(config))
     assert up.returncode == 0, up.stdout
     assert "ok    master: 1 tenant(s) in callengine.tenants" in lines(up)
     assert "ok    History DB: answers" in lines(up)
@@ -277,7 +293,7 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
 
     node = Serve(config, port, tmp_path)
     assert node.stop() == 0, node.log.read_text()
-    shown = run("config", "show", "acme", "--data-dir", str(root / "data"), cwd=tmp_path)
+    shown = call("config", "show", "acme", "--data-dir", str(root / "data"))
     assert shown.returncode == 0, shown.stderr
     assert '"rev": 2' in shown.stdout and '"Spring sale"' in shown.stdout
 
@@ -285,7 +301,7 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
     blobs.stop()
     mongo.stop()
     t0 = time.monotonic()
-    down = run("check", "--config", str(config), "--timeout", "1", cwd=tmp_path)
+    down = call("check", "--config", str(config), "--timeout", "1")
     elapsed = time.monotonic() - t0
     assert down.returncode == 1
     problems = [line.split(":", 1)[0] for line in lines(down) if line.startswith("FAIL")]
@@ -294,5 +310,5 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
     assert elapsed < 15, elapsed  # probes run at once, each bounded by --timeout
 
     # with the storage down, provision fails cleanly (exit 1) and changes nothing
-    failed = run(*provision, "--timeout", "1", cwd=tmp_path)
+    failed = call(*provision, "--timeout", "1")
     assert failed.returncode == 1 and "media storage" in failed.stderr.lower(), failed.stderr
