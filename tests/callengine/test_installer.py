@@ -17,8 +17,10 @@ from callengine.installer import (
     CONFIG_FILE,
     Change,
     PromptUpload,
+    check,
     engine_options,
     init_layout,
+    node_pid,
     option_docs,
     plan_prompts,
     plan_tenants,
@@ -240,3 +242,20 @@ def test_prompt_uploads_name_file_tenant_and_field(tmp_path: Path) -> None:
         bad = validate_tenant(_acme(prompts={"promo": {"file": file}}))
         with pytest.raises(ConfigError, match=f"tenant 'acme': prompts.promo.file: .*{message}"):
             prompt_uploads(bad, tmp_path, source="t.yaml")
+
+
+def test_check_stops_at_a_configuration_error_naming_file_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "node.yaml"
+    bad.write_text("max_calls: many\n")
+    assert [f.line() for f in check(str(bad))] == [
+        f"FAIL  configuration: {bad}: max_calls: expected int, got str"
+    ]
+    assert main(["check", "--config", str(tmp_path / "absent.yaml")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"FAIL  configuration: {tmp_path / 'absent.yaml'}: no such file",
+        "check: 1 problem(s)",
+    ]
+    assert node_pid(str(tmp_path)) is None  # no LevelDB: no running node
