@@ -45,6 +45,7 @@ import secrets
 import shlex
 import socket
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -88,7 +89,10 @@ def option_docs(cls: type) -> dict[str, str]:
     installer's test fails on it: every option must be documented).
     """
     module = sys.modules[cls.__module__]
-    source = inspect.getsource(module)
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):  # installed without its .py files: names and values only
+        return {f.name: "" for f in fields(cls)}
     lines = source.splitlines()
     tree = ast.parse(source)
     klass = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
@@ -314,14 +318,18 @@ def init_layout(
     chosen = dict(values or {})
     chosen["data_dir"] = str(layout.data)
     text = render_config(**chosen)
+    with tempfile.TemporaryDirectory() as scratch:  # load it before anything is written
+        trial = Path(scratch) / CONFIG_FILE
+        trial.write_text(text, encoding="utf-8")
+        try:
+            cfg = load_config(trial)
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.message, file=str(layout.config), tenant=exc.tenant, field=exc.field
+            ) from None
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.data.mkdir(mode=0o750, exist_ok=True)
     _write(layout.config, text, 0o640)
-    try:
-        cfg = load_config(layout.config)
-    except ConfigError:
-        layout.config.unlink()
-        raise
     _write(layout.env, render_env(secrets.token_urlsafe(24)), 0o600)
     user = user or _default_user()
     _write(layout.unit, render_unit(layout, user=user, drain_grace=cfg.drain_grace), 0o644)

@@ -142,9 +142,16 @@ def test_init_writes_a_layout_and_refuses_to_overwrite_it(tmp_path: Path) -> Non
 
 
 def test_init_refuses_a_value_the_config_would_reject(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"listen\[0\]"):
-        init_layout(tmp_path, values={"listen": ["nonsense"]})
-    assert not (tmp_path / CONFIG_FILE).exists()
+    root = tmp_path / "node"
+    with pytest.raises(ConfigError) as err:
+        init_layout(root, values={"listen": ["nonsense"]})
+    assert str(err.value).startswith(f"{root / CONFIG_FILE}: listen[0]: bad listen address")
+    assert not root.exists()  # nothing written
+    init_layout(root)
+    before = (root / CONFIG_FILE).read_text()
+    with pytest.raises(ConfigError):
+        init_layout(root, force=True, values={"listen": ["nonsense"]})
+    assert (root / CONFIG_FILE).read_text() == before  # --force keeps a good file
 
 
 def test_init_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
