@@ -57,15 +57,27 @@ from config_cache import CacheSettings, ConfigError, TenantConfig, UpstreamError
 from .config import EngineConfig, StorageSettings, load_config, storage_settings
 
 __all__ = [
+    "CACHE_OWNED_BY_ENGINE",
     "CONFIG_FILE",
     "ENV_FILE",
     "UNIT_FILE",
     "Change",
+    "Finding",
+    "Layout",
+    "PromptUpload",
     "add_subcommands",
+    "check",
+    "engine_options",
+    "init_layout",
+    "node_pid",
     "option_docs",
     "plan_prompts",
     "plan_tenants",
+    "prompt_uploads",
+    "provision",
     "render_config",
+    "render_env",
+    "render_unit",
 ]
 
 CONFIG_FILE = "callengine.yaml"
