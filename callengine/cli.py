@@ -1,4 +1,4 @@
-"""``callengine``: the command line (serve, dial, ctl, config, logs)."""
+"""``callengine``: the command line (serve, dial, ctl, config, logs, init, provision, check)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_ctl(sub)
     add_subcommands(sub, remote_logs=remote_logs)
+    from .installer import add_subcommands as add_installer
+
+    add_installer(sub)  # init, provision, check (docs/install.md)
     return p
 
 

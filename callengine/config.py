@@ -34,7 +34,9 @@ class EngineConfig:
     tls_cert: str | None = None
     """PEM certificate chain; with ``tls_key`` enables TLS listeners."""
     tls_key: str | None = None
+    """PEM private key of ``tls_cert``."""
     tls_port: int = 5061
+    """Port of the TLS listener on every ``listen`` host."""
     ws_port: int | None = None
     """SIP over WebSocket (RFC 7118): a plain ``ws://`` listener on this port of every
     ``listen`` host (0: any free port); null: none. See docs/websocket.md."""
@@ -67,7 +69,9 @@ class EngineConfig:
     flooding is banned for ``source_ban`` seconds (0: no bans). 0 disables the limit.
     ``source_exempt``, ``trusted_sources`` and trunk gateways are never limited."""
     source_burst: float = 400.0
+    """Burst of the per-source token bucket (messages a source may send at once)."""
     source_ban: float = 60.0
+    """Seconds a source that keeps flooding is banned (0: no bans)."""
     tcp_max_connections: int = 4096
     """TCP/TLS connections peers may hold open at once (beyond: refused)."""
     tcp_max_per_source: int = 256
@@ -106,7 +110,9 @@ class EngineConfig:
     drain_grace: float = 30.0
     """Seconds active calls may continue after SIGTERM before the node exits."""
     rtp_port_min: int = 10000
+    """Lowest UDP port for RTP (RTP takes even ports, RTCP the next one)."""
     rtp_port_max: int = 20000
+    """Highest UDP port for RTP/RTCP."""
     rtp_timeout: float = 60.0
     """Seconds without RTP before an answered call is hung up (0 disables)."""
     rtp_relatch_after: float = 5.0
@@ -132,15 +138,26 @@ class EngineConfig:
     log_level: str = "INFO"
     """``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``."""
     history_url: str | None = None
+    """MongoDB URL of the History DB call logs are shipped to; null: they stay in the
+    local outbox (``callengine logs``)."""
     master_url: str | None = None
+    """MongoDB URL of the master Configuration DB the node follows; null: tenants come
+    from ``tenant_files`` and ``callengine config import`` only."""
     on_empty: str = "demo"
     """With an empty cache and no master: ``demo`` serves the embedded demo tenant,
     ``refuse`` exits with an error."""
     node_id: str = field(default_factory=lambda: os.uname().nodename)
+    """This node's name in call logs and metrics (default: the host name)."""
     trunks: dict[str, Any] = field(default_factory=dict)
+    """PRI trunks behind SIP media gateways, by name (``pri.load_trunks``;
+    examples/two-carriers.yaml)."""
     trunk_groups: dict[str, Any] = field(default_factory=dict)
+    """Trunk groups (hunting strategy and failover across ``trunks``), by name."""
     outbound_routes: list[Any] = field(default_factory=list)
+    """Node-wide outbound routes: number prefix -> trunk group (longest prefix wins)."""
     trusted_sources: list[Any] = field(default_factory=list)
+    """Networks that may place calls out through ``outbound_routes`` without being a
+    tenant's user (toll-fraud guard, docs/security.md)."""
     dial_policy: dict[str, Any] = field(default_factory=dict)
     """What may be dialled out through trunks: international and premium numbers are
     refused unless allowed (``pri/dialplan.py``, docs/security.md)."""

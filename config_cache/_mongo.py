@@ -225,6 +225,12 @@ class MongoHistory:
             result = self._coll.bulk_write(ops, ordered=False)
         return int(result.matched_count + result.upserted_count)
 
+    def ping(self) -> None:
+        """Ask the server to answer (``callengine check``); :class:`UpstreamError` if it
+        cannot within the timeout."""
+        with _upstream("history ping"):
+            self._client.admin.command("ping")
+
     def close(self) -> None:
         """Close the client."""
         self._client.close()

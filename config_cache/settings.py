@@ -26,6 +26,7 @@ class CacheSettings:
     default_tenant: str | None = None
     #: MongoDB URL of the master Configuration DB; None = local files only.
     master_url: str | None = None
+    #: Database of the master holding the ``tenants`` collection.
     master_database: str = "callengine"
     #: Seconds between polls of the master (and retries while offline).
     poll_interval: float = 5.0
@@ -35,6 +36,7 @@ class CacheSettings:
     prune_missing: bool = False
     #: MongoDB URL of the History DB (mongos for a sharded cluster); None = keep logs local.
     history_url: str | None = None
+    #: Database of the History DB holding the ``calls`` collection.
     history_database: str = "callengine"
     #: Write concern of call-log writes: ``majority`` or a number of nodes.
     write_concern: str | int = "majority"
