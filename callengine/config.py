@@ -104,6 +104,10 @@ class EngineConfig:
     diagnostic thread; 0 disables)."""
     drain_grace: float = 30.0
     """Seconds active calls may continue after SIGTERM before the node exits."""
+    workers: int = 1
+    """Worker processes of the node (docs/workers.md): 1 runs everything in one
+    process; N >= 2 runs a front that owns the SIP addresses and the LevelDB state and
+    N workers that hold the calls; 0 means one per CPU core."""
     rtp_port_min: int = 10000
     rtp_port_max: int = 20000
     rtp_timeout: float = 60.0
@@ -293,6 +297,8 @@ def _check(cfg: EngineConfig) -> None:
     for i, t in enumerate(cfg.transports):
         if t not in ("UDP", "TCP", "TLS"):
             raise ConfigError(f"unknown transport {t!r}", file=cfg.source, field=f"transports[{i}]")
+    if not 0 <= cfg.workers <= 254:
+        raise ConfigError("must be 0 (one per core) to 254", file=cfg.source, field="workers")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ConfigError("tls_cert and tls_key go together", file=cfg.source, field="tls_key")
     for name in ("ws_port", "wss_port"):
