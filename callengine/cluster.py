@@ -51,9 +51,11 @@ import functools
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import zlib
 from collections import OrderedDict
@@ -393,6 +395,12 @@ async def _run_worker(
     node.engine.new_call_id = functools.partial(call_id_for, index, link.workers)
     await node.start()
     node.registry.register(EngineCollector(node.engine))
+    admin = None
+    if init.get("admin_socket"):
+        from .admin import AdminServer
+
+        admin = AdminServer(node, "127.0.0.1", 0, unix=init["admin_socket"])
+        await admin.start()
     relay.start()
     runner = asyncio.ensure_future(link.run())
     stop = asyncio.Event()
@@ -407,7 +415,11 @@ async def _run_worker(
         log.error("worker %d: the front is gone; exiting", index)
         os._exit(1)
     log.info("worker %d draining %d calls", index, len(node.engine.calls))
+    if admin is not None:
+        admin.stopping = True
     await node.stop()
+    if admin is not None:
+        await admin.stop()
     runner.cancel()
     lost.cancel()
     return 0
@@ -460,6 +472,7 @@ class ClusterFront:
         self._config_version = -1
         self._tasks: list[asyncio.Task[Any]] = []
         self._udp_fds: list[int] = []
+        self._run_dir: str | None = None
 
     # ------------------------------------------------------------------- start
     async def start(self) -> None:
@@ -510,6 +523,16 @@ class ClusterFront:
             self.n,
         )
 
+    def admin_socket(self, w: _Worker) -> str:
+        """The worker's control API: a Unix socket in the front's private (0700)
+        run directory (short: a socket path has at most 107 bytes)."""
+        if self._run_dir is None:
+            self._run_dir = tempfile.mkdtemp(prefix="callengine-")
+        return os.path.join(self._run_dir, f"worker-{w.index}.sock")
+
+    def worker_admin_sockets(self) -> list[str]:
+        return [self.admin_socket(w) for w in self.workers if w.live]
+
     def _channels_path(self) -> str:
         return str(Path(self.cfg.data_dir) / "channels.map")
 
@@ -559,6 +582,7 @@ class ClusterFront:
                 "bindings": self._bindings_dump(),
                 "bound": [(s.host, s.port, s.transport) for s in self.transports.bound],
                 "channels": self._channels_path(),
+                "admin_socket": self.admin_socket(w) if self.cfg.admin else None,
             }
         )
         w.reader_task = asyncio.ensure_future(self._read_worker(w, reader))
@@ -776,6 +800,8 @@ class ClusterFront:
             await self.transports.close()
         if self.channels is not None:
             self.channels.close()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
         await self.node.stop(0)
 
     # ----------------------------------------------------------------- metrics
@@ -881,6 +907,31 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
             )
             await front.stop()
             return 1
+    admin = None
+    if cfg.admin:
+        from .admin import ClusterAdmin
+        from .cli import ADMIN_URL_FILE
+
+        host, port = parse_listen(cfg.admin)
+        admin = ClusterAdmin(
+            front.node,
+            host,
+            port,
+            token=cfg.admin_token,
+            worker_sockets=front.worker_admin_sockets,
+        )
+        try:
+            await admin.start()
+        except OSError as exc:
+            print(
+                f"callengine: cannot open the admin API on {cfg.admin}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            await front.stop()
+            return 1
+        local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+        (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -888,6 +939,11 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
     log.info("node %s ready (%d workers)", cfg.node_id, workers)
     await stop.wait()
     log.info("draining %d workers", workers)
+    if admin is not None:
+        admin.stopping = True
     await front.stop()
+    if admin is not None:
+        await admin.stop()
+        (Path(cfg.data_dir) / ADMIN_URL_FILE).unlink(missing_ok=True)
     log.info("stopped")
     return 0

@@ -238,7 +238,9 @@ class Trunk:
 
     @property
     def in_use(self) -> int:
-        """B-channels currently seized."""
+        """B-channels currently seized (on the whole node when shared)."""
+        if self._table is not None:
+            return len(self._slots) - self._table.free(self._base, len(self._slots))
         return len(self._calls)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from integration.support import (
+    CALLENGINE,
     ROOT,
     SIPP,
     Daemon,
@@ -31,7 +33,7 @@ from integration.test_pri_failover import Carrier
 from integration.test_reliability import Secantus, calls_in, count_and_distinct
 from integration.test_ring_user import register
 
-from callengine.dispatch import aor_worker, call_id_for
+from callengine.dispatch import aor_worker, call_id_for, choose_worker
 
 pytestmark = pytest.mark.integration
 
@@ -302,3 +304,58 @@ def test_sigterm_drains_every_worker(tmp_path: Path, daemon_factory: Callable[..
     assert int(stats["SuccessfulCall(C)"]) >= 1, stats
     assert int(stats["SuccessfulCall(C)"]) + int(stats["FailedCall(C)"]) == 20
     assert "Traceback" not in daemon.log()
+
+
+def test_control_api_sees_the_calls_of_every_worker(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    from callengine.ctl import AdminClient, AdminError
+
+    admin = f"127.0.0.1:{free_port(socket.SOCK_STREAM, both=False)}"
+    daemon = daemon_factory("--workers", "2", "--admin", admin)
+    api = AdminClient(admin)
+
+    def both_ready() -> bool:
+        try:
+            return bool(api.request("GET", "/ready")["workers"] == 2)
+        except AdminError:  # 503 until a worker listens
+            return False
+
+    wait_for("the front's /ready", both_ready)
+    # 8 calls held 20 s by SIPp (Call-IDs spread over both workers)
+    sipp = subprocess.Popen(
+        [SIPP, *sipp_to(daemon, "-sn", "uac", "-r", "20", "-m", "8", "-d", "20000"), "-nostdin"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for("8 calls listed", lambda: api.request("GET", "/calls")["total"] == 8)
+        listed = api.request("GET", "/calls")["calls"]
+        ids = {c["id"] for c in listed}
+        homes = {
+            choose_worker(f"INVITE x SIP/2.0\r\nCall-ID: {i}\r\n\r\n".encode(), 2) for i in ids
+        }
+        assert homes == {0, 1}  # the list merges both workers' calls
+        one = sorted(ids)[0]
+        assert api.request("GET", f"/calls/{one}")["id"] == one
+        assert api.request("POST", f"/calls/{one}/hangup")["hungup"] == one
+        wait_for("7 calls left", lambda: api.request("GET", "/calls")["total"] == 7)
+        assert api.request("POST", "/drain")["draining"] is True
+        refused = sip_call(daemon.port, "1000")
+        assert refused.status == 503
+        api.request("POST", "/undrain")
+        assert api.request("GET", "/ready")["ready"] is True
+        # the front serves the call logs it writes for the workers
+        assert api.request("GET", f"/logs/{one}")["log"]["call_id"] == one
+        logs = subprocess.run(
+            [CALLENGINE, "logs", "--data-dir", str(daemon.data_dir), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert one in logs.stdout
+    finally:
+        sipp.kill()
+        sipp.wait()
