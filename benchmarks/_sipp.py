@@ -64,6 +64,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its live descendants (a multi-worker node's workers)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_bytes()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(raw[raw.rindex(b")") + 2 :].split()[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        nxt = [child for child, parent in parents.items() if parent in frontier]
+        frontier = [c for c in nxt if c not in tree]
+        tree.update(frontier)
+    total = 0.0
+    for p in tree:
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            pass
+    return total
+
+
 @dataclass
 class Peer:
     """A UAS under test (the engine or SIPp's own UAS), one process."""
@@ -75,7 +98,7 @@ class Peer:
     log_path: Path
 
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:

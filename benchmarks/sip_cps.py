@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -65,6 +66,10 @@ class Search:
     """Highest rate that also held a ``--sustain`` step (0: none of the tries did;
     None: not measured)."""
     sustain_steps: list[StepResult] = dataclasses.field(default_factory=list)
+
+
+def _start(workdir: Path, *, media: bool, extra: tuple[str, ...]) -> Peer:
+    return start_engine(workdir, media=media, extra=extra)
 
 
 def _round(rate: float) -> int:
@@ -254,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sustain-retries", type=int, default=4, help="10 %% lower retries of the sustained step"
     )
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="comma-separated worker counts of the engine peers (e.g. 1,2: each engine "
+        "peer is searched once per count; CPU is the whole process tree's)",
+    )
     p.add_argument("--budget", type=float, default=2400.0, help="seconds for the whole run")
     p.add_argument("--profile", type=int, metavar="CPS", help="profile the engine at CPS instead")
     p.add_argument("--profile-no-media", action="store_true", help="profile with --no-media")
@@ -271,15 +282,27 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             p.error("--rates: comma-separated integers")
     sustain_seconds = args.sustain if args.sustain is not None else (20.0 if args.quick else 60.0)
-    starters: dict[str, tuple[str, Starter]] = {
-        "engine": ("engine", lambda d: start_engine(d, media=True)),
-        "engine-no-media": ("engine --no-media", lambda d: start_engine(d, media=False)),
-        "uas": ("sipp -sn uas", start_sipp_uas),
-    }
-    chosen = [s.strip() for s in args.peers.split(",") if s.strip()]
-    unknown = [c for c in chosen if c not in starters]
+    try:
+        worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        p.error("--workers: comma-separated integers")
+    starters: dict[str, tuple[str, Starter]] = {"uas": ("sipp -sn uas", start_sipp_uas)}
+    peers = [s.strip() for s in args.peers.split(",") if s.strip()]
+    unknown = [c for c in peers if c not in ("engine", "engine-no-media", "uas")]
     if unknown:
         p.error(f"unknown peer(s): {', '.join(unknown)}")
+    chosen: list[str] = []
+    for peer in peers:
+        if peer == "uas":
+            chosen.append(peer)
+            continue
+        media = peer == "engine"
+        for n in worker_counts:
+            key = peer if n == 1 else f"{peer} x{n}"
+            name = ("engine" if media else "engine --no-media") + ("" if n == 1 else f" x{n}")
+            extra = () if n == 1 else ("--workers", str(n))
+            starters[key] = (name, functools.partial(_start, media=media, extra=extra))
+            chosen.append(key)
     env = _environment()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(

@@ -52,6 +52,7 @@ log = logging.getLogger("callengine.admin")
 __all__ = [
     "DEFAULT_ADMIN",
     "AdminServer",
+    "ClusterAdmin",
     "LogFeed",
     "call_summary",
     "check_bind",
@@ -170,8 +171,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class AdminServer:
     """The control API of one :class:`~callengine.node.Node` (see the module doc)."""
 
-    def __init__(self, node: Node, host: str, port: int, *, token: str | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        *,
+        token: str | None = None,
+        unix: str | None = None,
+    ) -> None:
         check_bind(host, token)
+        self.unix = unix
+        """Serve on this Unix socket instead (a worker's, for the front's fan-out)."""
         self.node = node
         self.host = host
         self.port = port
@@ -183,7 +194,7 @@ class AdminServer:
         """The same in CPU time of the loop's thread (what preemption does not inflate)."""
         self.stopping = False
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: web.BaseSite | None = None
         app = web.Application(middlewares=[self._auth])
         app.add_routes(
             [
@@ -211,14 +222,19 @@ class AdminServer:
             self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site: web.BaseSite
+        if self.unix is not None:
+            site = web.UnixSite(runner, self.unix)
+        else:
+            site = web.TCPSite(runner, self.host, self.port)
         try:
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner, self._site = runner, site
-        log.info("admin API on http://%s:%d", self.host, self.port)
+        if self.unix is None:
+            log.info("admin API on http://%s:%d", self.host, self.port)
 
     @property
     def bound_port(self) -> int:
@@ -467,3 +483,155 @@ def _log_doc(row: tuple[str, float | None, Any]) -> dict[str, Any]:
     if shipped_at is not None:
         doc["shipped_at"] = shipped_at
     return doc
+
+
+class ClusterAdmin(AdminServer):
+    """The control API of a multi-worker node, served by its front.
+
+    The front holds the call logs and the configuration (``/logs``, ``/reload`` are
+    its own); the calls live in the workers, each of which serves the same API on a
+    Unix socket (``worker_sockets``). Call endpoints ask every worker and
+    merge; ``/drain`` and ``/undrain`` go to all; ``/trunks`` comes from one worker
+    (B-channel counts are node-wide, the table is shared)."""
+
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        *,
+        token: str | None = None,
+        worker_sockets: Callable[[], list[str]],
+    ) -> None:
+        super().__init__(node, host, port, token=token)
+        self.worker_sockets = worker_sockets
+        self._draining = False
+
+    async def _ask(
+        self, path: str, method: str = "GET", timeout: float = 5.0
+    ) -> list[tuple[int, Any]]:
+        """(status, JSON body) from every live worker (unreachable ones are left out)."""
+        import aiohttp
+
+        async def one(sock: str) -> tuple[int, Any] | None:
+            try:
+                connector = aiohttp.UnixConnector(path=sock)
+                async with aiohttp.ClientSession(
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as session:
+                    async with session.request(method, "http://worker" + path) as resp:
+                        return resp.status, await resp.json(content_type=None)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                return None
+
+        got = await asyncio.gather(*(one(s) for s in self.worker_sockets()))
+        return [g for g in got if g is not None]
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def ready(self, request: web.Request) -> web.StreamResponse:
+        answers = await self._ask("/ready")
+        follower = self.node.follower
+        body = {
+            "ready": False,
+            "draining": self._draining,
+            "listening": any(body.get("listening") for _, body in answers),
+            "offline": bool(follower is not None and follower.offline),
+            "calls": sum(int(body.get("calls", 0)) for _, body in answers),
+            "workers": len(answers),
+        }
+        body["ready"] = bool(body["listening"]) and not self._draining and not self.stopping
+        return web.json_response(body, status=200 if body["ready"] else 503)
+
+    async def calls(self, request: web.Request) -> web.StreamResponse:
+        try:
+            offset = max(0, int(request.query.get("offset", "0")))
+            limit = min(MAX_PAGE, max(0, int(request.query.get("limit", str(MAX_PAGE)))))
+        except ValueError:
+            return web.json_response({"error": "offset and limit are integers"}, status=400)
+        rtp = request.query.get("rtp", "1")
+        merged: list[Any] = []
+        total = 0
+        for status, body in await self._ask(f"/calls?offset=0&limit={offset + limit}&rtp={rtp}"):
+            if status == 200:
+                total += int(body.get("total", 0))
+                merged.extend(body.get("calls", []))
+        page = merged[offset : offset + limit]
+        return web.json_response(
+            {"total": total, "offset": offset, "limit": limit, "calls": page}, dumps=_dumps
+        )
+
+    async def _first(self, path: str, method: str = "GET") -> web.StreamResponse:
+        for status, body in await self._ask(path, method):
+            if status == 200:
+                return web.json_response(body, dumps=_dumps)
+        return web.json_response({"error": "no such call"}, status=404)
+
+    async def call(self, request: web.Request) -> web.StreamResponse:
+        return await self._first(f"/calls/{request.match_info['id']}")
+
+    async def hangup(self, request: web.Request) -> web.StreamResponse:
+        return await self._first(f"/calls/{request.match_info['id']}/hangup", "POST")
+
+    async def drain(self, request: web.Request) -> web.StreamResponse:
+        self._draining = True
+        answers = await self._ask("/drain", "POST")
+        calls = sum(int(body.get("calls", 0)) for _, body in answers)
+        log.warning("draining (admin API): %d workers, %d calls in progress", len(answers), calls)
+        return web.json_response({"draining": True, "calls": calls})
+
+    async def undrain(self, request: web.Request) -> web.StreamResponse:
+        if self.stopping:
+            return web.json_response({"error": "the node is shutting down"}, status=409)
+        self._draining = False
+        await self._ask("/undrain", "POST")
+        log.warning("undrained (admin API): taking new calls")
+        return web.json_response({"draining": False})
+
+    async def trunks(self, request: web.Request) -> web.StreamResponse:
+        for status, body in await self._ask("/trunks"):
+            if status == 200:
+                return web.json_response(body)
+        return web.json_response({"trunks": []})
+
+    async def follow(self, request: web.Request) -> web.StreamResponse:
+        """Every worker's ``/logs/follow``, merged line by line."""
+        import aiohttp
+
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        lines: asyncio.Queue[bytes] = asyncio.Queue(FOLLOW_QUEUE)
+
+        async def pump(sock: str) -> None:
+            try:
+                async with aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=sock),
+                    timeout=aiohttp.ClientTimeout(total=None),
+                ) as session:
+                    async with session.get("http://worker/logs/follow") as resp:
+                        async for line in resp.content:
+                            if not lines.full():
+                                lines.put_nowait(line)
+            except (aiohttp.ClientError, OSError):
+                return
+
+        pumps = [asyncio.ensure_future(pump(s)) for s in self.worker_sockets()]
+        try:
+            while not self.stopping:
+                try:
+                    line = await asyncio.wait_for(lines.get(), FOLLOW_CHECK)
+                except TimeoutError:
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        break
+                    continue
+                await response.write(line)
+        except ConnectionResetError:
+            pass
+        finally:
+            for task in pumps:
+                task.cancel()
+        return response

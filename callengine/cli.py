@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-calls", type=int)
     serve.add_argument("--max-cps", type=float)
     serve.add_argument("--drain-grace", type=float)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes behind the node's SIP address (0: one per CPU core; "
+        "default: the config's workers, 1)",
+    )
     serve.set_defaults(func=_serve)
 
     dial = sub.add_parser(
@@ -112,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
         "max_calls": args.max_calls,
         "max_cps": args.max_cps,
         "drain_grace": args.drain_grace,
+        "workers": args.workers,
     }
     if args.no_media:
         overrides["media"] = False
@@ -135,7 +142,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"callengine: configuration error: {exc}", file=sys.stderr)
             return 2
     writer = setup_logging(cfg.log_format, cfg.log_level)
+    workers = cfg.workers or os.cpu_count() or 1
     try:
+        if workers > 1:
+            from .cluster import run_front
+
+            return int(_event_loop_run(run_front(cfg, workers)))
         return int(_event_loop_run(_run_node(cfg)))
     except KeyboardInterrupt:
         return 0

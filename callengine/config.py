@@ -109,6 +109,10 @@ class EngineConfig:
     diagnostic thread; 0 disables)."""
     drain_grace: float = 30.0
     """Seconds active calls may continue after SIGTERM before the node exits."""
+    workers: int = 1
+    """Worker processes of the node (docs/workers.md): 1 runs everything in one
+    process; N >= 2 runs a front that owns the SIP addresses and the LevelDB state and
+    N workers that hold the calls; 0 means one per CPU core."""
     rtp_port_min: int = 10000
     """Lowest UDP port for RTP (RTP takes even ports, RTCP the next one)."""
     rtp_port_max: int = 20000
@@ -325,6 +329,8 @@ def _check(cfg: EngineConfig) -> None:
         raise ConfigError("no transport to listen on", file=cfg.source, field="transports")
     if not 0 < cfg.tls_port <= 65535:
         raise ConfigError("must be a port (1-65535)", file=cfg.source, field="tls_port")
+    if not 0 <= cfg.workers <= 254:
+        raise ConfigError("must be 0 (one per core) to 254", file=cfg.source, field="workers")
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ConfigError("tls_cert and tls_key go together", file=cfg.source, field="tls_key")
     for name in ("ws_port", "wss_port"):

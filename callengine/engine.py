@@ -87,6 +87,12 @@ class Engine:
         """Sources never rate-limited (balancers, trunk gateways, trusted PBXs); the node
         adds its trunks' sources before ``start()``."""
         self.limiter: SourceLimiter | None = None
+        self.relay: TransportSet | None = None
+        """Transports handed over by a multi-worker node's front (set before ``start``);
+        ``None``: the engine opens its own listeners."""
+        self.new_call_id: Callable[[str], str] | None = None
+        """Makes the Call-IDs of calls and probes this engine starts (a worker's come
+        back to it through the front's dispatch)."""
         self.caps = CallCaps()
         """Concurrent calls and call rate per source address (here) and per tenant (node)."""
         self._exempt: Callable[[str], bool] = lambda address: False
@@ -158,12 +164,6 @@ class Engine:
             retry_after=cfg.retry_after,
             max_message_size=cfg.max_message_size,
         )
-        tls = None
-        if cfg.tls_cert and cfg.tls_key:
-            import ssl
-
-            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
         # media first: a datagram may arrive as soon as the first socket is bound
         from ._media import MediaManager
 
@@ -189,33 +189,19 @@ class Engine:
             )
         if cfg.source_max_calls or cfg.source_max_cps:
             self._ua.admission = self
-        self.transports = TransportSet(
-            self._deliver,
-            tls_context=tls,
-            max_connections=cfg.tcp_max_connections,
-            max_per_source=cfg.tcp_max_per_source,
-            idle_timeout=cfg.tcp_idle_timeout,
-            first_message_timeout=cfg.tcp_first_message_timeout,
-            exempt=self._exempt,
-            max_message_size=cfg.max_message_size,
-        )
+        if self.new_call_id is not None:
+            self._ua.new_call_id = self.new_call_id
+        if self.relay is not None:
+            # a worker of a multi-worker node: the front owns the sockets and hands
+            # over this worker's messages (callengine.cluster)
+            self.transports = self.relay
+            self.transports.deliver = self._deliver
+        else:
+            self.transports = make_transports(cfg, self._deliver, self._exempt)
         self.transports.on_send_error = self._on_send_error
         self.transports.on_flow_closed = self._on_flow_closed
-        try:
-            for item in cfg.listen:
-                host, port = parse_listen(item)
-                await self.transports.listen(
-                    host, port, tuple(t for t in cfg.transports if t != "TLS")
-                )
-                if tls is not None:
-                    await self.transports.listen(host, cfg.tls_port, ("TLS",))
-                if cfg.ws_port is not None:
-                    await self.transports.listen(host, cfg.ws_port, ("WS",))
-                if cfg.wss_port is not None:
-                    await self.transports.listen(host, cfg.wss_port, ("WSS",))
-        except BaseException:
-            await self.transports.close()
-            raise
+        if self.relay is None:
+            await listen_all(self.transports, cfg)
         self.lag.start()
         if self.stalls is not None:
             self.stalls.start()
@@ -719,6 +705,44 @@ class Engine:
             raise SipError(outcome.status, outcome.reason, outcome.cause)
         call.on_answered(outcome)
         return call
+
+
+def make_transports(cfg: EngineConfig, deliver: Any, exempt: Callable[[str], bool]) -> TransportSet:
+    """The node's transport set as ``cfg`` asks (TLS context, connection limits)."""
+    tls = None
+    if cfg.tls_cert and cfg.tls_key:
+        import ssl
+
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    return TransportSet(
+        deliver,
+        tls_context=tls,
+        max_connections=cfg.tcp_max_connections,
+        max_per_source=cfg.tcp_max_per_source,
+        idle_timeout=cfg.tcp_idle_timeout,
+        first_message_timeout=cfg.tcp_first_message_timeout,
+        exempt=exempt,
+        max_message_size=cfg.max_message_size,
+    )
+
+
+async def listen_all(transports: TransportSet, cfg: EngineConfig) -> None:
+    """Open every listener of ``cfg`` (``listen`` x transports, TLS, WS, WSS); on a
+    failure (address in use) close what was opened and raise."""
+    try:
+        for item in cfg.listen:
+            host, port = parse_listen(item)
+            await transports.listen(host, port, tuple(t for t in cfg.transports if t != "TLS"))
+            if transports.tls_context is not None:
+                await transports.listen(host, cfg.tls_port, ("TLS",))
+            if cfg.ws_port is not None:
+                await transports.listen(host, cfg.ws_port, ("WS",))
+            if cfg.wss_port is not None:
+                await transports.listen(host, cfg.wss_port, ("WSS",))
+    except BaseException:
+        await transports.close()
+        raise
 
 
 async def _answer_until_hangup(call: Call) -> None:

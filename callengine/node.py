@@ -100,24 +100,38 @@ class Node:
             tenants=lambda: self._local().config.snapshot.tenants,
             lookup=lambda number: self._local().config.lookup(number),
             plan=lambda: getattr(getattr(self, "b2bua", None), "plan", None),
-            make_store=lambda: PersistentBindings(self._local().bindings),
+            make_store=self._binding_store,
             max_contacts=config.max_contacts,
             guard=GuardConfig(**config.auth_guard),
             secret=secrets.token_bytes(32),
             algorithms=tuple(config.digest_algorithms),
         )
-        self.registry.register(AuthCollector(self.auth))
+        self.auth_collector = AuthCollector(self.auth)
+        self.registry.register(self.auth_collector)
         self._flows: dict[tuple[str, tuple[str, int]], set[tuple[str, str]]] = {}
         """Live WebSocket flows -> the (realm, AOR)s registered over them."""
         self.python_actions: dict[str, Callable[..., Awaitable[str | None]]] = {}
         self.recovered: list[str] = []
+        self.link: Any = None
+        """Set by a worker of a multi-worker node (:class:`callengine.cluster.WorkerLink`)
+        before :meth:`start`: the front's replicas replace the LevelDB store."""
+
+    def _binding_store(self) -> Any:
+        """The registrars' binding store: LevelDB, or a worker's replica of the front's."""
+        if self.link is not None:
+            return self.link.bindings
+        return PersistentBindings(self._local().bindings)
 
     def _local(self) -> LocalStore:
         assert self.store is not None, "the node is not started"
         return self.store
 
     # ----------------------------------------------------------------- start
-    async def start(self) -> None:
+    async def open_state(self) -> None:
+        """Open what the node keeps: the LevelDB store (closing call logs a previous
+        process left open), the master follower, ``tenant_files``, the History DB
+        shipper and the call-log writer. :meth:`start` runs it first; the front of a
+        multi-worker node runs only this (its workers hold the calls)."""
         cfg = self.config
         settings = self.settings
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
@@ -169,6 +183,17 @@ class Node:
             await self.shipper.start()
         self.writer = CallLogWriter(self.store.outbox, on_written=self._on_logs_written)
         self.writer.start()
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self.link is None:
+            await self.open_state()
+        else:
+            # a worker of a multi-worker node: the front owns LevelDB, the master
+            # follower and the History DB shipper (callengine.cluster)
+            self.store = self.link.store
+            self.writer = self.link.writer
+        assert self.store is not None and self.writer is not None
         engine = self.engine
         engine.hooks.append(CallLogHook(self.writer, node_id=cfg.node_id))
         engine.router = self.route
@@ -187,6 +212,8 @@ class Node:
             },
             source=cfg.source,
         )
+        if self.link is not None:
+            self.link.share_channels(plan)  # B-channels count on the whole node
         # the carriers' gateways are never rate-limited per source
         engine.exempt_networks += _trunk_networks(plan)
         self.b2bua = B2BUA(engine, plan, directory=self, registry=self.registry)
@@ -437,7 +464,7 @@ class Node:
             return []
         registrar = self.auth.registrars.get(t.realm)
         if registrar is None:
-            store = PersistentBindings(self.store.bindings)
+            store = self._binding_store()
             found = [b for b in store.get(f"{user}@{t.realm}") if b.expires_at > time.time()]
         else:
             found = registrar.bindings_for(f"{user}@{t.realm}", time.time())

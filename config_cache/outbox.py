@@ -20,7 +20,7 @@ import heapq
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ._leveldb import LocalDB
@@ -154,14 +154,23 @@ class Outbox:
                 self._final[rec.call_id] = rec.end_time or rec.start_time
             self._gauges()
 
-    def recover_interrupted(self, now: float) -> list[str]:
+    def recover_interrupted(self, now: float, *, only: Collection[str] | None = None) -> list[str]:
         """Finalise records left open by a previous process (call at start-up,
-        before taking calls). They get ``result="interrupted"``,
+        before taking calls), or with ``only``, the open records of those call ids (a
+        worker of the node died). They get ``result="interrupted"``,
         ``interrupted=True`` and ``end_time=now`` unless one was recorded.
         Returns their call ids."""
         puts: list[tuple[bytes, bytes]] = []
         recovered: list[CallLog] = []
-        for key, value in self._db.items(P_OUTBOX):
+        if only is None:
+            items = list(self._db.items(P_OUTBOX))
+        else:
+            items = []
+            for call_id in only:
+                raw = self._db.get(_okey(call_id))
+                if raw is not None:
+                    items.append((_okey(call_id), raw))
+        for key, value in items:
             try:
                 state, rec = self._decode(value)
             except ValueError:

@@ -297,6 +297,19 @@ class BindingStore:
         else:
             self._db.delete(key)
 
+    def all_aors(self) -> dict[str, list[dict[str, Any]]]:
+        """Every AOR's records (what a multi-worker node's front hands a new worker)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for key, raw in self._db.items(P_AOR):
+            aor = key[len(P_AOR) :].decode("utf-8", "surrogatepass")
+            try:
+                data = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(data, list):
+                out[aor] = [d for d in data if isinstance(d, dict)]
+        return out
+
     def get_aor(self, aor: str) -> list[dict[str, Any]]:
         """The records :meth:`put_aor` stored for ``aor`` (empty when none or unreadable)."""
         raw = self._db.get(P_AOR + aor.encode("utf-8", "surrogatepass"))

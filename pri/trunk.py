@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+from pri.channels import ChannelTable
 from pri.dialplan import POLICY_FIELDS, DialPolicy
 
 if TYPE_CHECKING:
@@ -167,8 +168,11 @@ class Trunk:
     """
 
     __slots__ = (
+        "_base",
         "_calls",
         "_free",
+        "_slots",
+        "_table",
         "carrier",
         "credentials",
         "dids",
@@ -211,9 +215,23 @@ class Trunk:
         ]
         heapq.heapify(self._free)
         self._calls: dict[str, Channel] = {}
+        # A node of several workers shares its channels (pri.channels.SharedChannels):
+        # then a seize takes the lowest free slot of this trunk's part of the table.
+        self._table: ChannelTable | None = None
+        self._base = 0
+        self._slots: tuple[tuple[int, int], ...] = ()
 
     def __repr__(self) -> str:
         return f"<Trunk {self.name} {self.in_use}/{self.capacity}>"
+
+    def share(self, table: ChannelTable, base: int) -> None:
+        """Account B-channels in ``table`` (slots ``base``.. ``base+capacity``), shared
+        with the node's other workers, instead of in this object. Call before any seize."""
+        self._table = table
+        self._base = base
+        self._slots = tuple(
+            (i, n) for i, span in enumerate(self.spans) for n in range(1, span.channels + 1)
+        )
 
     @property
     def capacity(self) -> int:
@@ -222,12 +240,16 @@ class Trunk:
 
     @property
     def in_use(self) -> int:
-        """B-channels currently seized."""
+        """B-channels currently seized (on the whole node when shared)."""
+        if self._table is not None:
+            return len(self._slots) - self._table.free(self._base, len(self._slots))
         return len(self._calls)
 
     @property
     def free(self) -> int:
-        """B-channels currently free."""
+        """B-channels currently free (on the whole node when shared)."""
+        if self._table is not None:
+            return self._table.free(self._base, len(self._slots))
         return len(self._free)
 
     def holders(self) -> list[str]:
@@ -246,9 +268,15 @@ class Trunk:
         held = self._calls.get(call_id)
         if held is not None:
             return held
-        if not self._free:
+        if self._table is not None:
+            slot = self._table.take(self._base, len(self._slots))
+            if slot is None:
+                return None
+            span_index, number = self._slots[slot]
+        elif not self._free:
             return None
-        span_index, number = heapq.heappop(self._free)
+        else:
+            span_index, number = heapq.heappop(self._free)
         channel = Channel(self.name, self.spans[span_index].name, number, call_id)
         self._calls[call_id] = channel
         return channel
@@ -258,7 +286,10 @@ class Trunk:
         channel = self._calls.pop(call_id, None)
         if channel is not None:
             span_index = next(i for i, s in enumerate(self.spans) if s.name == channel.span)
-            heapq.heappush(self._free, (span_index, channel.number))
+            if self._table is not None:
+                self._table.give(self._base + self._slots.index((span_index, channel.number)))
+            else:
+                heapq.heappush(self._free, (span_index, channel.number))
         return channel
 
     def accepts_did(self, did: str) -> bool:

@@ -224,6 +224,9 @@ class UserAgent:
         self.user_agent = user_agent
         """``Server``/``User-Agent`` value; empty: no such header at all."""
         self.hide_agent: Callable[[str], bool] | None = None
+        self.new_call_id: Callable[[str], str] = _random_call_id
+        """Call-IDs of requests this agent starts (a worker of a multi-worker node picks
+        ones that the front's dispatch sends back to it)."""
         """Addresses (trunk gateways) that get no ``Server``/``User-Agent`` header."""
         self.max_calls = max_calls
         self.max_cps = max_cps
@@ -928,7 +931,7 @@ class UserAgent:
         disp = f'"{from_display}" ' if from_display else ""
         h.set("From", f"{disp}<{from_uri}>;tag={tag}")
         h.set("To", f"<{to_uri or uri}>")
-        cid = call_id or f"{secrets.token_hex(12)}@{local[0]}"
+        cid = call_id or self.new_call_id(local[0])
         h.set("Call-ID", cid)
         h.set("CSeq", "1 INVITE")
         t = "" if transport == "UDP" else f";transport={transport.lower()}"
@@ -994,7 +997,7 @@ class UserAgent:
         h.set("Max-Forwards", "70")
         h.set("From", f"<sip:ping@{_host_port(local)}>;tag={new_tag()}")
         h.set("To", f"<{uri}>")
-        h.set("Call-ID", f"{secrets.token_hex(12)}@{local[0]}")
+        h.set("Call-ID", self.new_call_id(local[0]))
         h.set("CSeq", "1 OPTIONS")
         h.set("Accept", SDP)
         for name, value in self._agent("User-Agent", dest):
@@ -1244,3 +1247,7 @@ def _reparse(req: Request) -> Request:
     msg = parse_message(req.to_bytes())
     assert isinstance(msg, Request)
     return msg
+
+
+def _random_call_id(host: str) -> str:
+    return f"{secrets.token_hex(12)}@{host}"

@@ -82,6 +82,8 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"gc": "sometimes"}, "gc", "must be realtime or python"),
     ({"stall_report_ms": -1}, "stall_report_ms", "must not be negative"),
     ({"drain_grace": -1}, "drain_grace", "must not be negative"),
+    ({"workers": 255}, "workers", "must be 0 (one per core) to 254"),
+    ({"workers": -1}, "workers", "must be 0 (one per core) to 254"),
     ({"rtp_port_min": 80}, "rtp_port_min", "1024 <= rtp_port_min"),
     ({"rtp_port_max": 70000}, "rtp_port_min", "rtp_port_max <= 65535"),
     ({"rtp_timeout": -1}, "rtp_timeout", "must not be negative"),
@@ -362,6 +364,10 @@ ELSEWHERE: dict[str, str] = {
     ),
     "dial_policy": (
         "tests/security/test_toll_fraud.py::test_toll_fraud_destinations_refused_unless_allowed"
+    ),
+    "workers": (
+        "tests/integration/test_workers.py::"
+        "test_one_source_address_udp_and_tcp_spread_over_both_workers"
     ),
 }
 

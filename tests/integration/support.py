@@ -270,10 +270,12 @@ def sip_call(
     hold: float = 0.0,
     timeout: float = 15.0,
     source: str = "127.0.0.1",
+    call_id: str | None = None,
 ) -> Response:
     """Place one call from a raw UDP socket bound to ``source``; returns the final
-    response (ACKed, BYE'd)."""
-    call_id = secrets.token_hex(8)
+    response (ACKed, BYE'd). ``call_id``: the whole Call-ID (default: a random one)."""
+    full_id = call_id or f"{secrets.token_hex(8)}@test"
+    call_id = full_id.partition("@")[0]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((source, 0))
         lp = s.getsockname()[1]
@@ -281,7 +283,7 @@ def sip_call(
         branch = f"z9hG4bK{secrets.token_hex(6)}"
         common = (
             f"From: <sip:caller@{source}:{lp}>;tag=ft{call_id}\r\n"
-            f"Call-ID: {call_id}@test\r\nMax-Forwards: {max_forwards}\r\n"
+            f"Call-ID: {full_id}\r\nMax-Forwards: {max_forwards}\r\n"
         )
         ruri = f"sip:{number}@127.0.0.1:{port}"
         invite = (

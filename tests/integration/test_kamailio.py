@@ -47,9 +47,17 @@ INVITES = 'callengine_sip_requests_in_total{method="INVITE"}'
 
 
 def scrape(daemon: Daemon) -> dict[str, float]:
-    """The node's /metrics as ``{'name{labels}': value}``."""
+    """The node's /metrics as ``{'name{labels}': value}``; a multi-worker node's series
+    are summed over their ``worker`` label (the node seen as one)."""
     assert daemon.metrics_port is not None
-    return scrape_metrics(daemon.metrics_port)
+    out: dict[str, float] = {}
+    for key, value in scrape_metrics(daemon.metrics_port).items():
+        key = _WORKER.sub("", key).replace("{,", "{").replace(",}", "}").replace("{}", "")
+        out[key] = out.get(key, 0.0) + value
+    return out
+
+
+_WORKER = re.compile(r',?worker="\d+"')
 
 
 @dataclass
@@ -164,15 +172,25 @@ def start_balancer(tmp: Path, nodes: list[Daemon]) -> Balancer:
 
 
 @pytest.fixture
-def pool(tmp_path: Path) -> Iterator[tuple[list[Daemon], Balancer]]:
-    """Two nodes (metrics on) behind Kamailio; everything stopped afterwards."""
+def pool(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[list[Daemon], Balancer]]:
+    """Two nodes (metrics on) behind Kamailio; everything stopped afterwards. A test
+    parametrized with ``workers`` runs nodes of that many worker processes."""
+    workers = str(getattr(request, "param", 1))
     nodes: list[Daemon] = []
     balancer: Balancer | None = None
     try:
         for name in ("a", "b"):
             node_tmp = tmp_path / name
             node_tmp.mkdir()
-            nodes.append(start_daemon(node_tmp, data_dir=node_tmp / "data", metrics=True))
+            nodes.append(
+                start_daemon(
+                    node_tmp,
+                    "--workers",
+                    workers,
+                    data_dir=node_tmp / "data",
+                    metrics=True,
+                )
+            )
         balancer = start_balancer(tmp_path, nodes)
         yield nodes, balancer
     finally:
@@ -235,6 +253,7 @@ def wait_idle(node: Daemon, answered: float, timeout: float = 10.0) -> dict[str,
     return m
 
 
+@pytest.mark.parametrize("pool", [1, 2], indirect=True, ids=["1-worker", "2-workers"])
 def test_calls_spread_over_both_nodes(pool: tuple[list[Daemon], Balancer], tmp_path: Path) -> None:
     """400 calls at 100 CPS through the balancer: SIPp counts 400 successful and 0
     failed calls; the nodes' answered-calls counters add up to exactly 400 and each

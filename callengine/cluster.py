@@ -1,0 +1,949 @@
+"""One node on every core: ``callengine serve --workers N``.
+
+Theory of operation
+-------------------
+A multi-worker node is one **front** process and N **worker** processes.
+
+The front owns what must exist once per node:
+
+- the SIP addresses: every listening socket and every TCP/TLS/WS/WSS connection. It
+  reads each message only far enough to choose its worker (:mod:`callengine.dispatch`:
+  the Call-ID, or a REGISTER's address-of-record) and hands it over a Unix datagram
+  socketpair, so every message of a call reaches the worker that holds it even when
+  all calls come from one address (a carrier gateway, a Kamailio, a SIPp). The
+  per-source flood limit (``source_rate``) is applied here, once for the node;
+- the LevelDB directory (one process may open it): the configuration cache with its
+  master follower and ``tenant_files``, the registrations, and the call-log outbox
+  with its History DB shipper. Workers get a replica of the tenant configuration and
+  of the registrations, pushed on every change, and send their call-log records to
+  the front, which group-commits them (fsynced) before it acknowledges: an answered
+  call's "open" record is on disk before its 200 OK leaves the worker, as in a
+  single process;
+- the B-channel table (:class:`pri.channels.SharedChannels`, a shared memory map):
+  a T1 with 23 channels carries 23 calls across all workers;
+- /metrics for the node: each worker pushes its samples every second; the front
+  serves them with a ``worker`` label beside its own.
+
+A worker is a whole :class:`~callengine.node.Node` (transactions, dialogs, calls,
+IVR, media) without sockets of its own for SIP: it reads what the front hands it and
+sends UDP directly through its copy of the listening socket (same address and port),
+streams through the front (:mod:`callengine.transport.relay`). Each worker has its own
+slice of the RTP port range, media clock and event loop: a call's media stays with the
+worker that holds its signalling.
+
+Isolation. When a worker dies (``kill -9``, a crash), the front at once:
+closes the call logs it had open as ``interrupted`` (after the records it had already
+handed over are on disk), gives back its B-channels, sends new calls that would have
+hashed to it to the live workers (and keeps sending those calls there until they
+end), and starts it again. Calls on the other workers are not touched. SIGTERM to the
+front drains every worker (new calls 503, active calls get ``drain_grace``).
+
+Node-wide limits. ``max_calls`` and ``max_cps`` are divided among the workers
+(each takes its share of the node's calls, since Call-IDs hash evenly), which bounds
+the node's total; ``source_rate``/``source_burst`` apply once, in the front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import EngineConfig
+from .dispatch import (
+    CONTROL,
+    FrameReader,
+    call_id_for,
+    call_id_of,
+    choose_worker,
+    frame,
+    pack_control,
+    pack_inbound,
+    register_aor_of,
+    unpack_control,
+    unpack_outbound,
+)
+from .sip.registrar import Binding as RegBinding
+from .transport import ListenSpec
+
+log = logging.getLogger("callengine.cluster")
+
+__all__ = ["ClusterFront", "WorkerLink", "rtp_slice", "worker_main"]
+
+WORKER_ENV = "CALLENGINE_WORKER"
+_SOCKBUF = 4 * 1024 * 1024
+_REDIRECTS = 200_000
+"""Calls the front remembers having sent away from a dead worker (LRU)."""
+_METRICS_EVERY = 1.0
+
+
+def rtp_slice(lo: int, hi: int, index: int, workers: int) -> tuple[int, int]:
+    """Worker ``index``'s part of the RTP port range [lo, hi] (even-aligned pairs)."""
+    pairs = (hi - lo + 1) // 2
+    per = max(pairs // workers, 1)
+    start = lo + 2 * per * index
+    end = start + 2 * per - 1 if index < workers - 1 else hi
+    return start, min(end, hi)
+
+
+def worker_config(cfg: EngineConfig, index: int, workers: int) -> EngineConfig:
+    """What a worker runs with: its RTP ports and share of the node's limits; no
+    metrics or admin endpoint of its own, no per-source limiter (the front's)."""
+    lo, hi = rtp_slice(cfg.rtp_port_min, cfg.rtp_port_max, index, workers)
+    return dataclasses.replace(
+        cfg,
+        rtp_port_min=lo,
+        rtp_port_max=hi,
+        metrics=None,
+        admin=None,
+        source_rate=0.0,
+        max_calls=max(1, math.ceil(cfg.max_calls / workers)) if cfg.max_calls else 0,
+        max_cps=cfg.max_cps / workers if cfg.max_cps else 0.0,
+        tenant_files=[],
+        workers=1,
+    )
+
+
+# =========================================================================== worker
+class ReplicaConfig:
+    """A worker's copy of the tenant configuration (the front owns the LevelDB cache);
+    the read side of :class:`config_cache.store.ConfigCache`."""
+
+    def __init__(self) -> None:
+        from config_cache.snapshot import Snapshot
+
+        self.serving_demo = False
+        self._snapshot = Snapshot.build([])
+
+    @property
+    def snapshot(self) -> Any:
+        return self._snapshot
+
+    def lookup(self, number: str) -> Any:
+        return self._snapshot.lookup(number)
+
+    def tenant(self, tenant_id: str) -> Any:
+        return self._snapshot.tenants.get(tenant_id)
+
+    def replace(self, state: tuple[list[dict[str, Any]], str | None, bool, int]) -> None:
+        """Install the front's configuration (tenant documents, default tenant,
+        serving-demo flag, version); validation compiles the IVR flows here."""
+        from config_cache.schema import validate_tenant
+        from config_cache.snapshot import Snapshot
+
+        docs, default, demo, version = state
+        tenants = [validate_tenant(doc, file="<front>") for doc in docs]
+        self._snapshot = Snapshot.build(tenants, default_tenant=default, version=version)
+        self.serving_demo = demo
+
+
+class ReplicaBindings:
+    """A worker's copy of the node's registrations, the registrars' binding store.
+
+    A change made here (a REGISTER, a WebSocket flow that closed) goes to the front,
+    which stores it and pushes it to the other workers. Dropping expired bindings on
+    read is not sent: every worker drops them itself, and sending it could race with a
+    REGISTER on the AOR's home worker."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._table: dict[str, list[RegBinding]] = {}
+
+    def load(self, table: dict[str, list[dict[str, Any]]]) -> None:
+        for aor, records in table.items():
+            self.apply(aor, records)
+
+    def apply(self, aor: str, records: list[dict[str, Any]]) -> None:
+        bindings = []
+        for record in records:
+            try:
+                bindings.append(RegBinding.from_dict(record))
+            except (KeyError, TypeError, ValueError):
+                log.error("bad binding for %s from the front ignored", aor)
+        if bindings:
+            self._table[aor] = bindings
+        else:
+            self._table.pop(aor, None)
+
+    def get(self, aor: str) -> list[RegBinding]:
+        return list(self._table.get(aor, ()))
+
+    def put(self, aor: str, bindings: list[RegBinding]) -> None:
+        old = self._table.get(aor, [])
+        if bindings:
+            self._table[aor] = list(bindings)
+        else:
+            self._table.pop(aor, None)
+        now = time.time()
+        purge = all(b in old for b in bindings) and all(
+            b.expires_at <= now for b in old if b not in bindings
+        )
+        if not purge:
+            self._send(("bind", aor, [b.to_dict() for b in bindings]))
+
+
+class RemoteCallLogWriter:
+    """A worker's call-log writer: records go to the front, which writes them to the
+    outbox (fsynced) and acknowledges; the future resolves then."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._seq = 0
+        self._pending: dict[int, asyncio.Future[None]] = {}
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def submit(self, state: str, rec: Any) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._seq += 1
+        self._pending[self._seq] = fut
+        self._send(("log", self._seq, state, rec))
+        return fut
+
+    def acked(self, seq: int, error: str | None) -> None:
+        fut = self._pending.pop(seq, None)
+        if fut is None or fut.done():
+            return
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(OSError(f"call-log write failed in the front: {error}"))
+
+    def fail_all(self, reason: str) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(OSError(reason))
+        self._pending.clear()
+
+
+class _ReplicaStore:
+    def __init__(self, config: ReplicaConfig) -> None:
+        self.config = config
+
+    def close(self) -> None:
+        return None
+
+
+class WorkerLink:
+    """A worker's side of the front: the control channel and the replicas."""
+
+    def __init__(self, ctl: socket.socket, index: int, init: dict[str, Any]) -> None:
+        self.index = index
+        self.workers: int = init["workers"]
+        self._ctl = ctl
+        self._writer: asyncio.StreamWriter | None = None
+        self.config = ReplicaConfig()
+        self.config.replace(init["config"])
+        self.store = _ReplicaStore(self.config)
+        self.bindings = ReplicaBindings(self._send_ordered)
+        self.bindings.load(init["bindings"])
+        self.writer = RemoteCallLogWriter(self.send)
+        self.channels_path: str = init["channels"]
+        self.node: Any = None
+        self.relay: Any = None
+        self.lost = asyncio.Event()
+
+    def send(self, message: Any) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(frame(message))
+
+    def _send_ordered(self, message: Any) -> None:
+        """Over the data channel: a binding reaches the front before the REGISTER's
+        200 leaves this worker (see :mod:`callengine.dispatch`, ``CONTROL``)."""
+        if self.relay is not None:
+            self.relay.send_control(message)
+
+    def on_control(self, message: tuple[Any, ...]) -> None:
+        """An ordered control message from the front (a registration elsewhere)."""
+        if message[0] == "bind":
+            self.bindings.apply(message[1], message[2])
+
+    def share_channels(self, plan: Any) -> None:
+        from pri.channels import SharedChannels, channel_layout
+
+        bases, size = channel_layout({n: t.capacity for n, t in plan.trunks.items()})
+        if not size:
+            return
+        table = SharedChannels(self.channels_path, size, owner=self.index + 1, create=False)
+        for name, trunk in plan.trunks.items():
+            trunk.share(table, bases[name])
+
+    async def run(self) -> None:
+        """Read the front's messages until the channel closes."""
+        reader, self._writer = await asyncio.open_connection(sock=self._ctl)
+        frames = FrameReader()
+        self.send(("ready", self.index, os.getpid()))
+        metrics = asyncio.ensure_future(self._push_metrics())
+        try:
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                for message in frames.feed(data):
+                    await self._handle(message)
+        finally:
+            metrics.cancel()
+            self.writer.fail_all("the front is gone")
+            self.lost.set()
+
+    async def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ack":
+            self.writer.acked(message[1], message[2])
+        elif kind == "config":
+            state = message[1]
+            replica = ReplicaConfig()
+            await asyncio.to_thread(replica.replace, state)
+            self.config._snapshot, self.config.serving_demo = (
+                replica._snapshot,
+                replica.serving_demo,
+            )
+        elif kind == "sync":
+            self.send(("synced", os.getpid()))
+        elif kind == "flow_closed" and self.relay is not None:
+            self.relay.flow_closed(message[1], message[2])
+        elif kind == "send_error" and self.relay is not None:
+            self.relay.send_failed(message[1], message[2])
+
+    async def _push_metrics(self) -> None:
+        from prometheus_client import generate_latest
+
+        while True:
+            await asyncio.sleep(_METRICS_EVERY)
+            node = self.node
+            if node is not None:
+                try:
+                    self.send(("metrics", generate_latest(node.registry)))
+                except Exception:  # a collector failing must not end the worker
+                    log.exception("worker metrics")
+
+
+def worker_main() -> int:
+    """Entry point of a worker process (started by the front; see ``WORKER_ENV``)."""
+    from .cli import _event_loop_run
+    from .logs import setup_logging
+
+    index_s, ctl_fd, data_fd, udp_fds = os.environ[WORKER_ENV].split(":")
+    ctl = socket.socket(fileno=int(ctl_fd))
+    data = socket.socket(fileno=int(data_fd))
+    udp = [socket.socket(fileno=int(fd)) for fd in udp_fds.split(",") if fd]
+    # the first message is the worker's configuration; read it before the loop runs
+    frames = FrameReader()
+    init: dict[str, Any] | None = None
+    while init is None:
+        chunk = ctl.recv(1 << 20)
+        if not chunk:
+            return 1
+        got = frames.feed(chunk)
+        if got:
+            init = got[0]
+    cfg: EngineConfig = init["cfg"]
+    writer = setup_logging(cfg.log_format, cfg.log_level)
+    try:
+        return int(_event_loop_run(_run_worker(int(index_s), cfg, init, ctl, data, udp)))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        writer.stop()
+
+
+async def _run_worker(
+    index: int,
+    cfg: EngineConfig,
+    init: dict[str, Any],
+    ctl: socket.socket,
+    data: socket.socket,
+    udp: list[socket.socket],
+) -> int:
+    from .metrics import EngineCollector
+    from .node import Node
+    from .transport.relay import RelayTransports
+
+    loop = asyncio.get_running_loop()
+    link = WorkerLink(ctl, index, init)
+    node = Node(cfg)
+    node.link = link
+    link.node = node
+    relay = RelayTransports(
+        data=data,
+        udp=udp,
+        bound=[ListenSpec(*spec) for spec in init["bound"]],
+        on_front_lost=link.lost.set,
+    )
+    link.relay = relay
+    relay.on_control = link.on_control
+    node.engine.relay = relay
+    node.engine.new_call_id = functools.partial(call_id_for, index, link.workers)
+    await node.start()
+    node.registry.register(EngineCollector(node.engine))
+    admin = None
+    if init.get("admin_socket"):
+        from .admin import AdminServer
+
+        admin = AdminServer(node, "127.0.0.1", 0, unix=init["admin_socket"])
+        await admin.start()
+    relay.start()
+    runner = asyncio.ensure_future(link.run())
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the front decides
+    stopping = asyncio.ensure_future(stop.wait())
+    lost = asyncio.ensure_future(link.lost.wait())
+    await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+    if link.lost.is_set() and not stop.is_set():
+        # the front died (kill -9 of the node): nothing can be logged or sent any
+        # more; the next start closes the open call logs as interrupted
+        log.error("worker %d: the front is gone; exiting", index)
+        os._exit(1)
+    log.info("worker %d draining %d calls", index, len(node.engine.calls))
+    if admin is not None:
+        admin.stopping = True
+    await node.stop()
+    if admin is not None:
+        await admin.stop()
+    runner.cancel()
+    lost.cancel()
+    return 0
+
+
+# ============================================================================ front
+class _Worker:
+    """The front's handle on one worker process."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.data: socket.socket | None = None
+        self.ctl: asyncio.StreamWriter | None = None
+        self.live = False
+        self.started_at = 0.0
+        self.restarts = 0
+        self.dispatched = 0
+        self.dropped = 0
+        self.metrics = b""
+        self.open_calls: set[str] = set()
+        self.pending: set[asyncio.Future[None]] = set()
+        self.reader_task: asyncio.Task[None] | None = None
+
+    def send(self, message: Any) -> None:
+        if self.ctl is not None and not self.ctl.is_closing():
+            self.ctl.write(frame(message))
+
+
+class ClusterFront:
+    """The front process of a multi-worker node (see the module docstring)."""
+
+    def __init__(self, cfg: EngineConfig, workers: int) -> None:
+        from .node import Node
+
+        if not 2 <= workers <= 254:
+            raise ValueError("workers must be 2..254")
+        self.cfg = cfg
+        self.n = workers
+        self.node = Node(cfg)  # its state only: the engine is never started here
+        self.node.registry.unregister(self.node.auth_collector)  # the workers' registrars
+        self.workers = [_Worker(i) for i in range(workers)]
+        self.transports: Any = None
+        self.limiter: Any = None
+        self.channels: Any = None
+        self.stopping = False
+        self.redirects: OrderedDict[bytes, int] = OrderedDict()
+        self.unparsed = 0
+        self.limited = 0
+        self._config_version = -1
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._udp_fds: list[int] = []
+        self._run_dir: str | None = None
+
+    # ------------------------------------------------------------------- start
+    async def start(self) -> None:
+        from pri import load_trunks
+        from pri.channels import SharedChannels, channel_layout
+
+        from .engine import listen_all, make_transports
+        from .limits import SourceLimiter, networks_matcher
+        from .node import _trunk_networks
+
+        cfg = self.cfg
+        await self.node.open_state()
+        plan = load_trunks(
+            {
+                "trunks": cfg.trunks,
+                "trunk_groups": cfg.trunk_groups,
+                "outbound_routes": cfg.outbound_routes,
+                "trusted_sources": cfg.trusted_sources,
+                "dial_policy": cfg.dial_policy,
+            },
+            source=cfg.source,
+        )
+        _, size = channel_layout({n: t.capacity for n, t in plan.trunks.items()})
+        self.channels = SharedChannels(self._channels_path(), size, owner=0, create=True)
+        exempt = networks_matcher(
+            [*cfg.source_exempt, *cfg.trusted_sources, *_trunk_networks(plan)]
+        )
+        if cfg.source_rate > 0:
+            self.limiter = SourceLimiter(
+                rate=cfg.source_rate,
+                burst=max(cfg.source_burst, 1.0),
+                ban=cfg.source_ban,
+                exempt=exempt,
+            )
+        self.transports = make_transports(cfg, self._dispatch, exempt)
+        self.transports.on_flow_closed = self._flow_closed
+        self.transports.on_send_error = self._send_error
+        await listen_all(self.transports, cfg)
+        for proto in self.transports.udp:
+            sock = proto.transport.get_extra_info("socket")
+            self._udp_fds.append(sock.fileno())
+        self._config_version = self.node._local().config.snapshot.version
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        self._tasks.append(asyncio.ensure_future(self._watch_config()))
+        log.info(
+            "front listening on %s with %d workers",
+            ", ".join(f"{s.transport} {s.host}:{s.port}" for s in self.transports.bound),
+            self.n,
+        )
+
+    def admin_socket(self, w: _Worker) -> str:
+        """The worker's control API: a Unix socket in the front's private (0700)
+        run directory (short: a socket path has at most 107 bytes)."""
+        if self._run_dir is None:
+            self._run_dir = tempfile.mkdtemp(prefix="callengine-")
+        return os.path.join(self._run_dir, f"worker-{w.index}.sock")
+
+    def worker_admin_sockets(self) -> list[str]:
+        return [self.admin_socket(w) for w in self.workers if w.live]
+
+    def _channels_path(self) -> str:
+        return str(Path(self.cfg.data_dir) / "channels.map")
+
+    def _config_state(self) -> tuple[list[dict[str, Any]], str | None, bool, int]:
+        cache = self.node._local().config
+        snap = cache.snapshot
+        return (
+            [t.to_doc() for t in snap.tenants.values()],
+            snap.default_tenant,
+            cache.serving_demo,
+            snap.version,
+        )
+
+    def _bindings_dump(self) -> dict[str, list[dict[str, Any]]]:
+        return self.node._local().bindings.all_aors()
+
+    async def _spawn(self, w: _Worker) -> None:
+        front_data, worker_data = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for sock in (front_data, worker_data):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKBUF)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKBUF)
+        front_ctl, worker_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = (worker_ctl.fileno(), worker_data.fileno(), *self._udp_fds)
+        env = dict(os.environ)
+        udp_fds = ",".join(map(str, self._udp_fds))
+        env[WORKER_ENV] = f"{w.index}:{worker_ctl.fileno()}:{worker_data.fileno()}:{udp_fds}"
+        w.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import sys; from callengine.cluster import worker_main; sys.exit(worker_main())",
+            pass_fds=fds,
+            env=env,
+        )
+        worker_ctl.close()
+        worker_data.close()
+        w.started_at = time.monotonic()
+        front_data.setblocking(False)
+        w.data = front_data
+        loop = asyncio.get_running_loop()
+        loop.add_reader(front_data.fileno(), self._on_worker_data, w)
+        reader, w.ctl = await asyncio.open_connection(sock=front_ctl)
+        w.send(
+            {
+                "cfg": worker_config(self.cfg, w.index, self.n),
+                "workers": self.n,
+                "config": self._config_state(),
+                "bindings": self._bindings_dump(),
+                "bound": [(s.host, s.port, s.transport) for s in self.transports.bound],
+                "channels": self._channels_path(),
+                "admin_socket": self.admin_socket(w) if self.cfg.admin else None,
+            }
+        )
+        w.reader_task = asyncio.ensure_future(self._read_worker(w, reader))
+
+    # ---------------------------------------------------------------- dispatch
+    def _choose(self, data: bytes) -> _Worker | None:
+        workers = self.workers
+        index = choose_worker(data, self.n)
+        w = workers[index]
+        if w.live and not self.redirects:
+            return w
+        key = _dispatch_key(data)
+        if key is not None and key in self.redirects:
+            self.redirects.move_to_end(key)
+            moved = workers[self.redirects[key]]
+            if moved.live:
+                return moved
+        if w.live:
+            return w
+        live = [x for x in workers if x.live]
+        if not live:
+            return None
+        crc = zlib.crc32(key) if key is not None else 0
+        moved = live[crc % len(live)]
+        if key is not None:
+            # this call stays on the worker that took it, also after its home returns
+            self.redirects[key] = moved.index
+            if len(self.redirects) > _REDIRECTS:
+                self.redirects.popitem(last=False)
+        return moved
+
+    def _dispatch(
+        self, data: bytes, source: tuple[str, int], transport: str, local: tuple[str, int]
+    ) -> None:
+        limiter = self.limiter
+        if limiter is not None and not limiter.allow(source[0], time.monotonic()):
+            self.limited += 1
+            return
+        if data.startswith(b"INVITE "):
+            # a registration a worker just made must reach the others before a call
+            # that may be for it: read what the workers sent before handing this on
+            for x in self.workers:
+                if x.data is not None:
+                    self._on_worker_data(x)
+        w = self._choose(data)
+        if w is None or w.data is None:
+            self.unparsed += 1
+            return
+        try:
+            w.data.send(pack_inbound(data, source, transport, local))
+            w.dispatched += 1
+        except OSError:  # the worker is behind by its whole socket buffer, or gone
+            w.dropped += 1
+
+    def _on_worker_data(self, w: _Worker) -> None:
+        """Stream messages a worker sends (TCP, TLS, WS, WSS): out through the front."""
+        sock = w.data
+        if sock is None:
+            return
+        for _ in range(256):
+            try:
+                msg = sock.recv(1 << 17)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg = b""
+            if not msg:
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+                return
+            if msg[:1] == CONTROL:
+                self._on_ordered(w, unpack_control(msg))
+                continue
+            try:
+                data, dest, transport = unpack_outbound(msg)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            self.transports.send(data, dest, transport)
+
+    def _on_ordered(self, w: _Worker, message: tuple[Any, ...]) -> None:
+        """A control message a worker sent on its data channel: a registration changed
+        there. Stored, then handed to the other workers ahead of what comes next."""
+        if message[0] != "bind":
+            return
+        _, aor, records = message
+        self.node._local().bindings.put_aor(aor, records)
+        packed = pack_control(message)
+        for other in self.workers:
+            if other is not w and other.data is not None:
+                try:
+                    other.data.send(packed)
+                except OSError:
+                    other.dropped += 1
+
+    def _flow_closed(self, peer: tuple[str, int], transport: str) -> None:
+        for w in self.workers:
+            w.send(("flow_closed", peer, transport))
+
+    def _send_error(self, dest: tuple[str, int], transport: str) -> None:
+        for w in self.workers:
+            w.send(("send_error", dest, transport))
+
+    # ---------------------------------------------------------- control channel
+    async def _read_worker(self, w: _Worker, reader: asyncio.StreamReader) -> None:
+        frames = FrameReader()
+        try:
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                for message in frames.feed(data):
+                    self._on_control(w, message)
+        except (ConnectionError, OSError):
+            pass
+        await self._worker_gone(w)
+
+    def _on_control(self, w: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "log":
+            _, seq, state, rec = message
+            writer = self.node.writer
+            assert writer is not None
+            if state == "open":
+                w.open_calls.add(rec.call_id)
+            fut = writer.submit(state, rec)
+            w.pending.add(fut)
+            fut.add_done_callback(functools.partial(self._logged, w, seq, rec.call_id, state))
+        elif kind == "metrics":
+            w.metrics = message[1]
+        elif kind == "ready":
+            # what changed since its start (registrations, configuration) is queued on
+            # the control channel ahead of this marker: the worker takes calls once it
+            # has applied all of it
+            w.send(("sync",))
+        elif kind == "synced":
+            w.live = True
+            log.info("worker %d ready (pid %d)", w.index, message[1])
+
+    def _logged(
+        self, w: _Worker, seq: int, call_id: str, state: str, fut: asyncio.Future[None]
+    ) -> None:
+        w.pending.discard(fut)
+        error = None if fut.cancelled() or fut.exception() is None else str(fut.exception())
+        if state == "final" and error is None:
+            w.open_calls.discard(call_id)
+        w.send(("ack", seq, error))
+
+    async def _worker_gone(self, w: _Worker) -> None:
+        """The worker's control channel closed: it exited or was killed."""
+        w.live = False
+        if w.data is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(w.data.fileno())
+            w.data.close()
+            w.data = None
+        if w.proc is not None:
+            code = await w.proc.wait()
+        else:
+            code = None
+        # what it handed over is written first, then its open calls are closed
+        if w.pending:
+            await asyncio.wait(list(w.pending), timeout=10)
+        store = self.node._local()
+        if w.open_calls:
+            closed = store.outbox.recover_interrupted(time.time(), only=w.open_calls)
+            w.open_calls.clear()
+            log.warning(
+                "worker %d ended (exit %s): %d call logs closed as interrupted",
+                w.index,
+                code,
+                len(closed),
+            )
+        freed = self.channels.reclaim(w.index + 1) if self.channels is not None else 0
+        if freed:
+            log.warning("worker %d ended: %d B-channels given back", w.index, freed)
+        if self.stopping:
+            return
+        w.restarts += 1
+        quick = time.monotonic() - w.started_at < 5.0
+        await asyncio.sleep(min(5.0, 0.2 * w.restarts) if quick else 0.2)
+        if not self.stopping:
+            log.error("worker %d exited (code %s): starting it again", w.index, code)
+            await self._spawn(w)
+
+    async def _watch_config(self) -> None:
+        """Push the tenant configuration to the workers whenever it changes (master
+        follower, ``ctl reload``)."""
+        while True:
+            await asyncio.sleep(0.5)
+            version = self.node._local().config.snapshot.version
+            if version != self._config_version:
+                self._config_version = version
+                state = self._config_state()
+                for w in self.workers:
+                    w.send(("config", state))
+
+    # ------------------------------------------------------------------- stop
+    async def stop(self) -> None:
+        """Drain: SIGTERM to every worker (each drains for ``drain_grace``), then
+        close the node's state."""
+        self.stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                w.proc.send_signal(signal.SIGTERM)
+        timeout = self.cfg.drain_grace + 15
+        readers = [w.reader_task for w in self.workers if w.reader_task is not None]
+        if readers:
+            await asyncio.wait(readers, timeout=timeout)
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                w.proc.kill()
+                await w.proc.wait()
+        if self.transports is not None:
+            await self.transports.close()
+        if self.channels is not None:
+            self.channels.close()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        await self.node.stop(0)
+
+    # ----------------------------------------------------------------- metrics
+    def collector(self) -> Any:
+        return _WorkerCollector(self)
+
+
+def _dispatch_key(data: bytes) -> bytes | None:
+    if data.startswith(b"REGISTER "):
+        aor = register_aor_of(data)
+        if aor is not None:
+            return aor
+    return call_id_of(data)
+
+
+class _WorkerCollector:
+    """/metrics of a multi-worker node: each worker's samples with a ``worker`` label,
+    and the front's own (workers up, restarts, messages dispatched and dropped)."""
+
+    def __init__(self, front: ClusterFront) -> None:
+        self.front = front
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+        from prometheus_client.parser import text_string_to_metric_families
+
+        front = self.front
+        up = GaugeMetricFamily("callengine_worker_up", "Worker process is up", labels=["worker"])
+        restarts = CounterMetricFamily(
+            "callengine_worker_restarts", "Worker processes started again", labels=["worker"]
+        )
+        dispatched = CounterMetricFamily(
+            "callengine_dispatch_messages",
+            "SIP messages the front handed to each worker",
+            labels=["worker"],
+        )
+        dropped = CounterMetricFamily(
+            "callengine_dispatch_dropped",
+            "SIP messages the front could not hand over (worker behind or gone)",
+            labels=["worker"],
+        )
+        merged: dict[str, Metric] = {}
+        for w in front.workers:
+            label = str(w.index)
+            up.add_metric([label], 1 if w.live else 0)
+            restarts.add_metric([label], w.restarts)
+            dispatched.add_metric([label], w.dispatched)
+            dropped.add_metric([label], w.dropped)
+            if not w.metrics or not w.live:
+                continue
+            for family in text_string_to_metric_families(w.metrics.decode()):
+                if family.name.startswith("callengine_cache") or family.name.startswith(
+                    "callengine_outbox"
+                ):
+                    continue  # the front's (it owns the cache and the outbox)
+                out = merged.get(family.name)
+                if out is None:
+                    out = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                for s in family.samples:
+                    out.add_sample(s.name, {**s.labels, "worker": label}, s.value, s.timestamp)
+        yield up
+        yield restarts
+        yield dispatched
+        yield dropped
+        yield from merged.values()
+
+
+async def run_front(cfg: EngineConfig, workers: int) -> int:
+    """``callengine serve --workers N`` (N >= 2): the front until SIGTERM/SIGINT."""
+    import errno
+
+    from prometheus_client import start_http_server
+
+    from config_cache import ConfigError
+    from pri import TrunkConfigError
+
+    from .transport import parse_listen
+
+    front = ClusterFront(cfg, workers)
+    try:
+        await front.start()
+    except (ConfigError, TrunkConfigError) as exc:
+        print(f"callengine: configuration error: {exc}", file=sys.stderr)
+        await front.stop()
+        return 2
+    except OSError as exc:
+        what = (
+            "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        )
+        print(f"callengine: cannot listen on {', '.join(cfg.listen)}: {what}", file=sys.stderr)
+        await front.stop()
+        return 1
+    if cfg.metrics:
+        host, port = parse_listen(cfg.metrics)
+        front.node.registry.register(front.collector())
+        try:
+            start_http_server(port, addr=host, registry=front.node.registry)
+        except OSError as exc:
+            print(
+                f"callengine: cannot open metrics on {cfg.metrics}: {exc.strerror}", file=sys.stderr
+            )
+            await front.stop()
+            return 1
+    admin = None
+    if cfg.admin:
+        from .admin import ClusterAdmin
+        from .cli import ADMIN_URL_FILE
+
+        host, port = parse_listen(cfg.admin)
+        admin = ClusterAdmin(
+            front.node,
+            host,
+            port,
+            token=cfg.admin_token,
+            worker_sockets=front.worker_admin_sockets,
+        )
+        try:
+            await admin.start()
+        except OSError as exc:
+            print(
+                f"callengine: cannot open the admin API on {cfg.admin}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            await front.stop()
+            return 1
+        local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+        (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("node %s ready (%d workers)", cfg.node_id, workers)
+    await stop.wait()
+    log.info("draining %d workers", workers)
+    if admin is not None:
+        admin.stopping = True
+    await front.stop()
+    if admin is not None:
+        await admin.stop()
+        (Path(cfg.data_dir) / ADMIN_URL_FILE).unlink(missing_ok=True)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,361 @@
+"""``callengine serve --workers 2``: one SIP address, two worker processes (issue 10).
+
+Every test runs the real node (front + workers) with real peers: SIPp callers and
+carrier gateways, a SIPp phone registered with digest auth, SecantusDB as the History
+DB. What is asserted is what the outside sees: SIPp's counts, the INVITEs a carrier
+received, responses to raw calls, /metrics with its ``worker`` label, History DB docs.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from integration.support import (
+    CALLENGINE,
+    ROOT,
+    SIPP,
+    Daemon,
+    calls,
+    free_port,
+    run_sipp,
+    scrape,
+    sip_call,
+    sipp_to,
+)
+from integration.test_pri_failover import Carrier
+from integration.test_reliability import Secantus, calls_in, count_and_distinct
+from integration.test_ring_user import register
+
+from callengine.dispatch import aor_worker, call_id_for, choose_worker
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = ROOT / "tests" / "fixtures" / "sipp"
+WORKER_PROC = "callengine.cluster import worker_main"
+
+
+def per_worker(port: int, metric: str) -> dict[str, float]:
+    """``metric`` summed per ``worker`` label (other labels summed over)."""
+    out: dict[str, float] = {}
+    for key, value in scrape(port).items():
+        m = re.match(re.escape(metric) + r"\{(.*)\}$", key)
+        if m is None:
+            continue
+        w = re.search(r'worker="(\d+)"', m.group(1))
+        if w is not None:
+            out[w.group(1)] = out.get(w.group(1), 0.0) + value
+    return out
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def worker_pids(daemon: Daemon) -> list[int]:
+    """The node's worker processes (children of the front), from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == daemon.proc.pid and WORKER_PROC.encode() in cmdline:
+            pids.append(int(stat.parent.name))
+    return sorted(pids)
+
+
+def test_one_source_address_udp_and_tcp_spread_over_both_workers(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    daemon = daemon_factory("--workers", "2", metrics=True)
+    assert daemon.metrics_port is not None
+    for transport in ("u1", "t1"):
+        # one SIPp, one address and port: every call comes from the same peer
+        result = run_sipp(
+            sipp_to(daemon, "-sn", "uac", "-t", transport, "-r", "200", "-m", "2000", "-d", "100"),
+            cwd=tmp_path,
+            timeout=90,
+        )
+        assert calls(result) == (2000, 0), (transport, result.stats)
+
+    def both_counted() -> bool:
+        answered = per_worker(daemon.metrics_port or 0, "callengine_calls_total")
+        return sum(answered.values()) >= 4000
+
+    wait_for("the workers' metrics", both_counted)
+    answered = per_worker(daemon.metrics_port, "callengine_calls_total")
+    assert set(answered) == {"0", "1"}
+    # Call-IDs hash evenly: each worker took a fair share of the 4,000 calls
+    assert min(answered.values()) > 1500, answered
+    dispatched = per_worker(daemon.metrics_port, "callengine_dispatch_messages_total")
+    assert min(dispatched.values()) > 4000, dispatched
+    assert per_worker(daemon.metrics_port, "callengine_worker_up") == {"0": 1.0, "1": 1.0}
+    assert daemon.stop() == 0
+
+
+def test_phone_registered_through_one_worker_is_rung_by_both(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    daemon = daemon_factory("--workers", "2", metrics=True)
+    phone_port = free_port(both=False)
+    ok = register(daemon.port, "100", "demo100", phone_port)
+    assert ok.startswith("SIP/2.0 200 OK"), ok
+    home = aor_worker("100@demo", 2)
+    workdir = tmp_path / "phone"
+    workdir.mkdir()
+    phone = subprocess.Popen(
+        [
+            SIPP,
+            "-sf",
+            str(FIXTURES / "pri_uas_answer.xml"),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(phone_port),
+            "-mp",
+            str(free_port(both=False)),
+            "-nostdin",
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        # 1001 rings the sales group (users 100 and 101; only 100 is registered). One
+        # call held by the registrar's own worker, one by the other worker.
+        for worker in (home, 1 - home):
+            call_id = call_id_for(worker, 2, "caller")
+            result = sip_call(daemon.port, "1001", hold=0.3, call_id=call_id)
+            assert result.status == 200, (worker, result)
+    finally:
+        phone.kill()
+        phone.wait()
+    port = daemon.metrics_port or 0
+
+    def both_took_a_call() -> bool:
+        taken = per_worker(port, "callengine_calls_total")
+        return set(taken) == {"0", "1"} and min(taken.values()) >= 1
+
+    wait_for("a call on each worker in /metrics", both_took_a_call)
+
+
+def t1_trunk(tmp: Path, carrier: int) -> Path:
+    path = tmp / "t1.yaml"
+    path.write_text(
+        f"""
+trunks:
+  carrier-a:
+    carrier: A
+    gateway: {{host: 127.0.0.1, port: {carrier}}}
+    dids: ["3225550100-3225550199"]
+    spans: [{{name: a-t1-1, type: T1}}]
+    health: {{probe_interval: 30}}
+trunk_groups:
+  pstn:
+    strategy: priority
+    trunks: [carrier-a]
+    setup_timeout: 3
+outbound_routes:
+  - {{prefix: "9", strip: 1, group: pstn}}
+trusted_sources: [127.0.0.1/32]
+source_max_calls: 0
+source_max_cps: 0
+"""
+    )
+    return path
+
+
+def test_a_t1_never_carries_a_24th_call_across_workers(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    carrier = Carrier("A", free_port(both=False), tmp_path / "carrier-a")
+    carrier.start("pri_uas_answer.xml")
+    try:
+        daemon = daemon_factory(
+            "--workers", "2", "--config", str(t1_trunk(tmp_path, carrier.port)), metrics=True
+        )
+        # 40 calls within a second, each held 6 s: 23 B-channels for all of them
+        result = run_sipp(
+            sipp_to(
+                daemon, "-sn", "uac", "-s", "915551230000", "-r", "40", "-m", "40", "-d", "6000"
+            ),
+            cwd=tmp_path,
+            timeout=60,
+        )
+        ok, failed = calls(result)
+    finally:
+        carrier.stop()
+    assert (ok, failed) == (23, 17), result.stats
+    assert carrier.invites() == 23
+    outbound = per_worker(daemon.metrics_port or 0, "callengine_calls_total")
+    assert set(outbound) == {"0", "1"}, outbound  # both workers seized channels
+
+
+def test_kill_9_of_a_worker_touches_only_its_calls(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    history = Secantus(tmp_path, "history")
+    history.start()
+    try:
+        daemon = daemon_factory(
+            "--workers", "2", "--history", history.url, "--drain-grace", "20", metrics=True
+        )
+        pids = worker_pids(daemon)
+        assert len(pids) == 2
+        # 120 calls of 5 s each at 40/s (3 s of arrivals); worker 0 is killed 1.5 s in
+        sipp = subprocess.Popen(
+            [
+                SIPP,
+                *sipp_to(daemon, "-sn", "uac", "-r", "40", "-m", "120", "-d", "5000"),
+                "-nostdin",
+                "-trace_stat",
+                "-stf",
+                str(tmp_path / "kill.csv"),
+                "-fd",
+                "60",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.5)
+        killed = worker_pids(daemon)[0]
+        subprocess.run(["kill", "-9", str(killed)], check=True)
+        t_kill = time.monotonic()
+        wait_for(
+            "the worker to come back",
+            lambda: len(worker_pids(daemon)) == 2 and killed not in worker_pids(daemon),
+        )
+        wait_for(
+            "both workers up in /metrics",
+            lambda: (
+                per_worker(daemon.metrics_port or 0, "callengine_worker_up") == {"0": 1.0, "1": 1.0}
+            ),
+        )
+        back = time.monotonic() - t_kill
+        sipp.wait(60)
+        lines = [ln for ln in (tmp_path / "kill.csv").read_text().splitlines() if ln.strip()]
+        header = lines[0].rstrip(";").split(";")
+        stats = dict(zip(header, lines[-1].rstrip(";").split(";"), strict=False))
+        ok, failed = int(stats["SuccessfulCall(C)"]), int(stats["FailedCall(C)"])
+        assert ok + failed == 120
+        assert 0 < failed < 120, stats
+        # every call that happened has exactly one log: the killed worker's calls are
+        # "interrupted", the rest completed; each is one document in the History DB
+        wait_for("120 call logs shipped", lambda: count_and_distinct(history) == (120, 120), 30)
+        assert daemon.stop() == 0
+        assert count_and_distinct(history) == (120, 120)
+        docs = list(calls_in(history).values())
+    finally:
+        history.stop()
+    interrupted = [d for d in docs if d.get("result") == "interrupted"]
+    completed = [d for d in docs if d.get("result") == "completed"]
+    assert len(completed) == ok, (len(completed), ok)
+    assert len(interrupted) == failed
+    assert back < 10, back
+    log = daemon.log()
+    assert f"worker 0 ended (exit -9): {failed} call logs closed as interrupted" in log or (
+        f"worker 1 ended (exit -9): {failed} call logs closed as interrupted" in log
+    ), log[-3000:]
+
+
+def test_sigterm_drains_every_worker(tmp_path: Path, daemon_factory: Callable[..., Daemon]) -> None:
+    daemon = daemon_factory("--workers", "2", "--drain-grace", "10")
+    sipp = subprocess.Popen(
+        [
+            SIPP,
+            *sipp_to(daemon, "-sn", "uac", "-r", "20", "-m", "20", "-d", "3000"),
+            "-nostdin",
+            "-trace_stat",
+            "-stf",
+            str(tmp_path / "drain.csv"),
+            "-fd",
+            "60",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.5)
+    daemon.proc.send_signal(signal.SIGTERM)
+    sipp.wait(60)
+    assert daemon.proc.wait(30) == 0
+    lines = [ln for ln in (tmp_path / "drain.csv").read_text().splitlines() if ln.strip()]
+    header = lines[0].rstrip(";").split(";")
+    stats = dict(zip(header, lines[-1].rstrip(";").split(";"), strict=False))
+    # the calls up when SIGTERM came run to their end; the later ones got 503
+    assert int(stats["SuccessfulCall(C)"]) >= 1, stats
+    assert int(stats["SuccessfulCall(C)"]) + int(stats["FailedCall(C)"]) == 20
+    assert "Traceback" not in daemon.log()
+
+
+def test_control_api_sees_the_calls_of_every_worker(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    from callengine.ctl import AdminClient, AdminError
+
+    admin = f"127.0.0.1:{free_port(socket.SOCK_STREAM, both=False)}"
+    daemon = daemon_factory("--workers", "2", "--admin", admin)
+    api = AdminClient(admin)
+
+    def both_ready() -> bool:
+        try:
+            return bool(api.request("GET", "/ready")["workers"] == 2)
+        except AdminError:  # 503 until a worker listens
+            return False
+
+    wait_for("the front's /ready", both_ready)
+    # 8 calls held 20 s by SIPp (Call-IDs spread over both workers)
+    sipp = subprocess.Popen(
+        [SIPP, *sipp_to(daemon, "-sn", "uac", "-r", "20", "-m", "8", "-d", "20000"), "-nostdin"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for("8 calls listed", lambda: api.request("GET", "/calls")["total"] == 8)
+        listed = api.request("GET", "/calls")["calls"]
+        ids = {c["id"] for c in listed}
+        homes = {
+            choose_worker(f"INVITE x SIP/2.0\r\nCall-ID: {i}\r\n\r\n".encode(), 2) for i in ids
+        }
+        assert homes == {0, 1}  # the list merges both workers' calls
+        one = sorted(ids)[0]
+        assert api.request("GET", f"/calls/{one}")["id"] == one
+        assert api.request("POST", f"/calls/{one}/hangup")["hungup"] == one
+        wait_for("7 calls left", lambda: api.request("GET", "/calls")["total"] == 7)
+        assert api.request("POST", "/drain")["draining"] is True
+        refused = sip_call(daemon.port, "1000")
+        assert refused.status == 503
+        api.request("POST", "/undrain")
+        assert api.request("GET", "/ready")["ready"] is True
+        # the front serves the call logs it writes for the workers
+        assert api.request("GET", f"/logs/{one}")["log"]["call_id"] == one
+        logs = subprocess.run(
+            [CALLENGINE, "logs", "--data-dir", str(daemon.data_dir), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert one in logs.stdout
+    finally:
+        sipp.kill()
+        sipp.wait()
