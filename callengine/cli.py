@@ -173,6 +173,12 @@ async def _run_node(cfg: object) -> int:
     assert isinstance(cfg, EngineConfig)
     from pri import TrunkConfigError
 
+    # the handlers first: a SIGTERM while the node starts (it may already answer SIP)
+    # drains it once started instead of killing it
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     node = None
     try:
         node = Node(cfg)
@@ -218,10 +224,6 @@ async def _run_node(cfg: object) -> int:
         local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
         (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("node %s ready", cfg.node_id)
     await stop.wait()
     log.info(

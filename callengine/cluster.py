@@ -882,6 +882,10 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
 
     from .transport import parse_listen
 
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # before start: see cli._run_node
     front = ClusterFront(cfg, workers)
     try:
         await front.start()
@@ -932,10 +936,6 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
         local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
         (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("node %s ready (%d workers)", cfg.node_id, workers)
     await stop.wait()
     log.info("draining %d workers", workers)
