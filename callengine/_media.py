@@ -142,6 +142,11 @@ class MediaManager:
             apply_answer(session, negotiated)
         return session
 
+    def preload_webrtc(self) -> None:
+        """Import aiortc's WebRTC stack now (~0.7 s), not in the first browser's call:
+        there, it stalled the event loop (and every call's media) for 750 ms."""
+        import media.webrtc  # noqa: F401
+
     def is_webrtc(self, body: bytes) -> bool:
         """A browser's offer (DTLS-SRTP, ICE), for :meth:`open_webrtc`; never on a
         signalling-only node. aiortc is loaded only when one comes."""

@@ -54,6 +54,9 @@ from .recorder import Recorder, RecordingResult
 __all__ = ["WEBRTC_CODECS", "WebRtcSession", "is_webrtc_sdp"]
 
 log = logging.getLogger("media.webrtc")
+# aioice logs every candidate pair's state change at INFO: a dozen lines per call that
+# say nothing a node operator acts on (this module logs connected / failed itself).
+logging.getLogger("aioice").setLevel(logging.WARNING)
 
 WEBRTC_CODECS = ("OPUS", "PCMU", "PCMA")
 """Engine codecs a WebRTC leg can carry (RFC 7874: Opus and G.711 are the browsers'
