@@ -46,7 +46,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from .codecs import Codec, CodecInfo, create_codec
+from .codecs import PCMU, Codec, CodecInfo, create_codec
 from .codecs._aiortc import FrameReader, pcm_frame
 from .dtmf import DtmfEvent
 from .recorder import Recorder, RecordingResult
@@ -150,7 +150,14 @@ class WebRtcSession:
         self._codecs = [c for c in codecs if c.name.upper() in WEBRTC_CODECS]
         if not self._codecs:
             raise ValueError(f"no WebRTC codec among {[c.name for c in codecs]}")
-        self.codec: CodecInfo = self._codecs[0]
+        # The engine side is G.711 (prompts are 8 kHz, so is the PSTN): an Opus leg is
+        # encoded once, by aiortc, instead of prompt -> Opus -> PCM -> Opus.
+        self._narrow = next((c for c in codecs if c.name.upper() in ("PCMU", "PCMA")), PCMU)
+        self.wire: CodecInfo = self._codecs[0]
+        """The codec on the wire to the browser (Opus, PCMU or PCMA)."""
+        self.codec: CodecInfo = self._engine_codec(self.wire)
+        """The codec of the payloads the engine plays, relays and records: ``wire`` when
+        it is G.711, else the engine's first G.711 codec."""
         self.label = label
         self.on_timeout = on_timeout
         #: Called with each received 20 ms payload in ``codec`` (a B2BUA's relay).
@@ -197,10 +204,12 @@ class WebRtcSession:
         the offer is unusable (no common codec, no audio, malformed)."""
         self = cls(codecs, on_timeout=on_timeout, label=label)
         try:
+            # the transceiver exists before the offer is applied, so that the answer
+            # takes our codecs in our order (aiortc would follow the offer's order)
+            self._transceiver()
             await self._pc.setRemoteDescription(
                 RTCSessionDescription(offer.decode("utf-8", "replace"), "offer")
             )
-            self._pc.addTrack(self._track)
             answer = await self._pc.createAnswer()
             assert answer is not None
             await self._pc.setLocalDescription(answer)
@@ -228,18 +237,23 @@ class WebRtcSession:
         caller's codec, so that a bridge needs no transcoding when the browser takes it)."""
         ordered = sorted(codecs, key=lambda c: prefer is None or c.name.upper() != prefer.upper())
         self = cls(ordered, on_timeout=on_timeout, label=label)
-        transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
-        capabilities = RTCRtpSender.getCapabilities("audio").codecs
-        preferred = [
-            cap
-            for codec in self._codecs
-            for cap in capabilities
-            if cap.mimeType.lower() == _MIME[codec.name.upper()].lower()
-        ]
-        transceiver.setCodecPreferences(preferred)
+        self._transceiver()
         description = await self._pc.createOffer()
         await self._pc.setLocalDescription(description)
         return self, self._pc.localDescription.sdp.encode()
+
+    def _transceiver(self) -> None:
+        """Our sendrecv audio transceiver, limited to our codecs in our order."""
+        transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
+        capabilities = RTCRtpSender.getCapabilities("audio").codecs
+        transceiver.setCodecPreferences(
+            [
+                cap
+                for codec in self._codecs
+                for cap in capabilities
+                if cap.mimeType.lower() == _MIME[codec.name.upper()].lower()
+            ]
+        )
 
     def accept_answer(self, body: bytes) -> bool:
         """Take the browser's answer to :meth:`offer` (synchronous: the codec is known at
@@ -262,7 +276,12 @@ class WebRtcSession:
         except Exception as exc:  # aiortc raises several types for a bad answer
             self._fail(f"answer refused: {exc}")
 
-    def _use(self, codec: CodecInfo) -> None:
+    def _engine_codec(self, wire: CodecInfo) -> CodecInfo:
+        return wire if wire.name.upper() in ("PCMU", "PCMA") else self._narrow
+
+    def _use(self, wire: CodecInfo) -> None:
+        self.wire = wire
+        codec = self._engine_codec(wire)
         if codec != self.codec:
             self.codec = codec
             self._tx = create_codec(codec)
@@ -273,7 +292,7 @@ class WebRtcSession:
         state = self._pc.connectionState
         if state == "connected" and self.connected_at is None:
             self.connected_at = self._loop.time()
-            log.info("WebRTC media of %s connected (%s)", self.label, self.codec.name)
+            log.info("WebRTC media of %s connected (%s)", self.label, self.wire.name)
         elif state in ("failed", "closed") and not self._closed:
             self._fail("ICE consent lost" if state == "failed" else "DTLS closed by the peer")
 
@@ -450,7 +469,8 @@ class WebRtcSession:
         """For the call log: the codec, frames each way, and how the leg ended."""
         return {
             "webrtc": True,
-            "codec": self.codec.name,
+            "codec": self.wire.name,
+            "engine_codec": self.codec.name,
             "frames_sent": self.frames_sent,
             "frames_received": self.frames_received,
             "connected": self.connected_at is not None,

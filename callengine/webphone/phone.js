@@ -20,6 +20,7 @@ const phone = (() => {
       state.registered ? "registered" : "not registered";
     $("incoming").textContent = state.incoming ? `Incoming call from ${state.incoming}` : "";
     $("answer").disabled = !(session && state.call === "ringing");
+    $("call").disabled = !ua || !!session;
     $("hangup").disabled = !session;
   }
 
@@ -70,24 +71,11 @@ const phone = (() => {
       $("status").textContent = `registration failed: ${e.cause}`;
     });
     ua.on("newRTCSession", (e) => {
-      if (e.originator !== "remote" || session) return;
-      session = e.session;
-      state.call = "ringing";
-      state.incoming = session.remote_identity.uri.user;
-      event("incoming", { from: state.incoming });
-      session.on("peerconnection", (p) => attach(p.peerconnection));
-      session.on("accepted", () => { state.call = "answered"; event("answered"); show(); });
-      session.on("confirmed", () => { state.call = "confirmed"; event("confirmed"); show(); });
-      const end = (kind) => (x) => {
-        event(kind, { cause: x.cause, originator: x.originator });
-        session = null;
-        state.call = null;
-        state.incoming = null;
-        show();
-      };
-      session.on("ended", end("ended"));
-      session.on("failed", end("failed"));
-      show();
+      if (session) {
+        if (e.originator === "remote") e.session.terminate({ status_code: 486 });
+        return;
+      }
+      follow(e.session, e.originator);
     });
     ua.start();
     show();
@@ -95,13 +83,47 @@ const phone = (() => {
 
   // opts.raw: no echo cancellation, noise suppression nor gain control on the
   // microphone (a headset, or a test comparing what was played with what was heard).
+  function follow(s, originator) {
+    session = s;
+    state.call = originator === "remote" ? "ringing" : "calling";
+    state.incoming = originator === "remote" ? s.remote_identity.uri.user : null;
+    event(originator === "remote" ? "incoming" : "outgoing", { peer: s.remote_identity.uri.user });
+    s.on("peerconnection", (p) => attach(p.peerconnection));
+    s.on("accepted", () => { state.call = "answered"; event("answered"); show(); });
+    s.on("confirmed", () => { state.call = "confirmed"; event("confirmed"); show(); });
+    const end = (kind) => (x) => {
+      event(kind, { cause: x.cause, originator: x.originator });
+      session = null;
+      state.call = null;
+      state.incoming = null;
+      show();
+    };
+    s.on("ended", end("ended"));
+    s.on("failed", end("failed"));
+    show();
+  }
+
+  function constraints(opts) {
+    const raw = opts && opts.raw;
+    return raw ?
+      { echoCancellation: false, noiseSuppression: false, autoGainControl: false } : true;
+  }
+
+  // Call a number of the tenant (its IVR, a user); opts.raw as for answer().
+  function call(target, opts) {
+    if (!ua || session) return false;
+    ua.call(target, {
+      mediaConstraints: { audio: constraints(opts), video: false },
+      pcConfig: { iceServers: [] },
+    });
+    if (session && session.connection) attach(session.connection);
+    return true;
+  }
+
   function answer(opts) {
     if (!session) return false;
-    const raw = opts && opts.raw;
-    const audio = raw ?
-      { echoCancellation: false, noiseSuppression: false, autoGainControl: false } : true;
     session.answer({
-      mediaConstraints: { audio, video: false },
+      mediaConstraints: { audio: constraints(opts), video: false },
       pcConfig: { iceServers: [] },
     });
     if (session.connection) attach(session.connection);
@@ -156,6 +178,7 @@ const phone = (() => {
     }
     $("register").onclick = () => register();
     $("answer").onclick = () => answer();
+    $("call").onclick = () => call($("target").value);
     $("hangup").onclick = () => hangup();
     fetch("config.json").then((r) => r.json()).then((c) => {
       if (!$("server").value && c.server) $("server").value = c.server;
@@ -164,6 +187,6 @@ const phone = (() => {
   }
 
   document.addEventListener("DOMContentLoaded", init);
-  return { state, register, answer, hangup, dtmf, recording, dropMedia };
+  return { state, register, call, answer, hangup, dtmf, recording, dropMedia };
 })();
 window.phone = phone;

@@ -180,7 +180,7 @@ def test_browser_answers_ivr_transfer_audio_both_ways_and_hangups(
             )
             assert median >= MIN_CORRELATION, (what, median, pieces)
             assert min(pieces) >= 0.5, (what, pieces)  # no second lost altogether
-        assert incoming["from"], incoming
+        assert incoming["peer"] == "softphone", incoming  # the caller's From user
 
         # 2. a call to the sales group (1001) hung up by the browser: BYE to pjsua2
         await browser.evaluate("phone.state.events = []")
