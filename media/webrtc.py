@@ -106,13 +106,14 @@ class _EngineTrack(MediaStreamTrack):
 
     def __init__(self, session: WebRtcSession) -> None:
         super().__init__()
-        self._session = session
+        self._session: WebRtcSession | None = session
         self._start: float | None = None
         self._count = 0
         self._pts = 0
 
     async def recv(self) -> Any:
-        if self.readyState != "live":
+        session = self._session
+        if self.readyState != "live" or session is None:
             raise MediaStreamError
         now = time.monotonic()
         if self._start is None:
@@ -124,8 +125,8 @@ class _EngineTrack(MediaStreamTrack):
                 await asyncio.sleep(wait)
             elif wait < -5 * _FRAME:  # the loop stalled: skip ahead, do not burst
                 self._start, self._count = now, 0
-        pcm = self._session._next_pcm()
-        frame = pcm_frame(pcm, self._session.codec.sample_rate, self._pts)
+        pcm = session._next_pcm()
+        frame = pcm_frame(pcm, session.codec.sample_rate, self._pts)
         self._pts += len(pcm)
         return frame
 
@@ -490,4 +491,8 @@ class WebRtcSession:
             if task is not None:
                 task.cancel()
         self._track.stop()
+        # session -> peer connection -> listeners/track -> session: cut, so that the
+        # call is freed by reference counting (DESIGN.md principle 4)
+        self._track._session = None
         await self._pc.close()
+        self._pc.remove_all_listeners()
