@@ -8,7 +8,9 @@ presses 1 (RFC 4733) for the sales ring group, which rings the browser: the engi
 INVITE carries aiortc's WebRTC offer (DTLS-SRTP, ICE, bundle, rtcp-mux); the page
 answers, and the engine bridges the WebRTC leg to pjsua2's RTP leg. What each side
 heard is compared with what the other played (the page records with WebAudio and
-hands back 8 kHz PCM). Then hang-ups from the browser and a closed tab end the call.
+hands back 8 kHz PCM). Then the browser's hang-up, its peer connection closed without
+a BYE (DTLS close: the node hangs up, cause 102, and logs why) and its tab closed (the
+WebSocket goes: cause 41) each end the call.
 """
 
 from __future__ import annotations
