@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_PKGS := sip-tester tshark espeak-ng sox kamailio systemd
+APT_PKGS := sip-tester tshark espeak-ng sox kamailio systemd chromium chromium-driver
 STAMP   := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
@@ -10,12 +10,14 @@ NPM_STAMP := node_modules/.installed
 
 install: $(STAMP) $(NPM_STAMP)
 
-# Azurite (the Azure Storage emulator the media-storage tests start), pinned in
+# Azurite (the Azure Storage emulator the media-storage tests start) and JsSIP (the web
+# phone, bundled by esbuild into callengine/webphone/jssip.min.js), pinned in
 # package.json / package-lock.json. Node.js: the machine's, else Debian's.
 $(NPM_STAMP): package.json package-lock.json
 	command -v npm >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 	npm ci --no-audit --no-fund --loglevel=error
+	npm run --silent build
 	touch $(NPM_STAMP)
 
 $(STAMP): setup.py constraints.txt requirements-dev.txt
@@ -29,8 +31,9 @@ $(STAMP): setup.py constraints.txt requirements-dev.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[softphone]' -r requirements-dev.txt
 	touch $(STAMP)
 
+# The web phone (docs/webrtc.md): http://127.0.0.1:8088, SIP over ws://127.0.0.1:5066.
 demo: install
-	$(BIN)/callengine serve --listen 127.0.0.1:5060
+	$(BIN)/callengine serve --listen 127.0.0.1:5060 --ws-port 5066 --webphone 127.0.0.1:8088
 
 lint: install
 	$(BIN)/ruff check .

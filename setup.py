@@ -14,7 +14,11 @@ package and tests/integration/test_daemon.py and test_media_sipp.py.
 from setuptools import find_packages, setup
 
 TYPED = ["callengine", "ivr", "media", "pri", "config_cache"]
-DATA = {"config_cache": ["demo/*.json", "schemas/*.json"], "media": ["prompts/*.wav"]}
+DATA = {
+    "config_cache": ["demo/*.json", "schemas/*.json"],
+    "media": ["prompts/*.wav"],
+    "callengine": ["webphone/*.html", "webphone/*.js"],  # jssip.min.js: npm run build
+}
 
 setup(
     name="callengine",

@@ -80,6 +80,8 @@ class MediaManager:
         if srtp not in ("tls", "any", "off"):
             raise ValueError(f"srtp must be tls, any or off, not {srtp!r}")
         self.srtp = srtp
+        self.webrtc_sessions = 0
+        """WebRTC legs opened since start (docs/webrtc.md)."""
 
     def srtp_accepted(self, transport: str) -> bool:
         """Whether an SDES (``a=crypto``) offer received over ``transport`` is taken:
@@ -139,6 +141,45 @@ class MediaManager:
         if negotiated is not None:
             apply_answer(session, negotiated)
         return session
+
+    def preload_webrtc(self) -> None:
+        """Import aiortc's WebRTC stack now (~0.7 s), not in the first browser's call:
+        there, it stalled the event loop (and every call's media) for 750 ms."""
+        import media.webrtc  # noqa: F401
+
+    def is_webrtc(self, body: bytes) -> bool:
+        """A browser's offer (DTLS-SRTP, ICE), for :meth:`open_webrtc`; never on a
+        signalling-only node. aiortc is loaded only when one comes."""
+        if not self.sockets or b"a=fingerprint:" not in body:
+            return False
+        from media.webrtc import is_webrtc_sdp
+
+        return is_webrtc_sdp(body)
+
+    async def open_webrtc(
+        self,
+        offer: bytes | None,
+        *,
+        prefer: str | None = None,
+        on_timeout: Callable[[], None] | None = None,
+        label: str = "",
+    ) -> tuple[Any, bytes]:
+        """A WebRTC media session (:class:`media.webrtc.WebRtcSession`) answering
+        ``offer``, or offering (``offer`` None, codec ``prefer`` first); returns it and
+        our SDP. ``ValueError`` for an offer it cannot take."""
+        from media.webrtc import WebRtcSession
+
+        if offer is None:
+            session, body = await WebRtcSession.offer(
+                self.codecs, prefer=prefer, on_timeout=on_timeout, label=label
+            )
+        else:
+            session, body = await WebRtcSession.answer(
+                offer, self.codecs, on_timeout=on_timeout, label=label
+            )
+        self.sessions += 1
+        self.webrtc_sessions += 1
+        return session, body
 
     def payloads(
         self, names: Sequence[str], codec: CodecInfo, tenant: str | None

@@ -1,7 +1,8 @@
 """The control API of a node: an admin HTTP server on the node's own event loop.
 
 ``callengine serve --admin HOST:PORT`` (default ``127.0.0.1:9091``) opens it; this is the
-only module that imports aiohttp. Endpoints (JSON; docs/admin.md):
+only module that imports aiohttp (it also holds :class:`WebPhoneServer`, the browser
+phone page of ``webphone: HOST:PORT``, docs/webrtc.md). Endpoints (JSON; docs/admin.md):
 
 =============================  ==========================================================
 ``GET /health``                liveness: the loop answers
@@ -37,6 +38,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -54,6 +56,7 @@ __all__ = [
     "AdminServer",
     "ClusterAdmin",
     "LogFeed",
+    "WebPhoneServer",
     "call_summary",
     "check_bind",
     "is_loopback",
@@ -471,6 +474,84 @@ class AdminServer:
                     }
                 )
         return web.json_response({"trunks": out})
+
+
+WEBPHONE_DIR = Path(__file__).parent / "webphone"
+"""index.html and phone.js (in the package), jssip.min.js (built by ``make install``
+from the npm package: ``npm run build``)."""
+
+
+class WebPhoneServer:
+    """The browser phone page (docs/webrtc.md): static files and ``config.json``, which
+    names the node's SIP-over-WebSocket address as the browser reaches it (WSS when the
+    node has it). Nothing here is secret: the user logs in to the SIP registrar."""
+
+    FILES = {
+        "/": ("index.html", "text/html"),
+        "/index.html": ("index.html", "text/html"),
+        "/phone.js": ("phone.js", "application/javascript"),
+        "/jssip.min.js": ("jssip.min.js", "application/javascript"),
+    }
+
+    def __init__(self, node: Node, host: str, port: int, *, root: Path = WEBPHONE_DIR) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        missing = [name for name, _ in self.FILES.values() if not (root / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"web phone files missing in {root}: {', '.join(sorted(set(missing)))} "
+                "(jssip.min.js is built by `make install`: npm ci && npm run build)"
+            )
+        self._bodies = {
+            path: ((root / name).read_bytes(), kind) for path, (name, kind) in self.FILES.items()
+        }
+        app = web.Application()
+        app.add_routes([web.get(path, self.static) for path in self.FILES])
+        app.add_routes([web.get("/config.json", self.config)])
+        self.app = app
+        self._runner: web.AppRunner | None = None
+
+    async def static(self, request: web.Request) -> web.Response:
+        body, kind = self._bodies[request.path]
+        return web.Response(body=body, content_type=kind, headers={"Cache-Control": "no-cache"})
+
+    async def config(self, request: web.Request) -> web.Response:
+        host = request.url.host or "127.0.0.1"
+        found = {transport: port for transport, _, port in self.node.engine.bound}
+        server = None
+        if "WSS" in found:
+            server = f"wss://{host}:{found['WSS']}"
+        elif "WS" in found:
+            server = f"ws://{host}:{found['WS']}"
+        return web.json_response({"server": server})
+
+    async def start(self) -> None:
+        """Bind and serve. Raises OSError when the address cannot be bound."""
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.info("web phone on http://%s:%d", self.host, self.bound_port)
+
+    @property
+    def bound_port(self) -> int:
+        assert self._runner is not None
+        for address in self._runner.addresses:
+            return int(address[1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
 
 def _dumps(obj: Any) -> str:

@@ -73,6 +73,7 @@ from .sip.useragent import InviteSession, SessionState
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from media.codecs import CodecInfo
     from media.session import RtpSession
 
     from .engine import Engine, Handler
@@ -102,6 +103,8 @@ class LegTarget:
     label: str = ""
     """What the call log and ``TransferResult.target`` name (``user:100``...)."""
     credentials: tuple[str, str] | None = None
+    webrtc: bool = False
+    """A browser (registered with ``+sip.ice``, RFC 5768): the leg's offer is WebRTC."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,7 @@ class _Leg(Call):
         super().__init__(engine, session, direction="outbound")
         self.logged = False  # one call log per bridged call: the caller's
         self.target = target
+        self.webrtc = target.webrtc
         self.progressed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_progress: Callable[[_Leg, Response], None] | None = None
         self.early_sdp: bytes | None = None
@@ -781,7 +785,10 @@ class B2BUA:
             if (s, d) == ("PCMA", "PCMU")
             else None
         )
-        if table is None:
+        if table is None and s != d:
+            # Opus (a browser's) <-> G.711: decode, resample, encode
+            src.on_audio = _transcoder(src.codec, dst.codec, queue.append)
+        elif table is None:
             src.on_audio = queue.append
         else:
             src.on_audio = lambda payload: queue.append(payload.translate(table))
@@ -916,7 +923,15 @@ class B2BUA:
                 except ValueError:
                     continue
                 dest = (uri.host.strip("[]"), uri.port or 5060)
-            out.append(LegTarget(contact, dest, binding.transport.upper(), label=label))
+            out.append(
+                LegTarget(
+                    contact,
+                    dest,
+                    binding.transport.upper(),
+                    label=label,
+                    webrtc="+sip.ice" in binding.params,
+                )
+            )
         return out
 
     def _external(
@@ -1059,6 +1074,33 @@ def _first_trusted(plan: TrunkPlan) -> str:
     for net in plan.trusted_sources:
         return str(net.network_address)
     return ""
+
+
+def _transcoder(
+    src: CodecInfo, dst: CodecInfo, out: Callable[[bytes], None]
+) -> Callable[[bytes], None]:
+    """A relay's ``on_audio`` between codecs that no byte table maps (Opus, G.722):
+    each 20 ms payload is decoded, resampled to ``dst``'s rate and encoded."""
+    import numpy as np
+
+    from media.codecs import create_codec
+
+    decoder, encoder = create_codec(src), create_codec(dst)
+    n_in, n_out = src.samples_per_frame, dst.samples_per_frame
+    grid = np.linspace(0, n_in - 1, n_out)
+    points = np.arange(n_in)
+
+    def transcode(payload: bytes) -> None:
+        pcm = decoder.decode(payload)
+        if len(pcm) != n_in:
+            return
+        if n_in % n_out == 0 and n_in != n_out:  # 48 -> 8 kHz: mean of each 6 (low-pass)
+            pcm = pcm.reshape(n_out, -1).mean(axis=1).astype(np.int16)
+        elif n_in != n_out:
+            pcm = np.interp(grid, points, pcm).astype(np.int16)
+        out(encoder.encode(pcm))
+
+    return transcode
 
 
 def _silence(session: RtpSession) -> bytes:

@@ -162,6 +162,9 @@ class Call:
         )
         """An outgoing call's result: the 2xx, or the failure as a SipError value."""
         self.finished = False
+        self.webrtc = False
+        """Our offer (the engine calling out) is a WebRTC one: the target registered
+        with ``+sip.ice`` (a browser, docs/webrtc.md)."""
         self.logged = True
         """Writes a call log and counts in ``callengine_calls`` (a B2BUA's outgoing
         legs do not: the bridged call is the caller's)."""
@@ -250,6 +253,8 @@ class Call:
         except ValueError as exc:
             self.send_reject(400, f"Bad Request - SDP: {exc}"[:120])
             return None
+        if engine.media_manager.is_webrtc(offer_body):
+            return await self._webrtc_media(offer_body)
         offer, cryptos = sdes.screen_offer(
             offer, allow_srtp=engine.media_manager.srtp_accepted(self.session.transport)
         )
@@ -297,8 +302,8 @@ class Call:
 
     def reoffer(self, body: bytes) -> bytes | None:
         """A re-INVITE/UPDATE offer (hold/unhold): our answer, or None for 488."""
-        if self._sdp_session is None:
-            return None
+        if self._sdp_session is None or self.webrtc:
+            return None  # a WebRTC leg's media is negotiated once (docs/webrtc.md)
         try:
             offer = sdpmod.SessionDescription.parse(body)
         except ValueError:
@@ -500,6 +505,10 @@ class Call:
         """Open this call's media and return our SDP offer: every configured codec,
         ``prefer`` (a codec name) first."""
         engine = self.engine
+        if self.webrtc:
+            body = await self._webrtc_media(None, prefer=prefer)
+            assert body is not None
+            return body
         if self._sdp_session is None:
             self._sdp_session = sdpmod.SdpSession(engine.media_address(self.session.local_addr[0]))
         codecs = [c for c in engine.codecs if not c.is_dtmf]
@@ -521,9 +530,35 @@ class Call:
             self.media.await_srtp()
         return offer.serialize()
 
+    async def _webrtc_media(
+        self, offer: bytes | None, *, prefer: str | None = None
+    ) -> bytes | None:
+        """Answer a browser's offer, or make ours to one, with a WebRTC media session
+        (media/webrtc.py); None after a 488 for an offer we cannot take."""
+
+        def lost() -> None:
+            # ICE consent or DTLS gone (a closed tab): end the call, as an RTP timeout does
+            if self.active:
+                asyncio.get_running_loop().create_task(self.hangup(cause=102))
+
+        try:
+            self.media, body = await self.engine.media_manager.open_webrtc(
+                offer, prefer=prefer, on_timeout=lost, label=self.call_id
+            )
+        except ValueError as exc:
+            if offer is None:
+                raise SipError(488, str(exc)) from None
+            log.warning("%s: %s", self.call_id, exc)
+            self.send_reject(488)
+            return None
+        self.webrtc = True
+        return bytes(body)
+
     def accept_answer(self, body: bytes) -> bool:
         """Take the far end's SDP answer to our offer (a 2xx, or a 183's early media):
         point our media at it. False when it is unusable."""
+        if self.webrtc and self.media is not None and body:
+            return bool(self.media.accept_answer(body))
         if self._offer is None or not body:
             return False
         try:

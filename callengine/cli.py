@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         "admin_token or $CALLENGINE_ADMIN_TOKEN)",
     )
     serve.add_argument("--no-admin", action="store_true", help="do not open the control API")
+    serve.add_argument("--ws-port", type=int, help="SIP over WebSocket port (RFC 7118)")
+    serve.add_argument("--webphone", metavar="HOST:PORT", help="serve the browser phone page")
     serve.add_argument("--history", metavar="MONGODB_URL", help="History DB for call logs")
     serve.add_argument("--master", metavar="MONGODB_URL", help="master Configuration DB")
     serve.add_argument("--log-format", choices=("plain", "json"))
@@ -119,6 +121,8 @@ def _serve(args: argparse.Namespace) -> int:
         "max_cps": args.max_cps,
         "drain_grace": args.drain_grace,
         "workers": args.workers,
+        "ws_port": args.ws_port,
+        "webphone": args.webphone,
     }
     if args.no_media:
         overrides["media"] = False
@@ -224,6 +228,20 @@ async def _run_node(cfg: object) -> int:
         local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
         (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
+    webphone = None
+    if cfg.webphone:
+        from .admin import WebPhoneServer
+
+        host, port = parse_listen(cfg.webphone)
+        try:
+            webphone = WebPhoneServer(node, host, port)
+            await webphone.start()
+        except OSError as exc:
+            print(
+                f"callengine: cannot open the web phone on {cfg.webphone}: {exc}", file=sys.stderr
+            )
+            await _quiet_stop(node)
+            return 1
     log.info("node %s ready", cfg.node_id)
     await stop.wait()
     log.info(
@@ -233,6 +251,8 @@ async def _run_node(cfg: object) -> int:
     )
     if admin is not None:
         admin.stopping = True  # /ready says 503 while calls drain
+    if webphone is not None:
+        await webphone.stop()
     await node.stop()
     if admin is not None:
         await admin.stop()

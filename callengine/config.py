@@ -49,6 +49,9 @@ class EngineConfig:
     admin: str | None = "127.0.0.1:9091"
     """Control API ``HOST:PORT`` (docs/admin.md); null disables it. An address other
     machines can reach (not loopback) requires ``admin_token``."""
+    webphone: str | None = None
+    """The browser phone page (JsSIP over ``ws_port``/``wss_port``, WebRTC media) on this
+    ``HOST:PORT``; null (the default): none. See docs/webrtc.md."""
     admin_token: str | None = None
     """Bearer token of the control API (the environment variable
     ``CALLENGINE_ADMIN_TOKEN`` sets it too and keeps it out of the file)."""
@@ -202,6 +205,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "metrics": (str, type(None)),
     "admin": (str, type(None)),
     "admin_token": (str, type(None)),
+    "webphone": (str, type(None)),
     "tenant_files": (list,),
     "max_calls": (int,),
     "max_cps": (int, float),
@@ -418,6 +422,11 @@ def _check(cfg: EngineConfig) -> None:
             parse_listen(cfg.admin)
         except ValueError as exc:
             raise ConfigError(str(exc), file=cfg.source, field="admin") from None
+    if cfg.webphone:
+        try:
+            parse_listen(cfg.webphone)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=cfg.source, field="webphone") from None
     for i, item in enumerate(cfg.tenant_files):
         if not isinstance(item, str):
             raise ConfigError("must be a file name", file=cfg.source, field=f"tenant_files[{i}]")

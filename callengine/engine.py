@@ -178,6 +178,8 @@ class Engine:
             srtp=cfg.srtp,
         )
         self.media_manager.preload()
+        if cfg.media and (cfg.ws_port is not None or cfg.wss_port is not None):
+            self.media_manager.preload_webrtc()  # browsers come over WebSocket
         await self.media_manager.start()
         self._exempt = networks_matcher(self.exempt_networks)
         if cfg.source_rate > 0:

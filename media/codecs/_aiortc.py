@@ -1,8 +1,11 @@
 """G.722 and Opus through aiortc's codec classes (which wrap FFmpeg via PyAV).
 
-This is the only module of the project that imports aiortc (and av). It is
+This is the only module of the project that imports av, and with
+:mod:`media.webrtc` (its RTC classes) one of two that import aiortc. It is
 imported lazily by :func:`media.codecs.create_codec` so that SDP and G.711 users
-do not pay for loading FFmpeg.
+do not pay for loading FFmpeg. :func:`pcm_frame` and :class:`FrameReader` convert
+between the project's mono int16 PCM and the ``av.AudioFrame`` objects that
+aiortc's media tracks carry (WebRTC legs).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from aiortc.jitterbuffer import JitterFrame
 
 from .base import Codec, CodecInfo, Pcm
 
-__all__ = ["G722Codec", "OpusCodec"]
+__all__ = ["FrameReader", "G722Codec", "OpusCodec", "pcm_frame"]
 
 
 class _AiortcCodec(Codec):
@@ -76,3 +79,29 @@ class OpusCodec(_AiortcCodec):
 
     def __init__(self, info: CodecInfo) -> None:
         super().__init__(info, OpusEncoder(), OpusDecoder())
+
+
+def pcm_frame(pcm: Pcm, sample_rate: int, pts: int) -> av.AudioFrame:
+    """One mono s16 frame for an aiortc track (``pts`` in samples at ``sample_rate``)."""
+    samples = np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, sample_rate)
+    return frame
+
+
+class FrameReader:
+    """Frames an aiortc track received (any rate, mono or stereo) -> mono int16 PCM at
+    ``sample_rate``. Stateful (the resampler keeps its filter history): one per track."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+
+    def feed(self, frame: object) -> Pcm:
+        assert isinstance(frame, av.AudioFrame)
+        parts = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
+        if not parts:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(parts).astype(np.int16, copy=False)

@@ -100,3 +100,36 @@ def active_span(signal: npt.NDArray[np.float64], threshold_dbfs: float = -40.0) 
     rms = np.sqrt(np.mean(frames**2, axis=1))
     loud = np.flatnonzero(rms > 10 ** (threshold_dbfs / 20))
     return 0 if len(loud) == 0 else int((loud[-1] - loud[0] + 1) * n)
+
+
+def windowed_correlation(
+    signal: npt.NDArray[np.float64],
+    reference: npt.NDArray[np.float64],
+    *,
+    window: float = 1.0,
+    slack: float = 0.1,
+    threshold_dbfs: float = -40.0,
+) -> tuple[float, list[float]]:
+    """The median normalised cross-correlation of ``reference``'s ``window``-second
+    pieces (the silent ones skipped), each aligned on its own within ``slack`` seconds
+    of where the whole reference fits best; and the list of them.
+
+    For paths with an adaptive jitter buffer (a browser's NetEq stretches or shortens
+    audio when packets arrive unevenly, and a relay fills an underrun with 20 ms of
+    silence): one such shift, inaudible, puts everything after it out of phase for a
+    single whole-signal correlation, while each piece still matches."""
+    base = align(signal, reference)
+    size, reach = int(window * RATE), int(slack * RATE)
+    scores: list[float] = []
+    for start in range(0, len(reference) - size + 1, size):
+        piece = reference[start : start + size]
+        if np.sqrt(np.mean(piece**2)) < 10 ** (threshold_dbfs / 20):
+            continue
+        lo = max(0, base + start - reach)
+        hi = min(len(signal), base + start + size + reach)
+        if hi - lo < size:
+            scores.append(0.0)
+            continue
+        ncc, _ = correlation(signal[lo:hi], piece)
+        scores.append(ncc)
+    return (float(np.median(scores)) if scores else 0.0), scores
