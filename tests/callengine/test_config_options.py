@@ -58,6 +58,7 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"data_dir": 5}, "data_dir", "expected str"),
     ({"metrics": 9090}, "metrics", "expected str or NoneType"),
     ({"admin": "nowhere"}, "admin", ""),
+    ({"webphone": "nowhere"}, "webphone", "bad listen address"),
     ({"admin_token": 1234}, "admin_token", "expected str or NoneType"),
     ({"tenant_files": [5]}, "tenant_files[0]", "must be a file name"),
     ({"max_calls": 0}, "max_calls", "must be at least 1"),
@@ -364,6 +365,10 @@ ELSEWHERE: dict[str, str] = {
     ),
     "dial_policy": (
         "tests/security/test_toll_fraud.py::test_toll_fraud_destinations_refused_unless_allowed"
+    ),
+    "webphone": (
+        "tests/integration/test_webrtc.py::"
+        "test_browser_answers_ivr_transfer_audio_both_ways_and_hangups"
     ),
     "workers": (
         "tests/integration/test_workers.py::"
