@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from media.callrecording import CHANNEL_MODES, CallRecording
 from media.codecs import CodecInfo
 from media.dtmf import DtmfEvent
 from media.prompts import PromptCache
@@ -167,6 +168,8 @@ class MediaManager:
         sample_rate: int,
         max_seconds: float,
         silence_timeout: float | None,
+        channels: int = 1,
+        call_id: str | None = None,
     ) -> tuple[Recorder, Path]:
         """A recorder writing ``key`` (``voicemail/...``, ``recordings/...``) of
         ``tenant``: into local media storage, or into the spool (raises
@@ -178,6 +181,7 @@ class MediaManager:
             "format": fmt,
             "max_seconds": max_seconds,
             "silence_timeout": silence_timeout,
+            "channels": channels,
         }
         spool = self.spool
         if spool is None or kind == "prompts":
@@ -186,12 +190,39 @@ class MediaManager:
             return Recorder(path, **options), path
         from .engine import current_call_id
 
-        path = spool.begin(tenant, kind, rest, {"tenant": tenant, "call_id": current_call_id.get()})
+        call_id = call_id if call_id is not None else current_call_id.get()
+        path = spool.begin(tenant, kind, rest, {"tenant": tenant, "call_id": call_id})
 
         def closed() -> None:
             spool.finished(tenant, kind, rest)
 
         return _SpooledRecorder(path, on_closed=closed, **options), path
+
+    def call_recording(
+        self,
+        tenant: str,
+        key: str,
+        media: RtpSession,
+        *,
+        channels: str,
+        max_seconds: float,
+        call_id: str,
+        now: float,
+    ) -> CallRecording:
+        """A recording of both directions of ``media`` (the caller's session) into
+        ``key``, through the spool like voicemail (docs/storage.md, "Call recording")."""
+        if channels not in CHANNEL_MODES:
+            raise ValueError(f"recording channels must be stereo or mono, not {channels!r}")
+        recorder, _ = self.recorder(
+            tenant,
+            key,
+            sample_rate=media.codec.sample_rate,
+            max_seconds=max_seconds,
+            silence_timeout=None,
+            channels=2 if channels == "stereo" else 1,
+            call_id=call_id,
+        )
+        return CallRecording(recorder, media.stream, key=key, mode=channels, now=now)
 
     def location(self, tenant: str, key: str) -> dict[str, Any]:
         """Where a recording is, for the call log: the local path, or the blob's URL

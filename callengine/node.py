@@ -40,6 +40,7 @@ from .calllogs import CallLogHook, CallLogWriter
 from .config import EngineConfig
 from .engine import Engine, Handler
 from .limits import networks_matcher
+from .recording import RecordingHook
 from .sip.authguard import GuardConfig
 from .sip.message import Request, Response
 from .sip.registrar import Binding as RegBinding
@@ -171,6 +172,8 @@ class Node:
         self.writer.start()
         engine = self.engine
         engine.hooks.append(CallLogHook(self.writer, node_id=cfg.node_id))
+        # after the call-log hook: a recording that fails to start is in the call log
+        engine.hooks.append(RecordingHook(self.tenant))
         engine.router = self.route
         if not engine.has_default:
             engine.on_call()(_not_here)
@@ -299,6 +302,9 @@ class Node:
             return None
         tenant = match.tenant
         call.tenant = tenant.id
+        policy = getattr(tenant, "recording", None)
+        if policy is not None:
+            call.recording_defaults = (policy.channels, policy.max_seconds)
         call.did = match.did
         handler = self._tenant_route(tenant, match.route)
         return None if handler is None else self._capped(tenant, handler)

@@ -42,6 +42,8 @@ __all__ = [
     "NumberEntry",
     "OutboundRoute",
     "Prompt",
+    "RECORDING_CHANNELS",
+    "RecordingPolicy",
     "RingGroup",
     "Route",
     "TenantConfig",
@@ -85,8 +87,11 @@ _TOP_LEVEL = frozenset(
         "description",
         "deleted",
         "invite_auth",
+        "recording",
     }
 )
+#: Call recording channel layouts: caller left / other side right, or both mixed.
+RECORDING_CHANNELS: frozenset[str] = frozenset({"stereo", "mono"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,21 @@ class User:
     name: str | None = None
     #: Whether the user has a voicemail box.
     voicemail: bool = True
+    #: Whether calls this user answers (bridged to one of their phones) are recorded,
+    #: with the tenant's ``recording`` channels and limit.
+    record: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingPolicy:
+    """A tenant's call recording (``recording`` in the tenant document)."""
+
+    #: Record every answered call of the tenant, from answer to hang-up.
+    enabled: bool = False
+    #: ``stereo`` (caller left, other side right) or ``mono`` (mixed).
+    channels: str = "stereo"
+    #: A recording stops after this many seconds (the call goes on).
+    max_seconds: float = 14400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +177,9 @@ class Prompt:
     file: str
     text: str | None = None
     language: str | None = None
+    #: Changes when the audio in Media Storage changes (a version number or the blob's
+    #: ETag, set by whoever uploads it): a node holding another version fetches it again.
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +218,8 @@ class TenantConfig:
     #: leave through a trunk from a trusted source). Calls from trunks are never
     #: challenged.
     invite_auth: str = "external"
+    #: Call recording of the tenant's calls (off by default).
+    recording: RecordingPolicy = field(default_factory=RecordingPolicy)
 
     def to_doc(self) -> dict[str, Any]:
         """The tenant as a JSON-able document (a fresh copy)."""
@@ -325,7 +350,7 @@ def _users(ctx: _Ctx, value: object) -> dict[str, User]:
         if not _EXTENSION.fullmatch(ext):
             raise ctx.error(path, f"invalid extension {ext!r} (expected {_EXTENSION.pattern})")
         entry = _mapping(ctx, raw, path)
-        _no_unknown(ctx, entry, {"password", "name", "voicemail"}, path)
+        _no_unknown(ctx, entry, {"password", "name", "voicemail", "record"}, path)
         if "password" not in entry:
             raise ctx.error(f"{path}.password", "missing")
         users[ext] = User(
@@ -333,6 +358,7 @@ def _users(ctx: _Ctx, value: object) -> dict[str, User]:
             password=_str(ctx, entry["password"], f"{path}.password"),
             name=_opt_str(ctx, entry.get("name"), f"{path}.name"),
             voicemail=_bool(ctx, entry.get("voicemail", True), f"{path}.voicemail"),
+            record=_bool(ctx, entry.get("record", False), f"{path}.record"),
         )
     return users
 
@@ -444,7 +470,7 @@ def _prompts(ctx: _Ctx, value: object) -> dict[str, Prompt]:
         if not _NAME.fullmatch(name):
             raise ctx.error(path, f"invalid name {name!r} (expected {_NAME.pattern})")
         entry = _mapping(ctx, raw, path)
-        _no_unknown(ctx, entry, {"file", "text", "language"}, path)
+        _no_unknown(ctx, entry, {"file", "text", "language", "version"}, path)
         if "file" not in entry:
             raise ctx.error(f"{path}.file", "missing")
         prompts[name] = Prompt(
@@ -452,8 +478,36 @@ def _prompts(ctx: _Ctx, value: object) -> dict[str, Prompt]:
             file=_str(ctx, entry["file"], f"{path}.file"),
             text=_opt_str(ctx, entry.get("text"), f"{path}.text"),
             language=_opt_str(ctx, entry.get("language"), f"{path}.language"),
+            version=_version(ctx, entry.get("version"), f"{path}.version"),
         )
     return prompts
+
+
+def _version(ctx: _Ctx, value: object, path: str) -> str | None:
+    """A prompt version: a string (an ETag) or a whole number."""
+    if value is None:
+        return None
+    if type(value) is int:
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    raise ctx.error(path, f"must be a non-empty string or an integer, not {_type_name(value)}")
+
+
+def _recording(ctx: _Ctx, value: object) -> RecordingPolicy:
+    m = _mapping(ctx, value, "recording")
+    _no_unknown(ctx, m, ("enabled", "channels", "max_seconds"), "recording")
+    channels = _str(ctx, m.get("channels", "stereo"), "recording.channels")
+    if channels not in RECORDING_CHANNELS:
+        raise ctx.error("recording.channels", f"must be stereo or mono, not {channels!r}")
+    limit = m.get("max_seconds", 14400.0)
+    if type(limit) not in (int, float) or not 0 < limit <= 86400:
+        raise ctx.error("recording.max_seconds", f"must be a number in (0, 86400], not {limit!r}")
+    return RecordingPolicy(
+        enabled=_bool(ctx, m.get("enabled", False), "recording.enabled"),
+        channels=channels,
+        max_seconds=float(limit),
+    )
 
 
 def _validate_flows(
@@ -577,6 +631,7 @@ def validate_tenant(
     outbound = _outbound(ctx, data.get("outbound_routes", []))
     dial_policy = _dial_policy(ctx, data.get("dial_policy", {}))
     limits = _limits(ctx, data.get("limits", {}))
+    recording = _recording(ctx, data.get("recording", {}))
     invite_auth = _str(ctx, data.get("invite_auth", "external"), "invite_auth")
     if invite_auth not in INVITE_AUTH_MODES:
         raise ctx.error("invite_auth", f"must be one of {', '.join(sorted(INVITE_AUTH_MODES))}")
@@ -605,4 +660,5 @@ def validate_tenant(
         compiled_flows=MappingProxyType(dict(compiled)),
         doc_json=doc_json,
         invite_auth=invite_auth,
+        recording=recording,
     )

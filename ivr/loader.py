@@ -60,7 +60,7 @@ _TIME_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])|24:00")
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TARGET_RE = re.compile(r"(user|group|ext):[A-Za-z0-9_.\-]+|external:\+?[0-9]+")
-_COMMON_FIELDS = frozenset({"type", "description"})
+_COMMON_FIELDS = frozenset({"type", "description", "record"})
 _FLOW_FIELDS = frozenset({"start", "nodes", "timezone", "description"})
 
 
@@ -540,11 +540,16 @@ def load_flow(
     c.timezone = c.opt(data, "timezone", c.zone, timezone)
     raw_nodes = c.req(data, "nodes", c.mapping)
     nodes: dict[str, Node] = {}
+    recording: dict[str, bool] = {}
     for nid, raw in raw_nodes.items():
         if not isinstance(nid, str) or not nid:
             c.fail("nodes", f"bad node id {nid!r} (expected a non-empty string)")
         c.node = nid
         nodes[nid] = _node(c, nid, raw)
+        if "record" in raw:
+            # any node: true starts recording the call when the node is entered, false
+            # stops it (the recording otherwise runs until the call ends)
+            recording[nid] = c.boolean("record", raw["record"])
     c.node = None
 
     edges: dict[str | None, list[str]] = {}
@@ -562,7 +567,13 @@ def load_flow(
     for nid in nodes:
         if nid not in seen:
             c.fail(None, f"unreachable from start {start!r}", node=nid)
-    return Flow(tenant=tenant, name=name, start=start, nodes=MappingProxyType(nodes))
+    return Flow(
+        tenant=tenant,
+        name=name,
+        start=start,
+        nodes=MappingProxyType(nodes),
+        recording=MappingProxyType(recording),
+    )
 
 
 def load_flows(
