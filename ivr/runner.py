@@ -169,7 +169,7 @@ async def run_flow(
                     started = clock()
                     record = flow.recording.get(command.node)
                     if record is not None:
-                        _set_recording(call, record)
+                        _set_recording(call, record, flow.name)
                 case StepFinished():
                     close_step(command)
                 case Log():
@@ -236,7 +236,7 @@ async def run_flow(
     )
 
 
-def _set_recording(call: Call, on: bool) -> None:
+def _set_recording(call: Call, on: bool, flow: str) -> None:
     """A node's ``record`` option: start (with the tenant's channels) or stop."""
     if not on:
         call.stop_recording()
@@ -244,7 +244,8 @@ def _set_recording(call: Call, on: bool) -> None:
     try:
         call.start_recording()
     except Exception as exc:  # no media, a full spool: the call goes on unrecorded
-        call.log_event("recording", event="failed", error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        call.log_event("ivr", event="recording_failed", flow=flow, error=error)
 
 
 async def _webhook(command: HttpRequest) -> HttpReply | HttpFailed:

@@ -35,8 +35,10 @@ import soundfile
 from integration.audio import CAPTURES, MIN_CORRELATION, RATE, capture_audio, correlation
 from integration.support import SIPP, Daemon, free_port, run_sipp, start_daemon, wait_metric
 from integration.test_azure_storage import CONTAINER, Azurite, stop_and_read_logs
+from integration.test_media_sipp import run_sipp_call
 from integration.test_ring_user import register
 
+from callengine.call import Call
 from config_cache import load_demo_tenant
 from media.codecs import PCMA, create_codec
 from media.prompts import PromptCache
@@ -235,3 +237,40 @@ def test_bridged_call_recorded_in_two_channels(
     check_channel(stereo[:, 1], phone_audio, caller, "right (the phone)")
     # the phone waited a second after answering before it talked
     assert correlation(stereo[:, 1], phone_audio)[1] > 0.8 * RATE
+
+
+def test_recording_by_api_in_segments(tmp_path: Path) -> None:
+    """``call.start_recording()`` / ``stop_recording()`` in application code: two mono
+    segments of one call in local storage, each as long as what was played while it
+    ran, and holding it (the caller, SIPp, is silent)."""
+    results: list[Any] = []
+
+    async def handler(call: Call) -> None:
+        await call.answer()
+        call.start_recording(channels="mono")
+        await call.play(["welcome"], barge_in=False)
+        results.append(call.stop_recording())
+        await call.play(["tone:beep"], barge_in=False)
+        call.start_recording(channels="mono")
+        await call.play(["goodbye"], barge_in=False)
+        results.append(call.stop_recording())
+        assert call.stop_recording() is None
+        await call.hangup()
+
+    stats, engine, output = run_sipp_call(
+        tmp_path, handler, ["-sf", str(SIPP_DIR / "uac_wait_bye.xml")]
+    )
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, output[-2000:])
+    first, second = results
+    assert second.key == first.key.replace(".wav", "-2.wav")
+    prompts = PromptCache(None)
+    for result, prompt in ((first, "welcome"), (second, "goodbye")):
+        path = tmp_path / "data" / "media" / "default" / result.key
+        pcm, rate = soundfile.read(str(path), dtype="float64")
+        assert rate == RATE and pcm.ndim == 1
+        reference = prompts.pcm(prompt, RATE).astype(np.float64) / 32768.0
+        assert abs(len(pcm) / RATE - result.seconds) < 0.001
+        assert abs(len(pcm) - len(reference)) / RATE <= MAX_LENGTH_ERROR, (prompt, len(pcm))
+        ncc, _ = correlation(pcm, reference)
+        print(f"{result.key}: {result.seconds:.3f} s, correlation with {prompt} {ncc:.4f}")
+        assert ncc >= MIN_CORRELATION, (prompt, ncc)
