@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from media.spool import Spool, SpoolCore
 from media.srtp import SrtpContext
 from media.storage import LocalMediaStorage
 from media.stream import RELATCH_AFTER
+from media.tenantprompts import CachedPromptStorage, PromptSync
 
 from .sip import sdp as sdpmod
 
@@ -72,6 +73,19 @@ class MediaManager:
             )
             self.spool = Spool(Path(data_dir) / "spool", target, core)
         self.prompts = PromptCache(self.storage)
+        self.prompt_sync: PromptSync | None = None
+        """With remote storage: tenants' prompts are fetched into a local cache that
+        calls play from (docs/storage.md, "Tenant prompts"); :meth:`follow_tenants`."""
+        if self.spool is not None and storage is not None:
+            cache = CachedPromptStorage(Path(data_dir) / "prompt-cache")
+            self.prompts = PromptCache(cache)
+            self.prompt_sync = PromptSync(
+                cache,
+                target,
+                self.prompts,
+                cap=storage.prompt_cache_bytes,
+                interval=storage.prompt_refresh,
+            )
         self.port_range = port_range
         self.rtp_timeout = rtp_timeout
         self.codecs = list(codecs)
@@ -246,7 +260,15 @@ class MediaManager:
         if self.spool is not None:
             await self.spool.start()
 
+    def follow_tenants(self, tenants: Callable[[], Mapping[str, Any]]) -> None:
+        """Keep the tenants' prompts (``tenants()``: id -> configuration) cached from
+        Media Storage (no-op with local storage: prompts are read where they are)."""
+        if self.prompt_sync is not None:
+            self.prompt_sync.start(tenants)
+
     async def close(self) -> None:
+        if self.prompt_sync is not None:
+            await self.prompt_sync.stop()
         if self.spool is not None:
             await self.spool.stop()
         await asyncio.sleep(0)

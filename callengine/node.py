@@ -195,6 +195,8 @@ class Node:
         self.b2bua = B2BUA(engine, plan, directory=self, registry=self.registry)
         self.b2bua.attach()
         await engine.start()
+        local = self._local()
+        engine.media_manager.follow_tenants(lambda: local.config.snapshot.tenants)
         if not cfg.user_agent_to_trunks and plan.trunks:
             engine.ua.hide_agent = networks_matcher(_trunk_networks(plan))
 
