@@ -54,8 +54,12 @@ __all__ = ["CHANNEL_MODES", "TX_BACKLOG", "CallRecording", "FarSide", "Recording
 CHANNEL_MODES = frozenset({"stereo", "mono"})
 #: Sent frames kept waiting for their slot; older ones are dropped (counted).
 TX_BACKLOG = 3
-# Octet-per-timestamp codecs: packets of any ptime are cut into 20 ms frames.
+# Octet-per-tick codecs: packets of any ptime are cut into 20 ms frames.
 _OCTET_PER_TICK = frozenset({"PCMU", "PCMA", "G722"})
+# Codecs decoded a batch at a time (stateless, one octet per sample).
+_STATELESS = frozenset({"PCMU", "PCMA"})
+_BATCH = 25
+"""Frames decoded and written together (0.5 s)."""
 
 Pair = tuple[bytes | None, bytes | None]
 """One frame of the recording: (received payload, sent payload); ``None`` is silence."""
@@ -247,6 +251,10 @@ class CallRecording:
         )
         self.on_closed = on_closed
         self.result: RecordingResult | None = None
+        self._pending: list[Pair] = []
+        """Frames emitted and not written yet: decoded and written :data:`_BATCH` at
+        a time (the recorder writes the file a second at a time anyway)."""
+        self._filler = b""
         self._far_stream: RtpStream | None = None
         self._far_codec: tuple[CodecInfo, Codec] | None = None
 
@@ -257,6 +265,7 @@ class CallRecording:
     def attach_far(self, stream: RtpStream) -> FarSide:
         """Bridged: the right channel becomes what ``stream``'s session receives. Set the
         returned tap as that session's ``recording``."""
+        self._flush()  # what is pending was decoded with the previous source's codec
         codec = stream.codec
         octets = codec.name.upper() in _OCTET_PER_TICK
         self.core.bridge(
@@ -269,6 +278,7 @@ class CallRecording:
 
     def detach_far(self) -> None:
         """No longer bridged: the right channel is what the caller's session sends."""
+        self._flush()
         self.core.unbridge()
         self._far_stream = None
         self._far_codec = None
@@ -285,19 +295,24 @@ class CallRecording:
         core.sent(payload)
         pairs = core.advance(now)
         if pairs:
-            self._write(pairs, 1.0)
+            pending = self._pending
+            pending += pairs
+            if len(pending) >= _BATCH:
+                self._flush()
 
     def close(self, now: float, reason: str = "stopped") -> RecordingResult:
         """Stop at ``now`` (idempotent): the file lasts from start to ``now``."""
         if self.result is not None:
             return self.result
         pairs, keep = self.core.finish(now)
-        if pairs and not self.recorder.closed:
-            self._write(pairs, keep)
+        self._pending += pairs
+        if self._pending and not self.recorder.closed:
+            self._flush(keep)
         return self._close(reason)
 
     def _close(self, reason: str) -> RecordingResult:
         self.core.finished = True
+        self._pending.clear()
         result = self.recorder.close(reason)
         self.result = result
         callback, self.on_closed = self.on_closed, None
@@ -320,25 +335,45 @@ class CallRecording:
             cached = self._far_codec = (far.codec, create_codec(far.codec))
         return self._rx_codec, cached[1]
 
-    def _decode(self, codec: Codec, payload: bytes | None) -> npt.NDArray[np.int16]:
-        if payload is None:
-            return self._zeros
-        try:
-            pcm: Any = codec.decode(payload)
-        except (ValueError, IndexError):
-            return self._zeros
-        return _fit(pcm, self._samples)
+    def _channel(self, codec: Codec, payloads: list[bytes | None]) -> npt.NDArray[np.int16]:
+        """One channel of the pending frames, decoded (silence where ``None``)."""
+        n = self._samples
+        if codec.info.name.upper() in _STATELESS and all(
+            p is None or len(p) == n for p in payloads
+        ):
+            # G.711 at 8 kHz: one table lookup for the whole batch instead of one per
+            # frame (per frame, decoding was the recording's main cost)
+            filler = self._filler
+            if len(filler) != n:
+                filler = self._filler = b"\xff" * n
+            pcm: Any = codec.decode(b"".join(filler if p is None else p for p in payloads))
+            for i, p in enumerate(payloads):
+                if p is None:
+                    pcm[i * n : (i + 1) * n] = 0
+            return pcm
+        frames = []
+        for p in payloads:
+            if p is None:
+                frames.append(self._zeros)
+                continue
+            try:
+                frames.append(_fit(codec.decode(p), n))
+            except (ValueError, IndexError):
+                frames.append(self._zeros)
+        return np.concatenate(frames)
 
-    def _write(self, pairs: list[Pair], keep: float) -> None:
+    def _flush(self, keep: float = 1.0) -> None:
+        """Decode the pending frames, lay them out (or mix them) and write them."""
+        pending, self._pending = self._pending, []
+        if not pending or self.recorder.closed:
+            return
         rx_codec, tx_codec = self._decoders()
-        frames = [
-            mix(self._decode(rx_codec, rx), self._decode(tx_codec, tx), self.mode)
-            for rx, tx in pairs
-        ]
+        left = self._channel(rx_codec, [rx for rx, _ in pending])
+        right = self._channel(tx_codec, [tx for _, tx in pending])
         if keep < 1.0:
-            frames[-1] = frames[-1][: round(self._samples * keep)]
-        block = frames[0] if len(frames) == 1 else np.concatenate(frames)
-        if self.recorder.write(block) is not None:
+            cut = len(left) - self._samples + round(self._samples * keep)
+            left, right = left[:cut], right[:cut]
+        if self.recorder.write(mix(left, right, self.mode)) is not None:
             self._close("max_seconds")
 
 
