@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from media.callrecording import CHANNEL_MODES, CallRecording
 from media.codecs import CodecInfo
 from media.dtmf import DtmfEvent
 from media.prompts import PromptCache
@@ -22,6 +23,7 @@ from media.spool import Spool, SpoolCore
 from media.srtp import SrtpContext
 from media.storage import LocalMediaStorage
 from media.stream import RELATCH_AFTER
+from media.tenantprompts import CachedPromptStorage, PromptSync
 
 from .sip import sdp as sdpmod
 
@@ -71,6 +73,19 @@ class MediaManager:
             )
             self.spool = Spool(Path(data_dir) / "spool", target, core)
         self.prompts = PromptCache(self.storage)
+        self.prompt_sync: PromptSync | None = None
+        """With remote storage: tenants' prompts are fetched into a local cache that
+        calls play from (docs/storage.md, "Tenant prompts"); :meth:`follow_tenants`."""
+        if self.spool is not None and storage is not None:
+            cache = CachedPromptStorage(Path(data_dir) / "prompt-cache")
+            self.prompts = PromptCache(cache)
+            self.prompt_sync = PromptSync(
+                cache,
+                target,
+                self.prompts,
+                cap=storage.prompt_cache_bytes,
+                interval=storage.prompt_refresh,
+            )
         self.port_range = port_range
         self.rtp_timeout = rtp_timeout
         self.codecs = list(codecs)
@@ -208,6 +223,8 @@ class MediaManager:
         sample_rate: int,
         max_seconds: float,
         silence_timeout: float | None,
+        channels: int = 1,
+        call_id: str | None = None,
     ) -> tuple[Recorder, Path]:
         """A recorder writing ``key`` (``voicemail/...``, ``recordings/...``) of
         ``tenant``: into local media storage, or into the spool (raises
@@ -219,6 +236,7 @@ class MediaManager:
             "format": fmt,
             "max_seconds": max_seconds,
             "silence_timeout": silence_timeout,
+            "channels": channels,
         }
         spool = self.spool
         if spool is None or kind == "prompts":
@@ -227,12 +245,39 @@ class MediaManager:
             return Recorder(path, **options), path
         from .engine import current_call_id
 
-        path = spool.begin(tenant, kind, rest, {"tenant": tenant, "call_id": current_call_id.get()})
+        call_id = call_id if call_id is not None else current_call_id.get()
+        path = spool.begin(tenant, kind, rest, {"tenant": tenant, "call_id": call_id})
 
         def closed() -> None:
             spool.finished(tenant, kind, rest)
 
         return _SpooledRecorder(path, on_closed=closed, **options), path
+
+    def call_recording(
+        self,
+        tenant: str,
+        key: str,
+        media: RtpSession,
+        *,
+        channels: str,
+        max_seconds: float,
+        call_id: str,
+        now: float,
+    ) -> CallRecording:
+        """A recording of both directions of ``media`` (the caller's session) into
+        ``key``, through the spool like voicemail (docs/storage.md, "Call recording")."""
+        if channels not in CHANNEL_MODES:
+            raise ValueError(f"recording channels must be stereo or mono, not {channels!r}")
+        recorder, _ = self.recorder(
+            tenant,
+            key,
+            sample_rate=media.codec.sample_rate,
+            max_seconds=max_seconds,
+            silence_timeout=None,
+            channels=2 if channels == "stereo" else 1,
+            call_id=call_id,
+        )
+        return CallRecording(recorder, media.stream, key=key, mode=channels, now=now)
 
     def location(self, tenant: str, key: str) -> dict[str, Any]:
         """Where a recording is, for the call log: the local path, or the blob's URL
@@ -256,7 +301,15 @@ class MediaManager:
         if self.spool is not None:
             await self.spool.start()
 
+    def follow_tenants(self, tenants: Callable[[], Mapping[str, Any]]) -> None:
+        """Keep the tenants' prompts (``tenants()``: id -> configuration) cached from
+        Media Storage (no-op with local storage: prompts are read where they are)."""
+        if self.prompt_sync is not None:
+            self.prompt_sync.start(tenants)
+
     async def close(self) -> None:
+        if self.prompt_sync is not None:
+            await self.prompt_sync.stop()
         if self.spool is not None:
             await self.spool.stop()
         await asyncio.sleep(0)

@@ -65,6 +65,7 @@ from pri import (
 
 from .call import Call, SipError, TransferResult
 from .fork import Abandon, Connect, Fail, Fork
+from .recording import record_bridged
 from .sip import sdp as sdpmod
 from .sip.errors import SipError as ProtocolError
 from .sip.message import Response
@@ -731,6 +732,8 @@ class B2BUA:
                 self._abandon(leg, _q850(caller.session.end_cause))
                 return _q850(caller.session.end_cause)
             self._start_relay(caller, leg)
+            if self.directory is not None and caller.tenant is not None:
+                record_bridged(caller, leg.target.label, self.directory.tenant(caller.tenant))
             await asyncio.wait({caller.ended, leg.ended}, return_when=asyncio.FIRST_COMPLETED)
             if caller.ended.done():
                 cause = _q850(caller.session.end_cause)
@@ -765,10 +768,12 @@ class B2BUA:
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self._pipe(a, b)), loop.create_task(self._pipe(b, a))]
         self._relays[id(caller)] = (leg, tasks)
+        caller.record_far_side(b)  # a call recording's right channel: the leg's voice
 
     def _stop_relay(self, caller: Call) -> None:
         entry = self._relays.pop(id(caller), None)
         if entry is not None:
+            caller.record_far_side(None)
             for task in entry[1]:
                 task.cancel()
 

@@ -161,6 +161,12 @@ class Call:
             asyncio.get_running_loop().create_future()
         )
         """An outgoing call's result: the 2xx, or the failure as a SipError value."""
+        self.recording: Any = None
+        """The call recording in progress (:meth:`start_recording`), if any."""
+        self._far_media: Any = None
+        self.recording_defaults: tuple[str, float] = ("stereo", 14400.0)
+        """Channels and length limit of :meth:`start_recording` (the node sets the
+        tenant's)."""
         self.finished = False
         self.webrtc = False
         """Our offer (the engine calling out) is a WebRTC one: the target registered
@@ -488,6 +494,82 @@ class Call:
             raise
         return RecordResult(key=key, seconds=result.seconds, reason=result.reason)
 
+    def start_recording(
+        self,
+        *,
+        channels: str | None = None,
+        key: str | None = None,
+        max_seconds: float | None = None,
+    ) -> str:
+        """Record both directions of the call from now until :meth:`stop_recording` or
+        the end of the call; returns the key (``recordings/<call-id>.wav`` by default).
+
+        ``stereo``: the caller left, the other side right (the IVR's prompts, or the
+        bridged party); ``mono``: both mixed. ``channels`` and ``max_seconds`` default
+        to :attr:`recording_defaults` (the tenant's ``recording`` settings). Stored
+        like voicemail (through the spool with remote storage); the call log records
+        where. Already recording: no-op."""
+        if self.recording is not None:
+            return str(self.recording.key)
+        media = self._need_media()
+        if getattr(media, "stream", None) is None:
+            raise SipError(500, "call has no RTP media to record")
+        channels = channels or self.recording_defaults[0]
+        max_seconds = max_seconds or self.recording_defaults[1]
+        if key is None:
+            n = sum(1 for k in self.recordings if k.startswith("recordings/"))
+            key = f"recordings/{self.call_id}{f'-{n + 1}' if n else ''}.wav"
+        recording = self.engine.media_manager.call_recording(
+            self.tenant or "default",
+            key,
+            media,
+            channels=channels,
+            max_seconds=max_seconds,
+            call_id=self.call_id,
+            now=self.engine.now(),
+        )
+        self.recording = recording
+        media.recording = recording
+        self.recordings.append(key)
+        self._tap_far_side()
+        self.log_event("recording", event="start", key=key, channels=channels)
+        return key
+
+    def stop_recording(self, reason: str = "stopped") -> RecordResult | None:
+        """Stop the call recording (``None`` when none is running)."""
+        recording, self.recording = self.recording, None
+        if recording is None:
+            return None
+        if self.media is not None and getattr(self.media, "recording", None) is recording:
+            self.media.recording = None
+        far = self._far_media
+        if far is not None and getattr(getattr(far, "recording", None), "owner", None) is recording:
+            far.recording = None
+        result = recording.close(self.engine.now(), reason)
+        self.log_event(
+            "recording", event="stop", key=recording.key, seconds=result.seconds, reason=reason
+        )
+        return RecordResult(key=recording.key, seconds=result.seconds, reason=result.reason)
+
+    def record_far_side(self, media: Any) -> None:
+        """A bridge to another leg's session starts (``media``) or ends (``None``): a
+        call recording's right channel is what that leg receives while bridged."""
+        old = self._far_media
+        if old is media:
+            return
+        recording = self.recording
+        if old is not None and recording is not None:
+            if getattr(getattr(old, "recording", None), "owner", None) is recording:
+                old.recording = None
+            recording.detach_far()
+        self._far_media = media
+        self._tap_far_side()
+
+    def _tap_far_side(self) -> None:
+        far, recording = self._far_media, self.recording
+        if far is not None and recording is not None and getattr(far, "stream", None):
+            far.recording = recording.attach_far(far.stream)
+
     async def send_dtmf(self, digits: str, *, duration_ms: int = 100) -> None:
         """Send digits as RFC 4733 events, one after the other."""
         media = self._need_media()
@@ -610,6 +692,9 @@ class Call:
         self.ended_at = self.engine.wallclock()
         self.end_reason = reason
         self.cause = cause
+        if self.recording is not None:
+            self.stop_recording("hangup")
+        self._far_media = None
         if self.session.final_status and not self.status:
             self.status = self.session.final_status
         if not self._ended.done():

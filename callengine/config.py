@@ -520,6 +520,11 @@ class StorageSettings:
     """Bytes per uploaded block; a file up to this size goes in one request."""
     timeout: float = 20.0
     """Seconds to connect to storage and to wait for each response."""
+    prompt_cache_bytes: int = 256 * 1024**2
+    """Bytes of tenant prompts kept in ``data_dir/prompt-cache`` (oldest evicted)."""
+    prompt_refresh: float = 5.0
+    """Seconds between checks of the tenants' prompt versions (and retries while
+    storage is unreachable)."""
 
 
 _STORAGE_TYPES: dict[str, tuple[type, ...]] = {
@@ -535,6 +540,8 @@ _STORAGE_TYPES: dict[str, tuple[type, ...]] = {
     "retry_max": (int, float),
     "block_size": (int,),
     "timeout": (int, float),
+    "prompt_cache_bytes": (int,),
+    "prompt_refresh": (int, float),
 }
 
 _CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
@@ -568,10 +575,10 @@ def storage_settings(cfg: EngineConfig) -> StorageSettings:
                 raise fail("names no AccountName nor BlobEndpoint", "connection_string")
     if not _CONTAINER.match(settings.container):
         raise fail("3-63 lower-case letters, digits and single hyphens", "container")
-    for name in ("spool_quota", "upload_concurrency", "block_size"):
+    for name in ("spool_quota", "upload_concurrency", "block_size", "prompt_cache_bytes"):
         if getattr(settings, name) < 1:
             raise fail("must be at least 1", name)
-    for name in ("retry_initial", "retry_max", "timeout"):
+    for name in ("retry_initial", "retry_max", "timeout", "prompt_refresh"):
         if not getattr(settings, name) > 0:
             raise fail("must be greater than 0", name)
     if settings.retry_max < settings.retry_initial:

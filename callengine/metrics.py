@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from media.spool import SpoolCore
+    from media.tenantprompts import PromptSync
 
     from .engine import Engine
 
@@ -254,6 +255,32 @@ class EngineCollector(Collector):
             )
             if mm.spool is not None:
                 yield from _spool_metrics(mm.spool.core)
+            if getattr(mm, "prompt_sync", None) is not None:
+                yield from _prompt_metrics(mm.prompt_sync)
+
+
+def _prompt_metrics(sync: PromptSync) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Tenant prompts cached from Media Storage (docs/storage.md, "Tenant prompts")."""
+    yield GaugeMetricFamily(
+        "callengine_prompt_cache_bytes", "Bytes of tenant prompts cached", value=sync.core.bytes
+    )
+    yield GaugeMetricFamily(
+        "callengine_prompt_cache_files", "Tenant prompts cached", value=len(sync.core.index)
+    )
+    fetches = CounterMetricFamily(
+        "callengine_prompt_fetches",
+        "Tenant prompt fetches from Media Storage (missing: not in storage)",
+        labels=["result"],
+    )
+    fetches.add_metric(["ok"], sync.fetches_ok)
+    fetches.add_metric(["failed"], sync.fetches_failed)
+    fetches.add_metric(["missing"], sync.fetches_missing)
+    yield fetches
+    yield CounterMetricFamily(
+        "callengine_prompt_fallbacks",
+        "Configured tenant prompts not cached when a call asked (bundled played)",
+        value=sync.cache.fallbacks,
+    )
 
 
 def _spool_metrics(core: SpoolCore) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

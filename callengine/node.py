@@ -40,6 +40,7 @@ from .calllogs import CallLogHook, CallLogWriter
 from .config import EngineConfig
 from .engine import Engine, Handler
 from .limits import networks_matcher
+from .recording import RecordingHook
 from .sip.authguard import GuardConfig
 from .sip.message import Request, Response
 from .sip.registrar import Binding as RegBinding
@@ -196,6 +197,8 @@ class Node:
         assert self.store is not None and self.writer is not None
         engine = self.engine
         engine.hooks.append(CallLogHook(self.writer, node_id=cfg.node_id))
+        # after the call-log hook: a recording that fails to start is in the call log
+        engine.hooks.append(RecordingHook(self.tenant))
         engine.router = self.route
         if not engine.has_default:
             engine.on_call()(_not_here)
@@ -219,6 +222,8 @@ class Node:
         self.b2bua = B2BUA(engine, plan, directory=self, registry=self.registry)
         self.b2bua.attach()
         await engine.start()
+        local = self._local()
+        engine.media_manager.follow_tenants(lambda: local.config.snapshot.tenants)
         if not cfg.user_agent_to_trunks and plan.trunks:
             engine.ua.hide_agent = networks_matcher(_trunk_networks(plan))
 
@@ -326,6 +331,9 @@ class Node:
             return None
         tenant = match.tenant
         call.tenant = tenant.id
+        policy = getattr(tenant, "recording", None)
+        if policy is not None:
+            call.recording_defaults = (policy.channels, policy.max_seconds)
         call.did = match.did
         handler = self._tenant_route(tenant, match.route)
         return None if handler is None else self._capped(tenant, handler)

@@ -45,6 +45,8 @@ __all__ = [
     "NumberEntry",
     "OutboundRoute",
     "Prompt",
+    "RECORDING_CHANNELS",
+    "RecordingPolicy",
     "RingGroup",
     "Route",
     "TenantConfig",
@@ -61,6 +63,9 @@ BUNDLED_PROMPTS: frozenset[str] = frozenset(
 ROUTE_KINDS: frozenset[str] = frozenset({"ivr", "user", "group", "voicemail"})
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: Call recording channel layouts: caller left / other side right, or both mixed.
+RECORDING_CHANNELS: frozenset[str] = frozenset({"stereo", "mono"})
+
 #: ``invite_auth`` values: which calls from this tenant's users get a 407 challenge.
 INVITE_AUTH_MODES: frozenset[str] = frozenset({"off", "external", "all"})
 
@@ -96,6 +101,21 @@ class User:
     name: str | None = None
     #: Whether the user has a voicemail box.
     voicemail: bool = True
+    #: Whether calls this user answers (bridged to one of their phones) are recorded,
+    #: with the tenant's ``recording`` channels and limit.
+    record: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingPolicy:
+    """A tenant's call recording (``recording`` in the tenant document)."""
+
+    #: Record every answered call of the tenant, from answer to hang-up.
+    enabled: bool = False
+    #: ``stereo`` (caller left, other side right) or ``mono`` (mixed).
+    channels: str = "stereo"
+    #: A recording stops after this many seconds (the call goes on).
+    max_seconds: float = 14400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +153,9 @@ class Prompt:
     file: str
     text: str | None = None
     language: str | None = None
+    #: Changes when the audio in Media Storage changes (a version number or the blob's
+    #: ETag, set by whoever uploads it): a node holding another version fetches it again.
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +194,8 @@ class TenantConfig:
     #: leave through a trunk from a trusted source). Calls from trunks are never
     #: challenged.
     invite_auth: str = "external"
+    #: Call recording of the tenant's calls (off by default).
+    recording: RecordingPolicy = field(default_factory=RecordingPolicy)
 
     def to_doc(self) -> dict[str, Any]:
         """The tenant as a JSON-able document (a fresh copy)."""
@@ -314,6 +339,15 @@ def _dial_policy(ctx: _Ctx, value: object) -> dict[str, Any]:
         raise ctx.error(exc.field or "dial_policy", exc.message) from None
 
 
+def _recording(value: Mapping[str, Any]) -> RecordingPolicy:
+    """``recording`` (its shape checked by the schema)."""
+    return RecordingPolicy(
+        enabled=bool(value.get("enabled", False)),
+        channels=str(value.get("channels", "stereo")),
+        max_seconds=float(value.get("max_seconds", 14400.0)),
+    )
+
+
 def validate_tenant(
     doc: object,
     *,
@@ -356,7 +390,9 @@ def validate_tenant(
         raise ctx.error("timezone", f"unknown time zone {tz!r}") from exc
 
     users = {
-        ext: User(ext, u["password"], u.get("name"), u.get("voicemail", True))
+        ext: User(
+            ext, u["password"], u.get("name"), u.get("voicemail", True), u.get("record", False)
+        )
         for ext, u in data.get("users", {}).items()
     }
     groups: dict[str, RingGroup] = {}
@@ -368,7 +404,13 @@ def validate_tenant(
             name, tuple(g["members"]), g.get("strategy", "parallel"), float(g.get("timeout", 20))
         )
     prompts = {
-        name: Prompt(name, p["file"], p.get("text"), p.get("language"))
+        name: Prompt(
+            name,
+            p["file"],
+            p.get("text"),
+            p.get("language"),
+            None if p.get("version") is None else str(p["version"]),
+        )
         for name, p in data.get("prompts", {}).items()
     }
     flows = dict(data.get("flows", {}))
@@ -418,6 +460,7 @@ def validate_tenant(
         prompts=MappingProxyType(prompts),
         dial_policy=MappingProxyType(dial_policy),
         limits=MappingProxyType(limits),
+        recording=_recording(data.get("recording", {})),
         compiled_flows=MappingProxyType(dict(compiled)),
         doc_json=doc_json,
         invite_auth=data.get("invite_auth", "external"),

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
+from types import MappingProxyType
 from typing import ClassVar
 
 __all__ = [
@@ -232,3 +233,6 @@ class Flow:
     name: str
     start: str
     nodes: Mapping[str, Node]
+    recording: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
+    """Nodes with a ``record`` option: entering one starts (``True``) or stops
+    (``False``) recording the call."""

@@ -470,6 +470,7 @@ def load_flow(
     start = c.req(data, "start", c.ref)
     c.timezone = c.opt(data, "timezone", c.zone, timezone)
     nodes: dict[str, Node] = {}
+    recording: dict[str, bool] = {}
     for nid, raw in data["nodes"].items():
         kind = raw["type"]
         issue = validation.first_issue("flow", raw, _WORDING, part=kind, string_keys=False)
@@ -478,6 +479,10 @@ def load_flow(
             c.fail(field, issue.message, node=node)
         c.node = nid
         nodes[nid] = _PARSERS[kind](c, nid, raw)
+        if "record" in raw:
+            # any node: true starts recording the call when the node is entered, false
+            # stops it (the recording otherwise runs until the call ends)
+            recording[nid] = bool(raw["record"])
     c.node = None
 
     edges: dict[str | None, list[str]] = {}
@@ -495,7 +500,13 @@ def load_flow(
     for nid in nodes:
         if nid not in seen:
             c.fail(None, f"unreachable from start {start!r}", node=nid)
-    return Flow(tenant=tenant, name=name, start=start, nodes=MappingProxyType(nodes))
+    return Flow(
+        tenant=tenant,
+        name=name,
+        start=start,
+        nodes=MappingProxyType(nodes),
+        recording=MappingProxyType(recording),
+    )
 
 
 def load_flows(

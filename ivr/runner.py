@@ -167,6 +167,9 @@ async def run_flow(
                     break
                 case StepStarted():
                     started = clock()
+                    record = flow.recording.get(command.node)
+                    if record is not None:
+                        _set_recording(call, record, flow.name)
                 case StepFinished():
                     close_step(command)
                 case Log():
@@ -231,6 +234,18 @@ async def run_flow(
         steps=tuple(steps),
         variables=dict(call.variables),
     )
+
+
+def _set_recording(call: Call, on: bool, flow: str) -> None:
+    """A node's ``record`` option: start (with the tenant's channels) or stop."""
+    if not on:
+        call.stop_recording()
+        return
+    try:
+        call.start_recording()
+    except Exception as exc:  # no media, a full spool: the call goes on unrecorded
+        error = f"{type(exc).__name__}: {exc}"
+        call.log_event("ivr", event="recording_failed", flow=flow, error=error)
 
 
 async def _webhook(command: HttpRequest) -> HttpReply | HttpFailed:

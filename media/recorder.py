@@ -31,7 +31,8 @@ class RecordingResult:
 
 
 class Recorder:
-    """Streams mono int16 frames to a WAV or FLAC file."""
+    """Streams int16 frames to a WAV or FLAC file: mono (1-D arrays) or, with
+    ``channels=2``, stereo (``(n, 2)`` arrays: a call recording's two directions)."""
 
     def __init__(
         self,
@@ -42,12 +43,16 @@ class Recorder:
         max_seconds: float = 120.0,
         silence_timeout: float | None = None,
         silence_threshold_dbfs: float = -45.0,
+        channels: int = 1,
     ) -> None:
         fmt = format.upper()
         if fmt not in ("WAV", "FLAC"):
             raise ValueError(f"unsupported recording format {format!r}; use WAV or FLAC")
         if max_seconds <= 0:
             raise ValueError("max_seconds must be positive")
+        if channels not in (1, 2):
+            raise ValueError(f"channels must be 1 or 2, not {channels!r}")
+        self.channels = channels
         self.sample_rate = sample_rate
         self.max_samples = int(max_seconds * sample_rate)
         self.silence_samples = (
@@ -56,7 +61,7 @@ class Recorder:
         # Mean-square threshold for a frame to count as silence.
         self._threshold = (32768.0 * 10 ** (silence_threshold_dbfs / 20)) ** 2
         self._file = soundfile.SoundFile(
-            file, mode="w", samplerate=sample_rate, channels=1, format=fmt, subtype="PCM_16"
+            file, mode="w", samplerate=sample_rate, channels=channels, format=fmt, subtype="PCM_16"
         )
         self.samples = 0
         self._silent_run = 0
@@ -69,7 +74,8 @@ class Recorder:
         return self.samples / self.sample_rate
 
     def write(self, pcm: npt.NDArray[np.int16]) -> str | None:
-        """Append samples; return a stop reason when the recording should end.
+        """Append samples (one row per sample instant); return a stop reason when the
+        recording should end.
 
         Frames are buffered and written to the file a second at a time: one
         ``soundfile`` write per 20 ms frame cost ~120 us here, most of a call's
@@ -88,9 +94,10 @@ class Recorder:
         if self.samples >= self.max_samples:
             return "max_seconds"
         if self.silence_samples is not None and n:
-            wide = chunk.astype(np.int64)
+            wide = chunk.astype(np.int64).ravel()
             energy = int(np.dot(wide, wide))
-            self._silent_run = self._silent_run + n if energy < self._threshold * n else 0
+            quiet = energy < self._threshold * len(wide)
+            self._silent_run = self._silent_run + n if quiet else 0
             if self._silent_run >= self.silence_samples:
                 return "silence"
         return None

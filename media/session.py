@@ -261,6 +261,9 @@ class RtpSession:
         #: Called with each received audio payload (before recording): a B2BUA's
         #: media relay hooks here.
         self.on_audio: Callable[[bytes], None] | None = None
+        #: A call recording's tap (:mod:`media.callrecording`): fed what this session
+        #: receives and, each tick, what it sent. Apart from the IVR ``record`` above.
+        self.recording: Any = None
         self._closed = False
         self._srtp: SrtpContext | None = None
         self._srtp_pending = False
@@ -543,6 +546,8 @@ class RtpSession:
         if isinstance(result, RtpPacket):
             if self.on_audio is not None:
                 self.on_audio(result.payload)
+            if self.recording is not None:
+                self.recording.received(result.timestamp, result.payload, now)
             if self._jitter is not None:
                 self._jitter.push(result.timestamp, result.payload, now)
             if self._inband is not None:
@@ -604,6 +609,8 @@ class RtpSession:
         datagram = stream.tick(payload)
         if datagram is not None:
             self._sendto(datagram, stream.remote)
+        if self.recording is not None:
+            self.recording.tick(payload if datagram is not None else None, now)
         if self._jitter is not None:
             self._record_tick(now)
         if now >= self._checks_at:
@@ -654,6 +661,9 @@ class RtpSession:
         self.on_audio = None
         self._finish_play(None)
         self._finish_recording(reason)
+        if self.recording is not None:
+            self.recording.close(self._loop.time(), reason)
+            self.recording = None
         for event in self.stream.flush_dtmf():
             self._digits.put_nowait(event)
         if self.stream.remote_rtcp is not None:

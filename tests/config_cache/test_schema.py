@@ -143,3 +143,51 @@ def test_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_tenant_file(dup)
     assert str(info.value) == f"{dup}: tenant 'a': id: tenant defined twice"
+
+
+def test_recording_options(acme: Any) -> None:
+    doc = acme(recording={"enabled": True, "channels": "mono", "max_seconds": 600})
+    doc["users"]["100"]["record"] = True
+    doc["prompts"] = {"promo": {"file": "promo.wav", "version": 3}}
+    tenant = validate_tenant(doc)
+    assert (tenant.recording.enabled, tenant.recording.channels) == (True, "mono")
+    assert tenant.recording.max_seconds == 600.0
+    assert tenant.users["100"].record and not tenant.users["101"].record
+    assert tenant.prompts["promo"].version == "3"
+    default = validate_tenant(acme())
+    assert not default.recording.enabled and default.recording.channels == "stereo"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: d.update(recording={"enabled": "yes"}),
+            "recording.enabled: must be true or false, not a string",
+        ),
+        (
+            lambda d: d.update(recording={"channels": "quad"}),
+            "recording.channels: must be stereo or mono, not 'quad'",
+        ),
+        (
+            lambda d: d.update(recording={"max_seconds": 0}),
+            "recording.max_seconds: must be a number in (0, 86400], not 0",
+        ),
+        (lambda d: d.update(recording={"format": "mp3"}), "recording.format: unknown field"),
+        (lambda d: d.update(recording=True), "recording: must be a mapping, not a boolean"),
+        (
+            lambda d: d["users"]["100"].update(record=1),
+            "users.100.record: must be true or false, not an integer",
+        ),
+        (
+            lambda d: d.update(prompts={"promo": {"file": "p.wav", "version": 1.5}}),
+            "prompts.promo.version: must be a non-empty string or an integer, not a number",
+        ),
+    ],
+)
+def test_recording_errors_name_the_field(acme: Any, change: Any, message: str) -> None:
+    doc = acme()
+    change(doc)
+    with pytest.raises(ConfigError) as info:
+        validate_tenant(doc, file="t.json")
+    assert str(info.value) == "t.json: tenant 'acme': " + message

@@ -427,3 +427,15 @@ def test_gather_terminator_can_be_disabled(value: str | None, expected: str | No
     doc["nodes"]["account"]["terminator"] = value
     gather = load(doc)["main"].nodes["account"]
     assert isinstance(gather, GatherNode) and gather.terminator == expected
+
+
+def test_record_option_on_any_node() -> None:
+    doc = copy.deepcopy(MAIN)
+    doc["nodes"]["menu"]["record"] = True
+    doc["nodes"]["bye"]["record"] = False
+    flow = load(doc)["main"]
+    assert dict(flow.recording) == {"menu": True, "bye": False}
+    assert dict(load(copy.deepcopy(MAIN))["main"].recording) == {}
+    assert str(error(_set("nodes/menu/record", "yes"))) == (
+        f"{P} node 'menu' field 'record': expected boolean, got string"
+    )

@@ -62,6 +62,7 @@ class FakeCall:
         self.blocked = asyncio.Event()
         self.ops: list[tuple[Any, ...]] = []
         self.events: list[dict[str, Any]] = []
+        self.recording_error: Exception | None = None
 
     async def answer(self) -> None:
         self.ops.append(("answer",))
@@ -113,6 +114,15 @@ class FakeCall:
         if self._transfers:
             return self._transfers.pop(0)
         return TransferResult(True, 200, 16, targets[0])
+
+    def start_recording(self) -> str:
+        self.ops.append(("start_recording",))
+        if self.recording_error is not None:
+            raise self.recording_error
+        return "recordings/c1.wav"
+
+    def stop_recording(self) -> None:
+        self.ops.append(("stop_recording",))
 
     def log_event(self, kind: str, **fields: Any) -> None:
         assert kind == "ivr"
@@ -697,3 +707,40 @@ def test_webhook_connection_refused() -> None:
     out = asyncio.run(scenario())
     assert out.path[-1] == "fallback"
     assert out.steps[1].details["error"].startswith("connection failed: ")
+
+
+def test_record_option_starts_and_stops_the_call_recording() -> None:
+    flow = make_flow(
+        {
+            "hello": {"type": "play", "prompts": ["welcome"], "next": "talk"},
+            "talk": {"type": "play", "prompts": ["menu_main"], "next": "bye", "record": True},
+            "bye": {"type": "play", "prompts": ["goodbye"], "next": "end", "record": False},
+            "end": {"type": "hangup"},
+        }
+    )
+    call = FakeCall()
+    run(call, flow)
+    assert [op[:2] for op in call.ops] == [
+        ("play", ("welcome",)),
+        ("start_recording",),
+        ("play", ("menu_main",)),
+        ("stop_recording",),
+        ("play", ("goodbye",)),
+        ("hangup", 16),
+    ]
+
+
+def test_a_recording_that_cannot_start_is_logged_and_the_flow_goes_on() -> None:
+    flow = make_flow(
+        {
+            "talk": {"type": "play", "prompts": ["welcome"], "next": "end", "record": True},
+            "end": {"type": "hangup"},
+        }
+    )
+    call = FakeCall()
+    call.recording_error = OSError("media spool full")
+    out = run(call, flow)
+    assert out.path == ("talk", "end")
+    assert {"event": "recording_failed", "flow": "main", "error": "OSError: media spool full"} in (
+        call.events
+    )

@@ -357,6 +357,12 @@ def test_media_storage_config_is_validated_naming_file_and_field(tmp_path: Path)
     assert "media_storage.retry_max: must not be less than retry_initial" in error(
         "media_storage: {retry_initial: 5, retry_max: 1}"
     )
+    assert "media_storage.prompt_cache_bytes: must be at least 1" in error(
+        "media_storage: {prompt_cache_bytes: 0}"
+    )
+    assert "media_storage.prompt_refresh: must be greater than 0" in error(
+        "media_storage: {prompt_refresh: 0}"
+    )
     conf.write_text(
         "media_storage: {kind: azure, account_url: 'https://acct.blob.core.windows.net',"
         " credential: sas, container: pbx-media, spool_quota: 1000000}"
