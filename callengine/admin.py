@@ -493,7 +493,17 @@ class WebPhoneServer:
         "/jssip.min.js": ("jssip.min.js", "application/javascript"),
     }
 
-    def __init__(self, node: Node, host: str, port: int, *, root: Path = WEBPHONE_DIR) -> None:
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        *,
+        root: Path = WEBPHONE_DIR,
+        bound: Callable[[], list[tuple[str, str, int]]] | None = None,
+    ) -> None:
+        self.bound = bound or (lambda: node.engine.bound)
+        """(transport, host, port) the node listens on (a multi-worker node's front says)."""
         self.node = node
         self.host = host
         self.port = port
@@ -518,7 +528,7 @@ class WebPhoneServer:
 
     async def config(self, request: web.Request) -> web.Response:
         host = request.url.host or "127.0.0.1"
-        found = {transport: port for transport, _, port in self.node.engine.bound}
+        found = {transport: port for transport, _, port in self.bound()}
         server = None
         if "WSS" in found:
             server = f"wss://{host}:{found['WSS']}"

@@ -936,6 +936,25 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
         local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
         (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
+    webphone = None
+    if cfg.webphone:
+        from .admin import WebPhoneServer
+
+        host, port = parse_listen(cfg.webphone)
+        webphone = WebPhoneServer(
+            front.node,
+            host,
+            port,
+            bound=lambda: [(s.transport, s.host, s.port) for s in front.transports.bound],
+        )
+        try:
+            await webphone.start()
+        except OSError as exc:
+            print(
+                f"callengine: cannot open the web phone on {cfg.webphone}: {exc}", file=sys.stderr
+            )
+            await front.stop()
+            return 1
     log.info("node %s ready (%d workers)", cfg.node_id, workers)
     await stop.wait()
     log.info("draining %d workers", workers)
@@ -945,5 +964,7 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
     if admin is not None:
         await admin.stop()
         (Path(cfg.data_dir) / ADMIN_URL_FILE).unlink(missing_ok=True)
+    if webphone is not None:
+        await webphone.stop()
     log.info("stopped")
     return 0
