@@ -38,22 +38,24 @@ hashed to it to the live workers (and keeps sending those calls there until they
 end), and starts it again. Calls on the other workers are not touched. SIGTERM to the
 front drains every worker (new calls 503, active calls get ``drain_grace``).
 
-Node-wide limits. ``max_calls`` and ``max_cps`` are divided among the workers
-(each takes its share of the node's calls, since Call-IDs hash evenly), which bounds
-the node's total; ``source_rate``/``source_burst`` apply once, in the front.
+Node-wide limits. ``max_calls`` and ``max_cps`` count once for the node
+(:class:`SharedCaps`, a shared memory map like the B-channel table); ``source_rate``/
+``source_burst`` apply once, in the front.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import functools
 import logging
-import math
+import mmap
 import os
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -111,11 +113,127 @@ def worker_config(cfg: EngineConfig, index: int, workers: int) -> EngineConfig:
         metrics=None,
         admin=None,
         source_rate=0.0,
-        max_calls=max(1, math.ceil(cfg.max_calls / workers)) if cfg.max_calls else 0,
-        max_cps=cfg.max_cps / workers if cfg.max_cps else 0.0,
         tenant_files=[],
         workers=1,
     )
+
+
+# ============================================================== node-wide caps
+class SharedCaps:
+    """``max_calls`` and ``max_cps`` of a multi-worker node, counted once for the node
+    in a small shared memory map (``DATA_DIR/caps.map``) under ``flock``, like the
+    B-channel table (:mod:`pri.channels`): the calls in progress in all, each worker's
+    share of them (given back when a worker dies), and one token bucket.
+
+    Layout: total calls (int64), bucket tokens (double), bucket time (double, the
+    system-wide monotonic clock), then one int64 per worker slot."""
+
+    _HEAD = struct.Struct("=qdd")
+    _SLOT = struct.Struct("=q")
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        slot: int,
+        max_calls: int,
+        max_cps: float,
+        create: bool,
+    ) -> None:
+        self.slot = slot
+        self.max_calls = max_calls
+        self.max_cps = max_cps
+        size = self._HEAD.size + self._SLOT.size * 256
+        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
+        self._fd = os.open(path, flags, 0o600)
+        if create:
+            os.ftruncate(self._fd, size)
+        self._mm = mmap.mmap(self._fd, size)
+        if create:
+            self._HEAD.pack_into(self._mm, 0, 0, max_cps, time.monotonic())
+
+    def _slot_at(self, slot: int) -> int:
+        return self._HEAD.size + self._SLOT.size * slot
+
+    def admit(self) -> str | None:
+        """Count one more call for this worker; ``"calls"`` or ``"cps"`` when the node
+        is at a cap (nothing counted then)."""
+        mm = self._mm
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            calls, tokens, at = self._HEAD.unpack_from(mm, 0)
+            if self.max_calls and calls >= self.max_calls:
+                return "calls"
+            if self.max_cps > 0:
+                now = time.monotonic()
+                tokens = min(self.max_cps, tokens + (now - at) * self.max_cps)
+                if tokens < 1.0:
+                    self._HEAD.pack_into(mm, 0, calls, tokens, now)
+                    return "cps"
+                tokens -= 1.0
+                at = now
+            self._HEAD.pack_into(mm, 0, calls + 1, tokens, at)
+            where = self._slot_at(self.slot)
+            (mine,) = self._SLOT.unpack_from(mm, where)
+            self._SLOT.pack_into(mm, where, mine + 1)
+            return None
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        self._take_back(self.slot, 1)
+
+    def reclaim(self, slot: int) -> int:
+        """A worker died: its calls no longer count. Returns how many it held."""
+        return self._take_back(slot, None)
+
+    def _take_back(self, slot: int, n: int | None) -> int:
+        mm = self._mm
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            where = self._slot_at(slot)
+            (mine,) = self._SLOT.unpack_from(mm, where)
+            n = mine if n is None else min(n, mine)
+            if n <= 0:
+                return 0
+            calls, tokens, at = self._HEAD.unpack_from(mm, 0)
+            self._HEAD.pack_into(mm, 0, max(calls - n, 0), tokens, at)
+            self._SLOT.pack_into(mm, where, mine - n)
+            return n
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def calls(self) -> int:
+        return int(self._HEAD.unpack_from(self._mm, 0)[0])
+
+    def close(self) -> None:
+        self._mm.close()
+        os.close(self._fd)
+
+
+class NodeAdmission:
+    """A worker's admission of new calls: the node's caps (:class:`SharedCaps`), then
+    the engine's own (per-source caps), as the user agent's ``admission``."""
+
+    def __init__(self, caps: SharedCaps, inner: Any) -> None:
+        self.caps = caps
+        self.inner = inner
+
+    def admit_call(self, request: Any, now: float) -> str | None:
+        refused = self.caps.admit()
+        if refused is not None:
+            return "Node Call Limit Reached" if refused == "calls" else "Node Call Rate Reached"
+        if self.inner is not None:
+            reason = self.inner.admit_call(request, now)
+            if reason is not None:
+                self.caps.release()
+                return str(reason)
+        return None
+
+    def release_call(self, request: Any) -> None:
+        self.caps.release()
+        if self.inner is not None:
+            self.inner.release_call(request)
 
 
 # =========================================================================== worker
@@ -394,6 +512,17 @@ async def _run_worker(
     node.engine.relay = relay
     node.engine.new_call_id = functools.partial(call_id_for, index, link.workers)
     await node.start()
+    # the node's max_calls / max_cps, counted once for all workers
+    caps = SharedCaps(
+        init["caps"],
+        slot=index,
+        max_calls=cfg.max_calls,
+        max_cps=cfg.max_cps,
+        create=False,
+    )
+    ua = node.engine.ua
+    ua.max_calls, ua.max_cps = 1 << 62, 0.0
+    ua.admission = NodeAdmission(caps, ua.admission)
     node.registry.register(EngineCollector(node.engine))
     admin = None
     if init.get("admin_socket"):
@@ -465,6 +594,7 @@ class ClusterFront:
         self.transports: Any = None
         self.limiter: Any = None
         self.channels: Any = None
+        self.caps: SharedCaps | None = None
         self.stopping = False
         self.redirects: OrderedDict[bytes, int] = OrderedDict()
         self.unparsed = 0
@@ -497,6 +627,13 @@ class ClusterFront:
         )
         _, size = channel_layout({n: t.capacity for n, t in plan.trunks.items()})
         self.channels = SharedChannels(self._channels_path(), size, owner=0, create=True)
+        self.caps = SharedCaps(
+            self._caps_path(),
+            slot=255,
+            max_calls=cfg.max_calls,
+            max_cps=cfg.max_cps,
+            create=True,
+        )
         exempt = networks_matcher(
             [*cfg.source_exempt, *cfg.trusted_sources, *_trunk_networks(plan)]
         )
@@ -532,6 +669,9 @@ class ClusterFront:
 
     def worker_admin_sockets(self) -> list[str]:
         return [self.admin_socket(w) for w in self.workers if w.live]
+
+    def _caps_path(self) -> str:
+        return str(Path(self.cfg.data_dir) / "caps.map")
 
     def _channels_path(self) -> str:
         return str(Path(self.cfg.data_dir) / "channels.map")
@@ -582,6 +722,7 @@ class ClusterFront:
                 "bindings": self._bindings_dump(),
                 "bound": [(s.host, s.port, s.transport) for s in self.transports.bound],
                 "channels": self._channels_path(),
+                "caps": self._caps_path(),
                 "admin_socket": self.admin_socket(w) if self.cfg.admin else None,
             }
         )
@@ -754,6 +895,8 @@ class ClusterFront:
                 code,
                 len(closed),
             )
+        if self.caps is not None:
+            self.caps.reclaim(w.index)
         freed = self.channels.reclaim(w.index + 1) if self.channels is not None else 0
         if freed:
             log.warning("worker %d ended: %d B-channels given back", w.index, freed)
@@ -800,6 +943,8 @@ class ClusterFront:
             await self.transports.close()
         if self.channels is not None:
             self.channels.close()
+        if self.caps is not None:
+            self.caps.close()
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         await self.node.stop(0)

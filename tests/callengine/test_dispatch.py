@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from callengine.cluster import ReplicaBindings, rtp_slice
+from callengine.cluster import ReplicaBindings, SharedCaps, rtp_slice
 from callengine.dispatch import (
     FrameReader,
     aor_worker,
@@ -199,3 +199,32 @@ def test_replica_sends_changes_but_not_its_own_purge() -> None:
     assert sent[-1] == ("bind", "100@demo", [])
     replica.apply("200@demo", [live.to_dict()])
     assert replica.get("200@demo") == [live]
+
+
+def test_node_caps_count_once_for_all_workers(tmp_path: Path) -> None:
+    path = tmp_path / "caps.map"
+    front = SharedCaps(path, slot=255, max_calls=5, max_cps=0.0, create=True)
+    workers = [SharedCaps(path, slot=i, max_calls=5, max_cps=0.0, create=False) for i in (0, 1)]
+    got = [workers[i % 2].admit() for i in range(8)]
+    assert got == [None] * 5 + ["calls"] * 3
+    assert front.calls() == 5
+    workers[0].release()
+    assert workers[1].admit() is None  # the room one worker freed, the other takes
+    assert workers[1].admit() == "calls"
+    # worker 1 dies holding 3 calls (2 from the first round, 1 now): given back
+    assert front.reclaim(1) == 3
+    assert front.calls() == 2
+    assert [workers[0].admit() for _ in range(4)] == [None, None, None, "calls"]
+    for caps in (front, *workers):
+        caps.close()
+
+
+def test_node_rate_is_one_bucket(tmp_path: Path) -> None:
+    path = tmp_path / "caps.map"
+    front = SharedCaps(path, slot=255, max_calls=0, max_cps=4.0, create=True)
+    a = SharedCaps(path, slot=0, max_calls=0, max_cps=4.0, create=False)
+    b = SharedCaps(path, slot=1, max_calls=0, max_cps=4.0, create=False)
+    got = [(a if i % 2 else b).admit() for i in range(6)]
+    assert got.count(None) == 4 and got[-1] == "cps"  # a burst of one second, node-wide
+    for caps in (front, a, b):
+        caps.close()

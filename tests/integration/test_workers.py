@@ -359,3 +359,25 @@ def test_control_api_sees_the_calls_of_every_worker(
     finally:
         sipp.kill()
         sipp.wait()
+
+
+def test_max_calls_counts_once_for_the_node(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    config = tmp_path / "caps.yaml"
+    config.write_text("max_calls: 10\nsource_max_calls: 0\nsource_max_cps: 0\n")
+    daemon = daemon_factory("--workers", "2", "--config", str(config), metrics=True)
+    # 20 calls within half a second, each held 4 s, spread over both workers
+    result = run_sipp(
+        sipp_to(daemon, "-sn", "uac", "-r", "40", "-m", "20", "-d", "4000"),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert calls(result) == (10, 10), result.stats
+    port = daemon.metrics_port or 0
+    # the 10 that got in were taken by both workers (the cap is the node's, not each's)
+    wait_for(
+        "both workers' calls in /metrics",
+        lambda: sum(per_worker(port, "callengine_calls_total").values()) == 10,
+    )
+    assert set(per_worker(port, "callengine_calls_total")) == {"0", "1"}
