@@ -390,10 +390,24 @@ class WorkerLink:
         if self.relay is not None:
             self.relay.send_control(message)
 
+    def flow_registered(self, flow: tuple[str, tuple[str, int]], realm: str, aor: str) -> None:
+        """A WebSocket client registered over ``flow`` here: tell the other workers (in
+        order with the binding), so that they can ring it through the front."""
+        self._send_ordered(("flow", flow, realm, aor))
+
     def on_control(self, message: tuple[Any, ...]) -> None:
         """An ordered control message from the front (a registration elsewhere)."""
         if message[0] == "bind":
             self.bindings.apply(message[1], message[2])
+        elif message[0] == "flow":
+            _, flow, realm, aor = message
+            self._add_flow(flow, realm, aor)
+
+    def _add_flow(self, flow: tuple[str, tuple[str, int]], realm: str, aor: str) -> None:
+        if self.relay is not None:
+            self.relay.flows.add(flow)
+        if self.node is not None:
+            self.node.add_flow(flow, realm, aor)
 
     def share_channels(self, plan: Any) -> None:
         from pri.channels import SharedChannels, channel_layout
@@ -509,6 +523,8 @@ async def _run_worker(
     )
     link.relay = relay
     relay.on_control = link.on_control
+    for flow, realm, aor in init.get("flows", ()):
+        link._add_flow(flow, realm, aor)
     node.engine.relay = relay
     node.engine.new_call_id = functools.partial(call_id_for, index, link.workers)
     await node.start()
@@ -597,6 +613,8 @@ class ClusterFront:
         self.caps: SharedCaps | None = None
         self.stopping = False
         self.redirects: OrderedDict[bytes, int] = OrderedDict()
+        self.flows: dict[tuple[str, tuple[str, int]], set[tuple[str, str]]] = {}
+        """Live WebSocket flows -> the (realm, AOR)s registered over them (for new workers)."""
         self.unparsed = 0
         self.limited = 0
         self._config_version = -1
@@ -723,6 +741,9 @@ class ClusterFront:
                 "bound": [(s.host, s.port, s.transport) for s in self.transports.bound],
                 "channels": self._channels_path(),
                 "caps": self._caps_path(),
+                "flows": [
+                    (flow, realm, aor) for flow, keys in self.flows.items() for realm, aor in keys
+                ],
                 "admin_socket": self.admin_socket(w) if self.cfg.admin else None,
             }
         )
@@ -805,10 +826,14 @@ class ClusterFront:
     def _on_ordered(self, w: _Worker, message: tuple[Any, ...]) -> None:
         """A control message a worker sent on its data channel: a registration changed
         there. Stored, then handed to the other workers ahead of what comes next."""
-        if message[0] != "bind":
+        if message[0] == "flow":
+            _, flow, realm, aor = message
+            self.flows.setdefault(flow, set()).add((realm, aor))
+        elif message[0] == "bind":
+            _, aor, records = message
+            self.node._local().bindings.put_aor(aor, records)
+        else:
             return
-        _, aor, records = message
-        self.node._local().bindings.put_aor(aor, records)
         packed = pack_control(message)
         for other in self.workers:
             if other is not w and other.data is not None:
@@ -818,6 +843,7 @@ class ClusterFront:
                     other.dropped += 1
 
     def _flow_closed(self, peer: tuple[str, int], transport: str) -> None:
+        self.flows.pop((transport, peer), None)
         for w in self.workers:
             w.send(("flow_closed", peer, transport))
 

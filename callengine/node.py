@@ -444,7 +444,13 @@ class Node:
                 aor = f"{to.uri.user_unescaped or ''}@{to.uri.host}"
                 flow = (request.transport, request.source)
                 self._flows.setdefault(flow, set()).add((tenant.realm, aor))
+                if self.link is not None:  # the node's other workers may ring it too
+                    self.link.flow_registered(flow, tenant.realm, aor)
         return response
+
+    def add_flow(self, flow: tuple[str, tuple[str, int]], realm: str, aor: str) -> None:
+        """A WebSocket flow another worker of the node registered ``aor`` over."""
+        self._flows.setdefault(flow, set()).add((realm, aor))
 
     def _flow_closed(self, peer: tuple[str, int], transport: str) -> None:
         for realm, aor in self._flows.pop((transport, peer), ()):

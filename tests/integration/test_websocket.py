@@ -601,3 +601,55 @@ def test_refusals_size_cap_and_per_source_connection_cap(
     assert metrics['callengine_transport_errors_total{kind="framing"}'] == 1  # the 1009
     assert metrics['callengine_stream_connections_closed_total{reason="refused"}'] == 1
     assert metrics['callengine_stream_connections_closed_total{reason="idle"}'] == 1
+
+
+def test_a_ws_phone_is_rung_by_every_worker_of_a_multi_worker_node(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    """``workers: 2``: the phone registers over WS through one worker (its AOR's home);
+    a call held by either worker rings it over the front's connection, and the answer
+    and the BYE find their way back (docs/workers.md)."""
+    from callengine.dispatch import call_id_for
+
+    daemon, ws_port, _, _ = _start(tmp_path, daemon_factory, workers=2)
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+
+    async def main() -> None:
+        phone, _ = await WsPhone.connect(ws_port)
+        ok = await phone.register()
+        assert ok.startswith("SIP/2.0 200 OK"), ok
+        for worker in (0, 1):
+            call_id = call_id_for(worker, 2, "caller")
+            caller = asyncio.ensure_future(
+                asyncio.to_thread(sip_call, daemon.port, "1001", hold=0.3, call_id=call_id)
+            )
+            invite = await phone.recv()
+            assert invite.startswith(f"INVITE sip:ws100@{phone.host};transport=ws "), invite
+            head = _head(invite)[1:]
+            keep = [
+                ln for ln in head if ln.split(":")[0].lower() in ("via", "from", "call-id", "cseq")
+            ]
+            to = [ln + ";tag=wsphone" for ln in head if ln.split(":")[0].lower() == "to"]
+            sdp = _sdp(rtp.getsockname()[1])
+            await phone.send(
+                "\r\n".join(["SIP/2.0 200 OK", *keep, *to])
+                + f"\r\nContact: <sip:ws100@{phone.host};transport=ws>"
+                + f"\r\nContent-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+            )
+            assert (await phone.recv()).startswith("ACK "), worker
+            bye = await phone.recv()
+            assert bye.startswith("BYE "), bye
+            lines = [
+                ln
+                for ln in _head(bye)[1:]
+                if ln.split(":")[0].lower() in ("via", "from", "to", "call-id", "cseq")
+            ]
+            await phone.send("SIP/2.0 200 OK\r\n" + "\r\n".join(lines) + "\r\n\r\n")
+            assert (await caller).status == 200, worker
+        await phone.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        rtp.close()
