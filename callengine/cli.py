@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,6 @@ async def _run_node(cfg: object) -> int:
     from .config import EngineConfig
     from .metrics import serve_metrics
     from .node import Node
-    from .transport import parse_listen
 
     assert isinstance(cfg, EngineConfig)
     from pri import TrunkConfigError
@@ -199,49 +198,18 @@ async def _run_node(cfg: object) -> int:
         print(f"callengine: cannot listen on {', '.join(cfg.listen)}: {what}", file=sys.stderr)
         await _quiet_stop(node)
         return 1
-    if cfg.metrics:
-        host, port = parse_listen(cfg.metrics)
-        try:
-            serve_metrics(node.engine, host, port, registry=node.registry)
-        except OSError as exc:
-            print(
-                f"callengine: cannot open metrics on {cfg.metrics}: {exc.strerror}", file=sys.stderr
-            )
-            await _quiet_stop(node)
-            return 1
-    admin = None
-    if cfg.admin:
-        from .admin import AdminServer
+    from .admin import AdminServer, WebPhoneServer
 
-        host, port = parse_listen(cfg.admin)
-        admin = AdminServer(node, host, port, token=cfg.admin_token)
-        try:
-            await admin.start()
-        except OSError as exc:
-            print(
-                f"callengine: cannot open the admin API on {cfg.admin}: {exc.strerror}",
-                file=sys.stderr,
-            )
-            await _quiet_stop(node)
-            return 1
-        # `callengine logs --data-dir DIR` finds the API of the node that holds DIR
-        local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
-        (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
-    webphone = None
-    if cfg.webphone:
-        from .admin import WebPhoneServer
-
-        host, port = parse_listen(cfg.webphone)
-        try:
-            webphone = WebPhoneServer(node, host, port)
-            await webphone.start()
-        except OSError as exc:
-            print(
-                f"callengine: cannot open the web phone on {cfg.webphone}: {exc}", file=sys.stderr
-            )
-            await _quiet_stop(node)
-            return 1
+    endpoints = await open_endpoints(
+        cfg,
+        metrics=lambda host, port: serve_metrics(node.engine, host, port, registry=node.registry),
+        admin=lambda host, port: AdminServer(node, host, port, token=cfg.admin_token),
+        webphone=lambda host, port: WebPhoneServer(node, host, port),
+    )
+    if endpoints is None:
+        await _quiet_stop(node)
+        return 1
+    admin, webphone = endpoints
     log.info("node %s ready", cfg.node_id)
     await stop.wait()
     log.info(
@@ -251,14 +219,60 @@ async def _run_node(cfg: object) -> int:
     )
     if admin is not None:
         admin.stopping = True  # /ready says 503 while calls drain
+    await node.stop()
+    await close_endpoints(cfg, endpoints)
+    log.info("stopped")
+    return 0
+
+
+async def open_endpoints(
+    cfg: Any,
+    *,
+    metrics: Callable[[str, int], object],
+    admin: Callable[[str, int], Any],
+    webphone: Callable[[str, int], Any],
+) -> tuple[Any, Any] | None:
+    """Open the node's HTTP endpoints that ``cfg`` asks for: /metrics (``metrics(host,
+    port)`` starts it), the control API and the web phone (``admin``/``webphone`` make
+    the servers). ``(admin, webphone)``, either None when off; ``None`` after printing
+    the one line that says which could not be opened."""
+    from .transport import parse_listen
+
+    what = "metrics"
+    opened: tuple[Any, Any] = (None, None)
+    try:
+        if cfg.metrics:
+            metrics(*parse_listen(cfg.metrics))
+        if cfg.admin:
+            what = "the admin API"
+            host, port = parse_listen(cfg.admin)
+            server = admin(host, port)
+            await server.start()
+            opened = (server, None)
+            # `callengine logs --data-dir DIR` finds the API of the node that holds DIR
+            local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+            url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+            (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
+        if cfg.webphone:
+            what = "the web phone"
+            phone = webphone(*parse_listen(cfg.webphone))
+            await phone.start()
+            opened = (opened[0], phone)
+    except OSError as exc:
+        where = {"metrics": cfg.metrics, "the admin API": cfg.admin}.get(what, cfg.webphone)
+        print(f"callengine: cannot open {what} on {where}: {exc.strerror}", file=sys.stderr)
+        await close_endpoints(cfg, opened)
+        return None
+    return opened
+
+
+async def close_endpoints(cfg: Any, endpoints: tuple[Any, Any]) -> None:
+    admin, webphone = endpoints
     if webphone is not None:
         await webphone.stop()
-    await node.stop()
     if admin is not None:
         await admin.stop()
         (Path(cfg.data_dir) / ADMIN_URL_FILE).unlink(missing_ok=True)
-    log.info("stopped")
-    return 0
 
 
 async def _quiet_stop(node: object) -> None:

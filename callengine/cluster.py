@@ -624,7 +624,6 @@ class ClusterFront:
 
     # ------------------------------------------------------------------- start
     async def start(self) -> None:
-        from pri import load_trunks
         from pri.channels import SharedChannels, channel_layout
 
         from .engine import listen_all, make_transports
@@ -633,16 +632,7 @@ class ClusterFront:
 
         cfg = self.cfg
         await self.node.open_state()
-        plan = load_trunks(
-            {
-                "trunks": cfg.trunks,
-                "trunk_groups": cfg.trunk_groups,
-                "outbound_routes": cfg.outbound_routes,
-                "trusted_sources": cfg.trusted_sources,
-                "dial_policy": cfg.dial_policy,
-            },
-            source=cfg.source,
-        )
+        plan = self.node.trunk_plan()
         _, size = channel_layout({n: t.capacity for n, t in plan.trunks.items()})
         self.channels = SharedChannels(self._channels_path(), size, owner=0, create=True)
         self.caps = SharedCaps(
@@ -1051,8 +1041,6 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
     from config_cache import ConfigError
     from pri import TrunkConfigError
 
-    from .transport import parse_listen
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1071,71 +1059,40 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
         print(f"callengine: cannot listen on {', '.join(cfg.listen)}: {what}", file=sys.stderr)
         await front.stop()
         return 1
-    if cfg.metrics:
-        host, port = parse_listen(cfg.metrics)
-        front.node.registry.register(front.collector())
-        try:
-            start_http_server(port, addr=host, registry=front.node.registry)
-        except OSError as exc:
-            print(
-                f"callengine: cannot open metrics on {cfg.metrics}: {exc.strerror}", file=sys.stderr
-            )
-            await front.stop()
-            return 1
-    admin = None
-    if cfg.admin:
-        from .admin import ClusterAdmin
-        from .cli import ADMIN_URL_FILE
+    from .admin import ClusterAdmin, WebPhoneServer
+    from .cli import close_endpoints, open_endpoints
 
-        host, port = parse_listen(cfg.admin)
-        admin = ClusterAdmin(
+    def metrics(host: str, port: int) -> None:
+        front.node.registry.register(front.collector())
+        start_http_server(port, addr=host, registry=front.node.registry)
+
+    endpoints = await open_endpoints(
+        cfg,
+        metrics=metrics,
+        admin=lambda host, port: ClusterAdmin(
             front.node,
             host,
             port,
             token=cfg.admin_token,
             worker_sockets=front.worker_admin_sockets,
-        )
-        try:
-            await admin.start()
-        except OSError as exc:
-            print(
-                f"callengine: cannot open the admin API on {cfg.admin}: {exc.strerror}",
-                file=sys.stderr,
-            )
-            await front.stop()
-            return 1
-        local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
-        (Path(cfg.data_dir) / ADMIN_URL_FILE).write_text(url + "\n")
-    webphone = None
-    if cfg.webphone:
-        from .admin import WebPhoneServer
-
-        host, port = parse_listen(cfg.webphone)
-        webphone = WebPhoneServer(
+        ),
+        webphone=lambda host, port: WebPhoneServer(
             front.node,
             host,
             port,
             bound=lambda: [(s.transport, s.host, s.port) for s in front.transports.bound],
-        )
-        try:
-            await webphone.start()
-        except OSError as exc:
-            print(
-                f"callengine: cannot open the web phone on {cfg.webphone}: {exc}", file=sys.stderr
-            )
-            await front.stop()
-            return 1
+        ),
+    )
+    if endpoints is None:
+        await front.stop()
+        return 1
+    admin = endpoints[0]
     log.info("node %s ready (%d workers)", cfg.node_id, workers)
     await stop.wait()
     log.info("draining %d workers", workers)
     if admin is not None:
         admin.stopping = True
     await front.stop()
-    if admin is not None:
-        await admin.stop()
-        (Path(cfg.data_dir) / ADMIN_URL_FILE).unlink(missing_ok=True)
-    if webphone is not None:
-        await webphone.stop()
+    await close_endpoints(cfg, endpoints)
     log.info("stopped")
     return 0

@@ -205,16 +205,7 @@ class Node:
         engine.register_handler = self.on_register
         engine.flow_closed_hooks.append(self._flow_closed)
         # issue #6: trunks, failover, transfers (B2BUA); before the listeners open
-        plan = load_trunks(
-            {
-                "trunks": cfg.trunks,
-                "trunk_groups": cfg.trunk_groups,
-                "outbound_routes": cfg.outbound_routes,
-                "trusted_sources": cfg.trusted_sources,
-                "dial_policy": cfg.dial_policy,
-            },
-            source=cfg.source,
-        )
+        plan = self.trunk_plan()
         if self.link is not None:
             self.link.share_channels(plan)  # B-channels count on the whole node
         # the carriers' gateways are never rate-limited per source
@@ -226,6 +217,20 @@ class Node:
         engine.media_manager.follow_tenants(lambda: local.config.snapshot.tenants)
         if not cfg.user_agent_to_trunks and plan.trunks:
             engine.ua.hide_agent = networks_matcher(_trunk_networks(plan))
+
+    def trunk_plan(self) -> TrunkPlan:
+        """The node's trunks, groups, outbound routes and dial policy (from its config)."""
+        cfg = self.config
+        return load_trunks(
+            {
+                "trunks": cfg.trunks,
+                "trunk_groups": cfg.trunk_groups,
+                "outbound_routes": cfg.outbound_routes,
+                "trusted_sources": cfg.trusted_sources,
+                "dial_policy": cfg.dial_policy,
+            },
+            source=cfg.source,
+        )
 
     # ----------------------------------------------------------------- reload
     def tenant_file_paths(self) -> list[Path]:

@@ -121,23 +121,7 @@ def test_rtp_slices_do_not_overlap_and_stay_even() -> None:
 
 
 def test_b_channels_are_counted_across_processes(tmp_path: Path) -> None:
-    plan = load_trunks(
-        {
-            "trunks": {
-                "t1": {
-                    "carrier": "A",
-                    "gateway": {"host": "127.0.0.1", "port": 5070},
-                    "spans": [{"name": "s1", "type": "T1"}],
-                },
-                "e1": {
-                    "carrier": "B",
-                    "gateway": {"host": "127.0.0.1", "port": 5080},
-                    "spans": [{"name": "s2", "type": "E1"}],
-                },
-            }
-        },
-        source="test",
-    )
+    plan = load_trunks(plan_doc(), source="test")
     bases, size = channel_layout({n: t.capacity for n, t in plan.trunks.items()})
     assert size == 53
     path = tmp_path / "channels.map"
