@@ -415,7 +415,7 @@ domain={account.domain}
         if self.proc.poll() is None:
             with contextlib.suppress(OSError, AssertionError):
                 self.send("quit")
-        _stop(self.proc, 3)
+        _stop(self.proc, 1)
 
 
 def sip_messages(log: str) -> Iterator[str]:
