@@ -74,6 +74,9 @@ Address = tuple[str, int]
 COMFORT_NOISE_PT = 13  # RFC 3389
 _STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"  # RFC 5389 §6
 
+RELATCH_PACKETS = 5  # in-sequence packets before another address may take over (A.1)
+RELATCH_AFTER = 5.0  # seconds the latched source must be silent before that
+
 
 def is_stun(data: bytes) -> bool:
     """A STUN message (RFC 5389 §6) on a media port, told apart from RTP/RTCP by its
@@ -89,8 +92,6 @@ def is_stun(data: bytes) -> bool:
         and data[4:8] == _STUN_MAGIC_COOKIE
         and int.from_bytes(data[2:4], "big") == len(data) - 20
     )
-RELATCH_PACKETS = 5  # in-sequence packets before another address may take over (A.1)
-RELATCH_AFTER = 5.0  # seconds the latched source must be silent before that
 
 
 @dataclass(slots=True)

@@ -54,7 +54,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, detail: Callab
 def speech() -> npt.NDArray[np.float64]:
     """7.08 s of speech from SIPp's G.711 capture (``g711a.pcap``), decoded: what the
     stacks say. Independent of the engine's prompts, so a correlation cannot confuse them."""
-    return capture_audio(CAPTURES / "g711a.pcap")
+    return np.asarray(capture_audio(CAPTURES / "g711a.pcap"), dtype=np.float64)
 
 
 def write_wav(path: Path, *parts: npt.NDArray[np.float64] | float) -> Path:
