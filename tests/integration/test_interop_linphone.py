@@ -2,7 +2,7 @@
 independent SIP/RTP stack, against ``callengine serve`` and the demo tenant (issue 13).
 
 linphonec registers as user 100 with the node's default Digest challenges (SHA-256 and
-MD5: belle-sip answers the one it prefers), calls the demo IVR, presses 3 (RFC 4733),
+MD5: belle-sip answers the SHA-256 one), calls the demo IVR, presses 3 (RFC 4733),
 hears the prompts and speaks into the voicemail; then it is rung through the sales ring
 group by a pjsua2 caller, answers (auto-answer), and the audio both ways is checked.
 
@@ -43,7 +43,7 @@ def only_log(logs: list[dict[str, Any]]) -> dict[str, Any]:
     assert len(logs) == 1, logs
     log = logs[0]
     assert log["state"] == "final" and log["tenant"] == "demo", log
-    assert log["result"] == "completed", log
+    assert log["result"] == "completed" and log["q850_cause"] == 16, log  # a clean BYE
     return log
 
 
@@ -57,6 +57,8 @@ def test_linphone_registers_calls_the_ivr_presses_3_and_leaves_a_voicemail(
     phone = Linphone(tmp_path / "linphone", node, USER_100, record=heard, auto_answer=False)
     try:
         phone.wait_registered()
+        sent = [ln for ln in phone.log().splitlines() if ln.startswith("Authorization:")]
+        assert sent and "algorithm=SHA-256" in sent[0], sent  # the node's first choice
         phone.send("call sip:1000@demo")  # the demo's main line, through the node
         phone.wait_output(r"Call \d+ with sip:1000@demo connected")
         answered = time.monotonic()
