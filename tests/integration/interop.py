@@ -108,6 +108,55 @@ def slip_tolerant_correlation(
     return (dot_sum / denom if denom else 0.0), base, worst
 
 
+def recorded_so_far(path: Path) -> npt.NDArray[np.float64]:
+    """The samples of a 16-bit mono WAV a stack is still writing: libsndfile (baresip)
+    writes the header first with a data size of 0; mediastreamer (linphone) leaves the
+    44 header bytes blank and writes them when it closes the file."""
+    if not path.exists():
+        return np.zeros(0)
+    raw = path.read_bytes()
+    if raw[:4] == b"RIFF":
+        at = raw.find(b"data", 12)
+        if at < 0:
+            return np.zeros(0)
+        body = raw[at + 8 :]
+    else:
+        body = raw[44:]
+    body = body[: len(body) // 2 * 2]
+    return np.frombuffer(body, dtype="<i2").astype(np.float64) / 32768.0
+
+
+def wait_heard(
+    recording: Callable[[], Path | None],
+    reference: npt.NDArray[np.float64],
+    *,
+    after: int = 0,
+    timeout: float = 15.0,
+) -> int:
+    """Wait until the stack's recording (still being written) holds ``reference`` in
+    full at or after sample ``after``; the sample where it ends. The IVR is driven by
+    what the stack heard, not by a guess of how long the prompts take."""
+    needed = len(reference)
+
+    def heard_it() -> int | None:
+        path = recording()
+        signal = recorded_so_far(path) if path is not None else np.zeros(0)
+        if len(signal) < after + needed:
+            return None
+        ncc, offset, _ = slip_tolerant_correlation(signal[after:], reference)
+        end = after + offset + needed
+        if ncc >= 0.9 and len(signal) >= end:
+            return end
+        return None
+
+    return wait_for(  # type: ignore[no-any-return]
+        f"the stack hearing {needed / RATE:.2f} s of known audio",
+        heard_it,
+        timeout,
+        lambda: f"recording: {recording()}",
+    )
+
+
 def call_logs(daemon: Daemon) -> list[dict[str, Any]]:
     """Stop the node (SIGTERM, must exit 0), then ``callengine logs --json``."""
     rc = daemon.stop(signal.SIGTERM, timeout=40)
@@ -285,6 +334,11 @@ class Baresip:
             timeout,
             lambda: f"events: {[e.get('type') for e in self.events]}\n{self.log()[-3000:]}",
         )
+
+    def dump(self, kind: str) -> Path | None:
+        """Its ``dec`` (heard) or ``enc`` (sent) dump of the current call, once open."""
+        found = sorted(self.workdir.glob(f"dump-*-{kind}.wav"))
+        return found[-1] if found else None
 
     def recordings(self) -> tuple[Path, Path]:
         """(what it heard, what it sent): the sndfile dumps of its one call."""
