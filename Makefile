@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_PKGS := sip-tester tshark espeak-ng sox kamailio systemd chromium chromium-driver
+APT_PKGS := sip-tester tshark espeak-ng sox kamailio systemd chromium chromium-driver baresip linphone-cli
 STAMP   := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 

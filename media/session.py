@@ -37,7 +37,7 @@ from .jitterbuffer import RecordingJitterBuffer
 from .recorder import Recorder, RecordingResult
 from .rtp import RtpPacket
 from .srtp import SrtpContext, SrtpError
-from .stream import Address, RtpStream
+from .stream import Address, RtpStream, is_stun
 
 # The clock belongs to no call: its ticks must not inherit the first call's context
 # (a log line's call id comes from there).
@@ -558,27 +558,35 @@ class RtpSession:
         for event in result:
             self.deliver_digit(event)
 
+    def _srtp_dropped(self, data: bytes) -> None:
+        """Count a datagram SRTP could not take: a STUN keepalive is no SRTP failure."""
+        counters = self.stream.counters
+        if is_stun(data):
+            counters.stun_received += 1
+        else:
+            counters.srtp_failed += 1
+
     def _on_srtp(self, data: bytes, addr: Address) -> None:
         srtp = self._srtp
         if srtp is None:
-            self.stream.counters.srtp_failed += 1
+            self._srtp_dropped(data)
             return
         try:
             data = srtp.unprotect(data)
         except SrtpError:
-            self.stream.counters.srtp_failed += 1
+            self._srtp_dropped(data)
             return
         self._on_rtp(data, addr)
 
     def _on_rtcp(self, data: bytes, addr: Address) -> None:
         if self._srtp_pending or self._srtp is not None:
             if self._srtp is None:
-                self.stream.counters.srtp_failed += 1
+                self._srtp_dropped(data)
                 return
             try:
                 data = self._srtp.unprotect_rtcp(data)
             except SrtpError:
-                self.stream.counters.srtp_failed += 1
+                self._srtp_dropped(data)
                 return
         self.stream.receive_rtcp(data, addr, self._loop.time())
 

@@ -67,13 +67,31 @@ from .rtp import RtpPacket, packet_packer
 # One generator per process: seeding a new Random from os.urandom costs ~70 us a call.
 _RNG = random.Random()
 
-__all__ = ["COMFORT_NOISE_PT", "RtpStream", "StreamCounters"]
+__all__ = ["COMFORT_NOISE_PT", "RtpStream", "StreamCounters", "is_stun"]
 
 Address = tuple[str, int]
 
 COMFORT_NOISE_PT = 13  # RFC 3389
+_STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"  # RFC 5389 §6
+
 RELATCH_PACKETS = 5  # in-sequence packets before another address may take over (A.1)
 RELATCH_AFTER = 5.0  # seconds the latched source must be silent before that
+
+
+def is_stun(data: bytes) -> bool:
+    """A STUN message (RFC 5389 §6) on a media port, told apart from RTP/RTCP by its
+    first byte as RFC 7983 §7 demultiplexes (0-3 STUN, 128-191 RTP/RTCP).
+
+    Peers send them without ICE as NAT keepalives (RFC 6263 §4.6): linphone (liblinphone
+    5.1) sends a bare Binding Request to our RTP and RTCP ports every few seconds. They
+    are counted as ``stun_received``, not as malformed RTP: the packet is well formed,
+    only not ours to parse."""
+    return (
+        len(data) >= 20
+        and data[0] < 4
+        and data[4:8] == _STUN_MAGIC_COOKIE
+        and int.from_bytes(data[2:4], "big") == len(data) - 20
+    )
 
 
 @dataclass(slots=True)
@@ -94,6 +112,8 @@ class StreamCounters:
     rtcp_sent: int = 0
     rtcp_received: int = 0
     rtcp_malformed: int = 0
+    stun_received: int = 0
+    """STUN messages on the RTP or RTCP port (:func:`is_stun`): keepalives, not errors."""
     dtmf_sent: int = 0
     dtmf_received: int = 0
 
@@ -336,7 +356,10 @@ class RtpStream:
         try:
             packet = RtpPacket.parse(data)
         except ValueError:
-            counters.malformed += 1
+            if is_stun(data):
+                counters.stun_received += 1
+            else:
+                counters.malformed += 1
             return None
         pt = packet.payload_type
         if pt not in self._accepted_pts:
@@ -380,7 +403,10 @@ class RtpStream:
         try:
             packets = parse_compound(data)
         except ValueError:
-            self.counters.rtcp_malformed += 1
+            if is_stun(data):
+                self.counters.stun_received += 1
+            else:
+                self.counters.rtcp_malformed += 1
             return None
         if addr != self._rtcp_source:
             # RTCP latches like RTP: from the RTP source's host, and away from a live

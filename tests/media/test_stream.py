@@ -14,7 +14,7 @@ from media.rtcp import (
     serialize_compound,
 )
 from media.rtp import RtpPacket
-from media.stream import RtpStream
+from media.stream import RtpStream, is_stun
 
 PEER = ("192.0.2.10", 4000)
 NAT = ("198.51.100.7", 30000)
@@ -170,6 +170,35 @@ def test_malformed_and_wrong_payload_type_are_counted() -> None:
     assert s.receive(_pkt(1, pt=18), PEER, 0.0) is None
     assert (s.counters.malformed, s.counters.wrong_pt, s.counters.packets_received) == (1, 1, 0)
     assert s.source is None
+
+
+# linphone 5.1 (liblinphone 5.1.65, Debian's linphone-cli) sends this bare STUN Binding
+# Request (RFC 5389: type 0x0001, length 0, magic cookie, 96-bit transaction id) to our
+# RTP and RTCP ports as a NAT keepalive, with no ICE in its SDP; captured on loopback
+# in tests/integration/test_interop_linphone.py.
+LINPHONE_STUN = bytes.fromhex("000100002112a442c11ba939637eaffb5138c736")
+
+
+def test_stun_keepalives_are_not_malformed_rtp() -> None:
+    s = _stream()
+    assert is_stun(LINPHONE_STUN)
+    assert s.receive(LINPHONE_STUN, PEER, 0.0) is None
+    assert s.receive_rtcp(LINPHONE_STUN, PEER, 0.0) is None
+    c = s.counters
+    assert (c.stun_received, c.malformed, c.rtcp_malformed) == (2, 0, 0)
+    assert s.source is None  # a keepalive latches nothing
+    assert s.receive(_pkt(1), PEER, 0.02) is not None
+    assert s.quality()["stun_received"] == 2
+
+
+def test_what_is_not_stun_stays_malformed() -> None:
+    s = _stream()
+    wrong_cookie = LINPHONE_STUN[:4] + b"\x00\x00\x00\x00" + LINPHONE_STUN[8:]
+    wrong_length = LINPHONE_STUN[:2] + b"\x00\x04" + LINPHONE_STUN[4:]
+    for data in (LINPHONE_STUN[:19], wrong_cookie, wrong_length, b"\x40" + LINPHONE_STUN[1:]):
+        assert not is_stun(data), data.hex()
+        assert s.receive(data, PEER, 0.0) is None
+    assert (s.counters.malformed, s.counters.stun_received) == (4, 0)
 
 
 def test_received_dtmf_events() -> None:
