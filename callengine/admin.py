@@ -171,8 +171,55 @@ class LogFeed:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class AdminServer:
+class _Site:
+    """An aiohttp application on a TCP address (or a Unix socket): start, the port it
+    got, stop. The control API and the web phone are two of these."""
+
+    name = "HTTP"
+    host: str
+    port: int
+    unix: str | None = None
+    app: web.Application
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Bind and serve. Raises OSError when the address cannot be bound."""
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        site: web.BaseSite
+        if self.unix is not None:
+            site = web.UnixSite(runner, self.unix)
+        else:
+            site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        if self.unix is None:
+            log.info("%s on http://%s:%d", self.name, self.host, self.bound_port)
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually bound (``port`` 0 picks a free one)."""
+        assert self._runner is not None
+        for address in self._runner.addresses:
+            return int(address[1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class AdminServer(_Site):
     """The control API of one :class:`~callengine.node.Node` (see the module doc)."""
+
+    name = "admin API"
 
     def __init__(
         self,
@@ -197,7 +244,6 @@ class AdminServer:
         """The same in CPU time of the loop's thread (what preemption does not inflate)."""
         self.stopping = False
         self._runner: web.AppRunner | None = None
-        self._site: web.BaseSite | None = None
         app = web.Application(middlewares=[self._auth])
         app.add_routes(
             [
@@ -221,31 +267,7 @@ class AdminServer:
     async def start(self) -> None:
         """Bind and serve. Raises OSError when the address cannot be bound."""
         self.node.engine.hooks.append(self.feed)
-        runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
-        await runner.setup()
-        site: web.BaseSite
-        if self.unix is not None:
-            site = web.UnixSite(runner, self.unix)
-        else:
-            site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner, self._site = runner, site
-        if self.unix is None:
-            log.info("admin API on http://%s:%d", self.host, self.port)
-
-    @property
-    def bound_port(self) -> int:
-        """The port actually bound (``port`` 0 picks a free one)."""
-        assert self._runner is not None
-        for address in self._runner.addresses:
-            return int(address[1])
-        return self.port
+        await super().start()
 
     async def stop(self) -> None:
         self.stopping = True
@@ -253,9 +275,7 @@ class AdminServer:
             while queue.full():
                 queue.get_nowait()
             queue.put_nowait(b"")  # each follower ends its response
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await super().stop()
         if self.feed in self.node.engine.hooks:
             self.node.engine.hooks.remove(self.feed)
 
@@ -481,11 +501,12 @@ WEBPHONE_DIR = Path(__file__).parent / "webphone"
 from the npm package: ``npm run build``)."""
 
 
-class WebPhoneServer:
+class WebPhoneServer(_Site):
     """The browser phone page (docs/webrtc.md): static files and ``config.json``, which
     names the node's SIP-over-WebSocket address as the browser reaches it (WSS when the
     node has it). Nothing here is secret: the user logs in to the SIP registrar."""
 
+    name = "web phone"
     FILES = {
         "/": ("index.html", "text/html"),
         "/index.html": ("index.html", "text/html"),
@@ -535,33 +556,6 @@ class WebPhoneServer:
         elif "WS" in found:
             server = f"ws://{host}:{found['WS']}"
         return web.json_response({"server": server})
-
-    async def start(self) -> None:
-        """Bind and serve. Raises OSError when the address cannot be bound."""
-        runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        log.info("web phone on http://%s:%d", self.host, self.bound_port)
-
-    @property
-    def bound_port(self) -> int:
-        assert self._runner is not None
-        for address in self._runner.addresses:
-            return int(address[1])
-        return self.port
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 def _dumps(obj: Any) -> str:
