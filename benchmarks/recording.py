@@ -43,13 +43,40 @@ CAPTURES = Path("/usr/share/sip-tester")
 
 
 def engine_main(args: argparse.Namespace) -> int:
-    """The process under test: Engine + looping prompt (+ recording of every call)."""
+    """The process under test: Engine + looping prompt (+ recording of every call).
+
+    ``--storage FILE``: a JSON ``media_storage`` section (recordings go through the
+    spool to remote storage); ``--stats S``: every S seconds, one JSON line on stdout
+    with the calls in progress and the spool's counters (``benchmarks.recording_upload``).
+    """
     import uvloop
 
     sys.path.insert(0, str(ROOT))
     from callengine.call import Call
     from callengine.config import EngineConfig
     from callengine.engine import Engine
+
+    storage = json.loads(Path(args.storage).read_text()) if args.storage else {}
+
+    async def stats(engine: Engine) -> None:
+        spool = engine.media_manager.spool if engine.media_manager is not None else None
+        while True:
+            line: dict[str, float] = {"t": time.time(), "calls": len(engine.calls)}
+            if spool is not None:
+                core = spool.core
+                line.update(
+                    files=core.files,
+                    bytes=core.bytes,
+                    oldest=core.oldest_age(time.time()),
+                    ok=core.uploads_ok,
+                    ok_bytes=core.uploaded_bytes,
+                    present=core.uploads_present,
+                    failed=core.uploads_failed,
+                    in_flight=core.in_flight,
+                )
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+            await asyncio.sleep(args.stats)
 
     async def main() -> None:
         engine = Engine(
@@ -61,6 +88,7 @@ def engine_main(args: argparse.Namespace) -> int:
                 rtp_timeout=0,
                 codecs=["PCMA", "PCMU", "telephone-event"],
                 max_calls=20000,
+                media_storage=storage,
             )
         )
 
@@ -78,7 +106,10 @@ def engine_main(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
+        reporter = loop.create_task(stats(engine)) if args.stats else None
         await stop.wait()
+        if reporter is not None:
+            reporter.cancel()
         await engine.stop(grace=0)
 
     uvloop.run(main())
@@ -201,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     engine.add_argument("--port", type=int, required=True)
     engine.add_argument("--data-dir", required=True)
     engine.add_argument("--record", action="store_true")
+    engine.add_argument("--storage", help="JSON file: the media_storage section")
+    engine.add_argument("--stats", type=float, default=0.0, help="seconds between stats lines")
     parser.add_argument("--calls", type=int, default=100, help="concurrent calls per engine")
     parser.add_argument("--warmup", type=float, default=2.5, help="seconds before measuring")
     parser.add_argument("--window", type=float, default=4.0, help="seconds measured")

@@ -65,7 +65,7 @@ from pri import (
 
 from .call import Call, SipError, TransferResult
 from .fork import Abandon, Connect, Fail, Fork
-from .recording import record_bridged
+from .recording import record_bridged, start_recording_safely
 from .sip import sdp as sdpmod
 from .sip.errors import SipError as ProtocolError
 from .sip.message import Response
@@ -376,9 +376,10 @@ class B2BUA:
         match = plan.route_outbound(number, source_ip=source_ip, authenticated=authenticated)
         if match is not None:
             group, dialled = match.group, match.number
+            record = f"outbound route {match.route.prefix}" if match.route.record else None
 
             async def outbound(call: Call) -> None:
-                await self._outbound(call, group, dialled)
+                await self._outbound(call, group, dialled, record=record)
 
             return outbound
         if any(number.startswith(r.prefix) for r in plan.routes):
@@ -423,7 +424,11 @@ class B2BUA:
 
         return from_trunk
 
-    async def _outbound(self, call: Call, group: TrunkGroup, number: str) -> None:
+    async def _outbound(
+        self, call: Call, group: TrunkGroup, number: str, *, record: str | None = None
+    ) -> None:
+        """Dial ``number`` through ``group`` and bridge; ``record`` (why, for the log):
+        the route records its calls, from the bridge (the carrier's answer) on."""
         if call.session.invite.max_forwards == 0:
             call.send_reject(483)
             return
@@ -433,7 +438,7 @@ class B2BUA:
             self._stop_relay(call)
             call.send_reject(result.status, cause=result.cause)
             return
-        cause = await self._bridge(call, result)
+        cause = await self._bridge(call, result, record=record)
         if call.active:
             await call.hangup(cause)
 
@@ -722,16 +727,19 @@ class B2BUA:
         )
 
     # ------------------------------------------------------------- bridge
-    async def _bridge(self, caller: Call, leg: _Leg) -> int:
+    async def _bridge(self, caller: Call, leg: _Leg, *, record: str | None = None) -> int:
         """Answer the caller if needed, relay media, and carry the hangup across.
 
-        Returns the Q.850 cause of whichever side ended the call.
+        ``record``: start recording the call once bridged (why, for the log line when
+        it cannot be). Returns the Q.850 cause of whichever side ended the call.
         """
         try:
             if not await self._answer_caller(caller, leg):
                 self._abandon(leg, _q850(caller.session.end_cause))
                 return _q850(caller.session.end_cause)
             self._start_relay(caller, leg)
+            if record is not None and caller.recording is None:
+                start_recording_safely(caller, record)
             if self.directory is not None and caller.tenant is not None:
                 record_bridged(caller, leg.target.label, self.directory.tenant(caller.tenant))
             await asyncio.wait({caller.ended, leg.ended}, return_when=asyncio.FIRST_COMPLETED)

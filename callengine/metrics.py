@@ -309,6 +309,11 @@ def _spool_metrics(core: SpoolCore) -> Iterator[GaugeMetricFamily | CounterMetri
     c.add_metric(["rejected"], core.rejected)
     c.add_metric(["vanished"], core.vanished)
     yield c
+    yield CounterMetricFamily(
+        "callengine_media_uploaded_bytes",
+        "Bytes of the files uploaded (uploads ok): the upload rate",
+        value=core.uploaded_bytes,
+    )
 
 
 def _histogram(

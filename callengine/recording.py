@@ -8,6 +8,9 @@ in :mod:`media.callrecording` and :meth:`Call.start_recording`; this module only
   the hang-up (:class:`RecordingHook`, an engine hook);
 * user ``record``: calls bridged to one of the user's phones, from the bridge
   (:func:`record_bridged`, called by the B2BUA);
+* a node's outbound route ``record`` (``pri.OutboundRoute.record``): calls the B2BUA
+  places out through a trunk by that route, from the carrier's answer (trunk calls from
+  a trusted source have no tenant);
 * an IVR node's ``record`` option (:mod:`ivr.runner`) and application code
   (``call.start_recording()``) start and stop it themselves.
 

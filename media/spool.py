@@ -132,6 +132,8 @@ class SpoolCore:
         self.blocked_until = 0.0
         self.near_quota = False
         self.uploads_ok = 0
+        self.uploaded_bytes = 0
+        """Bytes of the files uploaded (``uploads_ok``): the upload rate, in bytes."""
         self.uploads_present = 0
         """Uploads that found the same blob already stored (a retry after a crash)."""
         self.uploads_failed = 0
@@ -201,6 +203,7 @@ class SpoolCore:
             self.uploads_present += 1
         else:
             self.uploads_ok += 1
+            self.uploaded_bytes += item.size
         self._check_near()
         return item
 

@@ -436,7 +436,9 @@ class OutboundRoute:
 
     The number sent to the gateway drops its first ``strip`` digits, then gets
     ``prepend`` in front. ``sources`` (if any) restricts which trusted sources
-    may use the route.
+    may use the route. ``record``: the calls it carries are recorded (both directions,
+    from the carrier's answer to the hang-up): a trunk call from a trusted source has
+    no tenant whose ``recording`` could apply.
     """
 
     prefix: str
@@ -444,6 +446,7 @@ class OutboundRoute:
     strip: int = 0
     prepend: str = ""
     sources: tuple[IPNetwork, ...] = ()
+    record: bool = False
 
     def rewrite(self, number: str) -> str:
         """The number to dial on the trunk for called ``number``."""
@@ -764,7 +767,14 @@ def _load_route(
     if not isinstance(group, str) or group not in groups:
         fail(_join(path, "group"), f"unknown trunk group {group!r}")
     sources = _networks(fail, m["sources"], _join(path, "sources")) if "sources" in m else ()
-    return OutboundRoute(m["prefix"], group, m.get("strip", 0), m.get("prepend", ""), sources)
+    return OutboundRoute(
+        m["prefix"],
+        group,
+        m.get("strip", 0),
+        m.get("prepend", ""),
+        sources,
+        record=bool(m.get("record", False)),
+    )
 
 
 def load_trunks(

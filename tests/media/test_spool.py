@@ -34,6 +34,7 @@ def test_core_uploads_oldest_first_within_concurrency() -> None:
     assert done.name == "t/voicemail/a" and core.files == 2 and core.bytes == 200
     assert [i.name for i in core.start_ready(now=10.0)] == ["t/voicemail/c"]
     assert core.uploads_ok == 1 and core.in_flight == 2
+    assert core.uploaded_bytes == 100  # what the upload rate is measured with
 
 
 def test_core_backs_off_exponentially_while_storage_fails_then_resets() -> None:

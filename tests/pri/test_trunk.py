@@ -343,6 +343,8 @@ ERRORS = [
      "outbound_routes[0].prefix: invalid number '9x' (digits, '+', '*', '#')"),
     (["outbound_routes", 0, "strip"], -1,
      "outbound_routes[0].strip: must be between 0 and 64, got -1"),
+    (["outbound_routes", 0, "record"], "yes",
+     "outbound_routes[0].record: expected true or false, got string 'yes'"),
     (["outbound_routes", 1], {"prefix": "9", "group": "pstn"},
      "outbound_routes[1].prefix: prefix '9' already routed by outbound_routes[0]"),
     (["trusted_sources"], "127.0.0.1",
@@ -364,6 +366,16 @@ def test_config_errors_name_the_field(path: list[Any], value: Any, message: str)
     assert str(info.value) == f"{SRC}: {message}"
     assert isinstance(info.value, ValueError)
     assert info.value.source == SRC
+
+
+def test_a_route_records_its_calls_only_when_asked() -> None:
+    data = base_config()
+    data["outbound_routes"].append({"prefix": "8", "group": "pstn", "record": True})
+    plan = load_trunks(data, source=SRC)
+    unrecorded = plan.route_outbound("91234", source_ip="127.0.0.1")
+    recorded = plan.route_outbound("81234", source_ip="127.0.0.1")
+    assert unrecorded is not None and unrecorded.route.record is False
+    assert recorded is not None and recorded.route.record is True
 
 
 def test_top_level_must_be_a_mapping() -> None:
