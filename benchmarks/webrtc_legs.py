@@ -246,7 +246,8 @@ def start_node(step_dir: Path, template: Path, config: Path) -> tuple[Peer, int,
     peer = start_engine(
         step_dir,
         metrics_port=metrics_port,
-        extra=("--config", str(config), "--ws-port", str(ws_port)),
+        # --drain-grace: SIPp's callers are stopped without BYE; do not wait 30 s for them
+        extra=("--config", str(config), "--ws-port", str(ws_port), "--drain-grace", "1"),
     )
     return peer, ws_port, metrics_port
 
@@ -1036,7 +1037,7 @@ def driver_main(args: argparse.Namespace) -> int:
             if w.up < n or (w.delivery or 0) < args.stop_below:
                 break
         if args.keep:
-            kept = RESULTS / f"webrtc_legs-{started}-work"
+            kept = (Path(args.out) if args.out else RESULTS) / f"webrtc_legs-{started}-work"
             shutil.copytree(root, kept, ignore=shutil.ignore_patterns("data", "template-data"))
     rows = [dataclasses.asdict(s) for s in results]
     report = {
@@ -1059,15 +1060,16 @@ def driver_main(args: argparse.Namespace) -> int:
         ),
         "steps": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"webrtc_legs-{started}.json"
+    results_dir = Path(args.out) if args.out else RESULTS
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"webrtc_legs-{started}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(table(rows, f"{args.mode}, {args.codec}"))
     print()
     print(
         f"saturation (delivery < 99 %): "
         f"{'N = ' + str(saturated) if saturated else 'not reached'}; "
-        f"load average at start {load[0]:.2f}; JSON: {out.relative_to(ROOT)}"
+        f"load average at start {load[0]:.2f}; JSON: {out}"
     )
     return 0
 
@@ -1105,11 +1107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rtp", action="store_true", help="WebRTC legs only")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--profile-seconds", type=float, default=8.0)
-    parser.add_argument("--profile-rate", type=int, default=25, help="py-spy samples/s")
+    parser.add_argument("--profile-rate", type=int, default=50, help="py-spy samples/s")
     parser.add_argument(
         "--stop-below", type=float, default=0.9, help="no further step below this delivery"
     )
     parser.add_argument("--keep", action="store_true", help="keep logs and profiles")
+    parser.add_argument("--out", help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     if args.cmd == "client":
         return client_main(args)
