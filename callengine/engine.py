@@ -178,6 +178,9 @@ class Engine:
             storage=storage_settings(cfg),
             relatch_after=cfg.rtp_relatch_after,
             srtp=cfg.srtp,
+            port_pool=cfg.rtp_port_pool,
+            port_quarantine=cfg.rtp_port_quarantine,
+            clock_slots=cfg.media_clock_slots,
         )
         self.media_manager.preload()
         await self.media_manager.start()
@@ -218,6 +221,9 @@ class Engine:
         except BaseException:
             await self.transports.close()
             raise
+        # the RTP port pools fill now, off any answer path (media/portpool.py)
+        for bound in self.transports.bound:
+            self.media_manager.pool(self.media_address(bound.host))
         self.lag.start()
         if self.stalls is not None:
             self.stalls.start()
