@@ -115,7 +115,7 @@ class EngineConfig:
     """RTP port pairs kept bound and ready per media address, so that answering a call
     creates no socket (``media/portpool.py``); 0: bind each call's pair when it is
     answered."""
-    rtp_port_quarantine: float = 2.0
+    rtp_port_quarantine: float = 1.0
     """Seconds a pair released by a call rests in the pool before another call may take
     it (the previous peer's packets in flight must not reach the new call)."""
     media_clock_slots: int = 4

@@ -14,7 +14,7 @@ from config_cache import ConfigError
 
 def test_defaults() -> None:
     cfg = load_config(None)
-    assert (cfg.rtp_port_pool, cfg.rtp_port_quarantine, cfg.media_clock_slots) == (32, 2.0, 4)
+    assert (cfg.rtp_port_pool, cfg.rtp_port_quarantine, cfg.media_clock_slots) == (32, 1.0, 4)
 
 
 @pytest.mark.parametrize(
