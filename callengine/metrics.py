@@ -212,6 +212,18 @@ class EngineCollector(Collector):
                 clock.lateness_counts,
                 clock.lateness_sum,
             )
+            yield _histogram(
+                "callengine_media_tick_duration_ms",
+                "How long each media clock callback (one slot's streams) held the event loop",
+                clock.duration_buckets_ms,
+                clock.duration_counts,
+                clock.duration_sum,
+            )
+            yield GaugeMetricFamily(
+                "callengine_media_tick_duration_max_ms",
+                "Longest media clock callback since the node started",
+                value=clock.duration_max,
+            )
             yield CounterMetricFamily(
                 "callengine_media_tick_errors",
                 "Media tick failures (per session)",

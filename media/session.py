@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT_RANGE = (10000, 20000)
 _OCTET_PER_TICK = frozenset({"PCMU", "PCMA", "G722"})
 _LATENESS_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+_DURATION_BUCKETS_MS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 #: The :class:`~media.stream.StreamCounters` a node exports as dropped-packet reasons.
 DROP_COUNTERS = (
     "malformed",
@@ -102,6 +103,12 @@ class MediaClock:
         self.lateness_counts: list[int] = [0] * (len(_LATENESS_BUCKETS_MS) + 1)
         self.lateness_sum = 0.0
         self.lateness_max = 0.0
+        # How long each clock callback held the loop (wall time): the turn that
+        # everything else queued behind it waited.
+        self.duration_buckets_ms: tuple[float, ...] = _DURATION_BUCKETS_MS
+        self.duration_counts: list[int] = [0] * (len(_DURATION_BUCKETS_MS) + 1)
+        self.duration_sum = 0.0
+        self.duration_max = 0.0
         self.srtp_sessions = 0  # sessions that were secured with SRTP, ever
         # Drop counters of the sessions that ended (live ones are summed at read time).
         self._ended_drops: dict[str, int] = dict.fromkeys(DROP_COUNTERS, 0)
@@ -202,6 +209,7 @@ class MediaClock:
             if late_ms > self.lateness_max:
                 self.lateness_max = late_ms
             self.ticks += 1
+            started = time.perf_counter()
             for on_tick in ticks:
                 try:
                     on_tick(now)
@@ -210,6 +218,16 @@ class MediaClock:
                     self.errors += 1
                     port = getattr(getattr(on_tick, "__self__", None), "rtp_port", None)
                     logger.exception("media tick failed for session on port %s", port)
+            took_ms = (time.perf_counter() - started) * 1000.0
+            index = 0
+            for bound in self.duration_buckets_ms:
+                if took_ms <= bound:
+                    break
+                index += 1
+            self.duration_counts[index] += 1
+            self.duration_sum += took_ms
+            if took_ms > self.duration_max:
+                self.duration_max = took_ms
         self._arm()
 
 

@@ -283,6 +283,7 @@ def test_clock_keeps_one_timer_and_each_callback_ticks_one_slot() -> None:
     for names in by_callback.values():
         assert names in members.values()
     assert sum(clock.lateness_counts) == clock.ticks and clock.lateness_max == 0.0
+    assert sum(clock.duration_counts) == clock.ticks and clock.duration_max > 0.0
 
 
 def test_every_stream_sends_one_packet_per_20_ms_with_steady_timestamps() -> None:
