@@ -17,8 +17,10 @@ range, ready, per media address:
 - A call's pair comes back with :meth:`PortPool.release`. It rests ``quarantine``
   seconds before another call may take it, so that the packets the previous peer
   still had in flight (its BYE crosses our last RTP) are gone, and on reuse the
-  socket buffers are drained: a new call never hears, or latches onto, the
-  previous call's packets. While pooled, whatever arrives is read and dropped.
+  socket buffers are drained: a new call never hears, or latches onto, what the
+  previous peer sent within the quarantine. While pooled, whatever arrives is read
+  and dropped. (A peer that goes on sending longer is any third party to the next
+  call: the latching rules of :mod:`media.stream` apply.)
   Beyond ``max_cooling`` resting pairs (or ``size + max_cooling`` idle ones in
   all) a released pair is closed instead: the pool never holds more than that.
   The rest is a preference, not a refusal: when a call finds no ready pair and no
