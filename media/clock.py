@@ -19,7 +19,8 @@ plus the interval"). A late slot catches up one tick per callback (its next
 deadline is then already past, so it fires again at once: no skipped packet,
 timestamps stay steady); more than ``max_lag_ticks`` periods behind (the loop
 stalled), it skips ahead to its next phase at least half a period on instead of
-bursting.
+bursting, and every other overdue slot skips ahead with it (so that no slot waits
+behind the others' catch-up bursts).
 
 No clock is read here, no timer is armed: tests drive it with a fake ``now``.
 """
@@ -137,6 +138,13 @@ class TickSchedule(Generic[T]):
         late = now - slot.due
         slot.due += self.interval
         if now - slot.due > self.max_lag_ticks * self.interval:
+            # The loop stalled: every overdue slot skips ahead together. (One at a time,
+            # the slots still under the limit would burst their catch-up ticks first,
+            # and the one that skipped would wait behind all of them.)
+            for other in self._slots:
+                if other is not slot and other.due <= now:
+                    self.resyncs += 1
+                    other.due = self._next_phase(other, now)
             self.resyncs += 1
             # at least half a period after this late tick: never two packets at once
             slot.due = self._next_phase(slot, now + self.interval / 2)

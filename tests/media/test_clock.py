@@ -335,3 +335,30 @@ def test_one_failing_session_does_not_stop_the_others(caplog: pytest.LogCaptureF
     assert clock.errors == 10
     assert all(len(s.sent) == 10 for s in sessions[1:])
     assert "media tick failed" in caplog.text
+
+
+def test_after_a_long_stall_on_a_slow_loop_no_slot_waits_behind_the_others() -> None:
+    """The loop stalls 150 ms, then each clock callback costs 6 ms (more than the
+    5 ms between slots): every stream still gets its next packet within the stall
+    plus two periods; no slot starves while the others catch up."""
+    loop = FakeLoop()
+    clock = MediaClock(slots=4, loop=loop)  # type: ignore[arg-type]
+    times: dict[int, list[float]] = {}
+
+    class Slow:
+        def __init__(self, key: int) -> None:
+            self.key = key
+
+        def _on_tick(self, now: float) -> None:
+            times.setdefault(self.key, []).append(now)
+            loop.now += 0.006 / 8  # 8 streams per slot: 6 ms per callback
+
+    for key in range(32):
+        clock.add(Slow(key))  # type: ignore[arg-type]
+    loop.run_until(T0 + 0.3)
+    loop.stall(0.15)
+    loop.run_until(T0 + 1.5)
+    assert clock.resyncs >= 4
+    for ticks in times.values():
+        worst = max(b - a for a, b in itertools.pairwise(ticks))
+        assert worst <= 0.15 + 2 * INTERVAL
