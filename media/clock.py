@@ -22,11 +22,6 @@ stalled), it skips ahead to its next phase at least half a period on instead of
 bursting, and every other overdue slot skips ahead with it (so that no slot waits
 behind the others' catch-up bursts).
 
-The shell ticks one slot per callback while on time; when a callback finds more
-slots already due (the loop stalled), it ticks them in the same callback, in
-deadline order, up to one period's worth: a starved loop gets few turns, and one
-slot per turn would leave the other slots' streams silent meanwhile.
-
 No clock is read here, no timer is armed: tests drive it with a fake ``now``.
 """
 

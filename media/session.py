@@ -28,7 +28,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -195,54 +195,40 @@ class MediaClock:
         assert loop is not None
         self._handle = None
         self._armed_at = math.inf
-        schedule = self._schedule
-        # On time, one callback ticks one slot. Behind (the loop stalled), the slots
-        # already due are ticked in this same callback, in deadline order, up to one
-        # period's worth: catching up one slot per loop turn would take a turn per
-        # slot tick, and a starved loop gets few turns (measured: streams of the
-        # slots left waiting went 200 ms without a packet).
-        for _ in range(schedule.slots):
-            now = loop.time()
-            ticks, late = schedule.fire(slot, now)
-            if ticks:
-                self._run_slot(ticks, now, late)
-            deadline = schedule.next_deadline()
-            if deadline is None or deadline[0] > loop.time():
-                break
-            slot = deadline[1]
+        now = loop.time()
+        ticks, late = self._schedule.fire(slot, now)
+        if ticks:
+            late_ms = late * 1000.0
+            index = 0
+            for bound in self.lateness_buckets_ms:
+                if late_ms <= bound:
+                    break
+                index += 1
+            self.lateness_counts[index] += 1
+            self.lateness_sum += late_ms
+            if late_ms > self.lateness_max:
+                self.lateness_max = late_ms
+            self.ticks += 1
+            started = time.perf_counter()
+            for on_tick in ticks:
+                try:
+                    on_tick(now)
+                except Exception:
+                    # One broken session must not stop every call's audio.
+                    self.errors += 1
+                    port = getattr(getattr(on_tick, "__self__", None), "rtp_port", None)
+                    logger.exception("media tick failed for session on port %s", port)
+            took_ms = (time.perf_counter() - started) * 1000.0
+            index = 0
+            for bound in self.duration_buckets_ms:
+                if took_ms <= bound:
+                    break
+                index += 1
+            self.duration_counts[index] += 1
+            self.duration_sum += took_ms
+            if took_ms > self.duration_max:
+                self.duration_max = took_ms
         self._arm()
-
-    def _run_slot(self, ticks: Sequence[Callable[[float], None]], now: float, late: float) -> None:
-        late_ms = late * 1000.0
-        index = 0
-        for bound in self.lateness_buckets_ms:
-            if late_ms <= bound:
-                break
-            index += 1
-        self.lateness_counts[index] += 1
-        self.lateness_sum += late_ms
-        if late_ms > self.lateness_max:
-            self.lateness_max = late_ms
-        self.ticks += 1
-        started = time.perf_counter()
-        for on_tick in ticks:
-            try:
-                on_tick(now)
-            except Exception:
-                # One broken session must not stop every call's audio.
-                self.errors += 1
-                port = getattr(getattr(on_tick, "__self__", None), "rtp_port", None)
-                logger.exception("media tick failed for session on port %s", port)
-        took_ms = (time.perf_counter() - started) * 1000.0
-        index = 0
-        for bound in self.duration_buckets_ms:
-            if took_ms <= bound:
-                break
-            index += 1
-        self.duration_counts[index] += 1
-        self.duration_sum += took_ms
-        if took_ms > self.duration_max:
-            self.duration_max = took_ms
 
 
 class RtpSession:
