@@ -821,6 +821,7 @@ def summarise(plan: Plan, raw: dict[str, Any]) -> dict[str, Any]:
         v for s in load_samples if (v := value(s.metrics, "callengine_active_calls")) is not None
     ]
     tick = histogram_delta(wm, em, "callengine_media_tick_lateness_ms") if em else {}
+    took = histogram_delta(wm, em, "callengine_media_tick_duration_ms") if em else {}
     late_5 = sum(n for le, n in tick.items() if le == "+Inf" or float(le) > 5.0)
     calls_delta = _delta(
         labelled(wm, "callengine_calls_total", "result"),
@@ -875,6 +876,14 @@ def summarise(plan: Plan, raw: dict[str, Any]) -> dict[str, Any]:
         "media_tick_lateness_load": {
             "histogram_ms": tick or None,
             "ticks_over_5ms": late_5 if tick else None,
+            # clock callbacks observed (one per slot per 20 ms since media_clock_slots)
+            "ticks": sum(tick.values()) if tick else None,
+        },
+        "media_tick_duration_load": {
+            "histogram_ms": took or None,
+            "p99_ms_bucket": histogram_quantile(took, 0.99) if took else None,
+            "max_ms_bucket": highest_bucket(took) if took else None,
+            "max_ms_since_node_start": value(em, "callengine_media_tick_duration_max_ms"),
         },
         "active_calls_load": {
             "min": min(active, default=None),
@@ -950,7 +959,17 @@ def report(plan: Plan, summary: dict[str, Any]) -> str:
             f"{gc['pause_seconds_load']}, max pause ms {gc['pause_max_ms_since_node_start']}\n"
         )
     tick = summary["media_tick_lateness_load"]
-    out.write(f"media ticks > 5 ms late (load): {_fmt(tick['ticks_over_5ms'])}\n")
+    out.write(
+        f"media ticks > 5 ms late (load): {_fmt(tick['ticks_over_5ms'])}"
+        f" of {_fmt(tick.get('ticks'))} clock callbacks\n"
+    )
+    took = summary.get("media_tick_duration_load") or {}
+    if took.get("histogram_ms"):
+        out.write(
+            f"media clock callback duration (load): p99 <= {_fmt(took['p99_ms_bucket'], ' ms')}, "
+            f"max <= {_fmt(took['max_ms_bucket'], ' ms')} "
+            f"(longest since node start {_fmt(took['max_ms_since_node_start'], ' ms')})\n"
+        )
     out.write(
         f"RSS: {_fmt(rss['reference_mb'], ' MB')} at +{_fmt(rss['reference_at_s_after_load_start'])}"
         f" s -> {_fmt(rss['end_mb'], ' MB')} at the end (x{_fmt(rss['end_over_reference'])}); "

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from media.callrecording import CHANNEL_MODES, CallRecording
+from media.clock import DEFAULT_SLOTS
 from media.codecs import CodecInfo
 from media.dtmf import DtmfEvent
+from media.portpool import DEFAULT_POOL_SIZE, DEFAULT_QUARANTINE, PortPool
 from media.prompts import PromptCache
 from media.recorder import Recorder, RecordingResult
 from media.session import MediaClock, RtpSession
@@ -47,8 +49,15 @@ class MediaManager:
         storage: StorageSettings | None = None,
         relatch_after: float = RELATCH_AFTER,
         srtp: str = "tls",
+        port_pool: int = DEFAULT_POOL_SIZE,
+        port_quarantine: float = DEFAULT_QUARANTINE,
+        clock_slots: int = DEFAULT_SLOTS,
     ) -> None:
-        self.clock = MediaClock()
+        self.clock = MediaClock(slots=clock_slots)
+        self.port_pool = port_pool
+        self.port_quarantine = port_quarantine
+        self.pools: dict[str, PortPool] = {}
+        """Pre-bound RTP port pairs per media address (``media/portpool.py``)."""
         self.storage = LocalMediaStorage(Path(data_dir) / "media")
         self.spool: Spool | None = None
         """With remote storage: recordings and voicemail are written here first and
@@ -123,6 +132,37 @@ class MediaManager:
                 self.prompts.tone(tone, codec)
         return count
 
+    def pool(self, host: str) -> PortPool | None:
+        """The port pool of media address ``host`` (made on first use, and filling);
+        ``None`` without sockets or with ``rtp_port_pool: 0``."""
+        if not self.sockets or self.port_pool <= 0:
+            return None
+        pool = self.pools.get(host)
+        if pool is None:
+            pool = self.pools[host] = PortPool(
+                host, self.port_range, size=self.port_pool, quarantine=self.port_quarantine
+            )
+            pool.warm()
+        return pool
+
+    def pool_stats(self) -> dict[str, int]:
+        """The port pools' figures, summed over media addresses (for /metrics)."""
+        stats = dict.fromkeys(
+            ("ready", "resting", "hits", "misses", "bound", "failures", "early", "stale_dropped"),
+            0,
+        )
+        for pool in self.pools.values():
+            core = pool.core
+            stats["ready"] += len(core.ready)
+            stats["resting"] += len(core.cooling)
+            stats["hits"] += core.hits
+            stats["misses"] += core.misses
+            stats["bound"] += core.bound
+            stats["failures"] += core.failures
+            stats["early"] += core.early
+            stats["stale_dropped"] += pool.stale_dropped
+        return stats
+
     async def open(
         self,
         host: str,
@@ -147,6 +187,7 @@ class MediaManager:
             clock=self.clock,
             host=host,
             port_range=self.port_range,
+            ports=self.pool(host),
             telephone_event_pt=te,
             inband_dtmf=negotiated is not None and negotiated.telephone_event is None,
             on_timeout=on_timeout,
@@ -312,6 +353,8 @@ class MediaManager:
             await self.prompt_sync.stop()
         if self.spool is not None:
             await self.spool.stop()
+        for pool in self.pools.values():
+            await pool.close()
         await asyncio.sleep(0)
 
 

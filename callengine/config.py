@@ -125,6 +125,16 @@ class EngineConfig:
     rtp_relatch_after: float = 5.0
     """Seconds the latched RTP source must be silent before another address may take
     the call's media over (after 5 in-sequence packets); see ``media/stream.py``."""
+    rtp_port_pool: int = 32
+    """RTP port pairs kept bound and ready per media address, so that answering a call
+    creates no socket (``media/portpool.py``); 0: bind each call's pair when it is
+    answered."""
+    rtp_port_quarantine: float = 1.0
+    """Seconds a pair released by a call rests in the pool before another call may take
+    it (the previous peer's packets in flight must not reach the new call)."""
+    media_clock_slots: int = 4
+    """Phases the 20 ms media clock period is split into: each clock callback sends the
+    packets of one slot's streams only (``media/clock.py``)."""
     srtp: str = "tls"
     """SRTP with SDES keys (RFC 4568): ``tls`` offers it on outgoing TLS legs and accepts
     it on incoming TLS legs only (the keys travel in the SDP: in the clear over UDP or
@@ -234,6 +244,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rtp_port_max": (int,),
     "rtp_timeout": (int, float),
     "rtp_relatch_after": (int, float),
+    "rtp_port_pool": (int,),
+    "rtp_port_quarantine": (int, float),
+    "media_clock_slots": (int,),
     "srtp": (str,),
     "codecs": (list,),
     "media": (bool,),
@@ -358,6 +371,12 @@ def _check(cfg: EngineConfig) -> None:
             "must be DEBUG, INFO, WARNING, ERROR or CRITICAL", file=cfg.source, field="log_level"
         )
     _check_codecs(cfg)
+    if not 0 <= cfg.rtp_port_pool <= 10000:
+        raise ConfigError("must be 0 to 10000", file=cfg.source, field="rtp_port_pool")
+    if not 0 <= cfg.rtp_port_quarantine <= 60:
+        raise ConfigError("must be 0 to 60 seconds", file=cfg.source, field="rtp_port_quarantine")
+    if not 1 <= cfg.media_clock_slots <= 20:
+        raise ConfigError("must be 1 to 20", file=cfg.source, field="media_clock_slots")
     if cfg.log_format not in ("plain", "json"):
         raise ConfigError("must be plain or json", file=cfg.source, field="log_format")
     if cfg.gc not in ("realtime", "python"):

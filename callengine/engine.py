@@ -176,6 +176,9 @@ class Engine:
             storage=storage_settings(cfg),
             relatch_after=cfg.rtp_relatch_after,
             srtp=cfg.srtp,
+            port_pool=cfg.rtp_port_pool,
+            port_quarantine=cfg.rtp_port_quarantine,
+            clock_slots=cfg.media_clock_slots,
         )
         self.media_manager.preload()
         if cfg.media and (cfg.ws_port is not None or cfg.wss_port is not None):
@@ -204,6 +207,9 @@ class Engine:
         self.transports.on_flow_closed = self._on_flow_closed
         if self.relay is None:
             await listen_all(self.transports, cfg)
+        # the RTP port pools fill now, off any answer path (media/portpool.py)
+        for bound in self.transports.bound:
+            self.media_manager.pool(self.media_address(bound.host))
         self.lag.start()
         if self.stalls is not None:
             self.stalls.start()

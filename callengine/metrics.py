@@ -213,6 +213,18 @@ class EngineCollector(Collector):
                 clock.lateness_counts,
                 clock.lateness_sum,
             )
+            yield _histogram(
+                "callengine_media_tick_duration_ms",
+                "How long each media clock callback (one slot's streams) held the event loop",
+                clock.duration_buckets_ms,
+                clock.duration_counts,
+                clock.duration_sum,
+            )
+            yield GaugeMetricFamily(
+                "callengine_media_tick_duration_max_ms",
+                "Longest media clock callback since the node started",
+                value=clock.duration_max,
+            )
             yield CounterMetricFamily(
                 "callengine_media_tick_errors",
                 "Media tick failures (per session)",
@@ -253,6 +265,16 @@ class EngineCollector(Collector):
                 "RTP sessions keyed for SRTP (SDES)",
                 value=clock.srtp_sessions,
             )
+            slots = GaugeMetricFamily(
+                "callengine_media_clock_slot_streams",
+                "Active RTP streams per phase of the 20 ms media clock (each clock "
+                "callback sends one slot's packets)",
+                labels=["slot"],
+            )
+            for slot, n in enumerate(clock.slot_loads()):
+                slots.add_metric([str(slot)], n)
+            yield slots
+            yield from _port_pool_metrics(mm.pool_stats())
             if mm.spool is not None:
                 yield from _spool_metrics(mm.spool.core)
             if getattr(mm, "prompt_sync", None) is not None:
@@ -281,6 +303,44 @@ def _prompt_metrics(sync: PromptSync) -> Iterator[GaugeMetricFamily | CounterMet
         "Configured tenant prompts not cached when a call asked (bundled played)",
         value=sync.cache.fallbacks,
     )
+
+
+def _port_pool_metrics(stats: dict[str, int]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The pre-bound RTP port pairs (media/portpool.py), summed over media addresses."""
+    pairs = GaugeMetricFamily(
+        "callengine_rtp_port_pool_pairs",
+        "Pre-bound RTP port pairs in the pool: ready to take, or resting after a call",
+        labels=["state"],
+    )
+    pairs.add_metric(["ready"], stats["ready"])
+    pairs.add_metric(["resting"], stats["resting"])
+    yield pairs
+    for name, doc, key in (
+        ("callengine_rtp_port_pool_hits", "Calls that took a ready pair", "hits"),
+        (
+            "callengine_rtp_port_pool_misses",
+            "Calls that found the pool empty and bound a pair on the answer path",
+            "misses",
+        ),
+        ("callengine_rtp_port_pool_bound", "Pairs the pool bound ahead of calls", "bound"),
+        (
+            "callengine_rtp_port_pool_bind_failures",
+            "Pool refills that found no free pair in the port range",
+            "failures",
+        ),
+        (
+            "callengine_rtp_port_pool_early_reuses",
+            "Resting pairs given to a call before their quarantine ended (no free port "
+            "or descriptor left to bind a fresh one)",
+            "early",
+        ),
+        (
+            "callengine_rtp_port_pool_stale_dropped",
+            "Datagrams drained from a reused pair before its new call got it",
+            "stale_dropped",
+        ),
+    ):
+        yield CounterMetricFamily(name, doc, value=stats[key])
 
 
 def _spool_metrics(core: SpoolCore) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

@@ -7,6 +7,7 @@ Only :mod:`media.codecs` imports aiortc, only :mod:`media.prompts` and
 
 from __future__ import annotations
 
+from .clock import TickSchedule
 from .codecs import (
     CODECS,
     G722,
@@ -28,6 +29,7 @@ from .dtmf import (
     parse_dtmf_info,
 )
 from .jitterbuffer import RecordingJitterBuffer
+from .portpool import PoolCore, PortPair, PortPool
 from .prompts import BUNDLED_PROMPTS_DIR, PromptCache, PromptNotFound
 from .recorder import Recorder, RecordingResult
 from .rtcp import (
@@ -67,6 +69,9 @@ __all__ = [
     "LocalMediaStorage",
     "MediaClock",
     "MediaStorage",
+    "PoolCore",
+    "PortPair",
+    "PortPool",
     "PromptCache",
     "PromptNotFound",
     "ReceptionStats",
@@ -83,6 +88,7 @@ __all__ = [
     "RtpSession",
     "RtpStream",
     "StreamCounters",
+    "TickSchedule",
     "ToneSpec",
     "create_codec",
     "get_codec_info",

@@ -1,14 +1,16 @@
 """The asyncio shell around the media cores: the media clock and RTP sessions.
 
-:class:`MediaClock` (one per worker process) ticks every 20 ms with
-``loop.call_at`` on an absolute schedule (drift-corrected: each deadline is
-the previous deadline plus the interval, not "now plus the interval"), and on
-each tick runs every active session once: next payload out, recording frames
-in, RTCP and inactivity checks. Tick lateness goes into a histogram for the
+:class:`MediaClock` (one per worker process) ticks every stream every 20 ms with
+``loop.call_at`` on an absolute schedule (drift-corrected: each deadline is the
+previous deadline plus the interval, not "now plus the interval"). The period is
+split into phases (:mod:`media.clock`): each timer callback runs one slot's
+sessions once (next payload out, recording frames in, RTCP and inactivity checks),
+so no callback walks every call. Tick lateness goes into a histogram for the
 metrics.
 
-:class:`RtpSession` owns one even/odd UDP port pair (RTP, RTCP = RTP + 1) and
-one :class:`~media.stream.RtpStream`; datagrams are fed to the stream core
+:class:`RtpSession` owns one even/odd UDP port pair (RTP, RTCP = RTP + 1), taken
+from a :class:`~media.portpool.PortPool` of pre-bound pairs or bound when it opens,
+and one :class:`~media.stream.RtpStream`; datagrams are fed to the stream core
 with ``now = loop.time()``; decisions stay in the core, I/O stays here. With
 :meth:`RtpSession.set_srtp` the session protects what it sends and unprotects
 what it receives (SRTP and SRTCP, :mod:`media.srtp`) at this edge: the stream core
@@ -23,17 +25,19 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import math
 import random
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
+from .clock import DEFAULT_SLOTS, TickSchedule
 from .codecs import Codec, CodecInfo, create_codec
 from .dtmf import DtmfEvent, InbandDtmfDetector
 from .jitterbuffer import RecordingJitterBuffer
+from .portpool import PortPair, PortPool, _drop_datagram, open_pair
 from .recorder import Recorder, RecordingResult
 from .rtp import RtpPacket
 from .srtp import SrtpContext, SrtpError
@@ -53,6 +57,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT_RANGE = (10000, 20000)
 _OCTET_PER_TICK = frozenset({"PCMU", "PCMA", "G722"})
 _LATENESS_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+_DURATION_BUCKETS_MS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 #: The :class:`~media.stream.StreamCounters` a node exports as dropped-packet reasons.
 DROP_COUNTERS = (
     "malformed",
@@ -66,25 +71,44 @@ DROP_COUNTERS = (
 
 
 class MediaClock:
-    """One 20 ms clock per process driving every active :class:`RtpSession`."""
+    """One 20 ms clock per process driving every active :class:`RtpSession`.
 
-    def __init__(self, *, interval: float = 0.02, max_lag_ticks: int = 5) -> None:
+    The period is split into ``slots`` phases (:class:`~media.clock.TickSchedule`):
+    each timer callback ticks one slot's sessions only, so the longest loop turn the
+    clock takes is a ``1 / slots`` share of the streams, not all of them. ``loop``
+    is for tests (a fake loop with ``time()`` and ``call_at()``); by default the
+    running loop when the first session is added.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float = 0.02,
+        max_lag_ticks: int = 5,
+        slots: int = DEFAULT_SLOTS,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.interval = interval
         self.max_lag_ticks = max_lag_ticks
+        self._schedule: TickSchedule[Callable[[float], None]] = TickSchedule(
+            interval=interval, slots=slots, max_lag_ticks=max_lag_ticks
+        )
         self._sessions: dict[int, RtpSession] = {}
-        # What a tick iterates: the sessions' bound _on_tick methods, rebuilt lazily
-        # after add/remove (a list of bound methods: no attribute lookup per stream).
-        self._ticks: list[Callable[[float], None]] | None = None
         self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._due = 0.0
-        self.ticks = 0
-        self.resyncs = 0
+        self._armed_at = math.inf
+        self._loop = loop
+        self.ticks = 0  # slot callbacks that ticked at least one session
         self.errors = 0
         self.lateness_buckets_ms: tuple[float, ...] = _LATENESS_BUCKETS_MS
         self.lateness_counts: list[int] = [0] * (len(_LATENESS_BUCKETS_MS) + 1)
         self.lateness_sum = 0.0
         self.lateness_max = 0.0
+        # How long each clock callback held the loop (wall time): the turn that
+        # everything else queued behind it waited.
+        self.duration_buckets_ms: tuple[float, ...] = _DURATION_BUCKETS_MS
+        self.duration_counts: list[int] = [0] * (len(_DURATION_BUCKETS_MS) + 1)
+        self.duration_sum = 0.0
+        self.duration_max = 0.0
         self.srtp_sessions = 0  # sessions that were secured with SRTP, ever
         # Drop counters of the sessions that ended (live ones are summed at read time).
         self._ended_drops: dict[str, int] = dict.fromkeys(DROP_COUNTERS, 0)
@@ -92,22 +116,40 @@ class MediaClock:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    @property
+    def resyncs(self) -> int:
+        """Times a slot skipped ahead after a stall instead of bursting."""
+        return self._schedule.resyncs
+
+    @property
+    def slots(self) -> int:
+        return self._schedule.slots
+
+    def slot_loads(self) -> list[int]:
+        """Sessions per slot (phase) of the period."""
+        return self._schedule.loads()
+
+    def slot_of(self, session: RtpSession) -> int | None:
+        return self._schedule.slot_of(id(session))
+
     def add(self, session: RtpSession) -> None:
-        """Start ticking ``session`` (starts the clock on first use)."""
+        """Start ticking ``session`` in the least-loaded slot (starts the clock on
+        first use)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         self._sessions[id(session)] = session
-        self._ticks = None
-        if self._handle is None:
-            self._loop = asyncio.get_running_loop()
-            self._due = self._loop.time() + self.interval
-            self._handle = self._loop.call_at(self._due, self._tick, context=_CLOCK_CONTEXT)
+        self._schedule.add(id(session), session._on_tick, loop.time())
+        self._arm()
 
     def remove(self, session: RtpSession) -> None:
         """Stop ticking ``session``; the clock stops when none are left."""
         self._sessions.pop(id(session), None)
-        self._ticks = None
+        self._schedule.remove(id(session))
         if not self._sessions and self._handle is not None:
             self._handle.cancel()
             self._handle = None
+            self._armed_at = math.inf
 
     def retire(self, session: RtpSession) -> None:
         """Keep the drop counters of a session that ends (for :meth:`drops`)."""
@@ -134,85 +176,59 @@ class MediaClock:
         labels = [f"{b:g}" for b in self.lateness_buckets_ms] + ["+Inf"]
         return dict(zip(labels, self.lateness_counts, strict=True))
 
-    def _tick(self) -> None:
+    def _arm(self) -> None:
+        """Keep the one timer set for the earliest due slot."""
+        deadline = self._schedule.next_deadline()
+        if deadline is None:
+            return
+        when, slot = deadline
+        if self._handle is not None:
+            if when >= self._armed_at:
+                return
+            self._handle.cancel()
+        assert self._loop is not None
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._tick, slot, context=_CLOCK_CONTEXT)
+
+    def _tick(self, slot: int) -> None:
         loop = self._loop
         assert loop is not None
+        self._handle = None
+        self._armed_at = math.inf
         now = loop.time()
-        late_ms = (now - self._due) * 1000.0
-        index = 0
-        for bound in self.lateness_buckets_ms:
-            if late_ms <= bound:
-                break
-            index += 1
-        self.lateness_counts[index] += 1
-        self.lateness_sum += late_ms
-        self.lateness_max = max(self.lateness_max, late_ms)
-        self.ticks += 1
-        ticks = self._ticks
-        if ticks is None:
-            ticks = self._ticks = [session._on_tick for session in self._sessions.values()]
-        for on_tick in ticks:
-            try:
-                on_tick(now)
-            except Exception:
-                # One broken session must not stop every call's audio.
-                self.errors += 1
-                port = getattr(getattr(on_tick, "__self__", None), "rtp_port", None)
-                logger.exception("media tick failed for session on port %s", port)
-        if not self._sessions:
-            self._handle = None
-            return
-        self._due += self.interval
-        if now - self._due > self.max_lag_ticks * self.interval:
-            # Too far behind (loop stalled): skip ahead instead of bursting.
-            self.resyncs += 1
-            self._due = now + self.interval
-        self._handle = loop.call_at(self._due, self._tick, context=_CLOCK_CONTEXT)
-
-
-class _RtpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, callback: Callable[[bytes, Address], None]) -> None:
-        self._callback = callback
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._callback(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable etc. on a connectionless socket: nothing to do.
-        logger.debug("RTP socket error: %s", exc)
-
-
-def _drop_datagram(datagram: bytes, addr: Address) -> None:
-    return None
-
-
-def _bind_pair(
-    host: str, port_range: tuple[int, int], rng: random.Random
-) -> tuple[socket.socket, socket.socket]:
-    lo, hi = port_range
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    first = lo + (lo % 2)
-    pairs = (hi - 1 - first) // 2 + ((hi - 1 - first) % 2 > 0)
-    if pairs <= 0:
-        raise ValueError(f"RTP port range {lo}-{hi} holds no even/odd port pair")
-    # A random starting pair, then the following ones: O(1) per call, unlike a shuffle
-    # of the whole range (measured: 15 ms per call for 10,000 ports).
-    start = rng.randrange(pairs)
-    candidates = (first + 2 * ((start + i) % pairs) for i in range(min(pairs, 200)))
-    for port in candidates:
-        rtp = socket.socket(family, socket.SOCK_DGRAM)
-        rtcp = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            rtp.bind((host, port))
-            rtcp.bind((host, port + 1))
-        except OSError:
-            rtp.close()
-            rtcp.close()
-            continue
-        rtp.setblocking(False)
-        rtcp.setblocking(False)
-        return rtp, rtcp
-    raise OSError(f"no free RTP port pair in {lo}-{hi} on {host}")
+        ticks, late = self._schedule.fire(slot, now)
+        if ticks:
+            late_ms = late * 1000.0
+            index = 0
+            for bound in self.lateness_buckets_ms:
+                if late_ms <= bound:
+                    break
+                index += 1
+            self.lateness_counts[index] += 1
+            self.lateness_sum += late_ms
+            if late_ms > self.lateness_max:
+                self.lateness_max = late_ms
+            self.ticks += 1
+            started = time.perf_counter()
+            for on_tick in ticks:
+                try:
+                    on_tick(now)
+                except Exception:
+                    # One broken session must not stop every call's audio.
+                    self.errors += 1
+                    port = getattr(getattr(on_tick, "__self__", None), "rtp_port", None)
+                    logger.exception("media tick failed for session on port %s", port)
+            took_ms = (time.perf_counter() - started) * 1000.0
+            index = 0
+            for bound in self.duration_buckets_ms:
+                if took_ms <= bound:
+                    break
+                index += 1
+            self.duration_counts[index] += 1
+            self.duration_sum += took_ms
+            if took_ms > self.duration_max:
+                self.duration_max = took_ms
+        self._arm()
 
 
 class RtpSession:
@@ -226,22 +242,24 @@ class RtpSession:
         self,
         stream: RtpStream,
         clock: MediaClock,
-        rtp_transport: asyncio.DatagramTransport,
-        rtcp_transport: asyncio.DatagramTransport,
-        local: Address,
+        pair: PortPair,
         *,
+        ports: PortPool | None = None,
         inband_dtmf: bool = False,
         idle_silence: bool = True,
         on_timeout: Callable[[], None] | None = None,
     ) -> None:
         self.stream = stream
         self.clock = clock
-        self._rtp = rtp_transport
-        self._sendto: Callable[[bytes, Any], None] = rtp_transport.sendto
-        self._rtcp = rtcp_transport
+        self._pair = pair
+        # where the pair goes back when the call ends (None: it is closed)
+        self._ports = ports
+        self._rtp = pair.rtp
+        self._sendto: Callable[[bytes, Any], None] = pair.rtp.sendto
+        self._rtcp = pair.rtcp
         # Next time the RTCP and inactivity checks can change (0: check on the next tick).
         self._checks_at = 0.0
-        self.local = local
+        self.local: Address = (pair.host, pair.port)
         self.idle_silence = idle_silence
         self.on_timeout = on_timeout
         self._loop = asyncio.get_running_loop()
@@ -267,12 +285,7 @@ class RtpSession:
         self._closed = False
         self._srtp: SrtpContext | None = None
         self._srtp_pending = False
-        rtp_protocol = rtp_transport.get_protocol()
-        rtcp_protocol = rtcp_transport.get_protocol()
-        assert isinstance(rtp_protocol, _RtpProtocol)
-        assert isinstance(rtcp_protocol, _RtpProtocol)
-        rtp_protocol._callback = self._on_rtp
-        rtcp_protocol._callback = self._on_rtcp
+        pair.route(self._on_rtp, self._on_rtcp)
         clock.add(self)
 
     @classmethod
@@ -289,24 +302,24 @@ class RtpSession:
         idle_silence: bool = True,
         on_timeout: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        ports: PortPool | None = None,
         **stream_options: Any,
     ) -> RtpSession:
-        """Bind a port pair in ``port_range`` (RTP even, RTCP + 1) and start ticking.
+        """Take a port pair (RTP even, RTCP + 1) and start ticking.
 
-        ``stream_options`` go to :class:`~media.stream.RtpStream`
-        (``rtp_timeout``, ``relatch_after``, ``rtcp_interval``, ``cname``...).
+        With ``ports`` the pair comes from that pool (bound in advance; ``host`` and
+        ``port_range`` are the pool's) and goes back to it at :meth:`stop`; without,
+        one is bound in ``port_range`` now and closed at :meth:`stop`. Raises
+        :class:`OSError` when no pair is free. ``stream_options`` go to
+        :class:`~media.stream.RtpStream` (``rtp_timeout``, ``relatch_after``,
+        ``rtcp_interval``, ``cname``...).
         """
         loop = asyncio.get_running_loop()
         rng = rng or _RNG
-        rtp_sock, rtcp_sock = _bind_pair(host, port_range, rng)
-        port = rtp_sock.getsockname()[1]
-        noop: Callable[[bytes, Address], None] = lambda data, addr: None  # noqa: E731
-        rtp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _RtpProtocol(noop), sock=rtp_sock
-        )
-        rtcp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _RtpProtocol(noop), sock=rtcp_sock
-        )
+        if ports is not None:
+            pair = await ports.acquire()
+        else:
+            pair = await open_pair(host, port_range, rng)
         now = loop.time()
         stream = RtpStream(
             codec,
@@ -320,9 +333,8 @@ class RtpSession:
         return cls(
             stream,
             clock,
-            rtp_transport,
-            rtcp_transport,
-            (host, port),
+            pair,
+            ports=ports,
             inband_dtmf=inband_dtmf,
             idle_silence=idle_silence,
             on_timeout=on_timeout,
@@ -360,11 +372,9 @@ class RtpSession:
         return self._srtp is not None or self._srtp_pending
 
     def _receive_srtp(self) -> None:
-        # Not kept in an attribute: session -> protocol -> session would be a cycle that
-        # outlives the call (the transport drops its protocol when it closes).
-        protocol = self._rtp.get_protocol()
-        assert isinstance(protocol, _RtpProtocol)
-        protocol._callback = self._on_srtp
+        # session -> pair -> protocol -> session is a cycle until stop() routes the
+        # pair elsewhere (back to the pool, or closed): nothing outlives the call.
+        self._pair.route(self._on_srtp, self._on_rtcp)
 
     def await_srtp(self) -> None:
         """We offered SRTP and the answer has not come: send nothing, drop what comes
@@ -676,6 +686,11 @@ class RtpSession:
             self._digits.put_nowait(event)
         if self.stream.remote_rtcp is not None:
             self._send_rtcp(self.stream.build_bye(self._loop.time()), self.stream.remote_rtcp)
-        self._rtp.close()
-        self._rtcp.close()
+        # Nothing may go out of these sockets for this call any more: they may serve
+        # another call (a late RTCP of ours would reach this call's peer from it).
+        self._sendto = _drop_datagram
+        if self._ports is not None:
+            self._ports.release(self._pair)
+        else:
+            self._pair.close()
         await asyncio.sleep(0)

@@ -59,6 +59,9 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"metrics": 9090}, "metrics", "expected str or NoneType"),
     ({"admin": "nowhere"}, "admin", ""),
     ({"webphone": "nowhere"}, "webphone", "bad listen address"),
+    ({"rtp_port_pool": -1}, "rtp_port_pool", "must be 0 to 10000"),
+    ({"rtp_port_quarantine": 61}, "rtp_port_quarantine", "must be 0 to 60 seconds"),
+    ({"media_clock_slots": 0}, "media_clock_slots", "must be 1 to 20"),
     ({"admin_token": 1234}, "admin_token", "expected str or NoneType"),
     ({"tenant_files": [5]}, "tenant_files[0]", "must be a file name"),
     ({"max_calls": 0}, "max_calls", "must be at least 1"),
@@ -315,7 +318,49 @@ def _media(tmp: Path) -> None:
     assert seen == {True: False, False: True}  # port free only without media
 
 
+def _media_clock_slots(tmp: Path) -> None:
+    """media_clock_slots: three held calls on a 3-slot clock take one phase each (the
+    per-slot loads /metrics exports); on a 1-slot clock all three share the one."""
+    seen: dict[int, list[int]] = {}
+
+    def probe(slots: int) -> Callable[[Engine, int], Awaitable[None]]:
+        async def body(engine: Engine, port: int) -> None:
+            held = [asyncio.ensure_future(_invite(port, hang_up=False)) for _ in range(3)]
+            for status, _ in await asyncio.gather(*held):
+                assert status == 200
+            seen[slots] = engine.media_manager.clock.slot_loads()
+
+        return body
+
+    _run({"media_clock_slots": 3}, tmp, probe(3))
+    _run({"media_clock_slots": 1}, tmp, probe(1))
+    assert seen == {3: [1, 1, 1], 1: [3]}
+
+
+def _rtp_port_pool(tmp: Path) -> None:
+    """rtp_port_pool: N pairs are bound before any call (the answer path binds none);
+    0 binds nothing until a call comes."""
+    seen: dict[int, int] = {}
+
+    def probe(size: int) -> Callable[[Engine, int], Awaitable[None]]:
+        async def body(engine: Engine, port: int) -> None:
+            for _ in range(100):
+                stats = engine.media_manager.pool_stats()
+                if stats["ready"] >= size:
+                    break
+                await asyncio.sleep(0.02)
+            seen[size] = int(engine.media_manager.pool_stats()["ready"])
+
+        return body
+
+    _run({"rtp_port_pool": 4}, tmp, probe(4))
+    _run({"rtp_port_pool": 0}, tmp, probe(0))
+    assert seen == {4: 4, 0: 0}
+
+
 EFFECTS: dict[str, Callable[..., None]] = {
+    "media_clock_slots": _media_clock_slots,
+    "rtp_port_pool": _rtp_port_pool,
     "max_cps": _max_cps,
     "overload_lag": _overload_lag,
     "gc": _gc,
@@ -365,6 +410,10 @@ ELSEWHERE: dict[str, str] = {
     ),
     "dial_policy": (
         "tests/security/test_toll_fraud.py::test_toll_fraud_destinations_refused_unless_allowed"
+    ),
+    "rtp_port_quarantine": (
+        "tests/integration/test_media_portpool.py::"
+        "test_calls_take_pooled_pairs_and_reuse_them_after_their_rest"
     ),
     "webphone": (
         "tests/integration/test_webrtc.py::"

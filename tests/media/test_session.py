@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 from media.codecs import PCMU, create_codec
+from media.portpool import PortPool
 from media.prompts import PromptCache
 from media.recorder import Recorder
 from media.rtp import RtpPacket
@@ -226,4 +229,178 @@ def test_sessions_plain_and_srtp_are_freed_without_the_collector() -> None:
         gc.garbage.clear()
         gc.enable()
     leaked = [name for name in garbage if name in ("RtpSession", "RtpStream", "SrtpContext")]
+    assert leaked == [], leaked
+
+
+# --- the port pool (media/portpool.py) on real sockets ---------------------------------
+
+
+def _free_range(pairs: int) -> tuple[int, int]:
+    """An even port range of ``pairs`` even/odd pairs that nothing holds right now."""
+    import random
+    import socket
+
+    for _ in range(200):
+        lo = random.randrange(40000, 60000, 2)
+        socks = []
+        try:
+            for port in range(lo, lo + 2 * pairs):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((HOST, port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return lo, lo + 2 * pairs
+    raise AssertionError("no free port range")
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def test_pooled_pairs_are_bound_ahead_and_reused_after_the_quarantine() -> None:
+    async def main() -> None:
+        clock = MediaClock()
+        pool = PortPool(HOST, (20000, 30000), size=2, quarantine=0.2)
+        pool.warm()
+        await _until(lambda: len(pool) == 2)
+        ahead = {pair.port for pair in pool.core.ready}
+        a = await RtpSession.open(PCMU, clock=clock, ports=pool)
+        assert a.rtp_port in ahead and a.rtp_port % 2 == 0 and a.local[0] == HOST
+        assert pool.core.hits == 1 and pool.core.misses == 0
+        await _until(lambda: len(pool) == 2)  # refilled off the answer path
+        first = a.rtp_port
+        await a.stop()
+        assert pool.cooling == 1
+        # resting: the next calls get other pairs
+        b = await RtpSession.open(PCMU, clock=clock, ports=pool)
+        c = await RtpSession.open(PCMU, clock=clock, ports=pool)
+        assert first not in (b.rtp_port, c.rtp_port)
+        await asyncio.sleep(0.25)
+        # back in service after 0.2 s, behind the pairs bound meanwhile (oldest first)
+        later = [await RtpSession.open(PCMU, clock=clock, ports=pool) for _ in range(3)]
+        assert later[2].rtp_port == first
+        assert pool.core.misses == 0
+        for session in (b, c, *later):
+            await session.stop()
+        await pool.close()
+        assert len(pool) == 0 and pool.cooling == 0
+        # every port is free again
+        import socket
+
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind((HOST, first))
+        probe.close()
+
+    asyncio.run(main())
+
+
+def test_a_reused_pair_never_delivers_the_previous_calls_packets() -> None:
+    import socket
+
+    async def main() -> None:
+        clock = MediaClock()
+        pool = PortPool(HOST, (20000, 30000), size=1, quarantine=0.0)
+        a, x = await _pair(clock, ports=pool)
+        port = a.rtp_port
+        await a.stop()  # back in the pool (no quarantine in this test)
+        await x.stop()
+        old_peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        old_peer.bind((HOST, 0))
+        stale = RtpPacket(0, False, 7, 160, 0x0DD, payload=b"\x55" * 160).serialize()
+        # the old peer keeps sending: what arrives while pooled is read and dropped ...
+        for _ in range(3):
+            old_peer.sendto(stale, (HOST, port))
+        await asyncio.sleep(0.05)
+        assert pool.stale_dropped == 0
+        # ... and what waits in the buffers when the pair is taken again is drained
+        pool.core.wanted(asyncio.get_running_loop().time())  # its rest is over: ready
+        # (first in line, for this test)
+        pool.core.ready.rotate(-[p.port for p in pool.core.ready].index(port))
+        for _ in range(5):
+            old_peer.sendto(stale, (HOST, port))
+        old_peer.sendto(b"\x81\xc9\x00\x01" + b"\x00" * 4, (HOST, port + 1))
+        b = await RtpSession.open(PCMU, clock=clock, ports=pool)
+        assert b.rtp_port == port and pool.stale_dropped == 6
+        await asyncio.sleep(0.1)
+        q = b.quality()
+        assert q["packets_received"] == 0 and q["wrong_source"] == 0 and q["rtcp_received"] == 0
+        assert b.stream._source is None  # nothing latched
+        # the new call's peer is heard, and latches
+        peer = await RtpSession.open(PCMU, clock=clock, host=HOST, port_range=(20000, 30000))
+        b.set_remote((HOST, peer.rtp_port))
+        peer.set_remote((HOST, b.rtp_port))
+        await _until(lambda: int(b.quality()["packets_received"] or 0) > 0)
+        assert b.stream._source == (HOST, peer.rtp_port)
+        old_peer.close()
+        await b.stop()
+        await peer.stop()
+        await pool.close()
+
+    asyncio.run(main())
+
+
+def test_an_exhausted_range_fails_as_without_a_pool_and_recovers() -> None:
+    async def main() -> None:
+        clock = MediaClock()
+        lo, hi = _free_range(2)
+        pool = PortPool(HOST, (lo, hi), size=4, quarantine=10.0, retry_after=0.1)
+        pool.warm()
+        await _until(lambda: pool.core.failures >= 1)
+        assert len(pool) == 2  # the whole range, then a quiet failure
+        a = await RtpSession.open(PCMU, clock=clock, ports=pool)
+        b = await RtpSession.open(PCMU, clock=clock, ports=pool)
+        assert {a.rtp_port, b.rtp_port} == {lo, lo + 2}
+        with pytest.raises(OSError, match=f"no free RTP port pair in {lo}-{hi} on {HOST}"):
+            await RtpSession.open(PCMU, clock=clock, ports=pool)
+        assert pool.core.misses == 1
+        await a.stop()
+        # a's pair rests, but a call is never refused for that: it gets it, drained
+        c = await RtpSession.open(PCMU, clock=clock, ports=pool)
+        assert c.rtp_port == a.rtp_port and pool.core.early == 1
+        await b.stop()
+        await c.stop()
+        await pool.close()
+
+    asyncio.run(main())
+
+
+def test_pooled_sessions_are_freed_without_the_collector() -> None:
+    import gc
+
+    from media.srtp import SUITES, SrtpContext, generate_key
+
+    suite = SUITES["AES_CM_128_HMAC_SHA1_80"]
+    garbage: list[str] = []
+
+    async def main() -> None:
+        clock = MediaClock()
+        pool = PortPool(HOST, (20000, 30000), size=2, quarantine=0.0)
+        for _ in range(3):
+            a, b = await _pair(clock, ports=pool)
+            k1, k2 = generate_key(suite), generate_key(suite)
+            a.set_srtp(SrtpContext(suite, tx_key=k1, rx_key=k2))
+            await asyncio.sleep(0.05)
+            await a.stop()
+            await b.stop()
+        await pool.close()
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        asyncio.run(main())
+        gc.collect()
+        garbage = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    leaked = [name for name in garbage if name in ("RtpSession", "RtpStream", "PortPair")]
     assert leaked == [], leaked
