@@ -125,16 +125,17 @@ class EngineConfig:
     rtp_relatch_after: float = 5.0
     """Seconds the latched RTP source must be silent before another address may take
     the call's media over (after 5 in-sequence packets); see ``media/stream.py``."""
-    rtp_port_pool: int = 32
+    rtp_port_pool: int = 0
     """RTP port pairs kept bound and ready per media address, so that answering a call
-    creates no socket (``media/portpool.py``); 0: bind each call's pair when it is
-    answered."""
+    creates no socket (``media/portpool.py``); 0 (the default, see docs/config.md for
+    why): bind each call's pair when it is answered."""
     rtp_port_quarantine: float = 1.0
     """Seconds a pair released by a call rests in the pool before another call may take
     it (the previous peer's packets in flight must not reach the new call)."""
-    media_clock_slots: int = 4
+    media_clock_slots: int = 1
     """Phases the 20 ms media clock period is split into: each clock callback sends the
-    packets of one slot's streams only (``media/clock.py``)."""
+    packets of one slot's streams only (``media/clock.py``). 1 (the default, see
+    docs/config.md for why): one callback sends every stream's packet."""
     srtp: str = "tls"
     """SRTP with SDES keys (RFC 4568): ``tls`` offers it on outgoing TLS legs and accepts
     it on incoming TLS legs only (the keys travel in the SDP: in the clear over UDP or

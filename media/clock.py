@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_SLOTS", "TickSchedule"]
 T = TypeVar("T")
 
 #: Phases of the 20 ms period (one callback every 5 ms, each a quarter of the streams).
-DEFAULT_SLOTS = 4
+DEFAULT_SLOTS = 1
 
 
 class _Slot(Generic[T]):

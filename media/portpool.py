@@ -59,7 +59,7 @@ T = TypeVar("T")
 Address = tuple[str, int]
 
 #: Ready pairs kept per media address.
-DEFAULT_POOL_SIZE = 32
+DEFAULT_POOL_SIZE = 0
 #: Seconds a released pair rests before reuse.
 DEFAULT_QUARANTINE = 1.0
 #: Datagrams read and dropped per socket at most when a pair is reused.

@@ -14,7 +14,7 @@ from config_cache import ConfigError
 
 def test_defaults() -> None:
     cfg = load_config(None)
-    assert (cfg.rtp_port_pool, cfg.rtp_port_quarantine, cfg.media_clock_slots) == (32, 1.0, 4)
+    assert (cfg.rtp_port_pool, cfg.rtp_port_quarantine, cfg.media_clock_slots) == (0, 1.0, 1)
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_bad_values_name_the_file_and_the_key(
 def test_good_values_load(tmp_path: Path) -> None:
     path = tmp_path / "node.json"
     path.write_text(
-        json.dumps({"rtp_port_pool": 0, "rtp_port_quarantine": 0, "media_clock_slots": 1})
+        json.dumps({"rtp_port_pool": 16, "rtp_port_quarantine": 0, "media_clock_slots": 4})
     )
     cfg = load_config(path)
-    assert (cfg.rtp_port_pool, cfg.rtp_port_quarantine, cfg.media_clock_slots) == (0, 0, 1)
+    assert (cfg.rtp_port_pool, cfg.rtp_port_quarantine, cfg.media_clock_slots) == (16, 0, 4)
