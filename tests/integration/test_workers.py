@@ -399,7 +399,9 @@ def test_hostile_datagrams_do_not_stop_the_front_or_a_worker(
         (Path(__file__).resolve().parents[3] / "shared/conformance/rfc4475").glob("*.dat")
     )
     assert corpus, "the RFC 4475 corpus is missing"
-    daemon = daemon_factory("--workers", "2", "--config", str(_exempt_loopback(tmp_path)))
+    daemon = daemon_factory(
+        "--workers", "2", "--config", str(_exempt_loopback(tmp_path)), "--drain-grace", "2"
+    )
     rng = random.Random(4475)
     shapes = [p.read_bytes() for p in corpus]
     shapes += [
