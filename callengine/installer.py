@@ -674,15 +674,21 @@ def _socket_owners(inodes: set[int]) -> dict[int, str]:
         if not proc.name.isdigit():
             continue
         try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in wanted:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue  # closed while we looked: a busy process must not hide
+            if link in wanted:
+                with contextlib.suppress(OSError):
                     cmd = (proc / "cmdline").read_bytes().split(b"\0")
                     owners[int(proc.name)] = " ".join(
                         c.decode(errors="replace") for c in cmd[:3] if c
                     )
-                    break
-        except OSError:
-            continue
+                break
     return owners
 
 
