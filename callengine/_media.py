@@ -52,6 +52,7 @@ class MediaManager:
         port_pool: int = DEFAULT_POOL_SIZE,
         port_quarantine: float = DEFAULT_QUARANTINE,
         clock_slots: int = DEFAULT_SLOTS,
+        spool_name: str = "spool",
     ) -> None:
         self.clock = MediaClock(slots=clock_slots)
         self.port_pool = port_pool
@@ -80,7 +81,9 @@ class MediaManager:
                 retry_max=storage.retry_max,
                 near=storage.spool_near,
             )
-            self.spool = Spool(Path(data_dir) / "spool", target, core)
+            # one spool directory per process: each recovers only its own files after a
+            # kill -9 (a multi-worker node's workers have spool-w0, spool-w1...)
+            self.spool = Spool(Path(data_dir) / spool_name, target, core)
         self.prompts = PromptCache(self.storage)
         self.prompt_sync: PromptSync | None = None
         """With remote storage: tenants' prompts are fetched into a local cache that

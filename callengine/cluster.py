@@ -527,6 +527,7 @@ async def _run_worker(
         link._add_flow(flow, realm, aor)
     node.engine.relay = relay
     node.engine.new_call_id = functools.partial(call_id_for, index, link.workers)
+    node.engine.worker_index = index
     await node.start()
     # the node's max_calls / max_cps, counted once for all workers
     caps = SharedCaps(

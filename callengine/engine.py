@@ -90,6 +90,8 @@ class Engine:
         self.relay: TransportSet | None = None
         """Transports handed over by a multi-worker node's front (set before ``start``);
         ``None``: the engine opens its own listeners."""
+        self.worker_index: int | None = None
+        """A multi-worker node's worker number (its own media spool directory)."""
         self.new_call_id: Callable[[str], str] | None = None
         """Makes the Call-IDs of calls and probes this engine starts (a worker's come
         back to it through the front's dispatch)."""
@@ -179,6 +181,7 @@ class Engine:
             port_pool=cfg.rtp_port_pool,
             port_quarantine=cfg.rtp_port_quarantine,
             clock_slots=cfg.media_clock_slots,
+            spool_name="spool" if self.worker_index is None else f"spool-w{self.worker_index}",
         )
         self.media_manager.preload()
         if cfg.media and (cfg.ws_port is not None or cfg.wss_port is not None):
