@@ -231,7 +231,55 @@ class MediaClock:
         self._arm()
 
 
-class RtpSession:
+class Playback:
+    """Playing payload sequences, one per 20 ms tick: the one ``play`` contract of
+    :class:`RtpSession` and :class:`media.webrtc.WebRtcSession`. The session's tick takes
+    the next payload from ``_play_iter``; the end of it, or a digit that barges in,
+    calls :meth:`_finish_play`."""
+
+    _loop: asyncio.AbstractEventLoop
+    _play_iter: Iterator[bytes] | None
+    _play_future: asyncio.Future[str | None] | None
+    _barge_in: bool
+
+    async def play(
+        self, payloads: Iterable[Iterable[bytes]], *, barge_in: bool = True
+    ) -> str | None:
+        """Play the payload sequences in order, one per tick.
+
+        Returns the digit that interrupted playback (``barge_in``), or ``None``
+        when everything was played. A digit that barges in is returned, not
+        queued in :meth:`digits`. Cancelling the awaiting task stops playback.
+        """
+        self._finish_play(None)
+        future: asyncio.Future[str | None] = self._loop.create_future()
+        self._play_iter = itertools.chain.from_iterable(payloads)
+        self._play_future = future
+        self._barge_in = barge_in
+        try:
+            return await future
+        finally:
+            if self._play_future is future:
+                self._play_iter = None
+                self._play_future = None
+
+    def stop_playback(self) -> None:
+        """Stop what is playing; :meth:`play` returns ``None``."""
+        self._finish_play(None)
+
+    def _finish_play(self, digit: str | None) -> None:
+        future = self._play_future
+        self._play_iter = None
+        self._play_future = None
+        if future is not None and not future.done():
+            future.set_result(digit)
+
+    @property
+    def playing(self) -> bool:
+        return self._play_iter is not None
+
+
+class RtpSession(Playback):
     """RTP/RTCP for one call: playback, DTMF, recording, hold, quality.
 
     Create with :meth:`open`; the engine then calls :meth:`set_remote` from the
@@ -436,44 +484,6 @@ class RtpSession:
     def hold(self, on: bool = True) -> None:
         """Local hold: stop sending and stop expecting media (and back)."""
         self.set_direction("inactive" if on else "sendrecv")
-
-    # --- playback ------------------------------------------------------------------
-
-    async def play(
-        self, payloads: Iterable[Iterable[bytes]], *, barge_in: bool = True
-    ) -> str | None:
-        """Play the payload sequences in order, one per tick.
-
-        Returns the digit that interrupted playback (``barge_in``), or ``None``
-        when everything was played. A digit that barges in is returned, not
-        queued in :meth:`digits`. Cancelling the awaiting task stops playback.
-        """
-        self._finish_play(None)
-        future: asyncio.Future[str | None] = self._loop.create_future()
-        self._play_iter = itertools.chain.from_iterable(payloads)
-        self._play_future = future
-        self._barge_in = barge_in
-        try:
-            return await future
-        finally:
-            if self._play_future is future:
-                self._play_iter = None
-                self._play_future = None
-
-    def stop_playback(self) -> None:
-        """Stop what is playing; :meth:`play` returns ``None``."""
-        self._finish_play(None)
-
-    def _finish_play(self, digit: str | None) -> None:
-        future = self._play_future
-        self._play_iter = None
-        self._play_future = None
-        if future is not None and not future.done():
-            future.set_result(digit)
-
-    @property
-    def playing(self) -> bool:
-        return self._play_iter is not None
 
     # --- DTMF ------------------------------------------------------------------------
 

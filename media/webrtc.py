@@ -28,11 +28,10 @@ peer closes DTLS, ``on_timeout`` is called: the engine hangs the call up.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +49,7 @@ from .codecs import PCMU, Codec, CodecInfo, create_codec
 from .codecs._aiortc import FrameReader, pcm_frame
 from .dtmf import DtmfEvent
 from .recorder import Recorder, RecordingResult
+from .session import Playback
 
 __all__ = ["WEBRTC_CODECS", "WebRtcSession", "is_webrtc_sdp"]
 
@@ -131,7 +131,7 @@ class _EngineTrack(MediaStreamTrack):
         return frame
 
 
-class WebRtcSession:
+class WebRtcSession(Playback):
     """One WebRTC media leg (see the module docstring); create with :meth:`answer` or
     :meth:`offer`."""
 
@@ -335,37 +335,6 @@ class WebRtcSession:
     def silence(self) -> bytes:
         """One 20 ms frame of silence in ``codec``."""
         return self._tx.silence()
-
-    async def play(
-        self, payloads: Iterable[Iterable[bytes]], *, barge_in: bool = True
-    ) -> str | None:
-        """Play payload sequences (in ``codec``) in order; same contract as
-        :meth:`media.session.RtpSession.play`."""
-        self._finish_play(None)
-        future: asyncio.Future[str | None] = self._loop.create_future()
-        self._play_iter = itertools.chain.from_iterable(payloads)
-        self._play_future = future
-        self._barge_in = barge_in
-        try:
-            return await future
-        finally:
-            if self._play_future is future:
-                self._play_iter = None
-                self._play_future = None
-
-    def stop_playback(self) -> None:
-        self._finish_play(None)
-
-    @property
-    def playing(self) -> bool:
-        return self._play_iter is not None
-
-    def _finish_play(self, digit: str | None) -> None:
-        future = self._play_future
-        self._play_iter = None
-        self._play_future = None
-        if future is not None and not future.done():
-            future.set_result(digit)
 
     def send_digit(self, digit: str, *, duration_ms: int = 100) -> None:
         """Send a digit as an in-band tone (the browser side has no telephone-event)."""
