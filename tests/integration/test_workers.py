@@ -367,6 +367,11 @@ def test_max_calls_counts_once_for_the_node(
     config = tmp_path / "caps.yaml"
     config.write_text("max_calls: 10\nsource_max_calls: 0\nsource_max_cps: 0\n")
     daemon = daemon_factory("--workers", "2", "--config", str(config), metrics=True)
+    port = daemon.metrics_port or 0
+    # SIP answers once one worker is up: wait for both, or the calls all go to the first
+    wait_for(
+        "both workers up", lambda: per_worker(port, "callengine_worker_up") == {"0": 1.0, "1": 1.0}
+    )
     # 20 calls within half a second, each held 4 s, spread over both workers
     result = run_sipp(
         sipp_to(daemon, "-sn", "uac", "-r", "40", "-m", "20", "-d", "4000"),
@@ -374,7 +379,6 @@ def test_max_calls_counts_once_for_the_node(
         timeout=60,
     )
     assert calls(result) == (10, 10), result.stats
-    port = daemon.metrics_port or 0
     # the 10 that got in were taken by both workers (the cap is the node's, not each's)
     wait_for(
         "both workers' calls in /metrics",
