@@ -16,6 +16,7 @@ status code)::
         for target in attempts.next_trunk():  INVITE leg to target.trunk.gateway
             1xx -> attempts.on_provisional; 180/183 relayed to the caller
             2xx / failure / setup timeout -> attempts.on_result / handle_timer
+            the trunk goes down meanwhile -> attempts.check_health: CANCEL, next trunk
             Decision: CONNECTED -> bridge, FAILOVER -> next trunk, FINAL -> caller
 
 A leg is a :class:`~callengine.call.Call` of its own (so the engine's SIP events
@@ -88,6 +89,7 @@ __all__ = ["B2BUA", "Directory", "LegTarget", "TrunkCollector"]
 CAUSE_NORMAL = 16
 CAUSE_NO_ANSWER = 19
 CAUSE_TIMER = 102
+CAUSE_OUT_OF_ORDER = 38
 DEFAULT_RING_TIMEOUT = 120.0
 AUDIT_INTERVAL = 30.0  # seconds between checks of B-channel accounting against live calls
 """Seconds an outbound trunk call may ring before the caller gets 480."""
@@ -194,6 +196,8 @@ class B2BUA:
         self._relays: dict[int, tuple[_Leg, list[asyncio.Task[Any]]]] = {}
         self._audit_timer: asyncio.TimerHandle | None = None
         self._suspects: set[str] = set()
+        self._down: asyncio.Future[None] | None = None
+        """Done when a trunk goes down: wakes the attempts waiting on it."""
         if registry is not None:
             registry.register(TrunkCollector(self))
 
@@ -335,6 +339,10 @@ class B2BUA:
             event.new.value,
             event.reason,
         )
+        if event.new is HealthState.DOWN and self._down is not None:
+            if not self._down.done():
+                self._down.set_result(None)
+            self._down = None
         key = (event.trunk, event.new.value)
         self.changes_by_trunk[key] = self.changes_by_trunk.get(key, 0) + 1
         self.health_changes.append(event)
@@ -649,7 +657,9 @@ class B2BUA:
         while True:
             setup = attempts.next_deadline()
             until = ring_deadline if setup is None else min(setup, ring_deadline)
-            waiters: set[asyncio.Future[Any]] = {leg.outcome, caller.ended}
+            if self._down is None:
+                self._down = loop.create_future()
+            waiters: set[asyncio.Future[Any]] = {leg.outcome, caller.ended, self._down}
             if setup is not None:
                 waiters.add(leg.progressed)
             delay = until - loop.time()
@@ -665,6 +675,10 @@ class B2BUA:
             if caller.ended.done():
                 self._abandon(leg, CAUSE_NORMAL)
                 return attempts.on_result(487, now=now, reason=format_reason(CAUSE_NORMAL)), None
+            trunk_down = attempts.check_health(now)
+            if trunk_down is not None:  # ringing on a gateway found dead meanwhile
+                self._abandon(leg, CAUSE_OUT_OF_ORDER)
+                return trunk_down, None
             timed_out = attempts.handle_timer(now)
             if timed_out is not None:
                 self._abandon(leg, CAUSE_TIMER)

@@ -13,6 +13,8 @@ for a target, sends the INVITE itself, and feeds back what happened::
         final response      -> decision = attempts.on_result(status, now=now, reason=hdr)
         attempts.next_deadline() passes without any response
                             -> decision = attempts.handle_timer(now)  (abandon the INVITE)
+        the health board marks a trunk down
+                            -> decision = attempts.check_health(now)  (abandon the INVITE)
         transport error     -> decision = attempts.on_result(None, now=now, transport_error=True)
         log decision.events (breaker changes); then by decision.outcome:
             CONNECTED -> bridge the call; release(call_id) on the group at hang-up
@@ -29,6 +31,9 @@ At most ``max_attempts`` trunks are tried.
 Each result is classified (``classify``):
 
 - 2xx: CONNECTED; the channel stays seized.
+- the trunk declared down while its attempt rings (probes or other calls found the
+  gateway dead; a 180 it sent before dying would ring on for nobody): FAILOVER
+  with cause 38, and no breaker record (the trunk is down already).
 - no response within ``setup_timeout`` (no 1xx either), a transport error, 408
   or any 5xx: FAILOVER. So is any 4xx other than the definitive ones below whose
   Reason header (RFC 3326, RFC 6432) carries a resource cause (34, 38, 41, 42,
@@ -90,6 +95,7 @@ class EndedBy(enum.Enum):
     RESPONSE = "response"
     TIMEOUT = "timeout"
     TRANSPORT_ERROR = "transport_error"
+    TRUNK_DOWN = "trunk_down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +286,22 @@ class CallAttempts:
             return None
         return self.on_result(None, now=now, timeout=True)
 
+    def check_health(self, now: float) -> Decision | None:
+        """Fail the current ringing attempt over if its trunk is now reported down.
+
+        Call it when the board reports a trunk down. Only an attempt that had a 1xx
+        is concerned: it has no timer left but the caller's patience. One still
+        waiting for its first response keeps its setup timer (failing all of those
+        over at once would land a burst on the next trunk's B-channels).
+        """
+        target = self._current
+        if target is None or self.health is None or self._deadline is not None:
+            return None
+        health = self.health.get(target.trunk.name)
+        if health is None or health.state is not HealthState.DOWN:
+            return None
+        return self._end(target, now, EndedBy.TRUNK_DOWN, None, _TRANSPORT_CAUSE, "trunk down", ())
+
     def on_provisional(self, status: int, *, now: float) -> None:
         """A 1xx arrived: the gateway is working on it, stop the setup timer."""
         if self._current is not None and 100 <= status <= 199:
@@ -317,8 +339,28 @@ class CallAttempts:
             ended_by = EndedBy.RESPONSE
             cause = q850 if q850 is not None else cause_for_status(status)
             text = parsed.text if parsed is not None and parsed.text else f"{status}"
-        outcome = classify(status, q850)
+        events: tuple[HealthChanged, ...] = ()
+        if self.health is not None:
+            broken = is_failure_status(status) and cause not in _NOT_BROKEN_CAUSES
+            events = tuple(
+                self.health.record_call_result(
+                    target.trunk.name, not broken, now=now, reason=f"call {text}"
+                )
+            )
+        return self._end(target, now, ended_by, status, cause, text, events, q850)
 
+    def _end(
+        self,
+        target: Target,
+        now: float,
+        ended_by: EndedBy,
+        status: int | None,
+        cause: int,
+        text: str,
+        events: tuple[HealthChanged, ...],
+        q850: int | None = None,
+    ) -> Decision:
+        outcome = classify(status, q850)
         attempt = Attempt(
             index=target.attempt,
             trunk=target.trunk.name,
@@ -336,16 +378,6 @@ class CallAttempts:
         self.attempts.append(attempt)
         self._current = None
         self._deadline = None
-
-        events: tuple[HealthChanged, ...] = ()
-        if self.health is not None:
-            broken = is_failure_status(status) and cause not in _NOT_BROKEN_CAUSES
-            events = tuple(
-                self.health.record_call_result(
-                    target.trunk.name, not broken, now=now, reason=f"call {text}"
-                )
-            )
-
         if outcome is Outcome.CONNECTED:
             self._done = outcome
             return Decision(outcome, attempt, None, events)

@@ -75,6 +75,18 @@ def wait_udp_sip(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"no SIP node on 127.0.0.1:{port}")
 
 
+def wait_tcp(port: int, timeout: float = 15.0) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} (TCP)")
+
+
 @dataclass
 class Daemon:
     """A running `callengine serve` process."""
@@ -134,6 +146,8 @@ def start_daemon(
     if wait:
         try:
             wait_udp_sip(port)
+            if metrics_port is not None:  # serve opens /metrics just after SIP answers
+                wait_tcp(metrics_port)
         except TimeoutError:
             daemon.stop(signal.SIGKILL)
             raise AssertionError(f"daemon did not start:\n{daemon.log()}") from None

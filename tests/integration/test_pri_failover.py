@@ -10,6 +10,7 @@ logs read back with ``callengine logs --json``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import secrets
@@ -238,6 +239,39 @@ def test_silent_carrier_a_fails_over_after_setup_timeout(
     ]
 
 
+def test_call_ringing_on_a_gateway_that_dies_moves_to_carrier_b(
+    tmp_path: Path,
+    daemon_factory: Callable[..., Daemon],
+    carriers: Callable[[], tuple[Carrier, Carrier]],
+) -> None:
+    """A's gateway sends 180 (the setup timer stops) and dies: its probes fail, the
+    trunk goes down, and the ringing call is CANCELled there and completed through B
+    instead of ringing on until the caller gives up."""
+    a, b = carriers()
+    a.start("pri_uas_ring.xml")
+    b.start("pri_uas_answer.xml")
+    daemon = daemon_factory("--config", str(config(tmp_path, a.port, b.port)))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(sip_call, daemon.port, "915551230005", hold=0.2, timeout=20.0)
+        deadline = time.monotonic() + 10
+        while a.invites() == 0 and time.monotonic() < deadline:  # counts every 1 s
+            time.sleep(0.05)
+        assert a.invites() == 1
+        a.kill()
+        result = call.result(timeout=30)
+    assert result.status == 200
+    b.stop()
+    assert b.invites() == 1
+    (log,) = [c for c in call_logs(daemon) if c["callee"] == "915551230005"]
+    assert log["result"] == "completed"
+    attempts = log["trunk_attempts"]
+    assert isinstance(attempts, list)
+    assert [(t["trunk"], t["ended_by"], t["cause"], t["outcome"]) for t in attempts] == [
+        ("carrier-a", "trunk_down", 38, "failover"),  # Q.850 38: network out of order
+        ("carrier-b", "response", 16, "connected"),
+    ]
+
+
 def test_both_carriers_down_503_cause_34_at_once(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:
@@ -334,7 +368,11 @@ def test_load_carrier_a_dies_and_returns(
     a_first = a.invites()
     time.sleep(4.0)  # breaker opens on timeouts and probes; B carries everything
     a.start("pri_uas_answer.xml")  # A returns; a half-open probe brings it back
-    returncode = uac.wait(60)
+    try:
+        returncode = uac.wait(60)
+    except subprocess.TimeoutExpired:  # calls still open: the stats below say which
+        uac.kill()
+        returncode = uac.wait()
     a.stop()
     b.stop()
     lines = [ln for ln in (tmp_path / "uac.csv").read_text().splitlines() if ln.strip()]

@@ -234,6 +234,37 @@ def test_down_trunk_is_skipped_without_an_attempt(group: TrunkGroup) -> None:
     assert [(s.trunk, s.why) for s in calls.skipped] == [("a", "down")]
 
 
+def test_ringing_attempt_on_a_trunk_gone_down_fails_over(group: TrunkGroup) -> None:
+    """A 180 stops the setup timer; if the gateway then dies, the health board (probes,
+    other calls) marks the trunk down and the ringing attempt moves to the next trunk."""
+    board = HealthBoard(group.trunks, now=0.0)
+    calls = CallAttempts(group, "ringing", 0.0, health=board)
+    setup = CallAttempts(group, "no answer yet", 0.0, health=board)
+    target = calls.next_trunk(now=0.0)
+    assert target is not None and target.trunk.name == "a"
+    assert setup.next_trunk(now=0.0) is not None
+    calls.on_provisional(180, now=0.2)
+    assert calls.next_deadline() is None
+    assert calls.check_health(1.0) is None  # "a" is up: keep ringing
+    board.record_call_result("a", False, now=2.0, reason="call no response")
+    assert calls.check_health(2.0) is None  # one failure of two: still up
+    board.record_call_result("a", False, now=3.0, reason="call no response")
+    assert board.state("a") is HealthState.DOWN
+    failures = board["a"].failures
+    assert setup.check_health(3.5) is None  # its setup timer decides (at 4.0)
+    decision = calls.check_health(3.5)
+    assert decision is not None and decision.outcome is Outcome.FAILOVER
+    attempt = decision.attempt
+    assert (attempt.ended_by, attempt.status, attempt.cause) == (EndedBy.TRUNK_DOWN, None, 38)
+    assert (attempt.started, attempt.ended, decision.events) == (0.0, 3.5, ())
+    assert board["a"].failures == failures  # down already: nothing recorded
+    assert group.trunks[0].in_use == 1  # its B-channel is free again (one left: setup)
+    target = calls.next_trunk(now=3.5)
+    assert target is not None and target.trunk.name == "b"
+    assert calls.check_health(3.6) is None  # "b" is up
+    assert calls.on_result(200, now=4.0).outcome is Outcome.CONNECTED
+
+
 def test_all_known_down_is_an_instant_503_cause_34(group: TrunkGroup) -> None:
     board = HealthBoard(group.trunks, now=0.0)
     for t in group.trunks:
