@@ -844,7 +844,10 @@ class UserAgent:
             if state is SessionState.EARLY:
                 self.reject(session, status, now, headers=[("Reason", f"Q.850;cause={cause}")])
             elif state is SessionState.ANSWERED:
-                session._pending_bye = cause  # §15: BYE only after the ACK (or its timeout)
+                # §15: BYE only after the ACK (or its timeout); the first hangup's cause
+                # is the one sent (a later one, e.g. the handler's end, changes nothing)
+                if session._pending_bye is None:
+                    session._pending_bye = cause
             else:
                 self._send_bye(session, cause, now)
         else:

@@ -424,6 +424,19 @@ def test_hangup_before_ack_waits_for_the_ack(kit: SimpleNamespace) -> None:
     assert bye.msg.cseq_method == "BYE" and bye.msg.to_tag == "from-1"
 
 
+def test_first_hangup_before_ack_decides_the_bye_cause(kit: SimpleNamespace) -> None:
+    """A bridged leg ends (cause 41) before the caller's ACK; the handler's own hangup
+    (cause 16) follows: the BYE after the ACK carries the first cause."""
+    h = kit.Harness(kit.RecordingApp(incoming="answer"))
+    ok = h.receive(kit.build_invite())[-1]
+    [event] = h.app.of("incoming_call")
+    h.ua.hangup(event.session, h.now, cause=41)
+    h.ua.hangup(event.session, h.now)
+    sent = h.receive(kit.build_ack(to_tag=ok.msg.to_tag))
+    bye = one(h.requests(sent, "BYE"))
+    assert bye.msg.headers.get("reason") == "Q.850;cause=41"
+
+
 def test_hangup_while_ringing_rejects(kit: SimpleNamespace) -> None:
     h = kit.Harness(kit.RecordingApp(incoming="ring"))
     h.receive(kit.build_invite())
