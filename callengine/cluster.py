@@ -38,7 +38,8 @@ hashed to it to the live workers (and keeps sending those calls there until they
 end), and starts it again. Calls on the other workers are not touched. SIGTERM to the
 front drains every worker (new calls 503, active calls get ``drain_grace``).
 
-Node-wide limits. ``max_calls`` and ``max_cps`` count once for the node
+Node-wide limits. ``max_calls``, ``max_cps`` and the per-source and per-tenant caps
+(``source_max_*``, ``tenant_max_*``, tenant ``limits``) count once for the node
 (:class:`SharedCaps`, a shared memory map like the B-channel table); ``source_rate``/
 ``source_burst`` apply once, in the front.
 """
@@ -46,6 +47,7 @@ Node-wide limits. ``max_calls`` and ``max_cps`` count once for the node
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -55,13 +57,12 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ from .dispatch import (
     unpack_control,
     unpack_outbound,
 )
+from .limits import CapsTable
 from .sip.registrar import Binding as RegBinding
 from .transport import ListenSpec
 
@@ -120,93 +122,68 @@ def worker_config(cfg: EngineConfig, index: int, workers: int) -> EngineConfig:
 
 # ============================================================== node-wide caps
 class SharedCaps:
-    """``max_calls`` and ``max_cps`` of a multi-worker node, counted once for the node
-    in a small shared memory map (``DATA_DIR/caps.map``) under ``flock``, like the
-    B-channel table (:mod:`pri.channels`): the calls in progress in all, each worker's
-    share of them (given back when a worker dies), and one token bucket.
+    """The call caps of a multi-worker node, counted once for the node in a shared
+    memory map (``DATA_DIR/caps.map``) under ``flock``, like the B-channel table
+    (:mod:`pri.channels`): ``max_calls``/``max_cps`` (key ``node:``) and the
+    per-source and per-tenant caps (``source:ADDRESS``, ``tenant:ID``), so that N
+    workers admit what one process would. The table is :class:`~callengine.limits.
+    CapsTable`; each worker's share is given back when it dies (:meth:`reclaim`).
 
-    Layout: total calls (int64), bucket tokens (double), bucket time (double, the
-    system-wide monotonic clock), then one int64 per worker slot."""
+    It is the engine's ``caps`` in a worker (the API of :class:`~callengine.limits.
+    CallCaps`). The front creates the map (``create=True``) before starting workers.
+    """
 
-    _HEAD = struct.Struct("=qdd")
-    _SLOT = struct.Struct("=q")
+    SLOTS = 1 << 16
 
     def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        slot: int,
-        max_calls: int,
-        max_cps: float,
-        create: bool,
+        self, path: str | os.PathLike[str], *, slot: int, workers: int, create: bool
     ) -> None:
         self.slot = slot
-        self.max_calls = max_calls
-        self.max_cps = max_cps
-        size = self._HEAD.size + self._SLOT.size * 256
+        self.refused: dict[str, int] = {}
+        """Refusals by ``"<kind>:<reason>"``, as :class:`CallCaps` counts them."""
+        size = CapsTable.size(self.SLOTS, workers)
         flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
         self._fd = os.open(path, flags, 0o600)
         if create:
-            os.ftruncate(self._fd, size)
+            os.ftruncate(self._fd, size)  # sparse: pages are touched as keys arrive
         self._mm = mmap.mmap(self._fd, size)
+        view = memoryview(self._mm)
         if create:
-            self._HEAD.pack_into(self._mm, 0, 0, max_cps, time.monotonic())
+            self.table = CapsTable.create(view, slots=self.SLOTS, workers=workers)
+        else:
+            self.table = CapsTable.attach(view)
 
-    def _slot_at(self, slot: int) -> int:
-        return self._HEAD.size + self._SLOT.size * slot
-
-    def admit(self) -> str | None:
-        """Count one more call for this worker; ``"calls"`` or ``"cps"`` when the node
-        is at a cap (nothing counted then)."""
-        mm = self._mm
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[CapsTable]:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            calls, tokens, at = self._HEAD.unpack_from(mm, 0)
-            if self.max_calls and calls >= self.max_calls:
-                return "calls"
-            if self.max_cps > 0:
-                now = time.monotonic()
-                tokens = min(self.max_cps, tokens + (now - at) * self.max_cps)
-                if tokens < 1.0:
-                    self._HEAD.pack_into(mm, 0, calls, tokens, now)
-                    return "cps"
-                tokens -= 1.0
-                at = now
-            self._HEAD.pack_into(mm, 0, calls + 1, tokens, at)
-            where = self._slot_at(self.slot)
-            (mine,) = self._SLOT.unpack_from(mm, where)
-            self._SLOT.pack_into(mm, where, mine + 1)
-            return None
+            yield self.table
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def release(self) -> None:
-        self._take_back(self.slot, 1)
+    def admit(self, key: str, now: float, *, max_calls: int = 0, cps: float = 0.0) -> str | None:
+        with self._locked() as table:
+            reason = table.admit(self.slot, key, now, max_calls=max_calls, cps=cps)
+        if reason is not None:
+            label = f"{key.split(':', 1)[0]}:{reason}"
+            self.refused[label] = self.refused.get(label, 0) + 1
+        return reason
+
+    def release(self, key: str) -> None:
+        with self._locked() as table:
+            table.release(self.slot, key)
+
+    def active(self, key: str) -> int:
+        with self._locked() as table:
+            return table.active(key)
 
     def reclaim(self, slot: int) -> int:
         """A worker died: its calls no longer count. Returns how many it held."""
-        return self._take_back(slot, None)
-
-    def _take_back(self, slot: int, n: int | None) -> int:
-        mm = self._mm
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            where = self._slot_at(slot)
-            (mine,) = self._SLOT.unpack_from(mm, where)
-            n = mine if n is None else min(n, mine)
-            if n <= 0:
-                return 0
-            calls, tokens, at = self._HEAD.unpack_from(mm, 0)
-            self._HEAD.pack_into(mm, 0, max(calls - n, 0), tokens, at)
-            self._SLOT.pack_into(mm, where, mine - n)
-            return n
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def calls(self) -> int:
-        return int(self._HEAD.unpack_from(self._mm, 0)[0])
+        with self._locked() as table:
+            return table.reclaim(slot)
 
     def close(self) -> None:
+        self.table.buf.release()  # no view of the map may outlive it
         self._mm.close()
         os.close(self._fd)
 
@@ -215,23 +192,27 @@ class NodeAdmission:
     """A worker's admission of new calls: the node's caps (:class:`SharedCaps`), then
     the engine's own (per-source caps), as the user agent's ``admission``."""
 
-    def __init__(self, caps: SharedCaps, inner: Any) -> None:
+    KEY = "node:"
+
+    def __init__(self, caps: SharedCaps, inner: Any, *, max_calls: int, max_cps: float) -> None:
         self.caps = caps
         self.inner = inner
+        self.max_calls = max_calls
+        self.max_cps = max_cps
 
     def admit_call(self, request: Any, now: float) -> str | None:
-        refused = self.caps.admit()
+        refused = self.caps.admit(self.KEY, now, max_calls=self.max_calls, cps=self.max_cps)
         if refused is not None:
             return "Node Call Limit Reached" if refused == "calls" else "Node Call Rate Reached"
         if self.inner is not None:
             reason = self.inner.admit_call(request, now)
             if reason is not None:
-                self.caps.release()
+                self.caps.release(self.KEY)
                 return str(reason)
         return None
 
     def release_call(self, request: Any) -> None:
-        self.caps.release()
+        self.caps.release(self.KEY)
         if self.inner is not None:
             self.inner.release_call(request)
 
@@ -530,16 +511,13 @@ async def _run_worker(
     node.engine.worker_index = index
     await node.start()
     # the node's max_calls / max_cps, counted once for all workers
-    caps = SharedCaps(
-        init["caps"],
-        slot=index,
-        max_calls=cfg.max_calls,
-        max_cps=cfg.max_cps,
-        create=False,
-    )
+    # the node's caps (max_calls / max_cps, per source, per tenant), counted once for
+    # all workers
+    caps = SharedCaps(init["caps"], slot=index, workers=link.workers, create=False)
+    node.engine.caps = caps
     ua = node.engine.ua
     ua.max_calls, ua.max_cps = 1 << 62, 0.0
-    ua.admission = NodeAdmission(caps, ua.admission)
+    ua.admission = NodeAdmission(caps, ua.admission, max_calls=cfg.max_calls, max_cps=cfg.max_cps)
     node.registry.register(EngineCollector(node.engine))
     admin = None
     if init.get("admin_socket"):
@@ -636,13 +614,7 @@ class ClusterFront:
         plan = self.node.trunk_plan()
         _, size = channel_layout({n: t.capacity for n, t in plan.trunks.items()})
         self.channels = SharedChannels(self._channels_path(), size, owner=0, create=True)
-        self.caps = SharedCaps(
-            self._caps_path(),
-            slot=255,
-            max_calls=cfg.max_calls,
-            max_cps=cfg.max_cps,
-            create=True,
-        )
+        self.caps = SharedCaps(self._caps_path(), slot=0, workers=self.n, create=True)
         exempt = networks_matcher(
             [*cfg.source_exempt, *cfg.trusted_sources, *_trunk_networks(plan)]
         )

@@ -25,7 +25,7 @@ from typing import Any
 
 from .call import Call, MediaUnavailable, SipError, TransferResult
 from .config import EngineConfig, load_config, storage_settings
-from .limits import CallCaps, LogThrottle, SourceLimiter, networks_matcher
+from .limits import CallCaps, Caps, LogThrottle, SourceLimiter, networks_matcher
 from .realtime import GcGovernor, LoopLagMonitor, StallReporter
 from .router import CallRouter, Handler
 from .sip.message import Request, Response
@@ -95,7 +95,7 @@ class Engine:
         self.new_call_id: Callable[[str], str] | None = None
         """Makes the Call-IDs of calls and probes this engine starts (a worker's come
         back to it through the front's dispatch)."""
-        self.caps = CallCaps()
+        self.caps: Caps = CallCaps()
         """Concurrent calls and call rate per source address (here) and per tenant (node)."""
         self._exempt: Callable[[str], bool] = lambda address: False
         self._exempt_seen: dict[str, bool] = {}

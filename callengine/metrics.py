@@ -111,7 +111,7 @@ class EngineCollector(Collector):
         )
         refused = CounterMetricFamily(
             "callengine_calls_refused",
-            "New calls refused by a per-source or per-tenant cap",
+            "New calls refused by a per-source or per-tenant cap (and, in a worker, the node cap)",
             labels=["reason"],
         )
         for reason, n in sorted(engine.caps.refused.items()):

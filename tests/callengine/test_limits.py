@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from callengine.limits import CallCaps, SourceLimiter, networks_matcher
+from callengine.limits import CallCaps, CapsTable, SourceLimiter, networks_matcher
 
 
 def test_bucket_refills_at_rate_and_drops_beyond_burst() -> None:
@@ -101,3 +103,117 @@ def test_initial_invite_is_told_from_a_reinvite_without_parsing() -> None:
     assert not _initial(new.replace(b"To: <sip:1@h>", b"t: <sip:1@h>;tag=abc"))
     assert _initial(new.replace(b"To: <sip:1@h>\r\n", b""))  # no To: the parser answers 400
     assert _initial(b"INVITE sip:1@h SIP/2.0\r\nTo: <sip:1@h>")  # no blank line yet
+
+
+# --- CapsTable: the caps of a multi-worker node, in one shared buffer ---------------
+
+
+def _table(slots: int = 64, workers: int = 2) -> CapsTable:
+    return CapsTable.create(bytearray(CapsTable.size(slots, workers)), slots=slots, workers=workers)
+
+
+def test_caps_table_counts_calls_once_for_all_workers() -> None:
+    table = _table()
+    other = CapsTable.attach(table.buf)  # a second process's view of the same map
+    assert table.admit(0, "source:a", 0.0, max_calls=3) is None
+    assert other.admit(1, "source:a", 0.0, max_calls=3) is None
+    assert table.admit(1, "source:a", 0.0, max_calls=3) is None
+    assert other.admit(0, "source:a", 0.0, max_calls=3) == "calls"  # 3 in the node
+    assert (table.active("source:a"), other.active("source:a")) == (3, 3)
+    other.release(1, "source:a")
+    assert table.admit(0, "source:a", 0.0, max_calls=3) is None
+    # one token bucket for the node: 2 per second, a burst of 2
+    results = [t.admit(i % 2, "tenant:t", 0.0, cps=2) for i, t in enumerate([table, other] * 2)]
+    assert results == [None, None, "rate", "rate"]
+    assert other.admit(1, "tenant:t", 0.5, cps=2) is None
+    assert table.active("tenant:t") == 3
+
+
+def test_caps_table_release_only_what_a_worker_holds() -> None:
+    table = _table()
+    assert table.admit(0, "source:a", 0.0, max_calls=2) is None
+    table.release(1, "source:a")  # worker 1 holds none of them: nothing to give back
+    table.release(1, "source:never")
+    assert table.active("source:a") == 1
+    table.release(0, "source:a")
+    table.release(0, "source:a")  # once only
+    assert table.active("source:a") == 0
+
+
+def test_caps_table_reclaims_a_dead_workers_calls() -> None:
+    table = _table()
+    for key in ("source:a", "source:a", "tenant:t", "node:"):
+        assert table.admit(0, key, 0.0, max_calls=10) is None
+    for key in ("source:a", "node:"):
+        assert table.admit(1, key, 0.0, max_calls=10) is None
+    assert table.reclaim(0) == 4
+    assert [table.active(k) for k in ("source:a", "tenant:t", "node:")] == [1, 0, 1]
+    assert table.reclaim(0) == 0  # nothing left to give back
+    table.release(0, "source:a")  # a late release from the dead worker: no effect
+    assert table.active("source:a") == 1
+    assert table.reclaim(1) == 2 and table.active("node:") == 0
+
+
+def test_caps_table_is_bounded_and_refuses_a_flood_of_new_keys() -> None:
+    table = _table(slots=64, workers=1)
+    # keys come and go (released, bucket full again by the next second): never full
+    for i in range(5_000):
+        assert table.admit(0, f"source:{i}", float(i), cps=1) is None
+        table.release(0, f"source:{i}")
+    # 32 keys each with a call in progress fill half the table: the next new key
+    # with a limit is refused, one without a limit passes uncounted
+    for i in range(32):
+        assert table.admit(0, f"held:{i}", 10_000.0, max_calls=5) is None
+    assert table.admit(0, "held:new", 10_000.0, max_calls=5) == "rate"
+    assert table.admit(0, "unlimited", 10_000.0) is None
+    assert table.active("unlimited") == 0
+    assert table.admit(0, "held:3", 10_000.0, max_calls=5) is None  # known keys still count
+    assert table.active("held:3") == 2
+    for i in range(32):
+        table.release(0, f"held:{i}")
+    assert table.admit(0, "held:new", 10_000.0, max_calls=5) is None  # room again
+
+
+def test_caps_table_refuses_a_buffer_it_did_not_format() -> None:
+    with pytest.raises(ValueError, match="not a caps table"):
+        CapsTable.attach(bytearray(CapsTable.size(8, 1)))
+    with pytest.raises(ValueError, match="too small"):
+        CapsTable(bytearray(16), slots=8, workers=1)
+    with pytest.raises(ValueError, match="no worker table 2"):
+        _table(workers=2).admit(2, "k", 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["admit", "release"]),
+            st.integers(0, 2),  # worker
+            st.sampled_from(["source:a", "source:b", "tenant:t"]),
+            st.floats(0, 0.5),  # time step
+        ),
+        max_size=60,
+    )
+)
+def test_caps_table_agrees_with_one_process_call_caps(
+    ops: list[tuple[str, int, str, float]],
+) -> None:
+    """Whatever the workers do, the shared table admits exactly what one process's
+    CallCaps would for the same sequence, and holds the same counts."""
+    table = _table(slots=16, workers=3)
+    model = CallCaps()
+    held: dict[tuple[int, str], int] = {}
+    now = 0.0
+    for op, worker, key, step in ops:
+        now += step
+        if op == "admit":
+            got = table.admit(worker, key, now, max_calls=3, cps=4)
+            assert got == model.admit(key, now, max_calls=3, cps=4)
+            if got is None:
+                held[worker, key] = held.get((worker, key), 0) + 1
+        elif held.get((worker, key), 0) > 0:
+            held[worker, key] -= 1
+            table.release(worker, key)
+            model.release(key)
+        for k in ("source:a", "source:b", "tenant:t"):
+            assert table.active(k) == model.active(k)

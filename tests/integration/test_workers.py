@@ -361,11 +361,19 @@ def test_control_api_sees_the_calls_of_every_worker(
         sipp.wait()
 
 
-def test_max_calls_counts_once_for_the_node(
-    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+@pytest.mark.parametrize(
+    ("cap", "reason"),
+    [
+        ("max_calls: 10\nsource_max_calls: 0", "node_calls"),
+        ("source_exempt: []\nsource_max_calls: 10", "source_calls"),  # loopback not exempt
+        ("tenant_max_calls: 10\nsource_max_calls: 0", "tenant_calls"),
+    ],
+)
+def test_call_caps_count_once_for_the_node(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon], cap: str, reason: str
 ) -> None:
     config = tmp_path / "caps.yaml"
-    config.write_text("max_calls: 10\nsource_max_calls: 0\nsource_max_cps: 0\n")
+    config.write_text(f"{cap}\nsource_max_cps: 0\n")
     daemon = daemon_factory("--workers", "2", "--config", str(config), metrics=True)
     port = daemon.metrics_port or 0
     # SIP answers once one worker is up: wait for both, or the calls all go to the first
@@ -385,6 +393,13 @@ def test_max_calls_counts_once_for_the_node(
         lambda: sum(per_worker(port, "callengine_calls_total").values()) == 10,
     )
     assert set(per_worker(port, "callengine_calls_total")) == {"0", "1"}
+    refused = {
+        name: value
+        for name, value in scrape(port).items()
+        if name.startswith("callengine_calls_refused_total") and value
+    }
+    assert sum(refused.values()) == 10, refused
+    assert all(f'reason="{reason}"' in name for name in refused), refused
 
 
 def test_hostile_datagrams_do_not_stop_the_front_or_a_worker(
