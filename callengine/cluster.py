@@ -47,7 +47,6 @@ Node-wide limits. ``max_calls``, ``max_cps`` and the per-source and per-tenant c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -62,7 +61,7 @@ import tempfile
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -153,34 +152,38 @@ class SharedCaps:
         else:
             self.table = CapsTable.attach(view)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[CapsTable]:
+    def admit(self, key: str, now: float, *, max_calls: int = 0, cps: float = 0.0) -> str | None:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            yield self.table
+            reason = self.table.admit(self.slot, key, now, max_calls=max_calls, cps=cps)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def admit(self, key: str, now: float, *, max_calls: int = 0, cps: float = 0.0) -> str | None:
-        with self._locked() as table:
-            reason = table.admit(self.slot, key, now, max_calls=max_calls, cps=cps)
         if reason is not None:
             label = f"{key.split(':', 1)[0]}:{reason}"
             self.refused[label] = self.refused.get(label, 0) + 1
         return reason
 
     def release(self, key: str) -> None:
-        with self._locked() as table:
-            table.release(self.slot, key)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            self.table.release(self.slot, key)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def active(self, key: str) -> int:
-        with self._locked() as table:
-            return table.active(key)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            return self.table.active(key)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def reclaim(self, slot: int) -> int:
         """A worker died: its calls no longer count. Returns how many it held."""
-        with self._locked() as table:
-            return table.reclaim(slot)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            return self.table.reclaim(slot)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         self.table.buf.release()  # no view of the map may outlive it

@@ -22,6 +22,7 @@ buffer, so that N workers admit what one process would, not N times it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -276,6 +277,7 @@ class CapsTable:
         return cls(buf, slots=slots, workers=workers)
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def key_hash(key: str) -> int:
         h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
         return h or 1  # 0 marks an empty slot
