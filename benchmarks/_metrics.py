@@ -20,6 +20,7 @@ __all__ = [
     "histogram_delta",
     "histogram_quantile",
     "labelled",
+    "node_wide",
     "process_tree",
     "scrape",
     "value",
@@ -38,6 +39,27 @@ def parse(text: str) -> Samples:
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    return out
+
+
+MAXED = frozenset({"callengine_event_loop_lag_seconds", "callengine_gc_pause_max_seconds"})
+"""Samples whose node-wide value is the worst worker's, not the sum."""
+
+
+def node_wide(samples: Samples) -> Samples:
+    """A multi-worker node's samples with the ``worker`` label folded away: summed
+    (calls, streams, counters, histogram buckets), or the highest for :data:`MAXED`
+    (loop lag, longest GC pause). A one-process node's samples come back unchanged."""
+    out: Samples = {}
+    for (name, labels), v in samples.items():
+        kept = tuple(kv for kv in labels if kv[0] != "worker")
+        key = (name, kept)
+        if key not in out:
+            out[key] = v
+        elif name in MAXED:
+            out[key] = max(out[key], v)
+        else:
+            out[key] += v
     return out
 
 

@@ -66,6 +66,7 @@ from ._metrics import (
     histogram_delta,
     histogram_quantile,
     labelled,
+    node_wide,
     process_tree,
     scrape,
     value,
@@ -291,7 +292,9 @@ class Sampler(threading.Thread):
 
     def take(self, phase: str | None = None) -> Sample:
         try:
-            metrics: Samples | None = scrape(self.metrics_port, timeout=min(5.0, self.interval))
+            metrics: Samples | None = node_wide(
+                scrape(self.metrics_port, timeout=min(5.0, self.interval))
+            )
         except (OSError, ValueError):
             metrics = None
         procs = process_tree(self.node.proc.pid)
@@ -520,7 +523,7 @@ def run(plan: Plan, workdir: Path) -> dict[str, Any]:
         up = 0.0
         while time.monotonic() < deadline:
             try:
-                m: Samples | None = scrape(metrics_port)
+                m: Samples | None = node_wide(scrape(metrics_port))
             except OSError:
                 m = None
             up = value(m, "callengine_media_streams") or value(m, "callengine_active_calls") or 0

@@ -167,3 +167,33 @@ def test_run_one_stops_a_silent_benchmark_and_its_peers(tmp_path: Path) -> None:
     stat = Path(f"/proc/{peer}/stat")
     # killed with its group: gone, or a zombie until init reaps it
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_node_wide_folds_the_worker_label() -> None:
+    """The soak reads a multi-worker node's /metrics as one node's: streams and
+    counters summed over workers, loop lag and the longest GC pause the worst worker's."""
+    from benchmarks._metrics import node_wide, parse, value
+
+    text = "\n".join(
+        [
+            "# TYPE callengine_media_streams gauge",
+            'callengine_media_streams{worker="0"} 600',
+            'callengine_media_streams{worker="1"} 400',
+            "# TYPE callengine_event_loop_lag_seconds gauge",
+            'callengine_event_loop_lag_seconds{stat="max",worker="0"} 0.012',
+            'callengine_event_loop_lag_seconds{stat="max",worker="1"} 0.031',
+            "# TYPE callengine_worker_up gauge",
+            'callengine_worker_up{worker="0"} 1',
+            'callengine_worker_up{worker="1"} 1',
+            "# TYPE callengine_cache_offline gauge",
+            "callengine_cache_offline 0",
+            "",
+        ]
+    )
+    folded = node_wide(parse(text))
+    assert value(folded, "callengine_media_streams") == 1000
+    assert value(folded, "callengine_event_loop_lag_seconds", stat="max") == 0.031
+    assert value(folded, "callengine_worker_up") == 2
+    assert value(folded, "callengine_cache_offline") == 0
+    single = parse("# TYPE callengine_media_streams gauge\ncallengine_media_streams 7\n")
+    assert node_wide(single) == single
