@@ -173,8 +173,12 @@ class B2BUA:
         directory: Directory | None = None,
         registry: CollectorRegistry | None = None,
         media_relay: bool | None = None,
+        board: Callable[[float], HealthBoard] | None = None,
     ) -> None:
         self.engine = engine
+        self._make_board = board
+        """Makes the health board at ``attach`` (given ``now``): a worker's view of
+        the front's board in a multi-worker node; else the B2BUA's own."""
         self.plan = plan
         self.directory = directory
         self.media_relay = media_relay
@@ -207,7 +211,11 @@ class B2BUA:
         self.engine.transfer_handler = self.transfer
         self._loop = asyncio.get_running_loop()
         self._wall_offset = time.time() - self._loop.time()
-        self.board = HealthBoard(self.plan.trunks.values(), now=self._loop.time())
+        now = self._loop.time()
+        if self._make_board is not None:
+            self.board = self._make_board(now)
+        else:
+            self.board = HealthBoard(self.plan.trunks.values(), now=now)
         self._loop.call_soon(self._start_when_ready)
         self._audit_soon()
 
@@ -288,12 +296,13 @@ class B2BUA:
         self._timer_at = None
         for item in self.board.handle_timer(self._loop.time()):
             if isinstance(item, SendProbe):
-                self._send_probe(item)
+                self.send_probe(item)
             else:
-                self._health_changed(item)
+                self.health_changed(item)
         self._arm()
 
-    def _send_probe(self, probe: SendProbe) -> None:
+    def send_probe(self, probe: SendProbe) -> None:
+        """OPTIONS to a trunk's gateway; the result goes to the health board."""
         engine = self.engine
         assert engine.transports is not None
         transport = probe.transport.upper()
@@ -325,12 +334,16 @@ class B2BUA:
 
     def _health_events(self, events: Sequence[HealthChanged]) -> None:
         for event in events:
-            self._health_changed(event)
+            self.health_changed(event)
         if events:
             self._arm()
 
-    def _health_changed(self, event: HealthChanged) -> None:
+    def health_changed(self, event: HealthChanged, *, log_it: bool = True) -> None:
+        """A trunk changed state: log it (unless the front of a multi-worker node
+        did), count it, and wake the calls ringing on a trunk that went down."""
         level = logging.WARNING if event.new is HealthState.DOWN else logging.INFO
+        if not log_it:
+            level = logging.DEBUG
         log.log(
             level,
             "trunk %s %s -> %s: %s",

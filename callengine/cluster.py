@@ -47,6 +47,7 @@ Node-wide limits. ``max_calls``, ``max_cps`` and the per-source and per-tenant c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -61,9 +62,11 @@ import tempfile
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from pri.health import HealthBoard, HealthChanged, HealthState, SendProbe
 
 from .config import EngineConfig
 from .dispatch import (
@@ -92,6 +95,8 @@ _SOCKBUF = 4 * 1024 * 1024
 _REDIRECTS = 200_000
 """Calls the front remembers having sent away from a dead worker (LRU)."""
 _METRICS_EVERY = 1.0
+_now = time.monotonic
+"""The front's clock for the node's trunk health board."""
 
 
 def rtp_slice(lo: int, hi: int, index: int, workers: int) -> tuple[int, int]:
@@ -362,6 +367,8 @@ class WorkerLink:
         self.channels_path: str = init["channels"]
         self.node: Any = None
         self.relay: Any = None
+        self.board: Any = None
+        """The B2BUA's view of the front's trunk health board."""
         self.lost = asyncio.Event()
 
     def send(self, message: Any) -> None:
@@ -403,6 +410,16 @@ class WorkerLink:
         for name, trunk in plan.trunks.items():
             trunk.share(table, bases[name])
 
+    def health_board(self, plan: Any) -> Callable[[float], Any]:
+        """The B2BUA's health board: a view of the front's (one board per node)."""
+        from pri.health import RemoteHealthBoard
+
+        def make(now: float) -> RemoteHealthBoard:
+            self.board = RemoteHealthBoard(plan.trunks.values(), now=now, forward=self.send)
+            return self.board
+
+        return make
+
     async def run(self) -> None:
         """Read the front's messages until the channel closes."""
         reader, self._writer = await asyncio.open_connection(sock=self._ctl)
@@ -435,6 +452,18 @@ class WorkerLink:
             )
         elif kind == "sync":
             self.send(("synced", os.getpid()))
+        elif kind == "health" and self.board is not None:
+            _, trunk, state, at, reason = message
+            event = self.board.apply(trunk, state, at=at, reason=reason)
+            b2bua = getattr(self.node, "b2bua", None)
+            if event is not None and b2bua is not None:
+                b2bua.health_changed(event, log_it=False)  # the front logged it
+        elif kind == "probe":
+            from pri.health import SendProbe
+
+            b2bua = getattr(self.node, "b2bua", None)
+            if b2bua is not None:
+                b2bua.send_probe(SendProbe(*message[1:]))
         elif kind == "flow_closed" and self.relay is not None:
             self.relay.flow_closed(message[1], message[2])
         elif kind == "send_error" and self.relay is not None:
@@ -593,6 +622,9 @@ class ClusterFront:
         self.limiter: Any = None
         self.channels: Any = None
         self.caps: SharedCaps | None = None
+        self.board: HealthBoard | None = None
+        """The node's trunk health (the workers hold views of it)."""
+        self._health_wake = asyncio.Event()
         self.stopping = False
         self.redirects: OrderedDict[bytes, int] = OrderedDict()
         self.flows: dict[tuple[str, tuple[str, int]], set[tuple[str, str]]] = {}
@@ -636,8 +668,13 @@ class ClusterFront:
             sock = proto.transport.get_extra_info("socket")
             self._udp_fds.append(sock.fileno())
         self._config_version = self.node._local().config.snapshot.version
+        if plan.trunks:
+            # one trunk health board for the node; workers send the probes it asks for
+            self.board = HealthBoard(plan.trunks.values(), now=asyncio.get_running_loop().time())
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
         self._tasks.append(asyncio.ensure_future(self._watch_config()))
+        if self.board is not None:
+            self._tasks.append(asyncio.ensure_future(self._run_health()))
         log.info(
             "front listening on %s with %d workers",
             ", ".join(f"{s.transport} {s.host}:{s.port}" for s in self.transports.bound),
@@ -844,10 +881,23 @@ class ClusterFront:
             fut.add_done_callback(functools.partial(self._logged, w, seq, rec.call_id, state))
         elif kind == "metrics":
             w.metrics = message[1]
+        elif kind == "call_result" and self.board is not None:
+            _, trunk, ok, reason = message
+            self._health(self.board.record_call_result(trunk, ok, now=_now(), reason=reason))
+        elif kind == "probe_result" and self.board is not None:
+            _, trunk, probe_id, status, transport_error = message
+            self._health(
+                self.board.on_probe_response(
+                    trunk, probe_id, status, now=_now(), transport_error=transport_error
+                )
+            )
         elif kind == "ready":
-            # what changed since its start (registrations, configuration) is queued on
-            # the control channel ahead of this marker: the worker takes calls once it
-            # has applied all of it
+            # what changed since its start (registrations, configuration, trunk health)
+            # is queued on the control channel ahead of this marker: the worker takes
+            # calls once it has applied all of it
+            for health in self.board or ():
+                if health.state is not HealthState.UP:
+                    w.send(("health", health.trunk, health.state.value, health.changed_at, ""))
             w.send(("sync",))
         elif kind == "synced":
             w.live = True
@@ -900,6 +950,49 @@ class ClusterFront:
         if not self.stopping:
             log.error("worker %d exited (code %s): starting it again", w.index, code)
             await self._spawn(w)
+
+    # ---------------------------------------------------------- trunk health
+    async def _run_health(self) -> None:
+        """The node's trunk health board: probes (each sent by one live worker, chosen
+        by the trunk's name) and breaker changes, logged here and sent to every worker."""
+        board = self.board
+        assert board is not None
+        while True:
+            deadline = board.next_deadline()
+            delay = 1.0 if deadline is None else max(0.0, deadline - _now())
+            self._health_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._health_wake.wait(), min(delay, 1.0))
+            changes: list[HealthChanged] = []
+            for item in board.handle_timer(_now()):
+                if isinstance(item, SendProbe):
+                    self._ask_probe(item)
+                else:
+                    changes.append(item)
+            self._health(changes)
+
+    def _ask_probe(self, probe: SendProbe) -> None:
+        live = [w for w in self.workers if w.live]
+        if not live:  # nobody to send it (starting, or every worker restarting)
+            assert self.board is not None
+            self.board.skip_probe(probe.trunk, probe.probe_id, now=_now())
+            return
+        w = live[zlib.crc32(probe.trunk.encode()) % len(live)]
+        w.send(("probe", *dataclasses.astuple(probe)))
+
+    def _health(self, events: Iterable[HealthChanged]) -> None:
+        for event in events:
+            log.log(
+                logging.WARNING if event.new is HealthState.DOWN else logging.INFO,
+                "trunk %s %s -> %s: %s",
+                event.trunk,
+                event.old.value,
+                event.new.value,
+                event.reason,
+            )
+            for w in self.workers:
+                w.send(("health", event.trunk, event.new.value, event.at, event.reason))
+        self._health_wake.set()  # the board's next deadline may have moved
 
     async def _watch_config(self) -> None:
         """Push the tenant configuration to the workers whenever it changes (master

@@ -210,7 +210,9 @@ class Node:
             self.link.share_channels(plan)  # B-channels count on the whole node
         # the carriers' gateways are never rate-limited per source
         engine.exempt_networks += _trunk_networks(plan)
-        self.b2bua = B2BUA(engine, plan, directory=self, registry=self.registry)
+        # one trunk health board per node: a worker reads the front's
+        board = self.link.health_board(plan) if self.link is not None else None
+        self.b2bua = B2BUA(engine, plan, directory=self, registry=self.registry, board=board)
         self.b2bua.attach()
         await engine.start()
         local = self._local()

@@ -16,6 +16,11 @@ does, per loop turn::
 Call attempts feed the same breaker through ``record_call_result`` (the failover
 planner does this when given the board).
 
+A node of several worker processes keeps one board, in the front; each worker reads
+a :class:`RemoteHealthBoard` that forwards its call and probe results there and
+applies the changes the front sends back. The front asks a worker to send each probe
+(the workers hold the SIP user agent), so a trunk is probed once per node.
+
 States (``HealthState``) and transitions::
 
     UP --(down_after consecutive failures)--> DOWN
@@ -39,8 +44,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from pri.trunk import Gateway, HealthConfig, Trunk
 
@@ -49,6 +55,7 @@ __all__ = [
     "HealthChanged",
     "HealthConfig",
     "HealthState",
+    "RemoteHealthBoard",
     "SendProbe",
     "TrunkHealth",
     "is_failure_status",
@@ -214,6 +221,14 @@ class TrunkHealth:
             return self._failure(now, f"probe {what}")
         return self._success(now, f"probe {status}")
 
+    def skip_probe(self, probe_id: int, *, now: float) -> None:
+        """Probe ``probe_id`` could not be sent (in a multi-worker node: no worker was
+        up to send it): it counts neither way; the next one is due an interval later."""
+        if self._inflight is None or self._inflight[0] != probe_id:
+            return
+        self._inflight = None
+        self._next_probe_at = now + self.config.probe_interval
+
     def record_call_result(self, ok: bool, *, now: float, reason: str) -> list[HealthChanged]:
         """Count a call attempt's result against the breaker."""
         return self._success(now, reason) if ok else self._failure(now, reason)
@@ -319,9 +334,74 @@ class HealthBoard:
             return []
         return health.on_probe_response(probe_id, status, now=now, transport_error=transport_error)
 
+    def skip_probe(self, trunk: str, probe_id: int, *, now: float) -> None:
+        """A probe that could not be sent (see ``TrunkHealth.skip_probe``)."""
+        health = self._health.get(trunk)
+        if health is not None:
+            health.skip_probe(probe_id, now=now)
+
     def record_call_result(
         self, trunk: str, ok: bool, *, now: float, reason: str
     ) -> list[HealthChanged]:
         """Count a call attempt's result on ``trunk`` against its breaker."""
         health = self._health.get(trunk)
         return [] if health is None else health.record_call_result(ok, now=now, reason=reason)
+
+
+class RemoteHealthBoard(HealthBoard):
+    """A worker's view of a board kept by another process (a multi-worker node).
+
+    Calls read the trunks' states from it as from a :class:`HealthBoard`; what would
+    change a state (a call attempt's result, a probe's result) is handed to
+    ``forward`` as a message for the owner of the real board, and nothing changes
+    here until the owner's change comes back through :meth:`apply`. It sends no
+    probes of its own (the owner asks for them, see ``SendProbe``) and has no timer.
+    """
+
+    def __init__(
+        self,
+        trunks: Iterable[Trunk],
+        *,
+        now: float,
+        forward: Callable[[tuple[Any, ...]], None],
+    ) -> None:
+        super().__init__(trunks, now=now)
+        self.forward = forward
+        for health in self:
+            health._next_probe_at = None  # the owner probes
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> list[HealthItem]:
+        return []
+
+    def record_call_result(
+        self, trunk: str, ok: bool, *, now: float, reason: str
+    ) -> list[HealthChanged]:
+        if trunk in self._health:
+            self.forward(("call_result", trunk, ok, reason))
+        return []
+
+    def on_probe_response(
+        self,
+        trunk: str,
+        probe_id: int,
+        status: int | None,
+        *,
+        now: float,
+        transport_error: bool = False,
+    ) -> list[HealthChanged]:
+        if trunk in self._health:
+            self.forward(("probe_result", trunk, probe_id, status, transport_error))
+        return []
+
+    def apply(self, trunk: str, state: str, *, at: float, reason: str) -> HealthChanged | None:
+        """The owner's board moved ``trunk`` to ``state`` (a :class:`HealthState`
+        value): the change as this view saw it, or ``None`` if it changed nothing."""
+        health = self._health.get(trunk)
+        new = HealthState(state)
+        if health is None or health.state is new:
+            return None
+        old, health.state, health.changed_at = health.state, new, at
+        return HealthChanged(trunk, old, new, at, reason)

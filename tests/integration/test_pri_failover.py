@@ -100,6 +100,13 @@ class Carrier:
 
     def invites(self) -> int:
         """INVITEs received, summed over every SIPp run of this carrier."""
+        return self._received("1_INVITE_Recv")
+
+    def options(self) -> int:
+        """OPTIONS (health probes) received, summed over every SIPp run."""
+        return self._received("0_OPTIONS_Recv")
+
+    def _received(self, name: str) -> int:
         total = 0
         for path in self.workdir.glob("*_counts.csv"):
             lines = [ln for ln in path.read_text().splitlines() if ";" in ln]
@@ -107,8 +114,7 @@ class Carrier:
                 continue
             header = lines[0].split(";")
             last = lines[-1].split(";")
-            column = header.index("1_INVITE_Recv")
-            total += int(last[column])
+            total += int(last[header.index(name)])
         return total
 
 

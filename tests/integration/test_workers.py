@@ -208,6 +208,94 @@ def test_a_t1_never_carries_a_24th_call_across_workers(
     assert set(outbound) == {"0", "1"}, outbound  # both workers seized channels
 
 
+def test_trunk_health_is_one_board_for_the_node(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """Carrier A's gateway is dead, B's answers. The front keeps the node's one health
+    board: A goes down once (one log line, not one per worker), every call on both
+    workers then skips A without trying it, and B is probed once per interval for the
+    node, not once per worker."""
+    dead = free_port(both=False)  # nothing listens: probes and INVITEs go unanswered
+    carrier = Carrier("B", free_port(both=False), tmp_path / "carrier-b")
+    carrier.start("pri_uas_answer.xml")
+    health = "{probe_interval: 1, probe_timeout: 0.5, down_after: 2, up_after: 1, cool_down: 60}"
+    config = tmp_path / "trunks.yaml"
+    config.write_text(
+        f"""
+trunks:
+  carrier-a:
+    carrier: A
+    gateway: {{host: 127.0.0.1, port: {dead}}}
+    dids: ["3225550100-3225550199"]
+    spans: [{{name: a-e1-1, type: E1}}]
+    health: {health}
+  carrier-b:
+    carrier: B
+    gateway: {{host: 127.0.0.1, port: {carrier.port}}}
+    dids: ["3225560"]
+    spans: [{{name: b-e1-1, type: E1}}]
+    health: {health}
+trunk_groups:
+  pstn: {{strategy: priority, trunks: [carrier-a, carrier-b], setup_timeout: 1}}
+outbound_routes:
+  - {{prefix: "9", strip: 1, group: pstn}}
+trusted_sources: [127.0.0.1/32]
+source_max_calls: 0
+source_max_cps: 0
+"""
+    )
+    try:
+        started = time.monotonic()
+        daemon = daemon_factory("--workers", "2", "--config", str(config), metrics=True)
+        port = daemon.metrics_port or 0
+        wait_for(
+            "both workers up",
+            lambda: per_worker(port, "callengine_worker_up") == {"0": 1.0, "1": 1.0},
+        )
+        wait_for("carrier-a down", lambda: "trunk carrier-a up -> down" in daemon.log())
+        # every worker's view: A down (workers push their metrics once a second)
+
+        def down_everywhere() -> bool:
+            down = [
+                name
+                for name, value in scrape(port).items()
+                if name.startswith('callengine_trunk_state{state="down",trunk="carrier-a"')
+                and value == 1
+            ]
+            return {re.search(r'worker="(\d)"', n).group(1) for n in down} == {"0", "1"}  # type: ignore[union-attr]
+
+        wait_for("carrier-a down in both workers' views", down_everywhere)
+        result = run_sipp(
+            sipp_to(daemon, "-sn", "uac", "-s", "915551230000", "-r", "20", "-m", "20"),
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert calls(result) == (20, 0), result.stats
+        assert set(per_worker(port, "callengine_calls_total")) == {"0", "1"}
+
+        def attempts() -> dict[str, float]:
+            return {
+                name: value
+                for name, value in scrape(port).items()
+                if name.startswith("callengine_trunk_attempts_total{") and value
+            }
+
+        wait_for("20 attempts in /metrics", lambda: sum(attempts().values()) == 20)
+        # both workers placed calls on B, neither tried A
+        seen = attempts()
+        assert {re.search(r'worker="(\d)"', n).group(1) for n in seen} == {"0", "1"}  # type: ignore[union-attr]
+        assert all('trunk="carrier-b"' in n for n in seen), seen
+        daemon.stop()
+        elapsed = time.monotonic() - started
+    finally:
+        carrier.stop()
+    assert carrier.invites() == 20
+    log = daemon.log()
+    assert log.count("trunk carrier-a up -> down") == 1, log  # one board, one change
+    # one probe per second for the node (two workers each probing would double it)
+    assert 0 < carrier.options() <= elapsed + 2, (carrier.options(), elapsed)
+
+
 def test_kill_9_of_a_worker_touches_only_its_calls(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:

@@ -10,6 +10,7 @@ from pri import (
     HealthChanged,
     HealthConfig,
     HealthState,
+    RemoteHealthBoard,
     SendProbe,
     Span,
     Trunk,
@@ -176,3 +177,50 @@ def test_board_drives_all_trunks_as_one_timer() -> None:
     assert board.on_probe_response("unknown", 1, 200, now=3.0) == []
     assert board.record_call_result("unknown", False, now=3.0, reason="x") == []
     assert board.state("b") is HealthState.UP
+
+
+def test_remote_board_forwards_results_and_applies_the_owners_changes() -> None:
+    """A worker's view of the front's board: results go to the owner, states come back;
+    two workers and the owner agree, and the trunk is probed once (by the owner)."""
+    trunks = [make_trunk("a"), make_trunk("b")]
+    owner = HealthBoard(trunks, now=0.0)
+    sent: list[tuple[object, ...]] = []
+    views = [RemoteHealthBoard(trunks, now=0.0, forward=sent.append) for _ in range(2)]
+    assert [v.next_deadline() for v in views] == [None, None]
+    assert views[0].handle_timer(100.0) == []  # no probes of its own
+    # a failed call on each worker: the owner counts both (down_after=2)
+    assert views[0].record_call_result("a", False, now=1.0, reason="call 503") == []
+    assert views[1].record_call_result("a", False, now=1.1, reason="call 503") == []
+    assert views[0].record_call_result("nope", False, now=1.2, reason="x") == []
+    assert sent == [("call_result", "a", False, "call 503")] * 2
+    events = []
+    for _, trunk, ok, reason in sent:
+        events += owner.record_call_result(trunk, ok, now=1.1, reason=reason)
+    assert changes(events) == [("up", "down")]
+    assert [v.state("a") for v in views] == [HealthState.UP] * 2  # not until applied
+    (event,) = events
+    for view in views:
+        seen = view.apply(event.trunk, event.new.value, at=event.at, reason=event.reason)
+        assert seen is not None and (seen.old, seen.new) == (HealthState.UP, HealthState.DOWN)
+        assert not view.is_available("a") and view.is_available("b")
+        assert view.apply("a", "down", at=2.0, reason="again") is None  # no change
+    assert views[0].apply("nope", "down", at=2.0, reason="x") is None
+    # a probe the owner asked a worker to send: its result goes back to the owner
+    sent.clear()
+    assert views[1].on_probe_response("b", 7, 200, now=3.0) == []
+    assert views[1].on_probe_response("b", 8, None, now=3.0, transport_error=True) == []
+    assert sent == [("probe_result", "b", 7, 200, False), ("probe_result", "b", 8, None, True)]
+
+
+def test_a_probe_nobody_could_send_counts_neither_way() -> None:
+    board = HealthBoard([make_trunk("a")], now=0.0)
+    (probe,) = probes(board.handle_timer(0.0))
+    board.skip_probe("a", probe.probe_id, now=0.1)
+    board.skip_probe("nope", 1, now=0.1)
+    assert board.handle_timer(1.5) == []  # its timeout (1.0) is not counted
+    assert board["a"].failures == 0 and board.next_deadline() == 2.1
+    (again,) = probes(board.handle_timer(2.1))
+    assert again.probe_id == probe.probe_id + 1
+    board.skip_probe("a", probe.probe_id, now=2.2)  # a stale id: the new one stays
+    assert changes(board.handle_timer(3.2)) == []
+    assert board["a"].failures == 1  # the second probe's own timeout
