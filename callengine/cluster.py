@@ -542,7 +542,6 @@ async def _run_worker(
     node.engine.new_call_id = functools.partial(call_id_for, index, link.workers)
     node.engine.worker_index = index
     await node.start()
-    # the node's max_calls / max_cps, counted once for all workers
     # the node's caps (max_calls / max_cps, per source, per tenant), counted once for
     # all workers
     caps = SharedCaps(init["caps"], slot=index, workers=link.workers, create=False)

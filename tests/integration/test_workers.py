@@ -468,9 +468,9 @@ def test_call_caps_count_once_for_the_node(
     wait_for(
         "both workers up", lambda: per_worker(port, "callengine_worker_up") == {"0": 1.0, "1": 1.0}
     )
-    # 20 calls within half a second, each held 4 s, spread over both workers
+    # 20 calls within half a second, each held 2 s, spread over both workers
     result = run_sipp(
-        sipp_to(daemon, "-sn", "uac", "-r", "40", "-m", "20", "-d", "4000"),
+        sipp_to(daemon, "-sn", "uac", "-r", "40", "-m", "20", "-d", "2000"),
         cwd=tmp_path,
         timeout=60,
     )
