@@ -161,7 +161,9 @@ class MediaClock:
         """RTP/RTCP packets dropped by every session of this clock, by reason (and the
         number of re-latches), since the process started."""
         totals = dict(self._ended_drops)
-        for session in self._sessions.values():
+        # /metrics runs in prometheus-client's server thread while the loop adds and
+        # removes sessions: iterate over a copy (taken in one step under the GIL)
+        for session in tuple(self._sessions.values()):
             counters = session.stream.counters
             for name in DROP_COUNTERS:
                 totals[name] += getattr(counters, name)
@@ -169,7 +171,7 @@ class MediaClock:
 
     def secure_sessions(self) -> int:
         """Active sessions whose media is SRTP."""
-        return sum(1 for session in self._sessions.values() if session.secure)
+        return sum(1 for session in tuple(self._sessions.values()) if session.secure)
 
     def lateness_histogram(self) -> dict[str, int]:
         """Tick lateness counts by bucket upper bound in ms (``"+Inf"`` last); not cumulative."""

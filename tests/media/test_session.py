@@ -404,3 +404,36 @@ def test_pooled_sessions_are_freed_without_the_collector() -> None:
         gc.enable()
     leaked = [name for name in garbage if name in ("RtpSession", "RtpStream", "PortPair")]
     assert leaked == [], leaked
+
+
+def test_clock_metrics_survive_sessions_coming_and_going_meanwhile() -> None:
+    """/metrics reads the clock from prometheus-client's server thread while the loop
+    adds and removes sessions (a full benchmark run got "dictionary changed size during
+    iteration" and a 500): here sessions end and start while their counters are read."""
+    from types import SimpleNamespace
+
+    from media.session import DROP_COUNTERS
+
+    clock = MediaClock()
+    sessions: dict[int, object] = {}
+
+    def counters(n: int) -> SimpleNamespace:
+        return SimpleNamespace(**{name: n for name in DROP_COUNTERS})
+
+    class Leaving:
+        secure = True
+
+        @property
+        def stream(self) -> SimpleNamespace:
+            sessions.pop(id(self), None)  # the loop ends this one meanwhile...
+            sessions[1] = SimpleNamespace(
+                secure=False, stream=SimpleNamespace(counters=counters(5))
+            )
+            return SimpleNamespace(counters=counters(1))  # ...and starts another
+
+    leaving = Leaving()
+    sessions[id(leaving)] = leaving
+    clock._sessions = sessions  # type: ignore[assignment]
+    assert clock.drops()["wrong_ssrc"] == 1  # what was there when the read began
+    assert clock.drops()["wrong_ssrc"] == 5
+    assert clock.secure_sessions() == 0
