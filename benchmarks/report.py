@@ -207,6 +207,9 @@ def summary_markdown(
                 f"{run['seconds']:.0f} | {_f(run.get('loadavg_before'), '{:.2f}')} |"
             )
         out.append("")
+        notes = [f"- {run['name']}: {run['note']}" for run in manifest["runs"] if run.get("note")]
+        if notes:
+            out += [*notes, ""]  # e.g. a benchmark run again after a failed first run
     return "\n".join(out)
 
 

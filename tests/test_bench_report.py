@@ -197,3 +197,16 @@ def test_node_wide_folds_the_worker_label() -> None:
     assert value(folded, "callengine_cache_offline") == 0
     single = parse("# TYPE callengine_media_streams gauge\ncallengine_media_streams 7\n")
     assert node_wide(single) == single
+
+
+def test_a_run_note_is_written_under_the_commands() -> None:
+    run = {"name": "media_streams", "command": "python -m benchmarks.media_streams"}
+    manifest = {
+        "stamp": "s",
+        "runs": [
+            {**run, "returncode": 0, "seconds": 130.0, "loadavg_before": 0.01, "note": "ran again"}
+        ],
+    }
+    text = report.summary_markdown(cps=None, media=None, soak=None, manifest=manifest)
+    assert "| media_streams | `python -m benchmarks.media_streams` | 0 | 130 | 0.01 |" in text
+    assert "\n- media_streams: ran again\n" in text
