@@ -186,29 +186,32 @@ def test_replica_sends_changes_but_not_its_own_purge() -> None:
 
 
 def test_node_caps_count_once_for_all_workers(tmp_path: Path) -> None:
+    """The shared map's shell (mmap + flock) over the CapsTable core: each worker
+    opens its own view; the front gives a dead worker's calls back."""
     path = tmp_path / "caps.map"
-    front = SharedCaps(path, slot=255, max_calls=5, max_cps=0.0, create=True)
-    workers = [SharedCaps(path, slot=i, max_calls=5, max_cps=0.0, create=False) for i in (0, 1)]
-    got = [workers[i % 2].admit() for i in range(8)]
+    front = SharedCaps(path, slot=0, workers=2, create=True)
+    workers = [SharedCaps(path, slot=i, workers=2, create=False) for i in (0, 1)]
+    got = [workers[i % 2].admit("node:", 0.0, max_calls=5) for i in range(8)]
     assert got == [None] * 5 + ["calls"] * 3
-    assert front.calls() == 5
-    workers[0].release()
-    assert workers[1].admit() is None  # the room one worker freed, the other takes
-    assert workers[1].admit() == "calls"
+    assert front.active("node:") == 5
+    assert workers[0].refused == {"node:calls": 1} and workers[1].refused == {"node:calls": 2}
+    workers[0].release("node:")
+    assert workers[1].admit("node:", 0.0, max_calls=5) is None  # the room worker 0 freed
+    assert workers[1].admit("node:", 0.0, max_calls=5) == "calls"
     # worker 1 dies holding 3 calls (2 from the first round, 1 now): given back
     assert front.reclaim(1) == 3
-    assert front.calls() == 2
-    assert [workers[0].admit() for _ in range(4)] == [None, None, None, "calls"]
+    assert front.active("node:") == 2
+    assert [workers[0].admit("node:", 0.0, max_calls=5) for _ in range(4)] == [None] * 3 + ["calls"]
     for caps in (front, *workers):
         caps.close()
 
 
 def test_node_rate_is_one_bucket(tmp_path: Path) -> None:
     path = tmp_path / "caps.map"
-    front = SharedCaps(path, slot=255, max_calls=0, max_cps=4.0, create=True)
-    a = SharedCaps(path, slot=0, max_calls=0, max_cps=4.0, create=False)
-    b = SharedCaps(path, slot=1, max_calls=0, max_cps=4.0, create=False)
-    got = [(a if i % 2 else b).admit() for i in range(6)]
-    assert got.count(None) == 4 and got[-1] == "cps"  # a burst of one second, node-wide
+    front = SharedCaps(path, slot=0, workers=2, create=True)
+    a = SharedCaps(path, slot=0, workers=2, create=False)
+    b = SharedCaps(path, slot=1, workers=2, create=False)
+    got = [(a if i % 2 else b).admit("source:192.0.2.1", 0.0, cps=4.0) for i in range(6)]
+    assert got.count(None) == 4 and got[-1] == "rate"  # a burst of one second, node-wide
     for caps in (front, a, b):
         caps.close()
