@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from media.bridge import start_bridge, stop_bridge
 from media.callrecording import CHANNEL_MODES, CallRecording
 from media.clock import DEFAULT_SLOTS
 from media.codecs import CodecInfo
@@ -239,6 +240,50 @@ class MediaManager:
         self.sessions += 1
         self.webrtc_sessions += 1
         return session, body
+
+    # ------------------------------------------------ what calls do with media
+    # The media plane (callengine/mediaplane.py) offers the same methods for sessions
+    # held in its own process: call control goes through these, never around them.
+    async def play(
+        self, session: RtpSession, names: Sequence[str], tenant: str | None, *, barge_in: bool
+    ) -> str | None:
+        """Play prompts (names, or ``tone:NAME``) on ``session``; the digit that barged
+        in, or ``None``."""
+        return await session.play(self.payloads(names, session.codec, tenant), barge_in=barge_in)
+
+    async def record(
+        self,
+        session: RtpSession,
+        tenant: str,
+        key: str,
+        *,
+        max_seconds: float,
+        silence_timeout: float | None,
+        stop_on_dtmf: bool,
+    ) -> RecordingResult:
+        """Record what ``session`` receives into ``key`` until max_seconds, silence,
+        a digit (``stop_on_dtmf``) or hangup; cancelling stops it (``hangup``)."""
+        recorder, _ = self.recorder(
+            tenant,
+            key,
+            sample_rate=session.codec.sample_rate,
+            max_seconds=max_seconds,
+            silence_timeout=silence_timeout,
+        )
+        future = session.start_recording(recorder, stop_on_dtmf=stop_on_dtmf)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            session.stop_recording("hangup")
+            raise
+
+    def bridge(self, a: Any, b: Any) -> Any:
+        """Relay media both ways between two sessions (RTP or WebRTC); the handle is
+        for :meth:`unbridge`."""
+        return start_bridge(a, b)
+
+    def unbridge(self, handle: Any) -> None:
+        stop_bridge(handle)
 
     def payloads(
         self, names: Sequence[str], codec: CodecInfo, tenant: str | None

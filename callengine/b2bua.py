@@ -38,7 +38,6 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -75,7 +74,6 @@ from .sip.useragent import InviteSession, SessionState
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from media.codecs import CodecInfo
     from media.session import RtpSession
 
     from .engine import Engine, Handler
@@ -93,7 +91,6 @@ CAUSE_OUT_OF_ORDER = 38
 DEFAULT_RING_TIMEOUT = 120.0
 AUDIT_INTERVAL = 30.0  # seconds between checks of B-channel accounting against live calls
 """Seconds an outbound trunk call may ring before the caller gets 480."""
-_RELAY_DEPTH = 4  # packets queued per relay direction (80 ms) before the oldest is dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +155,6 @@ class _Leg(Call):
             self.on_progress(self, response)
 
 
-def _u8_table(array: Any) -> bytes:
-    return bytes(int(v) for v in array)
-
-
 class B2BUA:
     """Trunks, failover and bridging for one Engine (see the module docstring)."""
 
@@ -195,9 +188,7 @@ class B2BUA:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._wall_offset = 0.0
-        self._u2a = b""
-        self._a2u = b""
-        self._relays: dict[int, tuple[_Leg, list[asyncio.Task[Any]]]] = {}
+        self._relays: dict[int, tuple[_Leg, Any]] = {}
         self._audit_timer: asyncio.TimerHandle | None = None
         self._suspects: set[str] = set()
         self._down: asyncio.Future[None] | None = None
@@ -795,53 +786,14 @@ class B2BUA:
             if current[0] is leg:
                 return
             self._stop_relay(caller)
-        if not self._u2a:
-            from media.codecs.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
-
-            self._u2a = _u8_table(ULAW_TO_ALAW)
-            self._a2u = _u8_table(ALAW_TO_ULAW)
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._pipe(a, b)), loop.create_task(self._pipe(b, a))]
-        self._relays[id(caller)] = (leg, tasks)
+        self._relays[id(caller)] = (leg, self.engine.media_manager.bridge(a, b))
         caller.record_far_side(b)  # a call recording's right channel: the leg's voice
 
     def _stop_relay(self, caller: Call) -> None:
         entry = self._relays.pop(id(caller), None)
         if entry is not None:
             caller.record_far_side(None)
-            for task in entry[1]:
-                task.cancel()
-
-    async def _pipe(self, src: RtpSession, dst: RtpSession) -> None:
-        """Send what ``src`` receives out of ``dst`` (transcoded when codecs differ)."""
-        queue: deque[bytes] = deque(maxlen=_RELAY_DEPTH)
-        s, d = src.codec.name.upper(), dst.codec.name.upper()
-        table = (
-            None
-            if s == d
-            else self._u2a
-            if (s, d) == ("PCMU", "PCMA")
-            else self._a2u
-            if (s, d) == ("PCMA", "PCMU")
-            else None
-        )
-        if table is None and s != d:
-            # Opus (a browser's) <-> G.711: decode, resample, encode
-            src.on_audio = _transcoder(src.codec, dst.codec, queue.append)
-        elif table is None:
-            src.on_audio = queue.append
-        else:
-            src.on_audio = lambda payload: queue.append(payload.translate(table))
-        silence = _silence(dst)
-
-        def relay() -> Iterator[bytes]:
-            while True:
-                yield queue.popleft() if queue else silence
-
-        try:
-            await dst.play([relay()], barge_in=False)
-        finally:
-            src.on_audio = None
+            self.engine.media_manager.unbridge(entry[1])
 
     # ------------------------------------------------------------- transfers
     async def transfer(
@@ -1114,34 +1066,3 @@ def _first_trusted(plan: TrunkPlan) -> str:
     for net in plan.trusted_sources:
         return str(net.network_address)
     return ""
-
-
-def _transcoder(
-    src: CodecInfo, dst: CodecInfo, out: Callable[[bytes], None]
-) -> Callable[[bytes], None]:
-    """A relay's ``on_audio`` between codecs that no byte table maps (Opus, G.722):
-    each 20 ms payload is decoded, resampled to ``dst``'s rate and encoded."""
-    import numpy as np
-
-    from media.codecs import create_codec
-
-    decoder, encoder = create_codec(src), create_codec(dst)
-    n_in, n_out = src.samples_per_frame, dst.samples_per_frame
-    grid = np.linspace(0, n_in - 1, n_out)
-    points = np.arange(n_in)
-
-    def transcode(payload: bytes) -> None:
-        pcm = decoder.decode(payload)
-        if len(pcm) != n_in:
-            return
-        if n_in % n_out == 0 and n_in != n_out:  # 48 -> 8 kHz: mean of each 6 (low-pass)
-            pcm = pcm.reshape(n_out, -1).mean(axis=1).astype(np.int16)
-        elif n_in != n_out:
-            pcm = np.interp(grid, points, pcm).astype(np.int16)
-        out(encoder.encode(pcm))
-
-    return transcode
-
-
-def _silence(session: RtpSession) -> bytes:
-    return session.silence

@@ -156,6 +156,8 @@ class Call:
         self.srtp: sdes.SrtpNegotiation | None = None
         """The SRTP (SDES) of this call's media, when it is secured."""
         self.quality: dict[str, Any] = {}
+        self.media_stopping: asyncio.Task[None] | None = None
+        """The media plane's stop of this call's session (its quality figures)."""
         self.task: asyncio.Task[None] | None = None
         self.outcome: asyncio.Future[Response | SipError] = (
             asyncio.get_running_loop().create_future()
@@ -416,9 +418,7 @@ class Call:
 
         Returns the digit that barged in (when ``barge_in``), else ``None``."""
         media = self._need_media()
-        mm = self.engine.media_manager
-        payloads = mm.payloads(prompts, media.codec, self.tenant)
-        digit: str | None = await media.play(payloads, barge_in=barge_in)
+        digit = await self.engine.media_manager.play(media, prompts, self.tenant, barge_in=barge_in)
         if digit is not None:
             self.digits.append(digit)
         elif not self.active:
@@ -476,21 +476,21 @@ class Call:
         media = self._need_media()
         if beep:
             await self.play(["tone:beep"], barge_in=False)
-        mm = self.engine.media_manager
-        recorder, _ = mm.recorder(
+        recording = self.engine.media_manager.record(
+            media,
             self.tenant or "default",
             key,
-            sample_rate=media.codec.sample_rate,
             max_seconds=max_seconds,
             silence_timeout=silence_timeout,
+            stop_on_dtmf=stop_on_dtmf,
         )
-        future = media.start_recording(recorder, stop_on_dtmf=stop_on_dtmf)
         # the key is the call's from the first frame: a hangup must not lose it
         self.recordings.append(key)
         try:
-            result = await future
-        except asyncio.CancelledError:
-            media.stop_recording("hangup")
+            result = await recording
+        except OSError:
+            # refused before the first frame (the spool at its quota, a disk error)
+            self.recordings.remove(key)
             raise
         return RecordResult(key=key, seconds=result.seconds, reason=result.reason)
 

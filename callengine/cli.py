@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=("plain", "json"))
     serve.add_argument("--log-level")
     serve.add_argument("--no-media", action="store_true", help="signalling only (benchmarks)")
+    serve.add_argument(
+        "--media-process",
+        action="store_true",
+        help="RTP in a process of its own, the media plane (config media_process)",
+    )
     serve.add_argument("--max-calls", type=int)
     serve.add_argument("--max-cps", type=float)
     serve.add_argument("--drain-grace", type=float)
@@ -126,6 +131,8 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if args.no_media:
         overrides["media"] = False
+    if args.media_process:
+        overrides["media_process"] = True
     try:
         cfg = load_config(args.config, **overrides)
     except ConfigError as exc:

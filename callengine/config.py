@@ -132,6 +132,10 @@ class EngineConfig:
     rtp_port_quarantine: float = 1.0
     """Seconds a pair released by a call rests in the pool before another call may take
     it (the previous peer's packets in flight must not reach the new call)."""
+    media_process: bool = False
+    """RTP in a process of its own (the media plane, ``callengine/mediaplane.py``): the
+    media clock and signalling each get a loop and a core. Not with WebRTC
+    (``ws_port``/``wss_port``) or remote Media Storage yet."""
     media_clock_slots: int = 1
     """Phases the 20 ms media clock period is split into: each clock callback sends the
     packets of one slot's streams only (``media/clock.py``). 1 (the default, see
@@ -248,6 +252,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rtp_port_pool": (int,),
     "rtp_port_quarantine": (int, float),
     "media_clock_slots": (int,),
+    "media_process": (bool,),
     "srtp": (str,),
     "codecs": (list,),
     "media": (bool,),
@@ -378,6 +383,18 @@ def _check(cfg: EngineConfig) -> None:
         raise ConfigError("must be 0 to 60 seconds", file=cfg.source, field="rtp_port_quarantine")
     if not 1 <= cfg.media_clock_slots <= 20:
         raise ConfigError("must be 1 to 20", file=cfg.source, field="media_clock_slots")
+    if cfg.media_process and (cfg.ws_port is not None or cfg.wss_port is not None):
+        raise ConfigError(
+            "WebRTC legs (ws_port, wss_port) need media in the engine's process",
+            file=cfg.source,
+            field="media_process",
+        )
+    if cfg.media_process and cfg.media_storage.get("kind") == "azure":
+        raise ConfigError(
+            "remote Media Storage (its spool and uploads) needs media in the engine's process",
+            file=cfg.source,
+            field="media_process",
+        )
     if cfg.log_format not in ("plain", "json"):
         raise ConfigError("must be plain or json", file=cfg.source, field="log_format")
     if cfg.gc not in ("realtime", "python"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import re
 import time
@@ -169,23 +170,30 @@ class Engine:
         # media first: a datagram may arrive as soon as the first socket is bound
         from ._media import MediaManager
 
-        self.media_manager = MediaManager(
-            data_dir=cfg.data_dir,
-            port_range=(cfg.rtp_port_min, cfg.rtp_port_max),
-            rtp_timeout=cfg.rtp_timeout,
-            codecs=self.codecs,
-            sockets=cfg.media,
-            storage=storage_settings(cfg),
-            relatch_after=cfg.rtp_relatch_after,
-            srtp=cfg.srtp,
-            port_pool=cfg.rtp_port_pool,
-            port_quarantine=cfg.rtp_port_quarantine,
-            clock_slots=cfg.media_clock_slots,
-            spool_name="spool" if self.worker_index is None else f"spool-w{self.worker_index}",
-        )
-        self.media_manager.preload()
-        if cfg.media and (cfg.ws_port is not None or cfg.wss_port is not None):
-            self.media_manager.preload_webrtc()  # browsers come over WebSocket
+        media_settings: dict[str, Any] = {
+            "data_dir": cfg.data_dir,
+            "port_range": (cfg.rtp_port_min, cfg.rtp_port_max),
+            "rtp_timeout": cfg.rtp_timeout,
+            "codecs": self.codecs,
+            "sockets": cfg.media,
+            "storage": storage_settings(cfg),
+            "relatch_after": cfg.rtp_relatch_after,
+            "srtp": cfg.srtp,
+            "port_pool": cfg.rtp_port_pool,
+            "port_quarantine": cfg.rtp_port_quarantine,
+            "clock_slots": cfg.media_clock_slots,
+            "spool_name": "spool" if self.worker_index is None else f"spool-w{self.worker_index}",
+        }
+        if cfg.media and cfg.media_process:
+            # RTP in a process of its own (callengine/mediaplane.py)
+            from .mediaplane import PlaneMedia
+
+            self.media_manager = PlaneMedia(media_settings, on_lost=self._media_plane_lost)
+        else:
+            self.media_manager = MediaManager(**media_settings)
+            self.media_manager.preload()
+            if cfg.media and (cfg.ws_port is not None or cfg.wss_port is not None):
+                self.media_manager.preload_webrtc()  # browsers come over WebSocket
         await self.media_manager.start()
         self._exempt = networks_matcher(self.exempt_networks)
         if cfg.source_rate > 0:
@@ -454,6 +462,10 @@ class Engine:
         """The call and its handler are both done: write its log, forget it (once)."""
         if call.finished:
             return
+        stopping = call.media_stopping
+        if stopping is not None and not stopping.done():
+            stopping.add_done_callback(functools.partial(self._finish_after, call))
+            return
         call.finished = True
         self.calls.pop(call.call_id + call.session.local_tag, None)
         call.session.context = None  # no session <-> call cycle: refcounting frees both
@@ -474,6 +486,23 @@ class Engine:
                 duration if call.answered else 0.0,
                 extra={"call_id": call.call_id},
             )
+
+    def _finish_after(self, call: Call, _stopped: Any) -> None:
+        self._finish(call)
+
+    async def _stop_remote(self, call: Call, reason: str) -> None:
+        call.quality = await call.media.stop(reason)
+
+    def _media_plane_lost(self, sessions: list[Any]) -> None:
+        """The media plane died: every call whose media was there is hung up (Q.850 41,
+        temporary failure); the plane restarts for the next calls."""
+        lost = {id(session) for session in sessions}
+        assert self._loop is not None
+        for call in list(self.calls.values()):
+            if id(call.media) in lost and call.active:
+                ctx = contextvars.copy_context()
+                ctx.run(current_call_id.set, call.call_id)
+                self._loop.create_task(call.hangup(cause=41), context=ctx)
 
     def _reap(self, call: Call) -> None:
         # A handler still running 5 s after its call ended is cancelled; its log follows.
@@ -496,9 +525,14 @@ class Engine:
             self.results[result] = self.results.get(result, 0) + 1
         if call.media is not None:
             media = call.media
-            call.quality = media.quality()
             assert self._loop is not None
-            self._loop.create_task(media.stop(reason))
+            if getattr(media, "remote", False):
+                # in the media plane: its figures come back with the stop (the call
+                # log waits for them, see _finish)
+                call.media_stopping = self._loop.create_task(self._stop_remote(call, reason))
+            else:
+                call.quality = media.quality()
+                self._loop.create_task(media.stop(reason))
         if call.task is None or call.task.done():
             self._finish(call)
         else:

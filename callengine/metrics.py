@@ -275,6 +275,22 @@ class EngineCollector(Collector):
                 slots.add_metric([str(slot)], n)
             yield slots
             yield from _port_pool_metrics(mm.pool_stats())
+            if getattr(mm, "remote", False):
+                yield GaugeMetricFamily(
+                    "callengine_media_plane_loop_lag_max_ms",
+                    "The media plane's event loop: the longest it woke late since it started",
+                    value=clock.loop_lag_max_ms,
+                )
+                yield GaugeMetricFamily(
+                    "callengine_media_plane_gc_pause_max_ms",
+                    "The media plane's longest garbage-collector pause since it started",
+                    value=clock.gc_pause_max_ms,
+                )
+                yield CounterMetricFamily(
+                    "callengine_media_plane_restarts",
+                    "Times the media plane died and was started again",
+                    value=mm.restarts,
+                )
             if mm.spool is not None:
                 yield from _spool_metrics(mm.spool.core)
             if getattr(mm, "prompt_sync", None) is not None:

@@ -332,6 +332,8 @@ class RtpSession(Playback):
         #: A call recording's tap (:mod:`media.callrecording`): fed what this session
         #: receives and, each tick, what it sent. Apart from the IVR ``record`` above.
         self.recording: Any = None
+        #: Where digits go instead of :meth:`digits` (the media plane forwards them).
+        self.on_digit: Callable[[DtmfEvent], None] | None = None
         self._closed = False
         self._srtp: SrtpContext | None = None
         self._srtp_pending = False
@@ -508,7 +510,10 @@ class RtpSession(Playback):
         if self._recorder is not None and self._record_stop_on_dtmf:
             self._finish_recording("dtmf", event.digit)
             return
-        self._digits.put_nowait(event)
+        if self.on_digit is not None:
+            self.on_digit(event)
+        else:
+            self._digits.put_nowait(event)
 
     # --- recording -----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import re
 import secrets
 import socket
@@ -54,6 +55,13 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"tls_key": "k.pem"}, "tls_key", "go together"),
     ({"tls_port": 0}, "tls_port", "must be a port"),
     ({"ws_port": 70000}, "ws_port", "must be a port"),
+    ({"media_process": True, "ws_port": 5066}, "media_process", "WebRTC legs"),
+    (
+        {"media_process": True, "media_storage": {"kind": "azure", "account_url": "https://a"}},
+        "media_process",
+        "remote Media Storage",
+    ),
+    ({"media_process": "yes"}, "media_process", "expected bool"),
     ({"wss_port": 5443}, "wss_port", "needs tls_cert"),
     ({"data_dir": 5}, "data_dir", "expected str"),
     ({"metrics": 9090}, "metrics", "expected str or NoneType"),
@@ -318,6 +326,48 @@ def _media(tmp: Path) -> None:
     assert seen == {True: False, False: True}  # port free only without media
 
 
+def _media_process(tmp: Path) -> None:
+    """media_process: the answered call's RTP port is held by the media plane's
+    process, a child of the engine's; by default by the engine's own process."""
+    holders: dict[bool, set[int]] = {}
+
+    def probe(on: bool) -> Callable[[Engine, int], Awaitable[None]]:
+        async def body(engine: Engine, port: int) -> None:
+            status, sdp = await _invite(port, hang_up=False)
+            assert status == 200
+            found = re.search(r"m=audio (\d+)", sdp)
+            assert found is not None
+            holders[on] = _udp_port_owners(int(found.group(1)))
+
+        return body
+
+    _run({"media_process": True}, tmp, probe(True))
+    _run({"media_process": False}, tmp, probe(False))
+    assert holders[False] == {os.getpid()}
+    (plane,) = holders[True]
+    assert plane != os.getpid()
+    assert Path(f"/proc/{plane}/stat").exists() is False  # gone with its engine
+
+
+def _udp_port_owners(port: int) -> set[int]:
+    """The processes holding a UDP socket bound to ``port`` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields_ = line.split()
+            if int(fields_[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields_[9]}]")
+    owners = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    owners.add(int(pid))
+        except OSError:
+            continue
+    return owners
+
+
 def _media_clock_slots(tmp: Path) -> None:
     """media_clock_slots: three held calls on a 3-slot clock take one phase each (the
     per-slot loads /metrics exports); on a 1-slot clock all three share the one."""
@@ -360,6 +410,7 @@ def _rtp_port_pool(tmp: Path) -> None:
 
 EFFECTS: dict[str, Callable[..., None]] = {
     "media_clock_slots": _media_clock_slots,
+    "media_process": _media_process,
     "rtp_port_pool": _rtp_port_pool,
     "max_cps": _max_cps,
     "overload_lag": _overload_lag,

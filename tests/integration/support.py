@@ -138,6 +138,8 @@ def start_daemon(
     if "--admin" not in extra:
         args.append("--no-admin")  # parallel nodes would share the default admin port
     args += list(extra)
+    # a whole-suite pass in another mode, e.g. CALLENGINE_TEST_SERVE_ARGS=--media-process
+    args += os.environ.get("CALLENGINE_TEST_SERVE_ARGS", "").split()
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
             args, stdout=logf, stderr=subprocess.STDOUT, cwd=tmp, env={**os.environ, **(env or {})}

@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from callengine.b2bua import _transcoder
+from media.bridge import transcoder
 from media.codecs import OPUS, PCMA, PCMU, create_codec
 from media.webrtc import WebRtcSession, _first_codec, is_webrtc_sdp
 
@@ -55,7 +55,7 @@ def test_first_codec_follows_the_m_line_order_among_ours() -> None:
 
 def test_transcoder_opus_to_pcmu_keeps_the_tone() -> None:
     out: list[bytes] = []
-    relay = _transcoder(OPUS, PCMU, out.append)
+    relay = transcoder(OPUS, PCMU, out.append)
     opus = create_codec(OPUS)
     t = np.arange(48000) / 48000
     tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)

@@ -1,0 +1,883 @@
+"""The media plane: a node's RTP in a process of its own (``media_process: true``).
+
+Why. The 20 ms media clock and SIP signalling shared one event loop: sending one
+RTP packet costs ~11 us (mostly the kernel's ``sendto``), so 1,000 held calls take
+10-20 ms of every 20 ms period, and any signalling work queued behind a tick waits
+that long (the 10-minute soak measured the signalling loop up to 85 ms late), while
+a burst of signalling delays the tick. As rtpengine sits beside Kamailio, the media
+plane is a child process of the engine (one per engine process: a multi-worker
+node's workers each have theirs) holding every RTP session, the media clock, the
+prompts and the recorders. The engine keeps SIP and call control; it commands the
+plane (open, answer, play, record, digit, bridge, stop) and the plane sends back
+events (digit, RTP timeout) and results (play done, record done, quality). Each
+process has a core to itself, and neither one's bursts stop the other's loop.
+
+Wire. One Unix stream socket (a ``socketpair``; the child inherits its end),
+frames of a 4-byte length and a pickled tuple: both ends are this module, in
+processes of the same installation, and nothing else can reach the socket.
+
+* engine -> plane: ``("req", id, op, args)`` wants ``("ok", id, value)`` or
+  ``("err", id, kind, text)``; ``("cmd", op, args)`` wants nothing. Frames arrive in
+  order, so a command sent after a request is applied after it.
+* plane -> engine: ``("ev", kind, args)``: ``digit`` (a DTMF digit for the call's
+  queue: barge-in and "stop recording on a digit" are decided in the plane, as in
+  process) and ``timeout`` (no RTP for ``rtp_timeout``); and ``("stats", dict)``.
+
+Session ids are chosen by the engine, so commands for a session can follow its
+``open`` without waiting. A plane that dies (``kill -9``) closes the socket: the
+engine fails what waits on it, hangs up the calls whose media was there (Q.850 41)
+and starts a new plane for the next calls. The plane exits when the engine's end of
+the socket closes, so it never outlives its engine; it ignores SIGINT and SIGTERM
+(the engine drains its calls first, then closes the plane).
+
+What stays in the engine's process: WebRTC legs (aiortc) and remote Media Storage
+(the spool and its uploads); ``load_config`` refuses ``media_process`` with either.
+Call recording (two-channel) is not in the plane yet: ``start_recording`` raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import gc
+import itertools
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from media.codecs import CodecInfo
+from media.dtmf import DtmfEvent
+from media.recorder import RecordingResult
+from media.srtp import SrtpContext
+from media.storage import LocalMediaStorage
+
+log = logging.getLogger("callengine.mediaplane")
+
+__all__ = ["FrameDecoder", "PlaneLost", "PlaneMedia", "RemoteSession", "encode_frame"]
+
+_HEADER = struct.Struct("!I")
+MAX_FRAME = 16 << 20
+"""Largest frame either side accepts (a stats snapshot is a few KB)."""
+STATS_INTERVAL = 1.0
+"""Seconds between the plane's figures (for /metrics)."""
+
+
+class PlaneLost(ConnectionError):
+    """The media plane went away (it died, or the engine is closing)."""
+
+
+# ------------------------------------------------------------------ wire (sans-IO)
+def encode_frame(message: tuple[Any, ...]) -> bytes:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Bytes from the socket -> whole messages (a frame may arrive in pieces)."""
+
+    def __init__(self, *, max_frame: int = MAX_FRAME) -> None:
+        self._buffer = bytearray()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
+        buffer = self._buffer
+        buffer += data
+        out: list[tuple[Any, ...]] = []
+        start = 0
+        end = len(buffer)
+        while end - start >= 4:
+            (size,) = _HEADER.unpack_from(buffer, start)
+            if size > self.max_frame:
+                raise ValueError(f"media plane frame of {size} bytes")
+            if end - start - 4 < size:
+                break
+            out.append(pickle.loads(buffer[start + 4 : start + 4 + size]))
+            start += 4 + size
+        if start:
+            del buffer[:start]
+        return out
+
+
+class _Connection(asyncio.Protocol):
+    """One end of the socket: frames in, ``on_message`` for each; ``send`` out."""
+
+    def __init__(self, on_message: Callable[[tuple[Any, ...]], None]) -> None:
+        self.on_message = on_message
+        self.decoder = FrameDecoder()
+        self.transport: Any = None  # an asyncio (or uvloop) stream transport
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except Exception:
+            log.exception("media plane: unreadable frame, closing")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for message in messages:
+            try:
+                self.on_message(message)
+            except Exception:
+                log.exception("media plane: message %r failed", message[:2])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, message: tuple[Any, ...]) -> bool:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(encode_frame(message))
+        return True
+
+
+# ------------------------------------------------------------- the engine's side
+class ClockFigures:
+    """The plane's media clock figures, as :class:`media.session.MediaClock` exposes
+    them to /metrics (refreshed every :data:`STATS_INTERVAL`)."""
+
+    def __init__(self) -> None:
+        from media.session import MediaClock
+
+        empty = MediaClock()  # the same buckets, all zero until the plane reports
+        self.lateness_buckets_ms = empty.lateness_buckets_ms
+        self.lateness_counts = list(empty.lateness_counts)
+        self.lateness_sum = 0.0
+        self.lateness_max = 0.0
+        self.duration_buckets_ms = empty.duration_buckets_ms
+        self.duration_counts = list(empty.duration_counts)
+        self.duration_sum = 0.0
+        self.duration_max = 0.0
+        self.errors = 0
+        self.resyncs = 0
+        self.srtp_sessions = 0
+        self.streams = 0
+        self.secure = 0
+        self.loads: list[int] = []
+        self.dropped: dict[str, int] = empty.drops()
+        self.pools: dict[str, int] = {}
+        self.loop_lag_max_ms = 0.0
+        self.gc_pause_max_ms = 0.0
+        self.pid = 0
+
+    def update(self, stats: dict[str, Any]) -> None:
+        for name, value in stats.items():
+            setattr(self, name, value)
+
+    def __len__(self) -> int:
+        return int(self.streams)
+
+    def drops(self) -> dict[str, int]:
+        return dict(self.dropped)
+
+    def secure_sessions(self) -> int:
+        return int(self.secure)
+
+    def slot_loads(self) -> list[int]:
+        return list(self.loads)
+
+
+class RemoteSession:
+    """An RTP session held by the media plane: what call control uses of
+    :class:`media.session.RtpSession`, as commands to the plane."""
+
+    remote = True
+
+    def __init__(
+        self,
+        plane: PlaneMedia,
+        sid: int,
+        codec: CodecInfo,
+        on_timeout: Callable[[], None] | None,
+    ) -> None:
+        self.plane = plane
+        self.sid = sid
+        self._codec = codec
+        self.local: tuple[str, int] = ("", 0)
+        self.on_timeout = on_timeout
+        self._digits: asyncio.Queue[DtmfEvent] = asyncio.Queue()
+        self._srtp: SrtpContext | None = None
+        self._srtp_pending = False
+        self.stopped = False
+        self.recording: Any = None
+        self.stream: Any = None  # no in-process stream: call recording needs one
+
+    @property
+    def rtp_port(self) -> int:
+        return self.local[1]
+
+    @property
+    def rtcp_port(self) -> int:
+        return self.local[1] + 1
+
+    @property
+    def codec(self) -> CodecInfo:
+        return self._codec
+
+    @property
+    def srtp(self) -> SrtpContext | None:
+        return self._srtp
+
+    @property
+    def secure(self) -> bool:
+        return self._srtp is not None or self._srtp_pending
+
+    def _command(self, op: str, *args: Any) -> None:
+        if not self.stopped:
+            self.plane.command(op, self.sid, *args)
+
+    def set_remote(
+        self,
+        remote: tuple[str, int],
+        *,
+        codec: CodecInfo | None = None,
+        telephone_event_pt: int | None = None,
+        direction: str = "sendrecv",
+        remote_rtcp: tuple[str, int] | None = None,
+    ) -> None:
+        if codec is not None:
+            self._codec = codec
+        self._command("set_remote", remote, codec, telephone_event_pt, direction, remote_rtcp)
+
+    def set_direction(self, direction: str) -> None:
+        self._command("set_direction", direction)
+
+    def hold(self, on: bool = True) -> None:
+        self.set_direction("inactive" if on else "sendrecv")
+
+    def await_srtp(self) -> None:
+        self._srtp_pending = True
+        self._command("await_srtp")
+
+    def set_srtp(self, context: SrtpContext) -> None:
+        self._srtp = context
+        self._srtp_pending = False
+        self._command("set_srtp", context.suite, context.tx_key, context.rx_key)
+
+    def digits(self) -> asyncio.Queue[DtmfEvent]:
+        return self._digits
+
+    def deliver_digit(self, event: DtmfEvent) -> None:
+        """A digit from SIP INFO: the plane decides (barge-in, recording, queue)."""
+        self._command("deliver_digit", event)
+
+    def send_digit(self, digit: str, *, duration_ms: int = 100) -> None:
+        self._command("send_digit", digit, duration_ms)
+
+    def stop_playback(self) -> None:
+        self._command("stop_playback")
+
+    def quality(self) -> dict[str, Any]:
+        return {}  # the plane's figures come with :meth:`stop`
+
+    async def stop(self, reason: str = "hangup") -> dict[str, Any]:
+        """End the session in the plane; its quality figures for the call log."""
+        if self.stopped:
+            return {}
+        self.stopped = True
+        self.plane.sessions_open.pop(self.sid, None)
+        try:
+            value = await self.plane.request("stop", self.sid, reason)
+        except PlaneLost:
+            return {}
+        return dict(value)
+
+
+class PlaneMedia:
+    """The engine's media manager when media runs in the plane: the methods call
+    control uses of :class:`callengine._media.MediaManager`, over the socket."""
+
+    remote = True
+
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        *,
+        on_lost: Callable[[list[RemoteSession]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.codecs: list[CodecInfo] = list(settings["codecs"])
+        self.sockets = True
+        self.srtp = str(settings.get("srtp", "tls"))
+        self.storage = LocalMediaStorage(Path(settings["data_dir"]) / "media")
+        self.clock = ClockFigures()
+        self.spool = None
+        self.prompt_sync = None
+        self.sessions = 0
+        self.webrtc_sessions = 0
+        self.restarts = 0
+        self.on_lost = on_lost
+        self.sessions_open: dict[int, RemoteSession] = {}
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._connection: _Connection | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stats_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._bridges = itertools.count(1)
+
+    # --------------------------------------------------------------- life cycle
+    async def start(self) -> None:
+        """Start the plane process and wait until it is ready for calls."""
+        await self._spawn()
+        if self._stats_task is None:
+            self._stats_task = asyncio.get_running_loop().create_task(self._poll_stats())
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "callengine.mediaplane", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                close_fds=True,
+            )
+        finally:
+            theirs.close()
+        connection = _Connection(self._on_message)
+        await loop.create_unix_connection(lambda: connection, sock=ours)
+        self._connection = connection
+        connection.closed.add_done_callback(functools.partial(self._lost, connection))
+        pid = await self.request("init", self.settings)
+        log.info("media plane started (pid %s)", pid)
+
+    def _lost(self, connection: _Connection, _closed: Any = None) -> None:
+        if connection is not self._connection:
+            return
+        self._connection = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(PlaneLost("media plane gone"))
+        self._pending.clear()
+        if self._closing:
+            return
+        process = self._process
+        code = process.poll() if process is not None else None
+        log.error("media plane died (exit %s): its calls are hung up; starting a new one", code)
+        orphans = list(self.sessions_open.values())
+        self.sessions_open.clear()
+        for session in orphans:
+            session.stopped = True
+        if self.on_lost is not None:
+            self.on_lost(orphans)
+        self.restarts += 1
+        asyncio.get_running_loop().create_task(self._respawn())
+
+    async def _respawn(self) -> None:
+        if self._process is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._process.wait)
+        while not self._closing:
+            try:
+                await self._spawn()
+                return
+            except Exception:
+                log.exception("media plane: restart failed; again in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            self._stats_task = None
+        connection = self._connection
+        if connection is not None:
+            try:
+                await asyncio.wait_for(self.request("shutdown"), 5.0)
+            except (TimeoutError, PlaneLost):
+                pass
+            if connection.transport is not None:
+                connection.transport.close()
+        process = self._process
+        if process is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(loop.run_in_executor(None, process.wait), 5.0)
+            except TimeoutError:
+                process.kill()
+                await loop.run_in_executor(None, process.wait)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    # ------------------------------------------------------------------- wire
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ok" or kind == "err":
+            future = self._pending.pop(message[1], None)
+            if future is None or future.done():
+                return
+            if kind == "ok":
+                future.set_result(message[2])
+            elif message[2] == "OSError":
+                future.set_exception(OSError(message[3]))
+            else:
+                future.set_exception(RuntimeError(f"media plane: {message[2]}: {message[3]}"))
+        elif kind == "ev":
+            self._on_event(message[1], message[2])
+        elif kind == "stats":
+            self.clock.update(message[1])
+
+    def _on_event(self, kind: str, args: tuple[Any, ...]) -> None:
+        session = self.sessions_open.get(args[0])
+        if session is None:
+            return
+        if kind == "digit":
+            session._digits.put_nowait(args[1])
+        elif kind == "timeout" and session.on_timeout is not None:
+            session.on_timeout()
+
+    def command(self, op: str, *args: Any) -> None:
+        if self._connection is not None:
+            self._connection.send(("cmd", op, args))
+
+    def request(self, op: str, *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        connection = self._connection
+        if connection is None:
+            future.set_exception(PlaneLost("no media plane"))
+            return future
+        rid = next(self._ids)
+        self._pending[rid] = future
+        connection.send(("req", rid, op, args))
+        return future
+
+    async def _poll_stats(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            self.command("stats")
+
+    # ------------------------------------------------------ the manager's API
+    def srtp_accepted(self, transport: str) -> bool:
+        return self.srtp == "any" or (self.srtp == "tls" and transport == "TLS")
+
+    def srtp_offered(self, transport: str) -> bool:
+        return self.srtp != "off" and transport == "TLS"
+
+    def preload(self) -> int:
+        return 0  # the plane decodes the prompts when it starts
+
+    def is_webrtc(self, body: bytes) -> bool:
+        return False  # refused at load time with media_process (see the module comment)
+
+    def follow_tenants(self, tenants: Callable[[], Any]) -> None:
+        """Local storage only: the plane reads tenants' prompts where they are."""
+
+    def pool_stats(self) -> dict[str, int]:
+        stats = dict.fromkeys(
+            ("ready", "resting", "hits", "misses", "bound", "failures", "early", "stale_dropped"),
+            0,
+        )
+        stats.update(self.clock.pools)
+        return stats
+
+    def pool(self, host: str) -> None:
+        """Fill the plane's port pool of media address ``host`` now (``rtp_port_pool``)."""
+        self.command("pool", host)
+
+    def preload_webrtc(self) -> None:
+        """No WebRTC with media_process (refused at load time)."""
+
+    async def open_webrtc(self, offer: bytes | None, **options: Any) -> tuple[Any, bytes]:
+        raise ValueError("WebRTC legs need media in the engine's process")
+
+    def location(self, tenant: str, key: str) -> dict[str, Any]:
+        kind, _, rest = key.partition("/")
+        return {"key": key, "path": str(self.storage.path(tenant, kind, rest))}
+
+    async def open(
+        self,
+        host: str,
+        negotiated: Any,
+        *,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> RemoteSession:
+        """An RTP session in the plane (:class:`OSError` when no port pair is free)."""
+        sid = next(self._ids)
+        codec = negotiated.codec if negotiated is not None else self.codecs[0]
+        session = RemoteSession(self, sid, codec, on_timeout)
+        answer = dataclasses.replace(negotiated, offer=None) if negotiated is not None else None
+        self.sessions_open[sid] = session
+        try:
+            local = await self.request("open", sid, host, answer)
+        except BaseException:
+            self.sessions_open.pop(sid, None)
+            session.stopped = True
+            raise
+        session.local = local
+        self.sessions += 1
+        return session
+
+    async def play(
+        self, session: RemoteSession, names: Sequence[str], tenant: str | None, *, barge_in: bool
+    ) -> str | None:
+        if session.stopped:
+            return None
+        try:
+            digit: str | None = await self.request(
+                "play", session.sid, list(names), tenant, barge_in
+            )
+        except asyncio.CancelledError:
+            session.stop_playback()
+            raise
+        except PlaneLost:
+            return None
+        return digit
+
+    async def record(
+        self,
+        session: RemoteSession,
+        tenant: str,
+        key: str,
+        *,
+        max_seconds: float,
+        silence_timeout: float | None,
+        stop_on_dtmf: bool,
+    ) -> RecordingResult:
+        from .engine import current_call_id
+
+        try:
+            result: RecordingResult = await self.request(
+                "record",
+                session.sid,
+                tenant,
+                key,
+                max_seconds,
+                silence_timeout,
+                stop_on_dtmf,
+                current_call_id.get(),
+            )
+        except asyncio.CancelledError:
+            session._command("stop_recording", "hangup")
+            raise
+        except PlaneLost:
+            return RecordingResult(0.0, "hangup")
+        return result
+
+    def bridge(self, a: Any, b: Any) -> int:
+        if not (isinstance(a, RemoteSession) and isinstance(b, RemoteSession)):
+            raise TypeError("the media plane bridges its own RTP sessions only")
+        bid = next(self._bridges)
+        self.command("bridge", bid, a.sid, b.sid)
+        return bid
+
+    def unbridge(self, handle: int) -> None:
+        self.command("unbridge", handle)
+
+    def recorder(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("with media_process the recorders are in the media plane")
+
+    def call_recording(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("call recording is not available with media_process yet")
+
+
+# ------------------------------------------------------------------ the plane
+class PlaneServer:
+    """The plane's end: a :class:`~callengine._media.MediaManager` and its sessions,
+    driven by the engine's messages."""
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.connection = _Connection(self.on_message)
+        self.manager: Any = None
+        self.sessions: dict[int, Any] = {}
+        self.bridges: dict[int, Any] = {}
+        self._loop = asyncio.get_running_loop()
+        self.lag: Any = None
+        self.gc: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.connection.send(message)
+
+    def on_message(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "cmd":
+            op, args = message[1], message[2]
+            handler = self._commands.get(op)
+            if handler is None:
+                log.error("media plane: unknown command %r", op)
+                return
+            handler(self, *args)
+        elif kind == "req":
+            rid, op, args = message[1], message[2], message[3]
+            task = self._loop.create_task(self._answer(rid, op, args))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, rid: int, op: str, args: tuple[Any, ...]) -> None:
+        handler = self._requests.get(op)
+        try:
+            if handler is None:
+                raise ValueError(f"unknown request {op!r}")
+            value = await handler(self, *args)
+        except OSError as exc:
+            self.send(("err", rid, "OSError", str(exc)))
+        except Exception as exc:
+            log.exception("media plane: %s failed", op)
+            self.send(("err", rid, type(exc).__name__, str(exc)))
+        else:
+            self.send(("ok", rid, value))
+
+    # ------------------------------------------------------------- requests
+    async def req_init(self, settings: dict[str, Any]) -> int:
+        from ._media import MediaManager
+        from .realtime import GcGovernor, LoopLagMonitor
+
+        self.manager = MediaManager(**settings)
+        self.manager.preload()
+        await self.manager.start()
+        self.lag = LoopLagMonitor()
+        self.lag.start()
+        self.gc = GcGovernor(lambda: not self.sessions)
+        self.gc.start()
+        return os.getpid()
+
+    async def req_open(self, sid: int, host: str, negotiated: Any) -> tuple[str, int]:
+        def timeout() -> None:
+            self.send(("ev", "timeout", (sid,)))
+
+        session = await self.manager.open(host, negotiated, on_timeout=timeout)
+        session.on_digit = lambda event: self.send(("ev", "digit", (sid, event)))
+        self.sessions[sid] = session
+        return (session.local[0], session.local[1])
+
+    async def req_play(
+        self, sid: int, names: list[str], tenant: str | None, barge_in: bool
+    ) -> str | None:
+        session = self.sessions.get(sid)
+        if session is None:
+            return None
+        digit: str | None = await self.manager.play(session, names, tenant, barge_in=barge_in)
+        return digit
+
+    async def req_record(
+        self,
+        sid: int,
+        tenant: str,
+        key: str,
+        max_seconds: float,
+        silence_timeout: float | None,
+        stop_on_dtmf: bool,
+        call_id: str | None,
+    ) -> RecordingResult:
+        from .engine import current_call_id
+
+        session = self.sessions.get(sid)
+        if session is None:
+            return RecordingResult(0.0, "hangup")
+        current_call_id.set(call_id or "-")  # this request's own task context
+        result: RecordingResult = await self.manager.record(
+            session,
+            tenant,
+            key,
+            max_seconds=max_seconds,
+            silence_timeout=silence_timeout,
+            stop_on_dtmf=stop_on_dtmf,
+        )
+        return result
+
+    async def req_stop(self, sid: int, reason: str) -> dict[str, Any]:
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return {}
+        quality = dict(session.quality())
+        await session.stop(reason)
+        return quality
+
+    async def req_shutdown(self) -> None:
+        self._loop.call_soon(self._finish)
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    _requests: dict[str, Callable[..., Any]] = {
+        "init": req_init,
+        "open": req_open,
+        "play": req_play,
+        "record": req_record,
+        "stop": req_stop,
+        "shutdown": req_shutdown,
+    }
+
+    # ------------------------------------------------------------- commands
+    def cmd_set_remote(
+        self,
+        sid: int,
+        remote: tuple[str, int],
+        codec: CodecInfo | None,
+        telephone_event_pt: int | None,
+        direction: str,
+        remote_rtcp: tuple[str, int] | None,
+    ) -> None:
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.set_remote(
+                remote,
+                codec=codec,
+                telephone_event_pt=telephone_event_pt,
+                direction=direction,
+                remote_rtcp=remote_rtcp,
+            )
+
+    def cmd_set_direction(self, sid: int, direction: str) -> None:
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.set_direction(direction)
+
+    def cmd_await_srtp(self, sid: int) -> None:
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.await_srtp()
+
+    def cmd_set_srtp(self, sid: int, suite: Any, tx_key: bytes, rx_key: bytes) -> None:
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.set_srtp(SrtpContext(suite, tx_key=tx_key, rx_key=rx_key))
+
+    def cmd_deliver_digit(self, sid: int, event: DtmfEvent) -> None:
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.deliver_digit(event)
+
+    def cmd_send_digit(self, sid: int, digit: str, duration_ms: int) -> None:
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.send_digit(digit, duration_ms=duration_ms)
+
+    def cmd_stop_playback(self, sid: int) -> None:
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.stop_playback()
+
+    def cmd_stop_recording(self, sid: int, reason: str) -> None:
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.stop_recording(reason)
+
+    def cmd_bridge(self, bid: int, a: int, b: int) -> None:
+        first, second = self.sessions.get(a), self.sessions.get(b)
+        if first is not None and second is not None:
+            self.bridges[bid] = self.manager.bridge(first, second)
+
+    def cmd_unbridge(self, bid: int) -> None:
+        handle = self.bridges.pop(bid, None)
+        if handle is not None:
+            self.manager.unbridge(handle)
+
+    def cmd_pool(self, host: str) -> None:
+        self.manager.pool(host)
+
+    def cmd_stats(self) -> None:
+        self.send(("stats", self.stats()))
+
+    _commands: dict[str, Callable[..., None]] = {
+        "set_remote": cmd_set_remote,
+        "set_direction": cmd_set_direction,
+        "await_srtp": cmd_await_srtp,
+        "set_srtp": cmd_set_srtp,
+        "deliver_digit": cmd_deliver_digit,
+        "send_digit": cmd_send_digit,
+        "stop_playback": cmd_stop_playback,
+        "stop_recording": cmd_stop_recording,
+        "bridge": cmd_bridge,
+        "unbridge": cmd_unbridge,
+        "pool": cmd_pool,
+        "stats": cmd_stats,
+    }
+
+    def stats(self) -> dict[str, Any]:
+        """The figures /metrics shows of the media clock, for :class:`ClockFigures`."""
+        if self.manager is None:
+            return {}
+        clock = self.manager.clock
+        return {
+            "lateness_buckets_ms": clock.lateness_buckets_ms,
+            "lateness_counts": list(clock.lateness_counts),
+            "lateness_sum": clock.lateness_sum,
+            "lateness_max": clock.lateness_max,
+            "duration_buckets_ms": clock.duration_buckets_ms,
+            "duration_counts": list(clock.duration_counts),
+            "duration_sum": clock.duration_sum,
+            "duration_max": clock.duration_max,
+            "errors": clock.errors,
+            "resyncs": clock.resyncs,
+            "srtp_sessions": clock.srtp_sessions,
+            "streams": len(clock),
+            "secure": clock.secure_sessions(),
+            "loads": clock.slot_loads(),
+            "dropped": clock.drops(),
+            "pools": self.manager.pool_stats(),
+            "loop_lag_max_ms": self.lag.max * 1000.0 if self.lag is not None else 0.0,
+            "gc_pause_max_ms": max(self.gc.stats.pause_max) * 1000.0 if self.gc else 0.0,
+            "pid": os.getpid(),
+        }
+
+    async def close(self) -> None:
+        for session in list(self.sessions.values()):
+            await session.stop("shutdown")
+        self.sessions.clear()
+        if self.gc is not None:
+            self.gc.stop()
+        if self.lag is not None:
+            self.lag.stop()
+        if self.manager is not None:
+            await self.manager.close()
+
+
+async def _serve(fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    server = PlaneServer(done)
+    sock = socket.socket(fileno=fd)
+    await loop.create_unix_connection(lambda: server.connection, sock=sock)
+    server.connection.closed.add_done_callback(lambda _f: server._finish())
+    await done
+    await server.close()
+    if server.connection.transport is not None:
+        server.connection.transport.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m callengine.mediaplane FD``: the plane, on the socket ``FD``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    fd = int(args[0])
+    # the engine drains its calls first, then closes the plane (see the module comment)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s media-plane[%(process)d] %(levelname)s %(message)s",
+    )
+    gc.disable()  # the GcGovernor takes over after init
+    started = time.monotonic()
+    try:
+        import uvloop
+    except ImportError:
+        code = asyncio.run(_serve(fd))
+    else:
+        code = uvloop.run(_serve(fd))
+    log.debug("media plane ran %.1f s", time.monotonic() - started)
+    return int(code)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""The media plane (callengine/mediaplane.py): its wire format without sockets, then a
+real plane process commanded as the engine commands it, a UDP socket as the phone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from callengine.mediaplane import FrameDecoder, PlaneMedia, RemoteSession, encode_frame
+from media.codecs import CODECS
+from media.dtmf import DtmfEvent, event_payload
+from media.rtp import RtpPacket
+
+# ------------------------------------------------------------------------ wire
+
+
+def test_frames_come_out_whole_however_the_bytes_are_cut() -> None:
+    messages = [
+        ("req", 1, "open", (7, "127.0.0.1", None)),
+        ("ev", "digit", (7, DtmfEvent("5", 100, "rfc4733"))),
+        ("ok", 1, ("127.0.0.1", 10000)),
+        ("stats", {"streams": 3, "dropped": {"malformed": 1}}),
+    ]
+    wire = b"".join(encode_frame(m) for m in messages)
+    rng = random.Random(4)
+    for _ in range(50):
+        decoder = FrameDecoder()
+        out: list[tuple[Any, ...]] = []
+        i = 0
+        while i < len(wire):
+            n = rng.randint(1, 40)
+            out += decoder.feed(wire[i : i + n])
+            i += n
+        assert out == messages
+    decoder = FrameDecoder()
+    assert decoder.feed(wire) == messages
+
+
+def test_an_oversized_frame_is_refused_not_buffered() -> None:
+    decoder = FrameDecoder(max_frame=1000)
+    with pytest.raises(ValueError, match="frame of 5000 bytes"):
+        decoder.feed(struct.pack("!I", 5000) + b"x" * 10)
+
+
+# ------------------------------------------------------------- a real plane
+
+
+class Phone(asyncio.DatagramProtocol):
+    """The far end: collects the plane's RTP, sends RFC 4733 digits."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[RtpPacket, tuple[str, int]]] = []
+        self.transport: Any = None
+        self.seq = 1
+        self.ts = 8000
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.packets.append((RtpPacket.parse(data), addr))
+
+    def send_digit(self, digit_code: int, to: tuple[str, int]) -> None:
+        """One RFC 4733 event: three end packets, as RFC 4733 2.5.1.4 sends them (each
+        event its own timestamp: the receiver drops a repeated one)."""
+        self.ts += 8000
+        for _ in range(3):
+            packet = RtpPacket(
+                payload_type=101,
+                marker=False,
+                sequence_number=self.seq,
+                timestamp=self.ts,
+                ssrc=0x1234,
+                payload=event_payload(digit_code, end=True, volume=10, duration=800),
+            )
+            self.seq += 1
+            self.transport.sendto(packet.serialize(), to)
+
+
+async def _until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def _settings(tmp: Path) -> dict[str, Any]:
+    return {
+        "data_dir": str(tmp),
+        "port_range": (31000, 31100),
+        "rtp_timeout": 0,
+        "codecs": [CODECS["PCMU"], CODECS["TELEPHONE-EVENT"]],
+    }
+
+
+def _run(body: Callable[[PlaneMedia, Phone], Awaitable[None]], tmp: Path, **kw: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        plane = PlaneMedia(_settings(tmp), **kw)
+        await plane.start()
+        _, phone = await loop.create_datagram_endpoint(Phone, local_addr=("127.0.0.1", 0))
+        try:
+            await body(plane, phone)
+        finally:
+            phone.transport.close()
+            await plane.close()
+        assert plane._process is not None and plane._process.poll() is not None
+
+    asyncio.run(main())
+
+
+async def _call(plane: PlaneMedia, phone: Phone) -> RemoteSession:
+    session = await plane.open("127.0.0.1", None)
+    session.set_remote(
+        phone.transport.get_extra_info("sockname"),
+        codec=CODECS["PCMU"],
+        telephone_event_pt=101,
+    )
+    return session
+
+
+def test_the_plane_plays_in_its_own_process_and_sends_digits_back(tmp_path: Path) -> None:
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        assert plane.pid is not None and plane.pid != os.getpid()
+        session = await _call(plane, phone)
+        port = session.rtp_port
+        assert 31000 <= port <= 31100 and port % 2 == 0
+        # the plane's process holds the port pair, not ours
+        links = [
+            os.readlink(f"/proc/{plane.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{plane.pid}/fd")
+        ]
+        assert sum(link.startswith("socket:") for link in links) >= 3  # engine link + RTP + RTCP
+
+        # a beep is 250 ms: 12-13 packets of G.711 u-law from the session's port
+        assert await plane.play(session, ["tone:beep"], None, barge_in=False) is None
+        await _until(lambda: len(phone.packets) >= 12)
+        assert {addr[1] for _, addr in phone.packets} == {port}
+        assert {p.payload_type for p, _ in phone.packets} == {0}
+
+        # a digit with nothing playing goes to the call's queue (event 5 is "5")
+        phone.send_digit(5, ("127.0.0.1", port))
+        event = await asyncio.wait_for(session.digits().get(), 5)
+        assert event.digit == "5"
+
+        # a digit during a prompt with barge-in ends the prompt, and is not queued
+        playing = asyncio.ensure_future(plane.play(session, ["menu"], None, barge_in=True))
+        await asyncio.sleep(0.3)
+        assert not playing.done()
+        phone.send_digit(7, ("127.0.0.1", port))
+        assert await asyncio.wait_for(playing, 5) == "7"
+        assert session.digits().empty()
+
+        # a SIP INFO digit goes the same way (the plane decides)
+        session.deliver_digit(DtmfEvent("9", 100, "info"))
+        assert (await asyncio.wait_for(session.digits().get(), 5)).digit == "9"
+
+        quality = await session.stop()
+        assert quality["packets_sent"] >= 12 and quality["dtmf_received"] == 2, quality
+        await _until(lambda: plane.clock.streams == 0 and plane.clock.pid == plane.pid)
+
+    _run(body, tmp_path)
+
+
+def test_a_cancelled_prompt_stops_in_the_plane(tmp_path: Path) -> None:
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        session = await _call(plane, phone)
+        playing = asyncio.ensure_future(plane.play(session, ["menu"], None, barge_in=False))
+        await _until(lambda: len(phone.packets) >= 10)
+        playing.cancel()
+        await asyncio.sleep(0.2)
+        count = len(phone.packets)
+        await asyncio.sleep(0.3)
+        # silence goes on (a steady stream), the prompt does not: payload 0xFF is u-law 0
+        tail = [p.payload for p, _ in phone.packets[count:]]
+        assert tail and all(set(payload) <= {0xFF, 0x7F} for payload in tail)
+        await session.stop()
+
+    _run(body, tmp_path)
+
+
+def test_a_bridge_in_the_plane_relays_both_ways(tmp_path: Path) -> None:
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        loop = asyncio.get_running_loop()
+        _, other = await loop.create_datagram_endpoint(Phone, local_addr=("127.0.0.1", 0))
+        a = await _call(plane, phone)
+        b = await plane.open("127.0.0.1", None)
+        b.set_remote(other.transport.get_extra_info("sockname"), codec=CODECS["PCMA"])
+        handle = plane.bridge(a, b)
+        # the phone talks PCMU to a; the other party hears it as PCMA out of b
+        voice = bytes(range(0, 160))
+        for seq in range(20):
+            packet = RtpPacket(0, False, 100 + seq, 160 * seq, 0x99, payload=voice)
+            phone.transport.sendto(packet.serialize(), ("127.0.0.1", a.rtp_port))
+            await asyncio.sleep(0.02)
+        from media.codecs.g711 import ULAW_TO_ALAW
+
+        alaw = bytes(int(ULAW_TO_ALAW[v]) for v in voice)
+        await _until(lambda: any(p.payload == alaw for p, _ in other.packets))
+        assert {p.payload_type for p, _ in other.packets} == {8}
+        plane.unbridge(handle)
+        await a.stop()
+        await b.stop()
+        other.transport.close()
+
+    _run(body, tmp_path)
+
+
+def test_a_killed_plane_hangs_up_its_calls_and_a_new_one_takes_the_next(
+    tmp_path: Path,
+) -> None:
+    lost: list[list[RemoteSession]] = []
+
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        session = await _call(plane, phone)
+        first = plane.pid
+        assert first is not None
+        waiting = asyncio.ensure_future(plane.play(session, ["menu"], None, barge_in=False))
+        await asyncio.sleep(0.2)
+        os.kill(first, signal.SIGKILL)
+        await _until(lambda: bool(lost))
+        assert lost == [[session]] and session.stopped
+        assert await asyncio.wait_for(waiting, 5) is None  # the prompt's wait ends
+        assert await session.stop() == {}
+        await _until(lambda: plane.pid != first and plane._connection is not None, 10)
+        again = await _call(plane, phone)
+        assert await plane.play(again, ["tone:beep"], None, barge_in=False) is None
+        assert plane.restarts == 1
+        await again.stop()
+
+    _run(body, tmp_path, on_lost=lost.append)
