@@ -105,7 +105,9 @@ def test_a_killed_media_plane_ends_its_calls_and_the_next_plane_takes_voicemail(
     sipp = result[0]
     # SIPp counts a call as successful only once the node's BYE came
     assert sipp.stats.get("SuccessfulCall(C)") == "3", (sipp.stats, sipp.stdout[-1500:])
-    _wait(lambda: metric("callengine_media_plane_restarts_total") == 1, 10, "the restart on /metrics")
+    _wait(
+        lambda: metric("callengine_media_plane_restarts_total") == 1, 10, "the restart on /metrics"
+    )
     _wait(lambda: len(_children(node.proc.pid)) == 1, 10, "the new plane")
     assert _children(node.proc.pid) != [plane]
     assert subprocess.run(["kill", "-0", str(plane)], check=False).returncode != 0
