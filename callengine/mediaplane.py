@@ -288,6 +288,7 @@ class RemoteSession:
 
     async def stop(self, reason: str = "hangup") -> dict[str, Any]:
         """End the session in the plane; its quality figures for the call log."""
+        self.on_timeout = None  # it holds the call: no cycle outlives the call
         if self.stopped:
             return {}
         self.stopped = True

@@ -14,6 +14,9 @@ from typing import Any
 T1 = 0.5
 T2 = 4.0
 T4 = 5.0
+TIMER_D = 32.0
+"""How long an INVITE client transaction absorbs retransmitted final responses over
+an unreliable transport (§17.1.1.2: at least 32 s)."""
 
 TimerCallback = Callable[..., None]
 

@@ -33,7 +33,7 @@ from typing import Protocol
 
 from .headers import BRANCH_COOKIE
 from .message import Request, Response
-from .timers import T1, T2, T4, Timer, TimerHeap
+from .timers import T1, T2, T4, TIMER_D, Timer, TimerHeap
 
 Address = tuple[str, int]
 SendFn = Callable[[bytes, Address, str], None]
@@ -303,7 +303,7 @@ class ClientTransaction:
                     self._cancel_timers()
                     self._ack = self._build_ack(response)
                     self.layer.send(self._ack, self.dest, self.transport)
-                    wait = 0.0 if is_reliable(self.transport) else 32.0  # Timer D
+                    wait = 0.0 if is_reliable(self.transport) else TIMER_D
                     self._timeout = self.layer.timers.schedule(now + wait, self._terminate)
                     self.layer.tu.on_response(self, response, now)
             elif state is State.ACCEPTED and 200 <= status < 300:

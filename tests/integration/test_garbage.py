@@ -41,6 +41,7 @@ from integration.test_ring_user import register
 
 from callengine.config import load_config
 from callengine.node import Node
+from callengine.sip import transaction, useragent
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +179,7 @@ G729_ONLY = OFFER_PCMU.replace("RTP/AVP 0 101", "RTP/AVP 18").replace(
 )
 
 
-async def _drive(tmp: Path) -> tuple[list[Any], int, dict[str, Any]]:
+async def _drive(tmp: Path, media_process: bool) -> tuple[list[Any], int, dict[str, Any]]:
     fail_port, silent_port, answer_port = (free_port(both=False) for _ in range(3))
     phone_port = free_port(both=False)
     node_port = free_port()
@@ -188,6 +189,7 @@ async def _drive(tmp: Path) -> tuple[list[Any], int, dict[str, Any]]:
         transports=["UDP"],
         data_dir=str(tmp / "data"),
         metrics=None,
+        media_process=media_process,
     )
     workdir = tmp / "sipp"
     workdir.mkdir()
@@ -227,7 +229,15 @@ async def _drive(tmp: Path) -> tuple[list[Any], int, dict[str, Any]]:
         results["register_refused"] = refused.split("\r\n", 1)[0]
         outcome = await asyncio.gather(
             run(_uac, node_port, workdir, "-sn", "uac", "-d", "100", "-m", "60", "-r", "30"),
-            run(_uac, node_port, workdir, "-sf", str(FIXTURES / "ivr_voicemail.xml"), "-m", "1"),
+            run(
+                _uac,
+                node_port,
+                workdir,
+                "-sf",
+                str(FIXTURES / "ivr_voicemail_short.xml"),
+                "-m",
+                "1",
+            ),
             run(sip_call, node_port, "915551230000", hold=0.3),
             run(sip_call, node_port, "715551230001", hold=0.3),
             run(sip_call, node_port, "915551230002", source="127.0.0.2"),
@@ -249,8 +259,8 @@ async def _drive(tmp: Path) -> tuple[list[Any], int, dict[str, Any]]:
             ring_group=outcome[8].status,
             from_trunk=outcome[9].status,
         )
-        # Transactions hold their last messages for 64*T1 = 32 s (retransmissions):
-        # the calls' objects are released only then.
+        # Transactions hold their last messages for 64*T1 (retransmissions): the calls'
+        # objects are released only then (T1 is 0.1 s here, see the test).
         deadline = time.monotonic() + 60
         engine = node.engine
         while (engine.calls or len(engine.ua.transactions)) and time.monotonic() < deadline:
@@ -317,8 +327,17 @@ def _describe(garbage: list[Any]) -> str:
     return "\n".join(lines)
 
 
-def test_calls_leave_no_cyclic_garbage(tmp_path: Path) -> None:
-    garbage, found, results = uvloop.run(_drive(tmp_path))
+@pytest.mark.parametrize("media_process", [False, True], ids=["inline-media", "media-plane"])
+def test_calls_leave_no_cyclic_garbage(
+    tmp_path: Path, media_process: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # T1 0.1 s instead of 0.5 and Timer D 6.4 s instead of 32: transactions end 6.4 s
+    # after their last message, not 32 s (the garbage is what is left after they end);
+    # every setup timer here is shorter than that
+    for module in (transaction, useragent):
+        monkeypatch.setattr(module, "T1", 0.1)
+    monkeypatch.setattr(transaction, "TIMER_D", 6.4)
+    garbage, found, results = uvloop.run(_drive(tmp_path, media_process))
     # every path really ran, and as it should
     assert results["register"] == "SIP/2.0 200 OK"
     assert results["register_refused"].startswith("SIP/2.0 401")
