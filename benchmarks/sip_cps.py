@@ -10,7 +10,8 @@ Run from the repository root (``make bench`` runs the full search)::
 
 Three peers are searched in the same run: the engine with its default demo
 configuration (RTP session per call), the engine with ``--no-media`` (signalling
-only), and ``sipp -sn uas`` (SIPp's C++ UAS, the reference). For each: offer
+only), and ``sipp -sn uas`` (SIPp's C++ UAS, the reference); ``--peers engine-plane``
+adds the engine with its RTP in the media plane (``--media-process``). For each: offer
 250, 500, 1000, 1500, 2000, 3000... calls/s, each step a fixed number of calls
 (``rate * step seconds``, ``-d 100`` short calls) against a freshly started peer;
 the first failing step is bisected against the last good one. A step fails when
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--peers",
         default="engine,engine-no-media,uas",
-        help="comma-separated subset of engine, engine-no-media, uas",
+        help="comma-separated subset of engine, engine-plane (--media-process), engine-no-media, uas",
     )
     p.add_argument(
         "--rates", help="comma-separated rates to step through instead of the default ladder"
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--workers: comma-separated integers")
     starters: dict[str, tuple[str, Starter]] = {"uas": ("sipp -sn uas", start_sipp_uas)}
     peers = [s.strip() for s in args.peers.split(",") if s.strip()]
-    unknown = [c for c in peers if c not in ("engine", "engine-no-media", "uas")]
+    unknown = [c for c in peers if c not in ("engine", "engine-plane", "engine-no-media", "uas")]
     if unknown:
         p.error(f"unknown peer(s): {', '.join(unknown)}")
     chosen: list[str] = []
@@ -296,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         if peer == "uas":
             chosen.append(peer)
             continue
-        media = peer == "engine"
+        media = peer != "engine-no-media"
+        plane = ("--media-process",) if peer == "engine-plane" else ()
         for n in worker_counts:
             key = peer if n == 1 else f"{peer} x{n}"
-            name = ("engine" if media else "engine --no-media") + ("" if n == 1 else f" x{n}")
-            extra = () if n == 1 else ("--workers", str(n))
+            label = {"engine": "engine", "engine-plane": "engine --media-process"}
+            name = label.get(peer, "engine --no-media") + ("" if n == 1 else f" x{n}")
+            extra = plane + (() if n == 1 else ("--workers", str(n)))
             starters[key] = (name, functools.partial(_start, media=media, extra=extra))
             chosen.append(key)
     env = _environment()

@@ -31,6 +31,8 @@ from media.tenantprompts import CachedPromptStorage, PromptSync
 from .sip import sdp as sdpmod
 
 if TYPE_CHECKING:
+    from media.azure import AzureBlobStorage
+
     from .config import StorageSettings
 
 log = logging.getLogger("callengine.media")
@@ -65,26 +67,9 @@ class MediaManager:
         """With remote storage: recordings and voicemail are written here first and
         uploaded in the background (docs/storage.md)."""
         if storage is not None and storage.kind == "azure":
-            from media.azure import AzureBlobStorage
-
-            target = AzureBlobStorage(
-                connection_string=storage.connection_string,
-                account_url=storage.account_url,
-                credential=storage.credential,
-                container=storage.container,
-                block_size=storage.block_size,
-                timeout=storage.timeout,
-            )
-            core = SpoolCore(
-                quota=storage.spool_quota,
-                concurrency=storage.upload_concurrency,
-                retry_initial=storage.retry_initial,
-                retry_max=storage.retry_max,
-                near=storage.spool_near,
-            )
             # one spool directory per process: each recovers only its own files after a
             # kill -9 (a multi-worker node's workers have spool-w0, spool-w1...)
-            self.spool = Spool(Path(data_dir) / spool_name, target, core)
+            self.spool, target = make_spool(storage, Path(data_dir) / spool_name)
         self.prompts = PromptCache(self.storage)
         self.prompt_sync: PromptSync | None = None
         """With remote storage: tenants' prompts are fetched into a local cache that
@@ -369,21 +354,8 @@ class MediaManager:
         return CallRecording(recorder, media.stream, key=key, mode=channels, now=now)
 
     def location(self, tenant: str, key: str) -> dict[str, Any]:
-        """Where a recording is, for the call log: the local path, or the blob's URL
-        (fixed before the upload) with the spool file and the upload state as of now."""
-        kind, rest = _split(key)
-        spool = self.spool
-        if spool is None or kind == "prompts":
-            return {"key": key, "path": str(self.storage.path(tenant, kind, rest))}
-        name = spool.blob_name(tenant, kind, rest)
-        waiting = name in spool.core.items or spool.path(tenant, kind, rest).exists()
-        return {
-            "key": key,
-            "blob": name,
-            "url": spool.target.url(name),
-            "spool": str(spool.path(tenant, kind, rest)),
-            "state": "spooled" if waiting else "uploaded",
-        }
+        """Where a recording is, for the call log (:func:`media_location`)."""
+        return media_location(self.storage, self.spool, tenant, key)
 
     async def start(self) -> None:
         """Start the uploader (it first queues what a previous run left in the spool)."""
@@ -404,6 +376,48 @@ class MediaManager:
         for pool in self.pools.values():
             await pool.close()
         await asyncio.sleep(0)
+
+
+def make_spool(storage: StorageSettings, root: Path) -> tuple[Spool, AzureBlobStorage]:
+    """The spool of remote Media Storage (``media_storage.kind: azure``) in ``root``, not
+    started (:meth:`Spool.start` uploads), and the storage it uploads to."""
+    from media.azure import AzureBlobStorage
+
+    target = AzureBlobStorage(
+        connection_string=storage.connection_string,
+        account_url=storage.account_url,
+        credential=storage.credential,
+        container=storage.container,
+        block_size=storage.block_size,
+        timeout=storage.timeout,
+    )
+    core = SpoolCore(
+        quota=storage.spool_quota,
+        concurrency=storage.upload_concurrency,
+        retry_initial=storage.retry_initial,
+        retry_max=storage.retry_max,
+        near=storage.spool_near,
+    )
+    return Spool(root, target, core), target
+
+
+def media_location(
+    storage: LocalMediaStorage, spool: Spool | None, tenant: str, key: str
+) -> dict[str, Any]:
+    """Where a recording is, for the call log: the local path, or the blob's URL (fixed
+    before the upload) with the spool file and the upload state as of now."""
+    kind, rest = _split(key)
+    if spool is None or kind == "prompts":
+        return {"key": key, "path": str(storage.path(tenant, kind, rest))}
+    name = spool.blob_name(tenant, kind, rest)
+    waiting = name in spool.core.items or spool.path(tenant, kind, rest).exists()
+    return {
+        "key": key,
+        "blob": name,
+        "url": spool.target.url(name),
+        "spool": str(spool.path(tenant, kind, rest)),
+        "state": "spooled" if waiting else "uploaded",
+    }
 
 
 def _split(key: str) -> tuple[str, str]:

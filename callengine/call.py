@@ -512,7 +512,7 @@ class Call:
         if self.recording is not None:
             return str(self.recording.key)
         media = self._need_media()
-        if getattr(media, "stream", None) is None:
+        if getattr(media, "stream", None) is None and not getattr(media, "remote", False):
             raise SipError(500, "call has no RTP media to record")
         channels = channels or self.recording_defaults[0]
         max_seconds = max_seconds or self.recording_defaults[1]
@@ -567,7 +567,11 @@ class Call:
 
     def _tap_far_side(self) -> None:
         far, recording = self._far_media, self.recording
-        if far is not None and recording is not None and getattr(far, "stream", None):
+        if far is None or recording is None:
+            return
+        if getattr(recording, "remote", False):
+            recording.tap(far)  # both sessions are in the media plane
+        elif getattr(far, "stream", None):
             far.recording = recording.attach_far(far.stream)
 
     async def send_dtmf(self, digits: str, *, duration_ms: int = 100) -> None:

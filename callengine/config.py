@@ -135,7 +135,7 @@ class EngineConfig:
     media_process: bool = False
     """RTP in a process of its own (the media plane, ``callengine/mediaplane.py``): the
     media clock and signalling each get a loop and a core. Not with WebRTC
-    (``ws_port``/``wss_port``) or remote Media Storage yet."""
+    (``ws_port``/``wss_port``) yet."""
     media_clock_slots: int = 1
     """Phases the 20 ms media clock period is split into: each clock callback sends the
     packets of one slot's streams only (``media/clock.py``). 1 (the default, see
@@ -386,12 +386,6 @@ def _check(cfg: EngineConfig) -> None:
     if cfg.media_process and (cfg.ws_port is not None or cfg.wss_port is not None):
         raise ConfigError(
             "WebRTC legs (ws_port, wss_port) need media in the engine's process",
-            file=cfg.source,
-            field="media_process",
-        )
-    if cfg.media_process and cfg.media_storage.get("kind") == "azure":
-        raise ConfigError(
-            "remote Media Storage (its spool and uploads) needs media in the engine's process",
             file=cfg.source,
             field="media_process",
         )

@@ -30,9 +30,11 @@ and starts a new plane for the next calls. The plane exits when the engine's end
 the socket closes, so it never outlives its engine; it ignores SIGINT and SIGTERM
 (the engine drains its calls first, then closes the plane).
 
-What stays in the engine's process: WebRTC legs (aiortc) and remote Media Storage
-(the spool and its uploads); ``load_config`` refuses ``media_process`` with either.
-Call recording (two-channel) is not in the plane yet: ``start_recording`` raises.
+With remote Media Storage the plane owns the spool (it writes, uploads and, after a
+``kill -9``, recovers the recordings) and the tenant prompt cache; the engine keeps
+the spool's naming for call logs and sends the tenants' prompt lists when the
+configuration changes. What stays in the engine's process: WebRTC legs (aiortc);
+``load_config`` refuses ``media_process`` with ``ws_port``/``wss_port``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from media.codecs import CodecInfo
@@ -193,6 +196,31 @@ class ClockFigures:
         return list(self.loads)
 
 
+class SpoolFigures:
+    """The plane's spool figures, as :class:`media.spool.SpoolCore` shows them to
+    /metrics."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.bytes = 0
+        self.quota = 0
+        self.in_flight = 0
+        self.uploads_ok = 0
+        self.uploads_present = 0
+        self.uploads_failed = 0
+        self.rejected = 0
+        self.vanished = 0
+        self.uploaded_bytes = 0
+        self.oldest = 0.0
+
+    def update(self, figures: dict[str, Any]) -> None:
+        for name, value in figures.items():
+            setattr(self, name, value)
+
+    def oldest_age(self, now: float) -> float:
+        return float(self.oldest)  # as of the plane's last report
+
+
 class RemoteSession:
     """An RTP session held by the media plane: what call control uses of
     :class:`media.session.RtpSession`, as commands to the plane."""
@@ -300,6 +328,42 @@ class RemoteSession:
         return dict(value)
 
 
+class RemoteCallRecording:
+    """A call recording (both directions, :mod:`media.callrecording`) made in the plane:
+    what :class:`~callengine.call.Call` uses of :class:`media.callrecording.CallRecording`.
+    The file is the plane's; the seconds :meth:`close` returns are the engine's clock
+    from start to stop (the plane's file covers the same span, to a message's delay)."""
+
+    remote = True
+
+    def __init__(self, plane: PlaneMedia, rid: int, key: str, now: float) -> None:
+        self.plane = plane
+        self.rid = rid
+        self.key = key
+        self.started = now
+        self.result: RecordingResult | None = None
+        self.owner = self
+
+    @property
+    def closed(self) -> bool:
+        return self.result is not None
+
+    def tap(self, far: Any) -> None:
+        """Bridged to ``far`` (a session in the plane): the right channel is its voice."""
+        if isinstance(far, RemoteSession) and self.result is None:
+            self.plane.command("rec_far", self.rid, far.sid)
+
+    def detach_far(self) -> None:
+        if self.result is None:
+            self.plane.command("rec_far", self.rid, None)
+
+    def close(self, now: float, reason: str = "stopped") -> RecordingResult:
+        if self.result is None:
+            self.plane.command("rec_stop", self.rid, reason)
+            self.result = RecordingResult(round(max(0.0, now - self.started), 3), reason)
+        return self.result
+
+
 class PlaneMedia:
     """The engine's media manager when media runs in the plane: the methods call
     control uses of :class:`callengine._media.MediaManager`, over the socket."""
@@ -318,8 +382,24 @@ class PlaneMedia:
         self.srtp = str(settings.get("srtp", "tls"))
         self.storage = LocalMediaStorage(Path(settings["data_dir"]) / "media")
         self.clock = ClockFigures()
-        self.spool = None
-        self.prompt_sync = None
+        self.spool: Any = None
+        """With remote storage: the plane's spool figures for /metrics (``.core``), from
+        its first report on (none before: a fresh node must not show an empty spool
+        while its plane is still recovering the files a killed one left)."""
+        self.prompt_sync: Any = None
+        """With remote storage: the plane's tenant prompt cache figures for /metrics."""
+        self._names: Any = None
+        """With remote storage: the spool's naming (blob names, URLs, files) for call
+        logs; the plane's own spool writes, uploads and recovers the files."""
+        storage = settings.get("storage")
+        if storage is not None and storage.kind == "azure":
+            from ._media import make_spool
+
+            self._names, _ = make_spool(
+                storage, Path(settings["data_dir"]) / settings["spool_name"]
+            )
+        self._tenants: Callable[[], Any] | None = None
+        self._tenants_sent: Any = None
         self.sessions = 0
         self.webrtc_sessions = 0
         self.restarts = 0
@@ -345,7 +425,13 @@ class PlaneMedia:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "callengine.mediaplane", str(theirs.fileno())],
+                [
+                    sys.executable,
+                    "-m",
+                    "callengine.mediaplane",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
                 pass_fds=(theirs.fileno(),),
                 close_fds=True,
             )
@@ -357,6 +443,8 @@ class PlaneMedia:
         connection.closed.add_done_callback(functools.partial(self._lost, connection))
         pid = await self.request("init", self.settings)
         log.info("media plane started (pid %s)", pid)
+        self._tenants_sent = None  # a new plane: tell it again
+        self._push_tenants()
 
     def _lost(self, connection: _Connection, _closed: Any = None) -> None:
         if connection is not self._connection:
@@ -433,7 +521,25 @@ class PlaneMedia:
         elif kind == "ev":
             self._on_event(message[1], message[2])
         elif kind == "stats":
-            self.clock.update(message[1])
+            stats = dict(message[1])
+            spool, prompts = stats.pop("spool", None), stats.pop("prompts", None)
+            self.clock.update(stats)
+            if spool is not None:
+                if self.spool is None:
+                    self.spool = SimpleNamespace(core=SpoolFigures())
+                self.spool.core.update(spool)
+            if prompts is not None:
+                if self.prompt_sync is None:
+                    self.prompt_sync = SimpleNamespace(
+                        core=SimpleNamespace(bytes=0, index=()),
+                        cache=SimpleNamespace(fallbacks=0),
+                    )
+                self.prompt_sync.core.bytes = prompts["bytes"]
+                self.prompt_sync.core.index = range(prompts["files"])
+                self.prompt_sync.fetches_ok = prompts["ok"]
+                self.prompt_sync.fetches_failed = prompts["failed"]
+                self.prompt_sync.fetches_missing = prompts["missing"]
+                self.prompt_sync.cache.fallbacks = prompts["fallbacks"]
 
     def _on_event(self, kind: str, args: tuple[Any, ...]) -> None:
         session = self.sessions_open.get(args[0])
@@ -463,6 +569,7 @@ class PlaneMedia:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
             self.command("stats")
+            self._push_tenants()
 
     # ------------------------------------------------------ the manager's API
     def srtp_accepted(self, transport: str) -> bool:
@@ -478,7 +585,22 @@ class PlaneMedia:
         return False  # refused at load time with media_process (see the module comment)
 
     def follow_tenants(self, tenants: Callable[[], Any]) -> None:
-        """Local storage only: the plane reads tenants' prompts where they are."""
+        """With remote storage, the plane caches the tenants' prompts: it gets what they
+        want cached (``prompts`` sections) whenever the configuration changes. With
+        local storage it reads them where they are."""
+        if self._names is not None:
+            self._tenants = tenants
+            self._push_tenants()
+
+    def _push_tenants(self) -> None:
+        from media.tenantprompts import wanted_prompts
+
+        if self._tenants is None:
+            return
+        current = self._tenants()
+        if current is not self._tenants_sent:
+            self._tenants_sent = current
+            self.command("tenants", wanted_prompts(current))
 
     def pool_stats(self) -> dict[str, int]:
         stats = dict.fromkeys(
@@ -499,8 +621,9 @@ class PlaneMedia:
         raise ValueError("WebRTC legs need media in the engine's process")
 
     def location(self, tenant: str, key: str) -> dict[str, Any]:
-        kind, _, rest = key.partition("/")
-        return {"key": key, "path": str(self.storage.path(tenant, kind, rest))}
+        from ._media import media_location
+
+        return media_location(self.storage, self._names, tenant, key)
 
     async def open(
         self,
@@ -581,11 +704,25 @@ class PlaneMedia:
     def unbridge(self, handle: int) -> None:
         self.command("unbridge", handle)
 
-    def recorder(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("with media_process the recorders are in the media plane")
+    def call_recording(
+        self,
+        tenant: str,
+        key: str,
+        media: RemoteSession,
+        *,
+        channels: str,
+        max_seconds: float,
+        call_id: str,
+        now: float,
+    ) -> RemoteCallRecording:
+        """Record both directions of ``media`` into ``key`` (in the plane)."""
+        from media.callrecording import CHANNEL_MODES
 
-    def call_recording(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("call recording is not available with media_process yet")
+        if channels not in CHANNEL_MODES:
+            raise ValueError(f"recording channels must be stereo or mono, not {channels!r}")
+        rid = next(self._ids)
+        self.command("rec_start", rid, media.sid, tenant, key, channels, max_seconds, call_id)
+        return RemoteCallRecording(self, rid, key, now)
 
 
 # ------------------------------------------------------------------ the plane
@@ -599,7 +736,13 @@ class PlaneServer:
         self.manager: Any = None
         self.sessions: dict[int, Any] = {}
         self.bridges: dict[int, Any] = {}
+        self.recordings: dict[int, tuple[Any, Any]] = {}
+        """Call recordings by id: (the recording, the caller's session)."""
+        self.far: dict[int, Any] = {}
+        """The bridged session whose voice a call recording's right channel takes."""
         self._loop = asyncio.get_running_loop()
+        self.tenants: dict[str, Any] = {}
+        self._following = False
         self.lag: Any = None
         self.gc: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -783,6 +926,70 @@ class PlaneServer:
         if handle is not None:
             self.manager.unbridge(handle)
 
+    def cmd_rec_start(
+        self,
+        rid: int,
+        sid: int,
+        tenant: str,
+        key: str,
+        channels: str,
+        max_seconds: float,
+        call_id: str,
+    ) -> None:
+        session = self.sessions.get(sid)
+        if session is None:
+            return
+        recording = self.manager.call_recording(
+            tenant,
+            key,
+            session,
+            channels=channels,
+            max_seconds=max_seconds,
+            call_id=call_id,
+            now=self._loop.time(),
+        )
+        session.recording = recording
+        self.recordings[rid] = (recording, session)
+
+    def cmd_rec_far(self, rid: int, far_sid: int | None) -> None:
+        entry = self.recordings.get(rid)
+        if entry is None:
+            return
+        recording = entry[0]
+        old = self.far.pop(rid, None)
+        if old is not None:
+            if getattr(old.recording, "owner", None) is recording:
+                old.recording = None
+            recording.detach_far()
+        far = self.sessions.get(far_sid) if far_sid is not None else None
+        if far is not None:
+            far.recording = recording.attach_far(far.stream)
+            self.far[rid] = far
+
+    def cmd_rec_stop(self, rid: int, reason: str) -> None:
+        entry = self.recordings.pop(rid, None)
+        if entry is None:
+            return
+        recording, session = entry
+        if session.recording is recording:
+            session.recording = None
+        far = self.far.pop(rid, None)
+        if far is not None and getattr(far.recording, "owner", None) is recording:
+            far.recording = None
+        recording.close(self._loop.time(), reason)
+
+    def cmd_tenants(self, wanted: dict[tuple[str, str], tuple[str, str | None]]) -> None:
+        """What the tenants want cached from Media Storage (``wanted_prompts``), as the
+        tenant configurations the prompt cache reads."""
+        tenants: dict[str, Any] = {}
+        for (tenant, name), (file, version) in wanted.items():
+            entry = tenants.setdefault(tenant, SimpleNamespace(prompts={}))
+            entry.prompts[name] = SimpleNamespace(file=file, version=version)
+        self.tenants = tenants
+        if not self._following:
+            self._following = True
+            self.manager.follow_tenants(lambda: self.tenants)
+
     def cmd_pool(self, host: str) -> None:
         self.manager.pool(host)
 
@@ -800,6 +1007,10 @@ class PlaneServer:
         "stop_recording": cmd_stop_recording,
         "bridge": cmd_bridge,
         "unbridge": cmd_unbridge,
+        "rec_start": cmd_rec_start,
+        "rec_far": cmd_rec_far,
+        "rec_stop": cmd_rec_stop,
+        "tenants": cmd_tenants,
         "pool": cmd_pool,
         "stats": cmd_stats,
     }
@@ -829,9 +1040,42 @@ class PlaneServer:
             "loop_lag_max_ms": self.lag.max * 1000.0 if self.lag is not None else 0.0,
             "gc_pause_max_ms": max(self.gc.stats.pause_max) * 1000.0 if self.gc else 0.0,
             "pid": os.getpid(),
+            **self._storage_stats(),
         }
 
+    def _storage_stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        spool = self.manager.spool
+        if spool is not None:
+            core = spool.core
+            out["spool"] = {
+                "files": core.files,
+                "bytes": core.bytes,
+                "quota": core.quota,
+                "in_flight": core.in_flight,
+                "uploads_ok": core.uploads_ok,
+                "uploads_present": core.uploads_present,
+                "uploads_failed": core.uploads_failed,
+                "rejected": core.rejected,
+                "vanished": core.vanished,
+                "uploaded_bytes": core.uploaded_bytes,
+                "oldest": core.oldest_age(time.time()),
+            }
+        sync = self.manager.prompt_sync
+        if sync is not None:
+            out["prompts"] = {
+                "bytes": sync.core.bytes,
+                "files": len(sync.core.index),
+                "ok": sync.fetches_ok,
+                "failed": sync.fetches_failed,
+                "missing": sync.fetches_missing,
+                "fallbacks": sync.cache.fallbacks,
+            }
+        return out
+
     async def close(self) -> None:
+        for rid in list(self.recordings):
+            self.cmd_rec_stop(rid, "shutdown")
         for session in list(self.sessions.values()):
             await session.stop("shutdown")
         self.sessions.clear()
@@ -857,10 +1101,27 @@ async def _serve(fd: int) -> int:
     return 0
 
 
+def _die_with_parent(parent: int | None) -> None:
+    """A safety net beside end-of-file on the socket: the kernel kills the plane when
+    the engine's process goes (``PR_SET_PDEATHSIG``), and a plane whose engine went
+    before this ran exits at once."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if parent is not None and os.getppid() != parent:
+        raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m callengine.mediaplane FD``: the plane, on the socket ``FD``."""
+    """``python -m callengine.mediaplane FD [ENGINE_PID]``: the plane, on the socket
+    ``FD``."""
     args = list(sys.argv[1:] if argv is None else argv)
     fd = int(args[0])
+    _die_with_parent(int(args[1]) if len(args) > 1 else None)
     # the engine drains its calls first, then closes the plane (see the module comment)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

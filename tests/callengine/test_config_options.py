@@ -56,11 +56,6 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"tls_port": 0}, "tls_port", "must be a port"),
     ({"ws_port": 70000}, "ws_port", "must be a port"),
     ({"media_process": True, "ws_port": 5066}, "media_process", "WebRTC legs"),
-    (
-        {"media_process": True, "media_storage": {"kind": "azure", "account_url": "https://a"}},
-        "media_process",
-        "remote Media Storage",
-    ),
     ({"media_process": "yes"}, "media_process", "expected bool"),
     ({"wss_port": 5443}, "wss_port", "needs tls_cert"),
     ({"data_dir": 5}, "data_dir", "expected str"),

@@ -236,3 +236,50 @@ def test_a_killed_plane_hangs_up_its_calls_and_a_new_one_takes_the_next(
         await again.stop()
 
     _run(body, tmp_path, on_lost=lost.append)
+
+
+def test_a_call_recording_in_the_plane_has_both_voices(tmp_path: Path) -> None:
+    """Stereo: the left channel is what the phone sent, the right what the plane
+    played to it (a beep, then silence); the file lasts from start to stop."""
+    import numpy as np
+    import soundfile
+
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        session = await _call(plane, phone)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        recording = plane.call_recording(
+            "demo",
+            "recordings/plane.wav",
+            session,
+            channels="stereo",
+            max_seconds=60,
+            call_id="c1",
+            now=started,
+        )
+        # the phone talks (a loud u-law square wave) while the plane beeps back
+        loud = bytes([0x80, 0x00] * 80)
+        talking = asyncio.ensure_future(_talk(phone, session.rtp_port, loud, 50))
+        assert await plane.play(session, ["tone:beep"], None, barge_in=False) is None
+        await talking
+        result = recording.close(loop.time(), "stopped")
+        await session.stop()
+        path = plane.storage.path("demo", "recordings", "plane.wav")
+        await _until(lambda: path.exists() and path.stat().st_size > 1000)
+        await asyncio.sleep(0.2)
+        audio, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
+        assert audio.shape[1] == 2 and rate == 8000
+        assert abs(len(audio) / rate - result.seconds) < 0.1, (len(audio) / rate, result)
+        left, right = audio[:, 0].astype(float), audio[:, 1].astype(float)
+        # the phone's square wave fills the left channel; the beep is on the right only
+        assert np.abs(left).mean() > 10 * max(1.0, np.abs(right[-2000:]).mean())
+        assert np.abs(right[:2000]).max() > 1000
+
+    _run(body, tmp_path)
+
+
+async def _talk(phone: Phone, port: int, payload: bytes, packets: int) -> None:
+    for seq in range(packets):
+        packet = RtpPacket(0, False, 500 + seq, 160 * seq, 0x77, payload=payload)
+        phone.transport.sendto(packet.serialize(), ("127.0.0.1", port))
+        await asyncio.sleep(0.02)

@@ -63,7 +63,7 @@ def recording_node(tmp_path: Path, azurite: Azurite) -> Iterator[Callable[..., D
     changed by ``tenant_changes``, with media storage on Azurite."""
     started: list[Daemon] = []
 
-    def factory(change: Callable[[dict[str, Any]], None]) -> Daemon:
+    def factory(change: Callable[[dict[str, Any]], None], *extra: str) -> Daemon:
         doc = load_demo_tenant().to_doc()
         change(doc)
         (tmp_path / "demo.json").write_text(json.dumps(doc))
@@ -76,7 +76,7 @@ def recording_node(tmp_path: Path, azurite: Azurite) -> Iterator[Callable[..., D
             "retry_max": 1.0,
         }
         config.write_text(json.dumps({"media_storage": storage, "tenant_files": ["demo.json"]}))
-        node = start_daemon(tmp_path, "--config", str(config), metrics=True)
+        node = start_daemon(tmp_path, "--config", str(config), *extra, metrics=True)
         started.append(node)
         return node
 
@@ -200,7 +200,10 @@ def test_bridged_call_recorded_in_two_channels(
     def record_user_100(doc: dict[str, Any]) -> None:
         doc["users"]["100"]["record"] = True  # the tenant itself records nothing
 
-    node = recording_node(record_user_100)
+    # with the media plane (docs/media-plane.md): the bridge, the recording with its
+    # right channel following the bridge, and the spool's upload are all in the plane's
+    # process (test_trunk_recording.py records a bridged call with media in process)
+    node = recording_node(record_user_100, "--media-process")
     phone_pcm = PromptCache(None).pcm("menu", RATE)
     workdir = sipp_workdir(tmp_path, phone_pcm)
     phone_port = free_port(both=False)

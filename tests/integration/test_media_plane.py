@@ -96,11 +96,13 @@ def test_a_killed_media_plane_ends_its_calls_and_the_next_plane_takes_voicemail(
         target=lambda: result.append(run_sipp(held, cwd=workdir, timeout=60)), daemon=True
     )
     runner.start()
-    # the three calls hear the IVR: the plane sends their streams
-    _wait(lambda: metric("callengine_media_streams") == 3, 20, "3 streams in the plane")
-    assert metric("callengine_media_plane_restarts_total") == 0
-    os.kill(plane, signal.SIGKILL)
-    runner.join(60)
+    try:
+        # the three calls hear the IVR: the plane sends their streams
+        _wait(lambda: metric("callengine_media_streams") == 3, 20, "3 streams in the plane")
+        assert metric("callengine_media_plane_restarts_total") == 0
+        os.kill(plane, signal.SIGKILL)
+    finally:
+        runner.join(65)  # run_sipp kills SIPp at 60 s
     assert result, "SIPp did not finish"
     sipp = result[0]
     # SIPp counts a call as successful only once the node's BYE came
