@@ -317,7 +317,7 @@ class MediaManager:
             path = self.storage.path(tenant, kind, rest)
             path.parent.mkdir(parents=True, exist_ok=True)
             return Recorder(path, **options), path
-        from .engine import current_call_id
+        from .context import current_call_id
 
         call_id = call_id if call_id is not None else current_call_id.get()
         path = spool.begin(tenant, kind, rest, {"tenant": tenant, "call_id": call_id})

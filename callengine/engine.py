@@ -26,6 +26,7 @@ from typing import Any
 
 from .call import Call, MediaUnavailable, SipError, TransferResult
 from .config import EngineConfig, load_config, storage_settings
+from .context import current_call_id
 from .limits import CallCaps, Caps, LogThrottle, SourceLimiter, networks_matcher
 from .realtime import GcGovernor, LoopLagMonitor, StallReporter
 from .router import CallRouter, Handler
@@ -44,7 +45,6 @@ DROP_BACKLOG = 512 * 1024
 """Bytes waiting in a UDP receive buffer (kernel accounting, ~2 KB per datagram) beyond
 which new INVITEs are dropped unread until it is down to a quarter of that."""
 
-current_call_id: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
 
 __all__ = ["Engine", "Handler", "current_call_id"]
 

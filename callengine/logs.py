@@ -21,7 +21,7 @@ import queue
 import sys
 import time
 
-from .engine import current_call_id
+from .context import current_call_id
 
 __all__ = ["LogQueueHandler", "escape_controls", "setup_logging"]
 

@@ -73,6 +73,10 @@ MAX_FRAME = 16 << 20
 """Largest frame either side accepts (a stats snapshot is a few KB)."""
 STATS_INTERVAL = 1.0
 """Seconds between the plane's figures (for /metrics)."""
+WATCHDOG = 5.0
+"""Seconds without a word from the plane (it answers the figures request every
+:data:`STATS_INTERVAL`) after which the engine kills it as hung: a stopped plane would
+otherwise hold its calls' media, and the new calls waiting for ports, for good."""
 
 
 class PlaneLost(ConnectionError):
@@ -375,8 +379,13 @@ class PlaneMedia:
         settings: dict[str, Any],
         *,
         on_lost: Callable[[list[RemoteSession]], None] | None = None,
+        stats_interval: float = STATS_INTERVAL,
+        watchdog: float = WATCHDOG,
     ) -> None:
         self.settings = settings
+        self.stats_interval = stats_interval
+        self.watchdog = watchdog
+        self._heard = 0.0
         self.codecs: list[CodecInfo] = list(settings["codecs"])
         self.sockets = True
         self.srtp = str(settings.get("srtp", "tls"))
@@ -403,6 +412,8 @@ class PlaneMedia:
         self.sessions = 0
         self.webrtc_sessions = 0
         self.restarts = 0
+        self.hung = 0
+        """Times the watchdog killed a plane that stopped answering."""
         self.on_lost = on_lost
         self.sessions_open: dict[int, RemoteSession] = {}
         self._ids = itertools.count(1)
@@ -438,6 +449,7 @@ class PlaneMedia:
         finally:
             theirs.close()
         connection = _Connection(self._on_message)
+        self._heard = loop.time()
         await loop.create_unix_connection(lambda: connection, sock=ours)
         self._connection = connection
         connection.closed.add_done_callback(functools.partial(self._lost, connection))
@@ -507,6 +519,7 @@ class PlaneMedia:
 
     # ------------------------------------------------------------------- wire
     def _on_message(self, message: tuple[Any, ...]) -> None:
+        self._heard = asyncio.get_running_loop().time()
         kind = message[0]
         if kind == "ok" or kind == "err":
             future = self._pending.pop(message[1], None)
@@ -566,8 +579,18 @@ class PlaneMedia:
         return future
 
     async def _poll_stats(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(STATS_INTERVAL)
+            await asyncio.sleep(self.stats_interval)
+            if self._connection is None:
+                continue  # starting again
+            silent = loop.time() - self._heard
+            process = self._process
+            if silent > self.watchdog and process is not None and process.poll() is None:
+                log.error("media plane silent for %.1f s: killing it as hung", silent)
+                self.hung += 1
+                process.kill()  # its end of the socket closes: handled as a death
+                continue
             self.command("stats")
             self._push_tenants()
 
@@ -674,7 +697,7 @@ class PlaneMedia:
         silence_timeout: float | None,
         stop_on_dtmf: bool,
     ) -> RecordingResult:
-        from .engine import current_call_id
+        from .context import current_call_id
 
         try:
             result: RecordingResult = await self.request(
@@ -821,7 +844,7 @@ class PlaneServer:
         stop_on_dtmf: bool,
         call_id: str | None,
     ) -> RecordingResult:
-        from .engine import current_call_id
+        from .context import current_call_id
 
         session = self.sessions.get(sid)
         if session is None:

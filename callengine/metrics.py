@@ -291,6 +291,11 @@ class EngineCollector(Collector):
                     "Times the media plane died and was started again",
                     value=mm.restarts,
                 )
+                yield CounterMetricFamily(
+                    "callengine_media_plane_hung",
+                    "Times the media plane stopped answering and was killed (then restarted)",
+                    value=mm.hung,
+                )
             if mm.spool is not None:
                 yield from _spool_metrics(mm.spool.core)
             if getattr(mm, "prompt_sync", None) is not None:

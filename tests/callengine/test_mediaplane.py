@@ -283,3 +283,27 @@ async def _talk(phone: Phone, port: int, payload: bytes, packets: int) -> None:
         packet = RtpPacket(0, False, 500 + seq, 160 * seq, 0x77, payload=payload)
         phone.transport.sendto(packet.serialize(), ("127.0.0.1", port))
         await asyncio.sleep(0.02)
+
+
+def test_a_hung_plane_is_killed_by_the_watchdog_and_replaced(tmp_path: Path) -> None:
+    """SIGSTOP: the plane is alive but answers nothing. The engine kills it once it
+    has been silent for the watchdog's time, hangs up its calls and starts a new one."""
+    lost: list[list[RemoteSession]] = []
+
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        session = await _call(plane, phone)
+        stopped = plane.pid
+        assert stopped is not None
+        loop = asyncio.get_running_loop()
+        os.kill(stopped, signal.SIGSTOP)
+        t0 = loop.time()
+        await _until(lambda: bool(lost), 10)
+        waited = loop.time() - t0
+        assert lost == [[session]] and plane.hung == 1
+        assert 1.0 <= waited <= 4.0, waited  # watchdog 1.5 s, polled every 0.25 s
+        await _until(lambda: plane.pid != stopped and plane._connection is not None, 10)
+        again = await _call(plane, phone)
+        assert await plane.play(again, ["tone:beep"], None, barge_in=False) is None
+        await again.stop()
+
+    _run(body, tmp_path, on_lost=lost.append, stats_interval=0.25, watchdog=1.5)
