@@ -136,6 +136,12 @@ class EngineConfig:
     """RTP in a process of its own (the media plane, ``callengine/mediaplane.py``): the
     media clock and signalling each get a loop and a core. Not with WebRTC
     (``ws_port``/``wss_port``) yet."""
+    media_priority: int = 0
+    """With ``media_process``: 1 to 99 runs the media plane's event loop under the
+    kernel's real-time scheduler (``SCHED_FIFO`` at that priority, as Asterisk's ``-p``
+    and FreeSWITCH's ``-rp`` do), so that no other process on its core delays a media
+    tick; needs CAP_SYS_NICE (root), otherwise one warning and normal scheduling. 0 (the
+    default): normal scheduling."""
     media_clock_slots: int = 1
     """Phases the 20 ms media clock period is split into: each clock callback sends the
     packets of one slot's streams only (``media/clock.py``). 1 (the default, see
@@ -253,6 +259,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rtp_port_quarantine": (int, float),
     "media_clock_slots": (int,),
     "media_process": (bool,),
+    "media_priority": (int,),
     "srtp": (str,),
     "codecs": (list,),
     "media": (bool,),
@@ -383,6 +390,14 @@ def _check(cfg: EngineConfig) -> None:
         raise ConfigError("must be 0 to 60 seconds", file=cfg.source, field="rtp_port_quarantine")
     if not 1 <= cfg.media_clock_slots <= 20:
         raise ConfigError("must be 1 to 20", file=cfg.source, field="media_clock_slots")
+    if not 0 <= cfg.media_priority <= 99:
+        raise ConfigError("must be 0 to 99", file=cfg.source, field="media_priority")
+    if cfg.media_priority and not cfg.media_process:
+        raise ConfigError(
+            "is the media plane's priority: set media_process too",
+            file=cfg.source,
+            field="media_priority",
+        )
     if cfg.media_process and (cfg.ws_port is not None or cfg.wss_port is not None):
         raise ConfigError(
             "WebRTC legs (ws_port, wss_port) need media in the engine's process",

@@ -188,7 +188,9 @@ class Engine:
             # RTP in a process of its own (callengine/mediaplane.py)
             from .mediaplane import PlaneMedia
 
-            self.media_manager = PlaneMedia(media_settings, on_lost=self._media_plane_lost)
+            self.media_manager = PlaneMedia(
+                media_settings, on_lost=self._media_plane_lost, priority=cfg.media_priority
+            )
         else:
             self.media_manager = MediaManager(**media_settings)
             self.media_manager.preload()

@@ -182,6 +182,7 @@ class ClockFigures:
         self.loop_lag_max_ms = 0.0
         self.gc_pause_max_ms = 0.0
         self.pid = 0
+        self.realtime = False
 
     def update(self, stats: dict[str, Any]) -> None:
         for name, value in stats.items():
@@ -381,8 +382,10 @@ class PlaneMedia:
         on_lost: Callable[[list[RemoteSession]], None] | None = None,
         stats_interval: float = STATS_INTERVAL,
         watchdog: float = WATCHDOG,
+        priority: int = 0,
     ) -> None:
         self.settings = settings
+        self.priority = priority
         self.stats_interval = stats_interval
         self.watchdog = watchdog
         self._heard = 0.0
@@ -453,7 +456,7 @@ class PlaneMedia:
         await loop.create_unix_connection(lambda: connection, sock=ours)
         self._connection = connection
         connection.closed.add_done_callback(functools.partial(self._lost, connection))
-        pid = await self.request("init", self.settings)
+        pid = await self.request("init", self.settings, self.priority)
         log.info("media plane started (pid %s)", pid)
         self._tenants_sent = None  # a new plane: tell it again
         self._push_tenants()
@@ -766,6 +769,7 @@ class PlaneServer:
         self._loop = asyncio.get_running_loop()
         self.tenants: dict[str, Any] = {}
         self._following = False
+        self.realtime = False
         self.lag: Any = None
         self.gc: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -803,9 +807,12 @@ class PlaneServer:
             self.send(("ok", rid, value))
 
     # ------------------------------------------------------------- requests
-    async def req_init(self, settings: dict[str, Any]) -> int:
+    async def req_init(self, settings: dict[str, Any], priority: int = 0) -> int:
         from ._media import MediaManager
         from .realtime import GcGovernor, LoopLagMonitor
+
+        if priority:
+            self.realtime = _realtime_priority(priority)
 
         self.manager = MediaManager(**settings)
         self.manager.preload()
@@ -1063,6 +1070,7 @@ class PlaneServer:
             "loop_lag_max_ms": self.lag.max * 1000.0 if self.lag is not None else 0.0,
             "gc_pause_max_ms": max(self.gc.stats.pause_max) * 1000.0 if self.gc else 0.0,
             "pid": os.getpid(),
+            "realtime": self.realtime,
             **self._storage_stats(),
         }
 
@@ -1122,6 +1130,18 @@ async def _serve(fd: int) -> int:
     if server.connection.transport is not None:
         server.connection.transport.close()
     return 0
+
+
+def _realtime_priority(priority: int) -> bool:
+    """Put the plane's loop (this thread; worker threads keep normal scheduling) under
+    ``SCHED_FIFO`` at ``priority``. The kernel still caps real-time tasks at 95 % of
+    each second (``sched_rt_runtime_us``), so a runaway plane cannot lock a core."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError, AttributeError) as exc:
+        log.warning("media_priority %d refused (%s): normal scheduling", priority, exc)
+        return False
+    return True
 
 
 def _die_with_parent(parent: int | None) -> None:

@@ -291,6 +291,11 @@ class EngineCollector(Collector):
                     "Times the media plane died and was started again",
                     value=mm.restarts,
                 )
+                yield GaugeMetricFamily(
+                    "callengine_media_plane_realtime",
+                    "1 when the media plane runs under SCHED_FIFO (media_priority)",
+                    value=1.0 if clock.realtime else 0.0,
+                )
                 yield CounterMetricFamily(
                     "callengine_media_plane_hung",
                     "Times the media plane stopped answering and was killed (then restarted)",

@@ -57,6 +57,8 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"ws_port": 70000}, "ws_port", "must be a port"),
     ({"media_process": True, "ws_port": 5066}, "media_process", "WebRTC legs"),
     ({"media_process": "yes"}, "media_process", "expected bool"),
+    ({"media_process": True, "media_priority": 100}, "media_priority", "must be 0 to 99"),
+    ({"media_priority": 10}, "media_priority", "set media_process too"),
     ({"wss_port": 5443}, "wss_port", "needs tls_cert"),
     ({"data_dir": 5}, "data_dir", "expected str"),
     ({"metrics": 9090}, "metrics", "expected str or NoneType"),
@@ -344,6 +346,23 @@ def _media_process(tmp: Path) -> None:
     assert Path(f"/proc/{plane}/stat").exists() is False  # gone with its engine
 
 
+def _media_priority(tmp: Path) -> None:
+    """media_priority: the media plane's loop runs under SCHED_FIFO at that priority
+    (this test runs as root, as CI does); 0 leaves it under normal scheduling."""
+    seen: dict[int, tuple[int, int]] = {}
+
+    def probe(priority: int) -> Callable[[Engine, int], Awaitable[None]]:
+        async def body(engine: Engine, port: int) -> None:
+            pid = engine.media_manager.pid
+            seen[priority] = (os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority)
+
+        return body
+
+    _run({"media_process": True, "media_priority": 7}, tmp, probe(7))
+    _run({"media_process": True}, tmp, probe(0))
+    assert seen == {7: (os.SCHED_FIFO, 7), 0: (os.SCHED_OTHER, 0)}
+
+
 def _udp_port_owners(port: int) -> set[int]:
     """The processes holding a UDP socket bound to ``port`` (from /proc)."""
     inodes = set()
@@ -406,6 +425,7 @@ def _rtp_port_pool(tmp: Path) -> None:
 EFFECTS: dict[str, Callable[..., None]] = {
     "media_clock_slots": _media_clock_slots,
     "media_process": _media_process,
+    "media_priority": _media_priority,
     "rtp_port_pool": _rtp_port_pool,
     "max_cps": _max_cps,
     "overload_lag": _overload_lag,
