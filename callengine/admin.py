@@ -338,6 +338,10 @@ class AdminServer(_Site):
         total = len(live)
         page = live[offset : offset + limit]
         del live
+        media = self.node.engine.media_manager
+        if rtp and getattr(media, "remote", False):
+            # RTP is in the media plane: one request for the page's live figures
+            await media.refresh_quality([c.media for c in page if c.media is not None])
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         head = f'{{"total": {total}, "offset": {offset}, "limit": {limit}, "calls": ['
@@ -375,6 +379,9 @@ class AdminServer(_Site):
         found = self._find(request.match_info["id"])
         if not found:
             return web.json_response({"error": "no such call"}, status=404)
+        media = self.node.engine.media_manager
+        if getattr(media, "remote", False):
+            await media.refresh_quality([c.media for c in found if c.media is not None])
         now = time.time()
         legs = [call_summary(c, now) for c in found]
         body = dict(legs[0])

@@ -248,6 +248,7 @@ class RemoteSession:
         self._srtp: SrtpContext | None = None
         self._srtp_pending = False
         self.stopped = False
+        self._quality: dict[str, Any] = {}
         self.recording: Any = None
         self.stream: Any = None  # no in-process stream: call recording needs one
 
@@ -317,7 +318,9 @@ class RemoteSession:
         self._command("stop_playback")
 
     def quality(self) -> dict[str, Any]:
-        return {}  # the plane's figures come with :meth:`stop`
+        """The figures of the last :meth:`PlaneMedia.refresh_quality` (the call log's
+        come with :meth:`stop`)."""
+        return dict(self._quality)
 
     async def stop(self, reason: str = "hangup") -> dict[str, Any]:
         """End the session in the plane; its quality figures for the call log."""
@@ -720,6 +723,19 @@ class PlaneMedia:
             return RecordingResult(0.0, "hangup")
         return result
 
+    async def refresh_quality(self, sessions: Sequence[Any]) -> None:
+        """Fetch the live RTP figures of ``sessions`` (for the control API's call list)
+        in one request."""
+        remote = {s.sid: s for s in sessions if isinstance(s, RemoteSession) and not s.stopped}
+        if not remote:
+            return
+        try:
+            figures: dict[int, dict[str, Any]] = await self.request("quality", list(remote))
+        except PlaneLost:
+            return
+        for sid, quality in figures.items():
+            remote[sid]._quality = quality
+
     def bridge(self, a: Any, b: Any) -> int:
         if not (isinstance(a, RemoteSession) and isinstance(b, RemoteSession)):
             raise TypeError("the media plane bridges its own RTP sessions only")
@@ -875,6 +891,10 @@ class PlaneServer:
         await session.stop(reason)
         return quality
 
+    async def req_quality(self, sids: list[int]) -> dict[int, dict[str, Any]]:
+        sessions = self.sessions
+        return {sid: dict(sessions[sid].quality()) for sid in sids if sid in sessions}
+
     async def req_shutdown(self) -> None:
         self._loop.call_soon(self._finish)
 
@@ -888,6 +908,7 @@ class PlaneServer:
         "play": req_play,
         "record": req_record,
         "stop": req_stop,
+        "quality": req_quality,
         "shutdown": req_shutdown,
     }
 

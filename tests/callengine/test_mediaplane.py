@@ -162,6 +162,11 @@ def test_the_plane_plays_in_its_own_process_and_sends_digits_back(tmp_path: Path
         session.deliver_digit(DtmfEvent("9", 100, "info"))
         assert (await asyncio.wait_for(session.digits().get(), 5)).digit == "9"
 
+        # the live figures (the control API's call list) come in one request
+        assert session.quality() == {}
+        await plane.refresh_quality([session])
+        assert session.quality()["dtmf_received"] == 2
+
         quality = await session.stop()
         assert quality["packets_sent"] >= 12 and quality["dtmf_received"] == 2, quality
         await _until(lambda: plane.clock.streams == 0 and plane.clock.pid == plane.pid)
