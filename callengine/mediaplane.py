@@ -155,7 +155,15 @@ class _Connection(asyncio.Protocol):
 
 
 # ------------------------------------------------------------- the engine's side
-class ClockFigures:
+class _Figures:
+    """Figures the plane reports, kept under the names /metrics reads."""
+
+    def update(self, figures: dict[str, Any]) -> None:
+        for name, value in figures.items():
+            setattr(self, name, value)
+
+
+class ClockFigures(_Figures):
     """The plane's media clock figures, as :class:`media.session.MediaClock` exposes
     them to /metrics (refreshed every :data:`STATS_INTERVAL`)."""
 
@@ -184,10 +192,6 @@ class ClockFigures:
         self.pid = 0
         self.realtime = False
 
-    def update(self, stats: dict[str, Any]) -> None:
-        for name, value in stats.items():
-            setattr(self, name, value)
-
     def __len__(self) -> int:
         return int(self.streams)
 
@@ -201,7 +205,7 @@ class ClockFigures:
         return list(self.loads)
 
 
-class SpoolFigures:
+class SpoolFigures(_Figures):
     """The plane's spool figures, as :class:`media.spool.SpoolCore` shows them to
     /metrics."""
 
@@ -217,10 +221,6 @@ class SpoolFigures:
         self.vanished = 0
         self.uploaded_bytes = 0
         self.oldest = 0.0
-
-    def update(self, figures: dict[str, Any]) -> None:
-        for name, value in figures.items():
-            setattr(self, name, value)
 
     def oldest_age(self, now: float) -> float:
         return float(self.oldest)  # as of the plane's last report
