@@ -52,6 +52,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -429,10 +430,14 @@ class PlaneMedia:
         self._stats_task: asyncio.Task[None] | None = None
         self._closing = False
         self._bridges = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
 
     # --------------------------------------------------------------- life cycle
     async def start(self) -> None:
         """Start the plane process and wait until it is ready for calls."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         await self._spawn()
         if self._stats_task is None:
             self._stats_task = asyncio.get_running_loop().create_task(self._poll_stats())
@@ -540,25 +545,46 @@ class PlaneMedia:
         elif kind == "ev":
             self._on_event(message[1], message[2])
         elif kind == "stats":
-            stats = dict(message[1])
-            spool, prompts = stats.pop("spool", None), stats.pop("prompts", None)
-            self.clock.update(stats)
-            if spool is not None:
-                if self.spool is None:
-                    self.spool = SimpleNamespace(core=SpoolFigures())
-                self.spool.core.update(spool)
-            if prompts is not None:
-                if self.prompt_sync is None:
-                    self.prompt_sync = SimpleNamespace(
-                        core=SimpleNamespace(bytes=0, index=()),
-                        cache=SimpleNamespace(fallbacks=0),
-                    )
-                self.prompt_sync.core.bytes = prompts["bytes"]
-                self.prompt_sync.core.index = range(prompts["files"])
-                self.prompt_sync.fetches_ok = prompts["ok"]
-                self.prompt_sync.fetches_failed = prompts["failed"]
-                self.prompt_sync.fetches_missing = prompts["missing"]
-                self.prompt_sync.cache.fallbacks = prompts["fallbacks"]
+            self._apply_stats(message[1])
+
+    def _apply_stats(self, figures: dict[str, Any]) -> None:
+        stats = dict(figures)
+        spool, prompts = stats.pop("spool", None), stats.pop("prompts", None)
+        self.clock.update(stats)
+        if spool is not None:
+            if self.spool is None:
+                self.spool = SimpleNamespace(core=SpoolFigures())
+            self.spool.core.update(spool)
+        if prompts is not None:
+            if self.prompt_sync is None:
+                self.prompt_sync = SimpleNamespace(
+                    core=SimpleNamespace(bytes=0, index=()),
+                    cache=SimpleNamespace(fallbacks=0),
+                )
+            self.prompt_sync.core.bytes = prompts["bytes"]
+            self.prompt_sync.core.index = range(prompts["files"])
+            self.prompt_sync.fetches_ok = prompts["ok"]
+            self.prompt_sync.fetches_failed = prompts["failed"]
+            self.prompt_sync.fetches_missing = prompts["missing"]
+            self.prompt_sync.cache.fallbacks = prompts["fallbacks"]
+
+    def refresh_stats(self, timeout: float = 0.5) -> None:
+        """From another thread (/metrics is served by prometheus-client's): fetch the
+        plane's figures now, so that a scrape does not show them up to a report old;
+        on the loop's own thread, or when the plane does not answer in ``timeout``,
+        the last report stays."""
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread or self._connection is None:
+            return
+        try:
+            figures = asyncio.run_coroutine_threadsafe(self._fetch_stats(), loop).result(timeout)
+        except Exception:
+            return
+        self._apply_stats(figures)  # attribute by attribute, as the loop's reports do
+
+    async def _fetch_stats(self) -> dict[str, Any]:
+        figures: dict[str, Any] = await self.request("stats")
+        return figures
 
     def _on_event(self, kind: str, args: tuple[Any, ...]) -> None:
         session = self.sessions_open.get(args[0])
@@ -895,6 +921,9 @@ class PlaneServer:
         sessions = self.sessions
         return {sid: dict(sessions[sid].quality()) for sid in sids if sid in sessions}
 
+    async def req_stats(self) -> dict[str, Any]:
+        return self.stats()
+
     async def req_shutdown(self) -> None:
         self._loop.call_soon(self._finish)
 
@@ -909,6 +938,7 @@ class PlaneServer:
         "record": req_record,
         "stop": req_stop,
         "quality": req_quality,
+        "stats": req_stats,
         "shutdown": req_shutdown,
     }
 

@@ -205,6 +205,8 @@ class EngineCollector(Collector):
         yield o
         mm = engine.media_manager
         if mm is not None:
+            if getattr(mm, "remote", False):
+                mm.refresh_stats()  # the media plane's figures as of this scrape
             clock = mm.clock
             yield _histogram(
                 "callengine_media_tick_lateness_ms",
