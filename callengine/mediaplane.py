@@ -67,7 +67,14 @@ from media.storage import LocalMediaStorage
 
 log = logging.getLogger("callengine.mediaplane")
 
-__all__ = ["FrameDecoder", "PlaneLost", "PlaneMedia", "RemoteSession", "encode_frame"]
+__all__ = [
+    "FrameDecoder",
+    "PlaneLost",
+    "PlaneMedia",
+    "RemoteSession",
+    "RestartPolicy",
+    "encode_frame",
+]
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 16 << 20
@@ -78,6 +85,26 @@ WATCHDOG = 5.0
 """Seconds without a word from the plane (it answers the figures request every
 :data:`STATS_INTERVAL`) after which the engine kills it as hung: a stopped plane would
 otherwise hold its calls' media, and the new calls waiting for ports, for good."""
+
+
+class RestartPolicy:
+    """How long to wait before starting a plane again (sans-IO: fed times, returns
+    seconds). A plane that ran ``stable`` seconds or more is started again at once; one
+    that died sooner waits ``first``, doubling with each quick death in a row up to
+    ``longest``: a plane that crashes as it starts does not become a restart storm."""
+
+    def __init__(self, *, stable: float = 10.0, first: float = 0.5, longest: float = 30.0) -> None:
+        self.stable = stable
+        self.first = first
+        self.longest = longest
+        self.quick_deaths = 0
+
+    def delay(self, started_at: float, died_at: float) -> float:
+        if died_at - started_at >= self.stable:
+            self.quick_deaths = 0
+            return 0.0
+        self.quick_deaths += 1
+        return float(min(self.longest, self.first * 2 ** (self.quick_deaths - 1)))
 
 
 class PlaneLost(ConnectionError):
@@ -421,6 +448,8 @@ class PlaneMedia:
         self.restarts = 0
         self.hung = 0
         """Times the watchdog killed a plane that stopped answering."""
+        self.restart_policy = RestartPolicy()
+        self._started_at = 0.0
         self.on_lost = on_lost
         self.sessions_open: dict[int, RemoteSession] = {}
         self._ids = itertools.count(1)
@@ -460,7 +489,7 @@ class PlaneMedia:
         finally:
             theirs.close()
         connection = _Connection(self._on_message)
-        self._heard = loop.time()
+        self._heard = self._started_at = loop.time()
         await loop.create_unix_connection(lambda: connection, sock=ours)
         self._connection = connection
         connection.closed.add_done_callback(functools.partial(self._lost, connection))
@@ -492,15 +521,20 @@ class PlaneMedia:
         asyncio.get_running_loop().create_task(self._respawn())
 
     async def _respawn(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._process is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._process.wait)
+            await loop.run_in_executor(None, self._process.wait)
+        wait = self.restart_policy.delay(self._started_at, loop.time())
         while not self._closing:
+            if wait:
+                log.error("media plane: starting again in %.1f s", wait)
+                await asyncio.sleep(wait)
             try:
                 await self._spawn()
                 return
             except Exception:
-                log.exception("media plane: restart failed; again in 1 s")
-                await asyncio.sleep(1.0)
+                log.exception("media plane: restart failed")
+                wait = self.restart_policy.delay(self._started_at, loop.time())
 
     async def close(self) -> None:
         self._closing = True

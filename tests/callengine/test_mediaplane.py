@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from callengine.mediaplane import FrameDecoder, PlaneMedia, RemoteSession, encode_frame
+from callengine.mediaplane import (
+    FrameDecoder,
+    PlaneMedia,
+    RemoteSession,
+    RestartPolicy,
+    encode_frame,
+)
 from media.codecs import CODECS
 from media.dtmf import DtmfEvent, event_payload
 from media.rtp import RtpPacket
@@ -42,6 +48,18 @@ def test_frames_come_out_whole_however_the_bytes_are_cut() -> None:
         assert out == messages
     decoder = FrameDecoder()
     assert decoder.feed(wire) == messages
+
+
+def test_a_plane_dying_as_it_starts_waits_longer_each_time() -> None:
+    policy = RestartPolicy(stable=10.0, first=0.5, longest=30.0)
+    # a plane that ran a while: again at once
+    assert policy.delay(started_at=0.0, died_at=100.0) == 0.0
+    # one that dies within 10 s of its start, again and again: 0.5, 1, 2... 30 s
+    waits = [policy.delay(started_at=t, died_at=t + 1.0) for t in range(200, 209)]
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    # once one lives past 10 s, the next death is restarted at once, and counting restarts
+    assert policy.delay(started_at=300.0, died_at=311.0) == 0.0
+    assert policy.delay(started_at=400.0, died_at=401.0) == 0.5
 
 
 def test_an_oversized_frame_is_refused_not_buffered() -> None:
