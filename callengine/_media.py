@@ -38,7 +38,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("callengine.media")
 
 
-class MediaManager:
+class SrtpPolicy:
+    """The node's ``srtp`` setting (``tls``, ``any``, ``off``) as call control asks it,
+    for both media managers (in process and the media plane)."""
+
+    srtp: str
+
+    def srtp_accepted(self, transport: str) -> bool:
+        """Whether an SDES (``a=crypto``) offer received over ``transport`` is taken:
+        the keys are in the SDP, so by default only over TLS."""
+        return self.srtp == "any" or (self.srtp == "tls" and transport == "TLS")
+
+    def srtp_offered(self, transport: str) -> bool:
+        """Whether our offers over ``transport`` carry SRTP (TLS only: never keys in
+        clear-text signalling)."""
+        return self.srtp != "off" and transport == "TLS"
+
+
+class MediaManager(SrtpPolicy):
     """Per-process media resources."""
 
     def __init__(
@@ -95,16 +112,6 @@ class MediaManager:
         self.srtp = srtp
         self.webrtc_sessions = 0
         """WebRTC legs opened since start (docs/webrtc.md)."""
-
-    def srtp_accepted(self, transport: str) -> bool:
-        """Whether an SDES (``a=crypto``) offer received over ``transport`` is taken:
-        the keys are in the SDP, so by default only over TLS."""
-        return self.srtp == "any" or (self.srtp == "tls" and transport == "TLS")
-
-    def srtp_offered(self, transport: str) -> bool:
-        """Whether our offers over ``transport`` carry SRTP (TLS only: never keys in
-        clear-text signalling)."""
-        return self.srtp != "off" and transport == "TLS"
 
     def preload(self) -> int:
         """Decode, resample and encode every bundled prompt for every codec now, at

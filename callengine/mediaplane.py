@@ -65,6 +65,8 @@ from media.recorder import RecordingResult
 from media.srtp import SrtpContext
 from media.storage import LocalMediaStorage
 
+from ._media import SrtpPolicy
+
 log = logging.getLogger("callengine.mediaplane")
 
 __all__ = [
@@ -400,7 +402,7 @@ class RemoteCallRecording:
         return self.result
 
 
-class PlaneMedia:
+class PlaneMedia(SrtpPolicy):
     """The engine's media manager when media runs in the plane: the methods call
     control uses of :class:`callengine._media.MediaManager`, over the socket."""
 
@@ -661,12 +663,6 @@ class PlaneMedia:
             self._push_tenants()
 
     # ------------------------------------------------------ the manager's API
-    def srtp_accepted(self, transport: str) -> bool:
-        return self.srtp == "any" or (self.srtp == "tls" and transport == "TLS")
-
-    def srtp_offered(self, transport: str) -> bool:
-        return self.srtp != "off" and transport == "TLS"
-
     def preload(self) -> int:
         return 0  # the plane decodes the prompts when it starts
 
