@@ -9,9 +9,11 @@ Run from the repository root (``make bench`` runs the full search)::
     python -m benchmarks.sip_cps --peers engine --rates 200 --sustain 20   # one rate, held
 
 Three peers are searched in the same run: the engine with its default demo
-configuration (RTP session per call), the engine with ``--no-media`` (signalling
-only), and ``sipp -sn uas`` (SIPp's C++ UAS, the reference); ``--peers engine-plane``
-adds the engine with its RTP in the media plane (``--media-process``). For each: offer
+configuration (RTP session per call, in the media plane since that is ``serve``'s
+default), the engine with ``--no-media`` (signalling only), and ``sipp -sn uas``
+(SIPp's C++ UAS, the reference); ``--peers engine-inline`` adds the engine with its RTP
+in the engine's own process (``--no-media-process``; ``engine-plane`` is the same as
+``engine``, kept for older command lines). For each: offer
 250, 500, 1000, 1500, 2000, 3000... calls/s, each step a fixed number of calls
 (``rate * step seconds``, ``-d 100`` short calls) against a freshly started peer;
 the first failing step is bisected against the last good one. A step fails when
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--peers",
         default="engine,engine-no-media,uas",
-        help="comma-separated subset of engine, engine-plane (--media-process), engine-no-media, uas",
+        help="comma-separated subset of engine (media plane), engine-inline "
+        "(--no-media-process), engine-plane (= engine), engine-no-media, uas",
     )
     p.add_argument(
         "--rates", help="comma-separated rates to step through instead of the default ladder"
@@ -289,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--workers: comma-separated integers")
     starters: dict[str, tuple[str, Starter]] = {"uas": ("sipp -sn uas", start_sipp_uas)}
     peers = [s.strip() for s in args.peers.split(",") if s.strip()]
-    unknown = [c for c in peers if c not in ("engine", "engine-plane", "engine-no-media", "uas")]
+    known = ("engine", "engine-plane", "engine-inline", "engine-no-media", "uas")
+    unknown = [c for c in peers if c not in known]
     if unknown:
         p.error(f"unknown peer(s): {', '.join(unknown)}")
     chosen: list[str] = []
@@ -298,10 +302,17 @@ def main(argv: list[str] | None = None) -> int:
             chosen.append(peer)
             continue
         media = peer != "engine-no-media"
-        plane = ("--media-process",) if peer == "engine-plane" else ()
+        plane = {
+            "engine-plane": ("--media-process",),
+            "engine-inline": ("--no-media-process",),
+        }.get(peer, ())
         for n in worker_counts:
             key = peer if n == 1 else f"{peer} x{n}"
-            label = {"engine": "engine", "engine-plane": "engine --media-process"}
+            label = {
+                "engine": "engine",
+                "engine-plane": "engine --media-process",
+                "engine-inline": "engine --no-media-process",
+            }
             name = label.get(peer, "engine --no-media") + ("" if n == 1 else f" x{n}")
             extra = plane + (() if n == 1 else ("--workers", str(n)))
             starters[key] = (name, functools.partial(_start, media=media, extra=extra))

@@ -56,8 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-media", action="store_true", help="signalling only (benchmarks)")
     serve.add_argument(
         "--media-process",
-        action="store_true",
-        help="RTP in a process of its own, the media plane (config media_process)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="RTP in a process of its own, the media plane (config media_process; the "
+        "default unless the node listens on WebSocket)",
     )
     serve.add_argument("--max-calls", type=int)
     serve.add_argument("--max-cps", type=float)
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_config, serve_media_process
     from .logs import setup_logging
 
     overrides = {
@@ -131,8 +133,8 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if args.no_media:
         overrides["media"] = False
-    if args.media_process:
-        overrides["media_process"] = True
+    if args.media_process is not None:
+        overrides["media_process"] = args.media_process
     try:
         cfg = load_config(args.config, **overrides)
     except ConfigError as exc:
@@ -152,8 +154,14 @@ def _serve(args: argparse.Namespace) -> int:
         except AdminConfigError as exc:
             print(f"callengine: configuration error: {exc}", file=sys.stderr)
             return 2
-    writer = setup_logging(cfg.log_format, cfg.log_level)
+    cfg.media_process = serve_media_process(cfg)
     workers = cfg.workers or os.cpu_count() or 1
+    if cfg.media_process and workers == 1:
+        # the plane's interpreter starts while the node loads (mediaplane.prespawn)
+        from .mediaplane import prespawn
+
+        prespawn()
+    writer = setup_logging(cfg.log_format, cfg.log_level)
     try:
         if workers > 1:
             from .cluster import run_front

@@ -18,7 +18,13 @@ from typing import Any
 
 from config_cache import ConfigError, validation
 
-__all__ = ["EngineConfig", "StorageSettings", "load_config", "storage_settings"]
+__all__ = [
+    "EngineConfig",
+    "StorageSettings",
+    "load_config",
+    "serve_media_process",
+    "storage_settings",
+]
 
 
 @dataclass(slots=True)
@@ -132,10 +138,13 @@ class EngineConfig:
     rtp_port_quarantine: float = 1.0
     """Seconds a pair released by a call rests in the pool before another call may take
     it (the previous peer's packets in flight must not reach the new call)."""
-    media_process: bool = False
+    media_process: bool | None = None
     """RTP in a process of its own (the media plane, ``callengine/mediaplane.py``): the
     media clock and signalling each get a loop and a core. Not with WebRTC
-    (``ws_port``/``wss_port``) yet."""
+    (``ws_port``/``wss_port``) yet. Unset (the default): ``callengine serve`` runs the
+    plane unless the node listens on WebSocket (WebRTC legs are in the engine's process,
+    docs/webrtc.md); an Engine embedded in a program keeps its media in its process
+    (:func:`serve_media_process`)."""
     media_priority: int = 0
     """With ``media_process``: 1 to 99 runs the media plane's event loop under the
     kernel's real-time scheduler (``SCHED_FIFO`` at that priority, as Asterisk's ``-p``
@@ -258,7 +267,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rtp_port_pool": (int,),
     "rtp_port_quarantine": (int, float),
     "media_clock_slots": (int,),
-    "media_process": (bool,),
+    "media_process": (bool, type(None)),
     "media_priority": (int,),
     "srtp": (str,),
     "codecs": (list,),
@@ -392,9 +401,15 @@ def _check(cfg: EngineConfig) -> None:
         raise ConfigError("must be 1 to 20", file=cfg.source, field="media_clock_slots")
     if not 0 <= cfg.media_priority <= 99:
         raise ConfigError("must be 0 to 99", file=cfg.source, field="media_priority")
-    if cfg.media_priority and not cfg.media_process:
+    if cfg.media_priority and cfg.media_process is False:
         raise ConfigError(
-            "is the media plane's priority: set media_process too",
+            "is the media plane's priority: media_process is off",
+            file=cfg.source,
+            field="media_priority",
+        )
+    if cfg.media_priority and (cfg.ws_port is not None or cfg.wss_port is not None):
+        raise ConfigError(
+            "is the media plane's priority: a node with ws_port/wss_port has no plane",
             file=cfg.source,
             field="media_priority",
         )
@@ -591,6 +606,15 @@ _STORAGE_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 _CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+
+def serve_media_process(cfg: EngineConfig) -> bool:
+    """Whether ``callengine serve`` runs this node's RTP in the media plane: as
+    configured, else (unset) yes when the node has media and no WebSocket listener
+    (WebRTC legs are in the engine's process: docs/webrtc.md)."""
+    if cfg.media_process is not None:
+        return cfg.media_process and cfg.media
+    return cfg.media and cfg.ws_port is None and cfg.wss_port is None
 
 
 def storage_settings(cfg: EngineConfig) -> StorageSettings:

@@ -37,7 +37,7 @@ from integration.support import ROOT, free_port
 from integration.test_config_effects import NODE_EFFECTS
 
 from callengine.call import Call
-from callengine.config import EngineConfig, load_config
+from callengine.config import EngineConfig, load_config, serve_media_process
 from callengine.engine import Engine
 from config_cache import CacheSettings, ConfigError
 
@@ -58,7 +58,8 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"media_process": True, "ws_port": 5066}, "media_process", "WebRTC legs"),
     ({"media_process": "yes"}, "media_process", "expected bool"),
     ({"media_process": True, "media_priority": 100}, "media_priority", "must be 0 to 99"),
-    ({"media_priority": 10}, "media_priority", "set media_process too"),
+    ({"media_process": False, "media_priority": 10}, "media_priority", "media_process is off"),
+    ({"ws_port": 5066, "media_priority": 10}, "media_priority", "has no plane"),
     ({"wss_port": 5443}, "wss_port", "needs tls_cert"),
     ({"data_dir": 5}, "data_dir", "expected str"),
     ({"metrics": 9090}, "metrics", "expected str or NoneType"),
@@ -344,6 +345,25 @@ def _media_process(tmp: Path) -> None:
     (plane,) = holders[True]
     assert plane != os.getpid()
     assert Path(f"/proc/{plane}/stat").exists() is False  # gone with its engine
+
+
+def test_serve_runs_the_media_plane_unless_told_or_webrtc() -> None:
+    """Unset ``media_process``: ``callengine serve`` takes the plane, except for a node
+    with WebSocket listeners (WebRTC legs are in the engine) or without media; set, it
+    is as set. An Engine embedded in a program keeps its media (unset is falsy)."""
+    cases = [
+        ({}, True),
+        ({"ws_port": 5066}, False),
+        ({"wss_port": 5067, "tls_cert": "c", "tls_key": "k"}, False),
+        ({"media": False}, False),
+        ({"media_process": False}, False),
+        ({"media_process": True}, True),
+        ({"media_process": True, "media": False}, False),
+    ]
+    for settings, expected in cases:
+        cfg = EngineConfig(**settings)
+        assert serve_media_process(cfg) is expected, settings
+    assert not EngineConfig().media_process
 
 
 def _media_priority(tmp: Path) -> None:

@@ -330,3 +330,40 @@ def test_a_hung_plane_is_killed_by_the_watchdog_and_replaced(tmp_path: Path) -> 
         await again.stop()
 
     _run(body, tmp_path, on_lost=lost.append, stats_interval=0.25, watchdog=1.5)
+
+
+def test_a_prespawned_plane_is_the_one_the_engine_starts(tmp_path: Path) -> None:
+    """``callengine serve`` starts the plane's interpreter before the node loads
+    (``prespawn``): the first start takes that process, a later one (a restart) a new
+    one, and a prespawned process that died meanwhile is not taken."""
+    from callengine import mediaplane
+
+    mediaplane.prespawn()
+    assert mediaplane._prespawned is not None
+    early = mediaplane._prespawned[0]
+    pids: list[int | None] = []
+
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        assert mediaplane._prespawned is None  # taken
+        pids.append(plane.pid)
+        session = await _call(plane, phone)
+        assert await plane.play(session, ["tone:beep"], None, barge_in=False) is None
+        await _until(lambda: len(phone.packets) >= 12)  # the prespawned plane plays
+
+    _run(body, tmp_path)
+    assert pids == [early.pid]
+
+    mediaplane.prespawn()
+    assert mediaplane._prespawned is not None
+    dead = mediaplane._prespawned[0]
+    dead.kill()
+    dead.wait()
+
+    async def body2(plane: PlaneMedia, phone: Phone) -> None:
+        pids.append(plane.pid)
+        session = await _call(plane, phone)
+        assert await plane.play(session, ["tone:beep"], None, barge_in=False) is None
+
+    _run(body2, tmp_path)
+    assert pids[1] not in (None, early.pid, dead.pid)
+    assert mediaplane._prespawned is None
