@@ -2,15 +2,19 @@
 
 Theory of operation
 -------------------
-Decisions live in the sans-IO cores of :mod:`pri` (which trunk next, failover or
-stop, breaker state, Q.850 causes); this module is the thin asyncio shell that
-turns them into SIP legs (drachtio's ``createB2BUA`` idea: failover decided by
+Decisions live in sans-IO cores: :mod:`pri` (which trunk next, failover or stop,
+breaker state, Q.850 causes), :mod:`callengine.fork` (ringing phones together) and
+:mod:`callengine.transfer` (targets -> stages, stage after stage, the bridge and
+the hang-up crossing it). This module is the thin asyncio shell that turns their
+commands into SIP legs (drachtio's ``createB2BUA`` idea: failover decided by
 status code)::
 
     caller INVITE --node's router--> B2BUA.route(call)
         from a trunk gateway for one of its DIDs  -> seize a B-channel, tenant route
         dialled number leaves through a trunk     -> trusted source? dial_trunks : 403
     IVR ``transfer`` / user and group routes  -> Engine.transfer_handler = B2BUA.transfer
+        Transfer: Expand -> RingStage (a Fork) / DialStage (dial_trunks) ...
+                  -> BridgeLeg (_bridge: a Bridge) -> HangUp / Done(TransferResult)
 
     dial_trunks: attempts = CallAttempts(group, ...)
         for target in attempts.next_trunk():  INVITE leg to target.trunk.gateway
@@ -70,8 +74,8 @@ from .sip.message import Response
 from .sip.useragent import InviteSession, SessionState
 from .transfer import (
     AbandonLeg,
-    AnswerCaller,
     Bridge,
+    BridgeCommand,
     BridgeLeg,
     Capped,
     DialStage,
@@ -774,9 +778,9 @@ class B2BUA:
             if group is not None:
                 self.plan.groups[group].release(leg.variables["channel_key"])
 
-    def _bridge_command(
-        self, caller: Call, leg: _Leg, command: AbandonLeg | StartMedia | HangUp | AnswerCaller
-    ) -> None:
+    def _bridge_command(self, caller: Call, leg: _Leg, command: BridgeCommand) -> None:
+        """Carry out one command of a bridge under way (``AnswerCaller`` comes only
+        from ``Bridge.start``, awaited in :meth:`_bridge`; ``Ended`` ends it there)."""
         if isinstance(command, AbandonLeg):
             self._abandon(leg, command.cause)
         elif isinstance(command, StartMedia):

@@ -368,7 +368,7 @@ class Transfer:
         self.answered = answered
         self.max_forwards = max_forwards
         self.state = _TState.IDLE
-        self.stage_kinds: tuple[bool, ...] = ()  # per stage: a trunk dial?
+        self.trunk_stage: tuple[bool, ...] = ()  # per stage: a trunk-group dial?
         self.current = -1
         self.caller_left = False
         self.status = 480
@@ -394,7 +394,7 @@ class Transfer:
     def expanded(self, stages: Sequence[Stage]) -> list[TransferCommand]:
         if self.state is not _TState.EXPANDING:
             return []
-        self.stage_kinds = tuple(stage.group is not None for stage in stages)
+        self.trunk_stage = tuple(stage.group is not None for stage in stages)
         self.state = _TState.STAGE
         return self._next()
 
@@ -432,9 +432,9 @@ class Transfer:
 
     def _next(self) -> list[TransferCommand]:
         self.current += 1
-        if self.current < len(self.stage_kinds) and not self.caller_left:
-            trunk = self.stage_kinds[self.current]
-            return [DialStage(self.current) if trunk else RingStage(self.current)]
+        if self.current < len(self.trunk_stage) and not self.caller_left:
+            dial = self.trunk_stage[self.current]
+            return [DialStage(self.current) if dial else RingStage(self.current)]
         self.state = _TState.DONE
         status, cause = (486, CAUSE_USER_BUSY) if self.busy else (self.status, self.cause)
         result = TransferResult(answered=False, status=status, cause=cause, target=None)
