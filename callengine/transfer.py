@@ -73,6 +73,7 @@ __all__ = [
     "Expansion",
     "HangUp",
     "LegTarget",
+    "Note",
     "Progress",
     "Reject",
     "RingStage",

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callengine.b2bua import B2BUA
@@ -187,6 +187,7 @@ outcome = st.one_of(
 )
 
 
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.booleans(), outcome), max_size=6),
     st.booleans(),
@@ -492,6 +493,7 @@ def test_max_fork_caps_every_stage_keeping_the_first_targets() -> None:
     assert all(len(s.legs) <= 3 for s in out.stages)
 
 
+@settings(max_examples=100, deadline=None)
 @given(st.integers(1, 8), st.lists(st.sampled_from(["100", "200", "300", "sales", "support"])))
 def test_no_stage_rings_more_than_max_fork(cap: int, names: list[str]) -> None:
     targets = [f"group:{n}" if n in ("sales", "support") else f"user:{n}" for n in names]
