@@ -2,15 +2,19 @@
 
 Theory of operation
 -------------------
-Decisions live in the sans-IO cores of :mod:`pri` (which trunk next, failover or
-stop, breaker state, Q.850 causes); this module is the thin asyncio shell that
-turns them into SIP legs (drachtio's ``createB2BUA`` idea: failover decided by
+Decisions live in sans-IO cores: :mod:`pri` (which trunk next, failover or stop,
+breaker state, Q.850 causes), :mod:`callengine.fork` (ringing phones together) and
+:mod:`callengine.transfer` (targets -> stages, stage after stage, the bridge and
+the hang-up crossing it). This module is the thin asyncio shell that turns their
+commands into SIP legs (drachtio's ``createB2BUA`` idea: failover decided by
 status code)::
 
     caller INVITE --node's router--> B2BUA.route(call)
         from a trunk gateway for one of its DIDs  -> seize a B-channel, tenant route
         dialled number leaves through a trunk     -> trusted source? dial_trunks : 403
     IVR ``transfer`` / user and group routes  -> Engine.transfer_handler = B2BUA.transfer
+        Transfer: Expand -> RingStage (a Fork) / DialStage (dial_trunks) ...
+                  -> BridgeLeg (_bridge: a Bridge) -> HangUp / Done(TransferResult)
 
     dial_trunks: attempts = CallAttempts(group, ...)
         for target in attempts.next_trunk():  INVITE leg to target.trunk.gateway
@@ -34,12 +38,10 @@ run from one timer re-armed from ``HealthBoard.next_deadline()``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -70,6 +72,33 @@ from .sip import sdp as sdpmod
 from .sip.errors import SipError as ProtocolError
 from .sip.message import Response
 from .sip.useragent import InviteSession, SessionState
+from .transfer import (
+    AbandonLeg,
+    Bridge,
+    BridgeCommand,
+    BridgeLeg,
+    Capped,
+    DialStage,
+    Done,
+    Ended,
+    Expand,
+    HangUp,
+    LegTarget,
+    Progress,
+    Reject,
+    RingStage,
+    Side,
+    Stage,
+    StagePlanner,
+    StartMedia,
+    StopRelay,
+    Transfer,
+    TransferCommand,
+    Unringable,
+    Unrouted,
+    progress_action,
+    q850,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -91,31 +120,6 @@ CAUSE_OUT_OF_ORDER = 38
 DEFAULT_RING_TIMEOUT = 120.0
 AUDIT_INTERVAL = 30.0  # seconds between checks of B-channel accounting against live calls
 """Seconds an outbound trunk call may ring before the caller gets 480."""
-
-
-@dataclass(frozen=True, slots=True)
-class LegTarget:
-    """Where one leg's INVITE goes: a registered phone or a trunk gateway."""
-
-    uri: str
-    dest: tuple[str, int]
-    transport: str = "UDP"
-    label: str = ""
-    """What the call log and ``TransferResult.target`` name (``user:100``...)."""
-    credentials: tuple[str, str] | None = None
-    webrtc: bool = False
-    """A browser (registered with ``+sip.ice``, RFC 5768): the leg's offer is WebRTC."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Stage:
-    """Targets rung together for ``timeout`` seconds, or one trunk-group dial."""
-
-    timeout: float
-    legs: tuple[LegTarget, ...] = ()
-    group: TrunkGroup | None = None
-    number: str = ""
-    label: str = ""
 
 
 class Directory(Protocol):
@@ -513,15 +517,21 @@ class B2BUA:
         """Relay 180 / 183 from a leg to a caller that has not been answered."""
 
         def relay(leg: _Leg, response: Response) -> None:
-            if caller.answered or caller.session.state is not SessionState.EARLY:
+            action = progress_action(
+                response.status,
+                has_body=bool(response.body),
+                caller_early=not caller.answered and caller.session.state is SessionState.EARLY,
+                early_media=early_media,
+                relaying=self._relaying(),
+            )
+            if action is None:
                 return
             engine = self.engine
-            status = response.status
-            if early_media and status == 183 and response.body:
-                if self._relaying():
-                    loop = asyncio.get_running_loop()
-                    loop.create_task(self._early_media(caller, leg, response.body))
-                    return
+            if action is Progress.EARLY_MEDIA:
+                loop = asyncio.get_running_loop()
+                loop.create_task(self._early_media(caller, leg, response.body))
+                return
+            if action is Progress.SESSION_PROGRESS:
                 engine.ua.provisional(caller.session, engine.now(), 183, response.body)
             else:
                 engine.ua.provisional(caller.session, engine.now(), 180)
@@ -531,21 +541,10 @@ class B2BUA:
 
     async def _early_media(self, caller: Call, leg: _Leg, body: bytes) -> None:
         leg.accept_answer(body)
-        if caller.answered or not caller.active:
+        if caller.answered or not caller.active:  # it changed while this task waited
             return
         await caller.ring(early_media=True)
         self._start_relay(caller, leg)
-
-    async def _answer_caller(self, caller: Call, leg: _Leg) -> bool:
-        """Answer the caller once the leg answered (our SDP when relaying media, else
-        the leg's passed through); False if the caller is gone."""
-        if not caller.answered:
-            sdp = None if self._relaying() else (leg.session.remote_sdp or b"")
-            try:
-                await caller.answer(sdp=sdp)
-            except SipError:
-                return False
-        return caller.answered and caller.active
 
     # ------------------------------------------------------------- trunks
     def dial_policy(self, caller: Call) -> DialPolicy:
@@ -673,7 +672,7 @@ class B2BUA:
             if leg.outcome.done():
                 return self._leg_result(attempts, leg, now)
             if caller.ended.done() and not caller.answered:
-                cause = _q850(caller.session.end_cause)
+                cause = q850(caller.session.end_cause)
                 self._abandon(leg, cause)
                 return attempts.on_result(487, now=now, reason=format_reason(cause)), None
             if caller.ended.done():
@@ -746,34 +745,53 @@ class B2BUA:
 
     # ------------------------------------------------------------- bridge
     async def _bridge(self, caller: Call, leg: _Leg, *, record: str | None = None) -> int:
-        """Answer the caller if needed, relay media, and carry the hangup across.
-
-        ``record``: start recording the call once bridged (why, for the log line when
-        it cannot be). Returns the Q.850 cause of whichever side ended the call.
-        """
+        """Carry out a :class:`~callengine.transfer.Bridge`: answer the caller, relay
+        media, carry the hangup across. ``record``: start recording the call once
+        bridged (why, for the log line when it cannot be). Returns the Q.850 cause of
+        whichever side ended the call. The leg's B-channel is released at the end."""
+        bridge = Bridge(answered=caller.answered, record=record)
         try:
-            if not await self._answer_caller(caller, leg):
-                self._abandon(leg, _q850(caller.session.end_cause))
-                return _q850(caller.session.end_cause)
-            self._start_relay(caller, leg)
-            if record is not None and caller.recording is None:
-                start_recording_safely(caller, record)
-            if self.directory is not None and caller.tenant is not None:
-                record_bridged(caller, leg.target.label, self.directory.tenant(caller.tenant))
-            await asyncio.wait({caller.ended, leg.ended}, return_when=asyncio.FIRST_COMPLETED)
-            if caller.ended.done():
-                cause = _q850(caller.session.end_cause)
-                if leg.active:
-                    self.engine.ua.hangup(leg.session, self.engine.now(), cause)
-                    self.engine.flush()
+            ready = True
+            for _ in bridge.start():  # AnswerCaller: our SDP when relaying, else the leg's
+                sdp = None if self._relaying() else (leg.session.remote_sdp or b"")
+                try:
+                    await caller.answer(sdp=sdp)
+                except SipError:
+                    ready = False
+            if ready and caller.answered and caller.active:
+                commands = bridge.caller_ready()
             else:
-                cause = _q850(leg.session.end_cause)
-            return cause
+                commands = bridge.caller_gone(caller.session.end_cause)
+            while True:
+                for command in commands:
+                    if isinstance(command, Ended):
+                        return command.cause
+                    self._bridge_command(caller, leg, command)
+                await asyncio.wait({caller.ended, leg.ended}, return_when=asyncio.FIRST_COMPLETED)
+                if caller.ended.done():
+                    commands = bridge.caller_gone(caller.session.end_cause)
+                else:
+                    commands = bridge.leg_gone(leg.session.end_cause)
         finally:
             self._stop_relay(caller)
             group = leg.variables.get("trunk_group")
             if group is not None:
                 self.plan.groups[group].release(leg.variables["channel_key"])
+
+    def _bridge_command(self, caller: Call, leg: _Leg, command: BridgeCommand) -> None:
+        """Carry out one command of a bridge under way (``AnswerCaller`` comes only
+        from ``Bridge.start``, awaited in :meth:`_bridge`; ``Ended`` ends it there)."""
+        if isinstance(command, AbandonLeg):
+            self._abandon(leg, command.cause)
+        elif isinstance(command, StartMedia):
+            self._start_relay(caller, leg)
+            if command.record is not None and caller.recording is None:
+                start_recording_safely(caller, command.record)
+            if self.directory is not None and caller.tenant is not None:
+                record_bridged(caller, leg.target.label, self.directory.tenant(caller.tenant))
+        elif isinstance(command, HangUp) and command.side is Side.LEG and leg.active:
+            self.engine.ua.hangup(leg.session, self.engine.now(), command.cause)
+            self.engine.flush()
 
     def _start_relay(self, caller: Call, leg: _Leg) -> None:
         """Relay RTP both ways between the caller's and ``leg``'s sessions (idempotent)."""
@@ -805,141 +823,87 @@ class B2BUA:
         ``group:NAME`` rings its members (its own strategy and timeout);
         ``external:NUMBER`` leaves through the tenant's outbound route's trunk group.
         ``strategy`` ``parallel`` rings all targets at once, ``sequential`` one
-        after another, ``timeout`` seconds each.
+        after another, ``timeout`` seconds each. The decisions are a
+        :class:`~callengine.transfer.Transfer`'s; this carries out its commands.
         """
-        if call.session.invite.max_forwards == 0 and not call.answered:
-            call.send_reject(483)
-            return TransferResult(answered=False, status=483, cause=25, target=None)
-        was_answered = call.answered
-        stages = self._expand(call, targets, strategy, timeout)
-        status, cause = 480, 18  # "no user responding": nobody to ring
-        busy = False
-        for stage in stages:
-            if not call.active:
-                break
-            if stage.group is not None:
-                result = await self.dial_trunks(
-                    call, stage.group, stage.number, timeout=stage.timeout, label=stage.label
-                )
+        core = Transfer(answered=call.answered, max_forwards=call.session.invite.max_forwards)
+        pending: deque[TransferCommand] = deque(core.start())
+        stages: tuple[Stage, ...] = ()
+        leg: _Leg | None = None
+        while pending:
+            command = pending.popleft()
+            if isinstance(command, Done):
+                return command.result
+            if isinstance(command, Reject):
+                call.send_reject(command.status)
+            elif isinstance(command, Expand):
+                stages = self._expand(call, targets, strategy, timeout)
+                if not call.active:
+                    pending += core.caller_gone()
+                pending += core.expanded(stages)
+            elif isinstance(command, (RingStage, DialStage)):
+                stage = stages[command.index]
+                result: _Leg | FinalResult
+                if isinstance(command, DialStage):
+                    assert stage.group is not None
+                    result = await self.dial_trunks(
+                        call, stage.group, stage.number, timeout=stage.timeout, label=stage.label
+                    )
+                else:
+                    result = await self._ring_parallel(call, stage)
+                if not call.active:
+                    pending += core.caller_gone()
                 if isinstance(result, FinalResult):
-                    status, cause = result.status, result.cause
-                    busy = busy or status in (486, 600)
-                    continue
-                leg = result
-            else:
-                rung = await self._ring_parallel(call, stage)
-                if isinstance(rung, FinalResult):
-                    if rung.status in (486, 600):
-                        busy = True
-                    status, cause = rung.status, rung.cause
-                    continue
-                leg = rung
-            end_cause = await self._bridge(call, leg)
-            if not was_answered and call.active:
-                await call.hangup(end_cause)
-            return TransferResult(
-                answered=True, status=200, cause=end_cause, target=leg.target.label
-            )
-        if busy:
-            status, cause = 486, 17
-        self._stop_relay(call)
-        return TransferResult(answered=False, status=status, cause=cause, target=None)
+                    pending += core.stage_failed(command.index, result.status, result.cause)
+                else:
+                    leg = result
+                    pending += core.stage_answered(command.index, leg.target.label)
+            elif isinstance(command, BridgeLeg):
+                assert leg is not None
+                pending += core.bridge_ended(await self._bridge(call, leg))
+            elif isinstance(command, HangUp):
+                if command.side is Side.CALLER and call.active:
+                    await call.hangup(command.cause)
+            elif isinstance(command, StopRelay):
+                self._stop_relay(call)
+        raise AssertionError("a transfer ends with Done")
 
     def _expand(
         self, call: Call, targets: Sequence[str], strategy: str, timeout: float
-    ) -> list[_Stage]:
-        tenant = None
-        if self.directory is not None and call.tenant is not None:
-            tenant = self.directory.tenant(call.tenant)
-        parallel: list[LegTarget] = []
-        stages: list[_Stage] = []
-        for target in targets:
-            kind, _, name = target.partition(":")
-            if kind in ("user", "ext"):
-                legs = self._contacts(call, name, label=target)
-                if strategy == "sequential":
-                    stages.append(_Stage(timeout, tuple(legs), label=target))
-                else:
-                    parallel += legs
-            elif kind == "group" and tenant is not None and name in tenant.ring_groups:
-                group = tenant.ring_groups[name]
-                members = [self._contacts(call, m, label=f"user:{m}") for m in group.members]
-                if group.strategy == "sequential":
-                    stages += [_Stage(group.timeout, tuple(m), label=target) for m in members if m]
-                else:
-                    flat = tuple(itertools.chain.from_iterable(members))
-                    if strategy == "sequential":
-                        stages.append(_Stage(min(timeout, group.timeout), flat, label=target))
-                    else:
-                        parallel += flat
-            elif kind == "external":
-                stage = self._external(call, tenant, name, timeout, target)
-                if stage is not None:
-                    stages.append(stage)
-            else:
-                log.warning("transfer target %r cannot be rung", target)
-        if parallel:
-            stages.insert(0, _Stage(timeout, tuple(parallel), label="parallel"))
-        return [self._capped_stage(call, stage) for stage in stages]
+    ) -> tuple[Stage, ...]:
+        """The transfer's stages (:class:`~callengine.transfer.StagePlanner`), its
+        notes logged and counted."""
+        planner = StagePlanner(
+            self.directory,
+            self.plan,
+            max_fork=self.engine.config.max_fork,
+            trunk_source=_first_trusted(self.plan),
+        )
+        expansion = planner.expand(call.tenant, targets, strategy=strategy, timeout=timeout)
+        for note in expansion.notes:
+            if isinstance(note, Unringable):
+                log.warning("transfer target %r cannot be rung", note.target)
+            elif isinstance(note, Unrouted):
+                log.warning("no trunk route for external:%s", note.number)
+            elif isinstance(note, Capped):
+                self._fork_capped(note)
+        return expansion.stages
 
-    def _capped_stage(self, call: Call, stage: _Stage) -> _Stage:
+    def _fork_capped(self, note: Capped) -> None:
         """At most ``max_fork`` legs ring at once: one INVITE must not fan out into
         thousands (a user with many bindings, a huge ring group)."""
-        cap = self.engine.config.max_fork
-        if len(stage.legs) <= cap:
-            return stage
         self._count("fork_capped")
         quiet = self.engine.log_throttle.ready("fork_capped", self.engine.now())
         if quiet is not None:
             log.warning(
                 "%s: %d targets, ringing the first %d (max_fork; %d more not logged)",
-                stage.label,
-                len(stage.legs),
-                cap,
+                note.label,
+                note.total,
+                note.cap,
                 quiet,
             )
-        return dataclasses.replace(stage, legs=stage.legs[:cap])
 
-    def _contacts(self, call: Call, user: str, *, label: str) -> list[LegTarget]:
-        if self.directory is None or call.tenant is None:
-            return []
-        out: list[LegTarget] = []
-        for binding in self.directory.contacts_of(call.tenant, user):
-            contact = binding.contact
-            dest = binding.source
-            if dest is None:
-                from .sip.uri import parse_uri
-
-                try:
-                    uri = parse_uri(contact, where="contact")
-                except ValueError:
-                    continue
-                dest = (uri.host.strip("[]"), uri.port or 5060)
-            out.append(
-                LegTarget(
-                    contact,
-                    dest,
-                    binding.transport.upper(),
-                    label=label,
-                    webrtc="+sip.ice" in binding.params,
-                )
-            )
-        return out
-
-    def _external(
-        self, call: Call, tenant: Any, number: str, timeout: float, label: str
-    ) -> _Stage | None:
-        route = tenant.outbound_route(number) if tenant is not None else None
-        if route is not None and route.trunk_group in self.plan.groups:
-            group = self.plan.groups[route.trunk_group]
-            return _Stage(timeout, group=group, number=route.translate(number), label=label)
-        match = self.plan.route_outbound(number, source_ip=_first_trusted(self.plan))
-        if match is None:
-            log.warning("no trunk route for external:%s", number)
-            return None
-        return _Stage(timeout, group=match.group, number=match.number, label=label)
-
-    async def _ring_parallel(self, caller: Call, stage: _Stage) -> _Leg | FinalResult:
+    async def _ring_parallel(self, caller: Call, stage: Stage) -> _Leg | FinalResult:
         """Ring every target of ``stage`` at once; the first to answer wins."""
         if not stage.legs:
             return FinalResult(480, 18)
@@ -988,7 +952,7 @@ class B2BUA:
                         legs[i].on_answered(response)
                         commands += fork.answered(i, now)
                 if caller.ended.done():
-                    cause = CAUSE_NORMAL if caller.answered else _q850(caller.session.end_cause)
+                    cause = CAUSE_NORMAL if caller.answered else q850(caller.session.end_cause)
                     commands += fork.caller_gone(cause, now)
                 commands += fork.handle_timer(now)
         finally:
@@ -1055,11 +1019,6 @@ class TrunkCollector(Collector):
 
 def _channel_key(call: Call) -> str:
     return f"{call.call_id}/{call.session.local_tag}"
-
-
-def _q850(cause: int) -> int:
-    """A Q.850 cause for our own BYE/CANCEL (a SIP status stored as cause -> 16)."""
-    return cause if 1 <= cause <= 127 else CAUSE_NORMAL
 
 
 def _first_trusted(plan: TrunkPlan) -> str:
