@@ -178,6 +178,8 @@ def start_engine(
         "WARNING",
         "--no-admin",  # benchmarks run several nodes: no fight over the admin port
         *(() if media else ("--no-media",)),
+        # one process unless asked: serve's default is a worker per core
+        *(() if "--workers" in extra or "--config" in extra else ("--workers", "1")),
         *extra,
     ]
     log_path = workdir / "engine.log"

@@ -83,7 +83,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="admin-calls-"))
     shutil.copy(TENANT, tmp / "tenant.yaml")
     # SIPp sends no RTP: the calls must be measured within rtp_timeout (60 s) of answer
-    (tmp / "node.yaml").write_text("tenant_files: [tenant.yaml]\n")
+    (tmp / "node.yaml").write_text("tenant_files: [tenant.yaml]\nworkers: 1\n")
     sip, metrics, admin = free_port(), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     cmd = [CALLENGINE, "serve", "--config", str(tmp / "node.yaml"), "--data-dir", str(tmp / "d")]
     cmd += ["--listen", f"127.0.0.1:{sip}", "--metrics", f"127.0.0.1:{metrics}"]

@@ -50,6 +50,7 @@ STEPS = (200, 400, 600, 800, 1000, 1200, 1500, 2000, 3000, 4000, 6000, 8000)
 MODES = ("direct", "b2bua", "b2bua+relay")
 
 CONFIG = """
+workers: 1
 trunks:
   carrier:
     carrier: bench

@@ -123,6 +123,8 @@ def start_node(workdir: Path) -> tuple[Peer, int]:
         "--log-level",
         "WARNING",
         "--no-admin",
+        "--workers",
+        "1",
     ]
     log_path = workdir / "engine.log"
     with open(log_path, "wb") as log:

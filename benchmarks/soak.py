@@ -161,6 +161,8 @@ def prepare_data_dir(workdir: Path, prompt: str) -> Path:
     config = workdir / "node.yaml"
     # SIPp sends no RTP on the held calls: the node must not hang them up for silence
     lines = ["rtp_timeout: 0", *(os.environ.get("SOAK_NODE_CONFIG", "").split(";"))]
+    if not any(line.strip().startswith("workers:") for line in lines):
+        lines.append("workers: 1")  # one process unless asked (serve: a worker per core)
     config.write_text("\n".join(line for line in lines if line.strip()) + "\n")
     return config
 

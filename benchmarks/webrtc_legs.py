@@ -231,6 +231,7 @@ def prepare_template(workdir: Path, codecs: list[str]) -> tuple[Path, Path]:
                 "rtp_timeout: 0",  # SIPp's capture has gaps between two plays
                 "tcp_max_per_source: 10000",  # every caller's WebSocket comes from 127.0.0.1
                 "max_calls: 20000",
+                "workers: 1",
             ]
         )
         + "\n"

@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         help="worker processes behind the node's SIP address (0: one per CPU core; "
-        "default: the config's workers, 1)",
+        "default: the config's workers, 0)",
     )
     serve.set_defaults(func=_serve)
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .config import load_config, serve_media_process
+    from .config import cpu_cores, load_config, serve_media_process
     from .logs import setup_logging
 
     overrides = {
@@ -155,7 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"callengine: configuration error: {exc}", file=sys.stderr)
             return 2
     cfg.media_process = serve_media_process(cfg)
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or cpu_cores()
     if cfg.media_process and workers == 1:
         # the plane's interpreter starts while the node loads (mediaplane.prespawn)
         from .mediaplane import prespawn

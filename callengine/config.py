@@ -22,6 +22,7 @@ __all__ = [
     "EngineConfig",
     "StorageSettings",
     "load_config",
+    "cpu_cores",
     "serve_media_process",
     "storage_settings",
 ]
@@ -118,10 +119,12 @@ class EngineConfig:
     diagnostic thread; 0 disables)."""
     drain_grace: float = 30.0
     """Seconds active calls may continue after SIGTERM before the node exits."""
-    workers: int = 1
+    workers: int = 0
     """Worker processes of the node (docs/workers.md): 1 runs everything in one
     process; N >= 2 runs a front that owns the SIP addresses and the LevelDB state and
-    N workers that hold the calls; 0 means one per CPU core."""
+    N workers that hold the calls; 0 (the default) means one per CPU core the node may
+    use (:func:`cpu_cores`: its CPU affinity and cgroup quota), one process on a
+    single core."""
     rtp_port_min: int = 10000
     """Lowest UDP port for RTP (RTP takes even ports, RTCP the next one)."""
     rtp_port_max: int = 20000
@@ -606,6 +609,23 @@ _STORAGE_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 _CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+
+def cpu_cores(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPU cores this process may use: its CPU affinity, capped by a cgroup v2
+    CPU quota (a container given ``--cpus 2`` on a 64-core host gets 2 workers, not
+    64); at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path(cgroup).read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def serve_media_process(cfg: EngineConfig) -> bool:

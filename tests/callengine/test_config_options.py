@@ -37,7 +37,7 @@ from integration.support import ROOT, free_port
 from integration.test_config_effects import NODE_EFFECTS
 
 from callengine.call import Call
-from callengine.config import EngineConfig, load_config, serve_media_process
+from callengine.config import EngineConfig, cpu_cores, load_config, serve_media_process
 from callengine.engine import Engine
 from config_cache import CacheSettings, ConfigError
 
@@ -542,3 +542,22 @@ def test_every_documented_config_cache_key_is_a_setting() -> None:
         with pytest.raises(ConfigError) as info:
             CacheSettings.from_mapping({key: object()}, source="n.yaml")
         assert info.value.field == f"config_cache.{key}"
+
+
+def test_the_default_worker_count_follows_the_cores_the_node_may_use(tmp_path: Path) -> None:
+    """``workers: 0`` (the default): one worker per core of the process's CPU affinity,
+    capped by a cgroup v2 quota (a container's ``--cpus``), at least one."""
+    assert EngineConfig().workers == 0
+    affinity = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    assert cpu_cores(str(tmp_path / "absent")) == affinity
+    quota.write_text("max 100000\n")
+    assert cpu_cores(str(quota)) == affinity
+    quota.write_text("100000 100000\n")  # one CPU
+    assert cpu_cores(str(quota)) == 1
+    quota.write_text("150000 100000\n")  # 1.5 CPUs: two workers share them
+    assert cpu_cores(str(quota)) == min(2, affinity)
+    quota.write_text("5000 100000\n")  # a twentieth: still one
+    assert cpu_cores(str(quota)) == 1
+    quota.write_text("garbage\n")
+    assert cpu_cores(str(quota)) == affinity

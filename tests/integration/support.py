@@ -17,10 +17,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from callengine.call import Call
 from callengine.config import EngineConfig
@@ -116,6 +118,17 @@ class Daemon:
         return int(self.proc.returncode)
 
 
+def _chooses_workers(extra: Sequence[str]) -> bool:
+    """True when ``serve``'s arguments set ``workers``: ``--workers``, or a ``--config``
+    file with a ``workers`` setting."""
+    if "--workers" in extra:
+        return True
+    if "--config" in extra:
+        settings = yaml.safe_load(Path(extra[extra.index("--config") + 1]).read_text())
+        return isinstance(settings, dict) and "workers" in settings
+    return False
+
+
 def start_daemon(
     tmp: Path,
     *extra: str,
@@ -138,6 +151,11 @@ def start_daemon(
     if "--admin" not in extra:
         args.append("--no-admin")  # parallel nodes would share the default admin port
     args += list(extra)
+    if not _chooses_workers(extra):
+        # one process per node unless the test asks (serve's default is one worker per
+        # core): the suite is about features, test_workers.py and the multi-worker pass
+        # (CALLENGINE_TEST_SERVE_ARGS="--workers 2") about the node's processes
+        args += ["--workers", "1"]
     # a whole-suite pass in another mode, e.g. CALLENGINE_TEST_SERVE_ARGS=--media-process
     args += os.environ.get("CALLENGINE_TEST_SERVE_ARGS", "").split()
     with open(log_path, "wb") as logf:

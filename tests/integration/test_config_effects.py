@@ -242,7 +242,7 @@ _CRYPTO = (
 def _start(tmp: Path, name: str, config: dict[str, Any], *extra: str) -> Daemon:
     """`callengine serve --config <name>.yaml`; waits for SIP on the first listen port."""
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump({"workers": 1, **config}))  # one process (support.py)
     port = int(config["listen"][0].rsplit(":", 1)[1])
     log_path = tmp / f"{name}.log"
     with open(log_path, "wb") as logf:

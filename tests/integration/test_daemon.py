@@ -39,7 +39,9 @@ _SIPP_CALL_ID = re.compile(r"\b\d+-\d+@127\.0\.0\.1\b")
 def serve(tmp_path: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run `callengine serve` to completion (for start-up errors)."""
     return subprocess.run(
-        [CALLENGINE, "serve", "--data-dir", str(tmp_path / "data"), "--no-metrics", *args],
+        [CALLENGINE, "serve", "--data-dir", str(tmp_path / "data"), "--no-metrics"]
+        + ([] if "--workers" in args else ["--workers", "1"])
+        + list(args),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -253,7 +255,7 @@ def v6_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     log = open(tmp_path / "serve-v6.log", "wb")
     proc = subprocess.Popen(
         [CALLENGINE, "serve", "--listen", f"[::1]:{port}", "--data-dir", str(tmp_path / "data")]
-        + ["--no-metrics"],
+        + ["--no-metrics", "--workers", "1"],
         cwd=tmp_path,
         stdout=log,
         stderr=subprocess.STDOUT,
