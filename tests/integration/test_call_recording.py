@@ -119,7 +119,21 @@ def write_rtp_pcap(path: Path, pcm: npt.NDArray[np.int16]) -> None:
 def recording_of(
     azurite: Azurite, logs: list[dict[str, Any]]
 ) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
-    """The one recorded call's log and its stereo audio, checked against the blob."""
+    """The one recorded call's log and its stereo audio, checked against the blob and
+    the call's connected time."""
+    log, data = stored_recording(azurite, logs)
+    connected = log["end_time"] - log["answer_time"]
+    length = len(data) / RATE
+    print(f"{log['recording_key']}: {length:.3f} s for {connected:.3f} s connected")
+    assert abs(length - connected) <= MAX_LENGTH_ERROR, (length, connected)
+    return log, data
+
+
+def stored_recording(
+    azurite: Azurite, logs: list[dict[str, Any]]
+) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
+    """The one recorded call's log and its stereo audio: stored exactly once, with the
+    call's metadata, where the call log says."""
     (log,) = [entry for entry in logs if entry.get("recording_key")]
     assert log["state"] == "final" and log["result"] == "completed", log
     key = log["recording_key"]
@@ -133,10 +147,6 @@ def recording_of(
     assert recordings[name].metadata == {"tenant": "demo", "call_id": log["call_id"]}
     data, rate = soundfile.read(io.BytesIO(blob.download_blob().readall()), dtype="float64")
     assert rate == RATE and data.ndim == 2 and data.shape[1] == 2, data.shape
-    connected = log["end_time"] - log["answer_time"]
-    length = len(data) / RATE
-    print(f"{name}: {length:.3f} s for {connected:.3f} s connected")
-    assert abs(length - connected) <= MAX_LENGTH_ERROR, (length, connected)
     return log, np.asarray(data)
 
 
@@ -190,6 +200,65 @@ def test_ivr_call_recorded_in_two_channels(
     assert ncc >= MIN_CORRELATION, ncc
     # the greeting played before the caller's message (recorded in the same file)
     assert offset < correlation(stereo[:, 0], caller)[1]
+
+
+def test_ivr_node_records_only_its_part_of_the_call(
+    tmp_path: Path, azurite: Azurite, recording_node: Callable[..., Daemon]
+) -> None:
+    """A flow node's ``record`` option: recording starts when the call enters the node
+    marked ``record: true`` and stops at the one marked ``record: false`` (the tenant
+    records nothing by itself). The caller (SIPp) talks throughout."""
+    assert Path(SIPP).exists(), f"SIPp not found at {SIPP}"
+
+    def record_one_node(doc: dict[str, Any]) -> None:
+        doc["numbers"]["5550500"] = {"route": "ivr:recorded", "name": "Recorded node"}
+        doc["flows"]["recorded"] = {
+            "start": "hello",
+            "nodes": {
+                "hello": {"type": "play", "prompts": ["welcome"], "next": "talk"},
+                "talk": {
+                    "type": "play",
+                    "prompts": ["voicemail_greeting"],
+                    "record": True,
+                    "next": "done",
+                },
+                "done": {"type": "play", "prompts": ["goodbye"], "record": False, "next": "bye"},
+                "bye": {"type": "hangup"},
+            },
+        }
+
+    node = recording_node(record_one_node)
+    workdir = sipp_workdir(tmp_path)
+    args = [node.address, "-sf", str(SIPP_DIR / "uac_talk_wait_bye.xml"), "-s", "5550500"]
+    args += ["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port())]
+    args += ["-mp", str(free_port(both=False)), "-m", "1", "-timeout", "30s"]
+    result = run_sipp(args, cwd=workdir, timeout=40)
+    assert result.stats.get("SuccessfulCall(C)") == "1", (result.stats, result.stderr[-2000:])
+    uploaded(node, 1)
+    logs = stop_and_read_logs(node)
+    log, stereo = stored_recording(azurite, logs)
+    # as long as the call stayed in the recorded node (within 1 %)
+    (talk,) = [e for e in log["ivr_path"] if e["event"] == "step" and e["node"] == "talk"]
+    span = talk["ended"] - talk["started"]
+    length = len(stereo) / RATE
+    print(f"{log['recording_key']}: {length:.3f} s for {span:.3f} s in the recorded node")
+    assert abs(length - span) <= 0.01 * span, (length, span)
+    events = [e["event"] for e in log["ivr_path"] if e.get("kind") == "recording"]
+    assert events == ["start", "stop"], log["ivr_path"]
+    prompts = PromptCache(None)
+    greeting, welcome, goodbye = (
+        prompts.pcm(name, RATE).astype(np.float64) / 32768.0
+        for name in ("voicemail_greeting", "welcome", "goodbye")
+    )
+    # right: what the IVR played while in the recorded node, and nothing else
+    check_channel(stereo[:, 1], greeting, welcome, "right (the recorded node's prompt)")
+    assert correlation(stereo[:, 1], goodbye)[0] < 0.5
+    # left: what the caller said meanwhile, a part of its capture past the welcome
+    caller = capture_audio(CAPTURES / "g711a.pcap")
+    ncc, offset = correlation(caller, stereo[:, 0])
+    print(f"left (the caller): correlation {ncc:.4f} at {offset / RATE:.3f} s of its capture")
+    assert ncc >= MIN_CORRELATION, ncc
+    assert abs(offset / RATE - len(welcome) / RATE) < 0.3, offset
 
 
 def test_bridged_call_recorded_in_two_channels(
