@@ -24,7 +24,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import pytest
 import soundfile
 from integration.audio import MIN_CORRELATION, RATE, correlation
 from integration.support import SIPP, free_port, run_sipp, scrape, start_daemon, wait_metric
-from integration.test_azure_storage import CONTAINER, Azurite
+from integration.test_azure_storage import CONTAINER, Azurite, wait_for
 
 from callengine._media import MediaManager
 from callengine.config import StorageSettings
@@ -190,14 +190,6 @@ def own_tenant(version: str) -> dict[str, Any]:
     }
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return result
-
-
 def test_calls_hear_a_new_prompt_version_then_the_cached_one_with_storage_down(
     tmp_path: Path, azurite: Azurite
 ) -> None:
@@ -271,8 +263,8 @@ def test_calls_hear_a_new_prompt_version_then_the_cached_one_with_storage_down(
         azurite.stop()
         reconfigure("3")
         wait_for(
-            "a failed prompt fetch",
             lambda: scrape(metrics).get('callengine_prompt_fetches_total{result="failed"}', 0) >= 1,
+            "a failed prompt fetch",
         )
         one_call()
         wait_metric(metrics, "callengine_media_spool_files", 1.0)
