@@ -33,7 +33,15 @@ import numpy.typing as npt
 import pytest
 import soundfile
 from integration.audio import CAPTURES, MIN_CORRELATION, RATE, capture_audio, correlation
-from integration.support import SIPP, Daemon, free_port, run_sipp, start_daemon, wait_metric
+from integration.support import (
+    SIPP,
+    Daemon,
+    free_port,
+    run_sipp,
+    scrape,
+    start_daemon,
+    wait_metric,
+)
 from integration.test_azure_storage import CONTAINER, Azurite, stop_and_read_logs
 from integration.test_media_sipp import run_sipp_call
 from integration.test_ring_user import register
@@ -59,11 +67,14 @@ def azurite(tmp_path: Path) -> Iterator[Azurite]:
 
 @pytest.fixture
 def recording_node(tmp_path: Path, azurite: Azurite) -> Iterator[Callable[..., Daemon]]:
-    """``factory(tenant_changes)``: a node whose demo tenant (from a tenant file) is
-    changed by ``tenant_changes``, with media storage on Azurite."""
+    """``factory(tenant_changes, *serve_args, **media_storage)``: a node whose demo
+    tenant (from a tenant file) is changed by ``tenant_changes``, with media storage on
+    Azurite (``media_storage``: more settings of that section)."""
     started: list[Daemon] = []
 
-    def factory(change: Callable[[dict[str, Any]], None], *extra: str) -> Daemon:
+    def factory(
+        change: Callable[[dict[str, Any]], None], *extra: str, **storage_options: Any
+    ) -> Daemon:
         doc = load_demo_tenant().to_doc()
         change(doc)
         (tmp_path / "demo.json").write_text(json.dumps(doc))
@@ -74,6 +85,7 @@ def recording_node(tmp_path: Path, azurite: Azurite) -> Iterator[Callable[..., D
             "container": CONTAINER,
             "retry_initial": 0.2,
             "retry_max": 1.0,
+            **storage_options,
         }
         config.write_text(json.dumps({"media_storage": storage, "tenant_files": ["demo.json"]}))
         node = start_daemon(tmp_path, "--config", str(config), *extra, metrics=True)
@@ -259,6 +271,66 @@ def test_ivr_node_records_only_its_part_of_the_call(
     print(f"left (the caller): correlation {ncc:.4f} at {offset / RATE:.3f} s of its capture")
     assert ncc >= MIN_CORRELATION, ncc
     assert abs(offset / RATE - len(welcome) / RATE) < 0.3, offset
+
+
+def test_spool_at_its_quota_refuses_recordings_and_calls_go_on(
+    tmp_path: Path, azurite: Azurite, recording_node: Callable[..., Daemon]
+) -> None:
+    """Storage down and a tiny spool quota: the first recordings fill the spool (near
+    quota: metric and one log line), the next is refused (counted, one log line), and
+    every call is answered, played and hung up as usual."""
+    assert Path(SIPP).exists(), f"SIPp not found at {SIPP}"
+    azurite.stop()
+    quota = 100_000  # a call recording here: ~1.9 s of stereo 16-bit 8 kHz, ~61 kB
+
+    def record_short_calls(doc: dict[str, Any]) -> None:
+        doc["recording"] = {"enabled": True, "channels": "stereo"}
+        doc["numbers"]["5550600"] = {"route": "ivr:short", "name": "Short"}
+        doc["flows"]["short"] = {
+            "start": "hello",
+            "nodes": {
+                "hello": {"type": "play", "prompts": ["welcome"], "next": "bye"},
+                "bye": {"type": "hangup"},
+            },
+        }
+
+    node = recording_node(record_short_calls, spool_quota=quota, spool_near=0.5)
+    assert node.metrics_port is not None
+    workdir = sipp_workdir(tmp_path)
+    args = [node.address, "-sf", str(SIPP_DIR / "uac_wait_bye.xml"), "-s", "5550600"]
+    args += ["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port())]
+    args += ["-mp", str(free_port(both=False)), "-m", "3", "-l", "1", "-timeout", "30s"]
+    result = run_sipp(args, cwd=workdir, timeout=40)
+    # every call went on: answered, the prompt played, the node's BYE
+    assert (result.stats.get("SuccessfulCall(C)"), result.stats.get("FailedCall(C)")) == (
+        "3",
+        "0",
+    ), (result.stats, result.stderr[-2000:])
+    figures = scrape(node.metrics_port)
+    print({k: v for k, v in figures.items() if "spool" in k})
+    assert figures["callengine_media_spool_quota_bytes"] == quota
+    assert figures["callengine_media_spool_files"] == 2
+    assert figures["callengine_media_spool_bytes"] >= quota  # two recordings: full
+    assert figures["callengine_media_spool_near_quota"] == 1
+    assert figures["callengine_media_spool_refused_total"] == 1
+    assert figures['callengine_media_uploads_total{result="ok"}'] == 0
+
+    logs = stop_and_read_logs(node)
+    text = node.log()
+    assert text.count("media spool near its quota:") == 1, text
+    assert text.count("media spool full:") == 1, text
+    calls = sorted((e for e in logs if e["callee"] == "5550600"), key=lambda e: e["start_time"])
+    assert [e["result"] for e in calls] == ["completed"] * 3
+    if "--media-process" in node.args:
+        # the media plane refuses it after the engine started it (a command, no reply):
+        # logged there, and the engine's call log still names the key (docs/storage.md)
+        assert f"call {calls[2]['call_id']} not recorded (recordings/" in text, text
+        return
+    assert "call not recorded (tenant demo): media spool full" in text
+    assert [bool(e.get("recording_key")) for e in calls] == [True, True, False]
+    failed = [e for e in calls[2]["ivr_path"] if e.get("kind") == "recording"]
+    assert [e["event"] for e in failed] == ["failed"], calls[2]["ivr_path"]
+    assert "SpoolFull" in failed[0]["error"]
 
 
 def test_bridged_call_recorded_in_two_channels(
