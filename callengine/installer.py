@@ -886,7 +886,7 @@ def _port_findings(cfg: EngineConfig, pid: int | None) -> list[Finding]:
             ws = getattr(cfg, name)
             if ws:
                 out.append(_port_finding(f"SIP {name}", host, ws, "tcp", pid))
-    for name in ("metrics", "admin"):
+    for name in ("metrics", "admin", "webphone"):
         address = getattr(cfg, name)
         if address:
             host, port = parse_listen(address)

@@ -3,6 +3,8 @@ and the provisioning plans (no servers; tests/integration/test_installer.py has 
 
 from __future__ import annotations
 
+import os
+import socket
 import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -277,6 +279,24 @@ def test_prompt_uploads_name_file_tenant_and_field(tmp_path: Path) -> None:
         bad = validate_tenant(_acme(prompts={"promo": {"file": file}}))
         with pytest.raises(ConfigError, match=f"tenant 'acme': prompts.promo.file: .*{message}"):
             prompt_uploads(bad, tmp_path, source="t.yaml")
+
+
+def test_check_looks_at_the_web_phone_port(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    with socket.socket() as squatter:  # another program's web server on that port
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        config.write_text(
+            "listen: ['127.0.0.1:0']\nmetrics: null\nadmin: null\n"
+            f"webphone: '127.0.0.1:{port}'\ndata_dir: {tmp_path / 'data'}\n"
+        )
+        (taken,) = [f.line() for f in check(str(config)) if "(webphone)" in f.what]
+    assert taken.startswith(
+        f"FAIL  port {port}/tcp on 127.0.0.1 (webphone): in use by pid {os.getpid()} ("
+    ), taken
+    (free,) = [f.line() for f in check(str(config)) if "(webphone)" in f.what]
+    assert free == f"ok    port {port}/tcp on 127.0.0.1 (webphone): free"
 
 
 def test_check_stops_at_a_configuration_error_naming_file_and_field(
