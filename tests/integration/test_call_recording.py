@@ -12,7 +12,7 @@ whole tenant, or for user 100 only) and keeps its media in Azurite through the s
 
 Each time: the recording lands in Azurite exactly once with the call's metadata, its
 length is the call's connected time (answer to hang-up, from the call log) within
-0.2 s, each channel correlates >= 0.9 with what that side sent and not with the other
+1 % (the issue's bound; measured: 1-2 ms), each channel correlates >= 0.9 with what that side sent and not with the other
 side, and the call log carries the blob URL.
 """
 
@@ -54,7 +54,8 @@ from media.prompts import PromptCache
 pytestmark = pytest.mark.integration
 
 SIPP_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "sipp"
-MAX_LENGTH_ERROR = 0.2  # seconds between the file's length and the connected time
+MAX_LENGTH_RATIO = 0.01  # the file's length vs the connected time
+PROMPT_SLACK = 0.2  # seconds between a recorded segment and the prompt played in it
 
 
 @pytest.fixture
@@ -137,7 +138,7 @@ def recording_of(
     connected = log["end_time"] - log["answer_time"]
     length = len(data) / RATE
     print(f"{log['recording_key']}: {length:.3f} s for {connected:.3f} s connected")
-    assert abs(length - connected) <= MAX_LENGTH_ERROR, (length, connected)
+    assert abs(length - connected) <= MAX_LENGTH_RATIO * connected, (length, connected)
     return log, data
 
 
@@ -254,7 +255,7 @@ def test_ivr_node_records_only_its_part_of_the_call(
     span = talk["ended"] - talk["started"]
     length = len(stereo) / RATE
     print(f"{log['recording_key']}: {length:.3f} s for {span:.3f} s in the recorded node")
-    assert abs(length - span) <= 0.01 * span, (length, span)
+    assert abs(length - span) <= MAX_LENGTH_RATIO * span, (length, span)
     events = [e["event"] for e in log["ivr_path"] if e.get("kind") == "recording"]
     assert events == ["start", "stop"], log["ivr_path"]
     prompts = PromptCache(None)
@@ -414,7 +415,7 @@ def test_recording_by_api_in_segments(tmp_path: Path) -> None:
         assert rate == RATE and pcm.ndim == 1
         reference = prompts.pcm(prompt, RATE).astype(np.float64) / 32768.0
         assert abs(len(pcm) / RATE - result.seconds) < 0.001
-        assert abs(len(pcm) - len(reference)) / RATE <= MAX_LENGTH_ERROR, (prompt, len(pcm))
+        assert abs(len(pcm) - len(reference)) / RATE <= PROMPT_SLACK, (prompt, len(pcm))
         ncc, _ = correlation(pcm, reference)
         print(f"{result.key}: {result.seconds:.3f} s, correlation with {prompt} {ncc:.4f}")
         assert ncc >= MIN_CORRELATION, (prompt, ncc)
