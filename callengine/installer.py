@@ -35,6 +35,7 @@ import ast
 import concurrent.futures
 import contextlib
 import getpass
+import hashlib
 import importlib
 import importlib.metadata
 import inspect
@@ -47,7 +48,7 @@ import socket
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ __all__ = [
     "PromptUpload",
     "add_subcommands",
     "check",
+    "content_version",
     "engine_options",
     "init_layout",
     "node_pid",
@@ -78,6 +80,8 @@ __all__ = [
     "render_config",
     "render_env",
     "render_unit",
+    "stored_versions",
+    "with_prompt_versions",
 ]
 
 CONFIG_FILE = "callengine.yaml"
@@ -407,21 +411,49 @@ def _without_rev(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k != "rev"}
 
 
+def _short(version: Any) -> str:
+    """A version as a plan line shows it: content hashes abbreviated, as git does."""
+    text = str(version)
+    return text[:8] if re.fullmatch(r"[0-9a-f]{32}", text) else text
+
+
+def _version_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``prompt <name> version <a> -> <b>`` for each prompt both documents name with
+    the same file but another version (the nodes fetch those again)."""
+    out = []
+    old_prompts, new_prompts = old.get("prompts") or {}, new.get("prompts") or {}
+    for name, prompt in sorted(new_prompts.items()):
+        before = old_prompts.get(name)
+        if before is None or before.get("file") != prompt.get("file"):
+            continue
+        if before.get("version") != prompt.get("version"):
+            was, now = before.get("version"), prompt.get("version")
+            out.append(f"prompt {name} version {_short(was)} -> {_short(now)}")
+    return out
+
+
+def _without_versions(doc: Mapping[str, Any]) -> dict[str, Any]:
+    prompts = {
+        name: {k: v for k, v in prompt.items() if k != "version"}
+        for name, prompt in (doc.get("prompts") or {}).items()
+    }
+    return {**_without_rev(doc), "prompts": prompts}
+
+
 def plan_tenants(
     tenants: Sequence[TenantConfig],
     stored: Mapping[str, Mapping[str, Any]],
     *,
-    touched: Iterable[str] = (),
     source: str = "master",
 ) -> list[Change]:
     """Compare tenants from files with the master's documents (by id).
 
-    A tenant whose document (all but ``rev``) matches is unchanged, unless it is in
-    ``touched`` (its prompts were uploaded: a new rev tells the nodes to fetch them
-    again). The rev written is the one ``MongoMaster.push`` picks: stored + 1, or the
-    file's own rev when higher.
+    A tenant whose document (all but ``rev``) matches is unchanged. A new prompt
+    ``version`` (``provision`` sets it from the uploaded audio: :func:`content_version`)
+    is a change, shown as ``prompt <name> version <old> -> <new>``: the nodes fetch a
+    prompt again only when its file or version changes. The rev written is the one
+    ``MongoMaster.push`` picks: stored + 1, or the file's own rev when higher.
     """
-    touched = set(touched)
     plan: list[Change] = []
     for tenant in tenants:
         doc = stored.get(tenant.id)
@@ -431,19 +463,59 @@ def plan_tenants(
         old_rev = doc.get("rev", 0)
         old_rev = old_rev if isinstance(old_rev, int) and not isinstance(old_rev, bool) else 0
         new_rev = max(old_rev + 1, tenant.rev)
+        new = tenant.to_doc()
         try:
-            same = _without_rev(validate_tenant(doc, file=source).to_doc()) == _without_rev(
-                tenant.to_doc()
-            )
-            why = "changed"
+            old = validate_tenant(doc, file=source).to_doc()
         except ConfigError as exc:
-            same, why = False, f"stored document is invalid: {exc.message}"
-        if same and tenant.id not in touched:
+            reasons = [f"stored document is invalid: {exc.message}"]
+        else:
+            reasons = [] if _without_versions(old) == _without_versions(new) else ["changed"]
+            reasons += _version_changes(old, new)
+            if not reasons and _without_rev(old) != _without_rev(new):
+                reasons = ["changed"]  # a version set or cleared
+        if not reasons:
             plan.append(Change("tenant", tenant.id, "unchanged", f"rev {old_rev}"))
         else:
-            why = "prompts changed" if same else why
-            plan.append(Change("tenant", tenant.id, "update", f"rev {old_rev} -> {new_rev}, {why}"))
+            detail = f"rev {old_rev} -> {new_rev}, {', '.join(reasons)}"
+            plan.append(Change("tenant", tenant.id, "update", detail))
     return plan
+
+
+def content_version(data: bytes) -> str:
+    """The ``version`` ``provision`` gives a prompt it uploads: the MD5 of the audio
+    file's bytes (hex; the digest Azure keeps as the blob's Content-MD5). New audio is
+    a new version, so the nodes fetch it; the same audio keeps its version, so running
+    ``provision`` again changes nothing."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def with_prompt_versions(
+    tenant: TenantConfig, versions: Mapping[str, str], *, source: str | None = None
+) -> TenantConfig:
+    """``tenant`` with ``prompts.<name>.version`` set from ``versions`` (by prompt name)."""
+    doc = tenant.to_doc()
+    prompts = doc.get("prompts") or {}
+    changed = False
+    for name, version in versions.items():
+        if name in prompts and prompts[name].get("version") != version:
+            prompts[name]["version"] = version
+            changed = True
+    return validate_tenant(doc, file=source) if changed else tenant
+
+
+def stored_versions(tenant: TenantConfig, doc: Mapping[str, Any] | None) -> dict[str, str]:
+    """The versions the master holds for the tenant's prompts that name the same file
+    and no version of their own: kept when ``provision`` runs without ``--prompts``
+    (it does not touch the audio, so the version it set last time still holds)."""
+    if doc is None or not isinstance(doc.get("prompts"), Mapping):
+        return {}
+    out = {}
+    for name, prompt in tenant.prompts.items():
+        old = doc["prompts"].get(name)
+        if prompt.version is None and isinstance(old, Mapping) and old.get("file") == prompt.file:
+            if old.get("version") is not None:
+                out[name] = str(old["version"])
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,11 +660,21 @@ def provision(
             prompt_plan = plan_prompts(
                 uploads, stored, lambda t, prefix: storage.list(t, "prompts", prefix)
             )
-            touched = {c.name.split("/", 1)[0] for c in prompt_plan if c.changes}
             docs = (
                 {str(d["_id"]): d for d in master.fetch([t.id for t in tenants])} if tenants else {}
             )
-            tenant_plan = plan_tenants(tenants, docs, touched=touched, source=f"master {database}")
+            # each prompt's version follows its audio: new audio reaches the nodes
+            versions: dict[str, dict[str, str]] = {}
+            for up in uploads:
+                name = os.path.splitext(up.key)[0]
+                versions.setdefault(up.tenant, {})[name] = content_version(up.path.read_bytes())
+            if prompts_dir is None:  # the audio is not touched: keep the master's versions
+                versions = {t.id: stored_versions(t, docs.get(t.id)) for t in tenants}
+            tenants = [
+                with_prompt_versions(t, versions.get(t.id, {}), source=origin[t.id])
+                for t in tenants
+            ]
+            tenant_plan = plan_tenants(tenants, docs, source=f"master {database}")
             by_key = {f"{u.tenant}/prompts/{u.key}": u for u in uploads}
             for change in prompt_plan:
                 if change.changes and not dry_run:
@@ -804,7 +886,7 @@ def _port_findings(cfg: EngineConfig, pid: int | None) -> list[Finding]:
             ws = getattr(cfg, name)
             if ws:
                 out.append(_port_finding(f"SIP {name}", host, ws, "tcp", pid))
-    for name in ("metrics", "admin"):
+    for name in ("metrics", "admin", "webphone"):
         address = getattr(cfg, name)
         if address:
             host, port = parse_listen(address)

@@ -276,6 +276,8 @@ class SpoolFigures(_Figures):
         self.vanished = 0
         self.uploaded_bytes = 0
         self.oldest = 0.0
+        self.near_quota = False
+        self.refusals = 0
 
     def oldest_age(self, now: float) -> float:
         return float(self.oldest)  # as of the plane's last report
@@ -1097,15 +1099,20 @@ class PlaneServer:
         session = self.sessions.get(sid)
         if session is None:
             return
-        recording = self.manager.call_recording(
-            tenant,
-            key,
-            session,
-            channels=channels,
-            max_seconds=max_seconds,
-            call_id=call_id,
-            now=self._loop.time(),
-        )
+        try:
+            recording = self.manager.call_recording(
+                tenant,
+                key,
+                session,
+                channels=channels,
+                max_seconds=max_seconds,
+                call_id=call_id,
+                now=self._loop.time(),
+            )
+        except OSError as exc:  # SpoolFull (counted and logged by the spool), disk errors
+            # the engine was told nothing (a command): its call log still names the key
+            log.warning("call %s not recorded (%s): %s", call_id, key, exc)
+            return
         session.recording = recording
         self.recordings[rid] = (recording, session)
 
@@ -1219,6 +1226,8 @@ class PlaneServer:
                 "vanished": core.vanished,
                 "uploaded_bytes": core.uploaded_bytes,
                 "oldest": core.oldest_age(time.time()),
+                "near_quota": core.near_quota,
+                "refusals": core.refusals,
             }
         sync = self.manager.prompt_sync
         if sync is not None:

@@ -383,8 +383,19 @@ def _spool_metrics(core: SpoolCore) -> Iterator[GaugeMetricFamily | CounterMetri
             core.oldest_age(time.time()),
         ),
         ("callengine_media_uploads_active", "Uploads in flight", core.in_flight),
+        (
+            "callengine_media_spool_near_quota",
+            "1 while the spool holds spool_near of its quota or more (new recordings are"
+            " refused at the quota)",
+            int(core.near_quota),
+        ),
     ):
         yield GaugeMetricFamily(name, doc, value=value)
+    yield CounterMetricFamily(
+        "callengine_media_spool_refused",
+        "Recordings (voicemail, call recordings) not made because the spool held its quota",
+        value=core.refusals,
+    )
     c = CounterMetricFamily(
         "callengine_media_uploads",
         "Uploads by outcome (present: the same blob was already stored; rejected: refused"

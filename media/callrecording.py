@@ -22,7 +22,12 @@ the event loop stalls, so the recording is paced by time, never by packets:
   and each emitted frame takes exactly one.
 * Sent payloads queue (at most :data:`TX_BACKLOG` frames: ticks are paced by the same
   clock, so more means the loop ran ticks in a burst) and each emitted frame takes one;
-  a frame with nothing sent is silence.
+  a frame with nothing sent is silence. When the loop stalled, the media clock makes up
+  the missed ticks (:mod:`media.clock`: up to ``max_lag_ticks`` periods late, one
+  callback each, right after the late one), so frames due with no payload queued wait
+  for those (at most :data:`CATCH_UP` frames) instead of becoming silence: the caller
+  heard every packet, late, and the recording holds them in order. Later than that,
+  the clock skips the missed ticks: nothing went out, those frames are silence.
 * :meth:`RecordingCore.finish` emits up to the stop time and cuts the last frame, so the
   file is ``(stop - start) * rate`` samples, within half a frame (10 ms).
 
@@ -48,12 +53,24 @@ from .recorder import Recorder, RecordingResult
 if TYPE_CHECKING:
     from .stream import RtpStream
 
-__all__ = ["CHANNEL_MODES", "TX_BACKLOG", "CallRecording", "FarSide", "RecordingCore", "mix"]
+__all__ = [
+    "CATCH_UP",
+    "CHANNEL_MODES",
+    "TX_BACKLOG",
+    "CallRecording",
+    "FarSide",
+    "RecordingCore",
+    "mix",
+]
 
 #: ``stereo``: caller left, the other side right; ``mono``: both mixed.
 CHANNEL_MODES = frozenset({"stereo", "mono"})
 #: Sent frames kept waiting for their slot; older ones are dropped (counted).
 TX_BACKLOG = 3
+#: Frames due with nothing sent yet that wait for the media clock's catch-up ticks (it
+#: makes up ticks up to ``max_lag_ticks`` (5) periods late, plus the late tick's own
+#: period and rounding): more than this, the clock skipped them and they are silence.
+CATCH_UP = 7
 # Octet-per-tick codecs: packets of any ptime are cut into 20 ms frames.
 _OCTET_PER_TICK = frozenset({"PCMU", "PCMA", "G722"})
 # Codecs decoded a batch at a time (stateless, one octet per sample).
@@ -169,6 +186,9 @@ class RecordingCore:
         if self.finished:
             return []
         due = int((now - self.start) / self.frame_seconds + 0.5) - self.frames
+        if self._far is None and len(self._tx) < due <= len(self._tx) + CATCH_UP:
+            # the clock is late: its catch-up ticks follow at once, with the rest
+            due = len(self._tx)
         return self._emit(due) if due > 0 else []
 
     def finish(self, now: float) -> tuple[list[Pair], float]:

@@ -131,6 +131,11 @@ class SpoolCore:
         """Consecutive failed uploads (the backoff exponent)."""
         self.blocked_until = 0.0
         self.near_quota = False
+        """The spool holds ``near`` of its quota or more (off again below 80 % of that)."""
+        self.full = False
+        """The last recording that asked was refused (the spool holds its quota)."""
+        self.refusals = 0
+        """Recordings refused because the spool held its quota."""
         self.uploads_ok = 0
         self.uploaded_bytes = 0
         """Bytes of the files uploaded (``uploads_ok``): the upload rate, in bytes."""
@@ -145,8 +150,15 @@ class SpoolCore:
 
     # ---------------------------------------------------------------- queue
     def admit(self) -> bool:
-        """May a new recording start? (False once the spool holds its quota.)"""
-        return self.bytes < self.quota
+        """May a new recording start? False once the spool holds its quota: the
+        refusal is counted (:attr:`refusals`) and :attr:`full` is set until one is
+        admitted again."""
+        if self.bytes < self.quota:
+            self.full = False
+            return True
+        self.refusals += 1
+        self.full = True
+        return False
 
     def add(self, item: SpoolItem) -> bool:
         """Queue a finished file; returns True when this crossed into "near quota"."""
@@ -328,9 +340,20 @@ class Spool:
     def begin(self, tenant: str, kind: str, key: str, metadata: dict[str, str]) -> Path:
         """A recording starts: check the quota, write its metadata, return its path.
 
-        Raises :class:`SpoolFull` when the spool holds its quota."""
-        if not self.core.admit():
-            raise SpoolFull(f"media spool full ({self.core.bytes} of {self.core.quota} bytes)")
+        Raises :class:`SpoolFull` when the spool holds its quota (logged once per
+        episode: until a recording is admitted again)."""
+        core = self.core
+        was_full = core.full
+        if not core.admit():
+            if not was_full:
+                log.warning(
+                    "media spool full: %d of %d bytes in %d files; new recordings are "
+                    "refused until uploads free space (storage unreachable?)",
+                    core.bytes,
+                    core.quota,
+                    core.files,
+                )
+            raise SpoolFull(f"media spool full ({core.bytes} of {core.quota} bytes)")
         name = self.blob_name(tenant, kind, key)
         path = self.files_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@ and the provisioning plans (no servers; tests/integration/test_installer.py has 
 
 from __future__ import annotations
 
+import os
+import socket
 import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,6 +20,7 @@ from callengine.installer import (
     Change,
     PromptUpload,
     check,
+    content_version,
     engine_options,
     init_layout,
     node_pid,
@@ -26,6 +29,8 @@ from callengine.installer import (
     plan_tenants,
     prompt_uploads,
     render_config,
+    stored_versions,
+    with_prompt_versions,
 )
 from config_cache import CacheSettings, ConfigError, load_tenant_file, validate_tenant
 
@@ -184,9 +189,6 @@ def test_plan_tenants_create_unchanged_update() -> None:
     stored = {"acme": {**_acme(), "_id": "acme", "rev": 4}}
     stored["acme"].pop("id")
     assert plan_tenants([tenant], stored) == [Change("tenant", "acme", "unchanged", "rev 4")]
-    assert plan_tenants([tenant], stored, touched={"acme"}) == [
-        Change("tenant", "acme", "update", "rev 4 -> 5, prompts changed")
-    ]
     renamed = validate_tenant(_acme(name="Acme Corp"))
     assert plan_tenants([renamed], stored) == [
         Change("tenant", "acme", "update", "rev 4 -> 5, changed")
@@ -195,6 +197,34 @@ def test_plan_tenants_create_unchanged_update() -> None:
     assert plan_tenants([ahead], stored)[0].detail == "rev 4 -> 9, changed"
     # a rev alone is no change: provisioning twice must not bump it
     assert plan_tenants([validate_tenant(_acme(rev=9))], stored)[0].action == "unchanged"
+
+
+def test_prompt_versions_follow_the_audio_and_show_in_the_plan() -> None:
+    tenant = load_tenant_file(ACME)[0]
+    one, two = content_version(b"RIFF-one"), content_version(b"RIFF-two")
+    assert one == "59cd0bfa45f8be3f6a948a2f5511bde2" and one != two  # the MD5 of the bytes, in hex
+    v1 = with_prompt_versions(tenant, {"promo": one, "absent": two})
+    assert v1.prompts["promo"].version == one and "absent" not in v1.prompts
+    assert with_prompt_versions(v1, {"promo": one}) is v1
+
+    stored = {"acme": {**v1.to_doc(), "_id": "acme", "rev": 1}}
+    assert plan_tenants([v1], stored)[0].action == "unchanged"  # same audio: idempotent
+    v2 = with_prompt_versions(tenant, {"promo": two})
+    assert plan_tenants([v2], stored) == [
+        Change(
+            "tenant", "acme", "update", f"rev 1 -> 2, prompt promo version {one[:8]} -> {two[:8]}"
+        )
+    ]
+    renamed = with_prompt_versions(validate_tenant(_acme(name="Acme Corp")), {"promo": two})
+    assert plan_tenants([renamed], stored)[0].detail == (
+        f"rev 1 -> 2, changed, prompt promo version {one[:8]} -> {two[:8]}"
+    )
+    # without --prompts the audio is not touched: the master's version is kept
+    assert stored_versions(tenant, stored["acme"]) == {"promo": one}
+    moved = validate_tenant(_acme(prompts={"promo": {"file": "acme/other.wav"}}))
+    assert stored_versions(moved, stored["acme"]) == {}  # another file: the version is not its
+    assert stored_versions(v2, stored["acme"]) == {}  # it has its own
+    assert stored_versions(tenant, None) == {}
 
 
 def test_plan_tenants_replaces_an_invalid_stored_document() -> None:
@@ -249,6 +279,24 @@ def test_prompt_uploads_name_file_tenant_and_field(tmp_path: Path) -> None:
         bad = validate_tenant(_acme(prompts={"promo": {"file": file}}))
         with pytest.raises(ConfigError, match=f"tenant 'acme': prompts.promo.file: .*{message}"):
             prompt_uploads(bad, tmp_path, source="t.yaml")
+
+
+def test_check_looks_at_the_web_phone_port(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    with socket.socket() as squatter:  # another program's web server on that port
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        config.write_text(
+            "listen: ['127.0.0.1:0']\nmetrics: null\nadmin: null\n"
+            f"webphone: '127.0.0.1:{port}'\ndata_dir: {tmp_path / 'data'}\n"
+        )
+        (taken,) = [f.line() for f in check(str(config)) if "(webphone)" in f.what]
+    assert taken.startswith(
+        f"FAIL  port {port}/tcp on 127.0.0.1 (webphone): in use by pid {os.getpid()} ("
+    ), taken
+    (free,) = [f.line() for f in check(str(config)) if "(webphone)" in f.what]
+    assert free == f"ok    port {port}/tcp on 127.0.0.1 (webphone): free"
 
 
 def test_check_stops_at_a_configuration_error_naming_file_and_field(

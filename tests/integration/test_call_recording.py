@@ -12,7 +12,7 @@ whole tenant, or for user 100 only) and keeps its media in Azurite through the s
 
 Each time: the recording lands in Azurite exactly once with the call's metadata, its
 length is the call's connected time (answer to hang-up, from the call log) within
-0.2 s, each channel correlates >= 0.9 with what that side sent and not with the other
+1 % (the issue's bound; measured: 1-2 ms), each channel correlates >= 0.9 with what that side sent and not with the other
 side, and the call log carries the blob URL.
 """
 
@@ -33,7 +33,15 @@ import numpy.typing as npt
 import pytest
 import soundfile
 from integration.audio import CAPTURES, MIN_CORRELATION, RATE, capture_audio, correlation
-from integration.support import SIPP, Daemon, free_port, run_sipp, start_daemon, wait_metric
+from integration.support import (
+    SIPP,
+    Daemon,
+    free_port,
+    run_sipp,
+    scrape,
+    start_daemon,
+    wait_metric,
+)
 from integration.test_azure_storage import CONTAINER, Azurite, stop_and_read_logs
 from integration.test_media_sipp import run_sipp_call
 from integration.test_ring_user import register
@@ -46,7 +54,8 @@ from media.prompts import PromptCache
 pytestmark = pytest.mark.integration
 
 SIPP_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "sipp"
-MAX_LENGTH_ERROR = 0.2  # seconds between the file's length and the connected time
+MAX_LENGTH_RATIO = 0.01  # the file's length vs the connected time
+PROMPT_SLACK = 0.2  # seconds between a recorded segment and the prompt played in it
 
 
 @pytest.fixture
@@ -59,11 +68,14 @@ def azurite(tmp_path: Path) -> Iterator[Azurite]:
 
 @pytest.fixture
 def recording_node(tmp_path: Path, azurite: Azurite) -> Iterator[Callable[..., Daemon]]:
-    """``factory(tenant_changes)``: a node whose demo tenant (from a tenant file) is
-    changed by ``tenant_changes``, with media storage on Azurite."""
+    """``factory(tenant_changes, *serve_args, **media_storage)``: a node whose demo
+    tenant (from a tenant file) is changed by ``tenant_changes``, with media storage on
+    Azurite (``media_storage``: more settings of that section)."""
     started: list[Daemon] = []
 
-    def factory(change: Callable[[dict[str, Any]], None], *extra: str) -> Daemon:
+    def factory(
+        change: Callable[[dict[str, Any]], None], *extra: str, **storage_options: Any
+    ) -> Daemon:
         doc = load_demo_tenant().to_doc()
         change(doc)
         (tmp_path / "demo.json").write_text(json.dumps(doc))
@@ -74,6 +86,7 @@ def recording_node(tmp_path: Path, azurite: Azurite) -> Iterator[Callable[..., D
             "container": CONTAINER,
             "retry_initial": 0.2,
             "retry_max": 1.0,
+            **storage_options,
         }
         config.write_text(json.dumps({"media_storage": storage, "tenant_files": ["demo.json"]}))
         node = start_daemon(tmp_path, "--config", str(config), *extra, metrics=True)
@@ -119,7 +132,21 @@ def write_rtp_pcap(path: Path, pcm: npt.NDArray[np.int16]) -> None:
 def recording_of(
     azurite: Azurite, logs: list[dict[str, Any]]
 ) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
-    """The one recorded call's log and its stereo audio, checked against the blob."""
+    """The one recorded call's log and its stereo audio, checked against the blob and
+    the call's connected time."""
+    log, data = stored_recording(azurite, logs)
+    connected = log["end_time"] - log["answer_time"]
+    length = len(data) / RATE
+    print(f"{log['recording_key']}: {length:.3f} s for {connected:.3f} s connected")
+    assert abs(length - connected) <= MAX_LENGTH_RATIO * connected, (length, connected)
+    return log, data
+
+
+def stored_recording(
+    azurite: Azurite, logs: list[dict[str, Any]]
+) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
+    """The one recorded call's log and its stereo audio: stored exactly once, with the
+    call's metadata, where the call log says."""
     (log,) = [entry for entry in logs if entry.get("recording_key")]
     assert log["state"] == "final" and log["result"] == "completed", log
     key = log["recording_key"]
@@ -133,10 +160,6 @@ def recording_of(
     assert recordings[name].metadata == {"tenant": "demo", "call_id": log["call_id"]}
     data, rate = soundfile.read(io.BytesIO(blob.download_blob().readall()), dtype="float64")
     assert rate == RATE and data.ndim == 2 and data.shape[1] == 2, data.shape
-    connected = log["end_time"] - log["answer_time"]
-    length = len(data) / RATE
-    print(f"{name}: {length:.3f} s for {connected:.3f} s connected")
-    assert abs(length - connected) <= MAX_LENGTH_ERROR, (length, connected)
     return log, np.asarray(data)
 
 
@@ -190,6 +213,125 @@ def test_ivr_call_recorded_in_two_channels(
     assert ncc >= MIN_CORRELATION, ncc
     # the greeting played before the caller's message (recorded in the same file)
     assert offset < correlation(stereo[:, 0], caller)[1]
+
+
+def test_ivr_node_records_only_its_part_of_the_call(
+    tmp_path: Path, azurite: Azurite, recording_node: Callable[..., Daemon]
+) -> None:
+    """A flow node's ``record`` option: recording starts when the call enters the node
+    marked ``record: true`` and stops at the one marked ``record: false`` (the tenant
+    records nothing by itself). The caller (SIPp) talks throughout."""
+    assert Path(SIPP).exists(), f"SIPp not found at {SIPP}"
+
+    def record_one_node(doc: dict[str, Any]) -> None:
+        doc["numbers"]["5550500"] = {"route": "ivr:recorded", "name": "Recorded node"}
+        doc["flows"]["recorded"] = {
+            "start": "hello",
+            "nodes": {
+                "hello": {"type": "play", "prompts": ["welcome"], "next": "talk"},
+                "talk": {
+                    "type": "play",
+                    "prompts": ["voicemail_greeting"],
+                    "record": True,
+                    "next": "done",
+                },
+                "done": {"type": "play", "prompts": ["goodbye"], "record": False, "next": "bye"},
+                "bye": {"type": "hangup"},
+            },
+        }
+
+    node = recording_node(record_one_node)
+    workdir = sipp_workdir(tmp_path)
+    args = [node.address, "-sf", str(SIPP_DIR / "uac_talk_wait_bye.xml"), "-s", "5550500"]
+    args += ["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port())]
+    args += ["-mp", str(free_port(both=False)), "-m", "1", "-timeout", "30s"]
+    result = run_sipp(args, cwd=workdir, timeout=40)
+    assert result.stats.get("SuccessfulCall(C)") == "1", (result.stats, result.stderr[-2000:])
+    uploaded(node, 1)
+    logs = stop_and_read_logs(node)
+    log, stereo = stored_recording(azurite, logs)
+    # as long as the call stayed in the recorded node (within 1 %)
+    (talk,) = [e for e in log["ivr_path"] if e["event"] == "step" and e["node"] == "talk"]
+    span = talk["ended"] - talk["started"]
+    length = len(stereo) / RATE
+    print(f"{log['recording_key']}: {length:.3f} s for {span:.3f} s in the recorded node")
+    assert abs(length - span) <= MAX_LENGTH_RATIO * span, (length, span)
+    events = [e["event"] for e in log["ivr_path"] if e.get("kind") == "recording"]
+    assert events == ["start", "stop"], log["ivr_path"]
+    prompts = PromptCache(None)
+    greeting, welcome, goodbye = (
+        prompts.pcm(name, RATE).astype(np.float64) / 32768.0
+        for name in ("voicemail_greeting", "welcome", "goodbye")
+    )
+    # right: what the IVR played while in the recorded node, and nothing else
+    check_channel(stereo[:, 1], greeting, welcome, "right (the recorded node's prompt)")
+    assert correlation(stereo[:, 1], goodbye)[0] < 0.5
+    # left: what the caller said meanwhile, a part of its capture past the welcome
+    caller = capture_audio(CAPTURES / "g711a.pcap")
+    ncc, offset = correlation(caller, stereo[:, 0])
+    print(f"left (the caller): correlation {ncc:.4f} at {offset / RATE:.3f} s of its capture")
+    assert ncc >= MIN_CORRELATION, ncc
+    assert abs(offset / RATE - len(welcome) / RATE) < 0.3, offset
+
+
+def test_spool_at_its_quota_refuses_recordings_and_calls_go_on(
+    tmp_path: Path, azurite: Azurite, recording_node: Callable[..., Daemon]
+) -> None:
+    """Storage down and a tiny spool quota: the first recordings fill the spool (near
+    quota: metric and one log line), the next is refused (counted, one log line), and
+    every call is answered, played and hung up as usual."""
+    assert Path(SIPP).exists(), f"SIPp not found at {SIPP}"
+    azurite.stop()
+    quota = 100_000  # a call recording here: ~1.9 s of stereo 16-bit 8 kHz, ~61 kB
+
+    def record_short_calls(doc: dict[str, Any]) -> None:
+        doc["recording"] = {"enabled": True, "channels": "stereo"}
+        doc["numbers"]["5550600"] = {"route": "ivr:short", "name": "Short"}
+        doc["flows"]["short"] = {
+            "start": "hello",
+            "nodes": {
+                "hello": {"type": "play", "prompts": ["welcome"], "next": "bye"},
+                "bye": {"type": "hangup"},
+            },
+        }
+
+    node = recording_node(record_short_calls, spool_quota=quota, spool_near=0.5)
+    assert node.metrics_port is not None
+    workdir = sipp_workdir(tmp_path)
+    args = [node.address, "-sf", str(SIPP_DIR / "uac_wait_bye.xml"), "-s", "5550600"]
+    args += ["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port())]
+    args += ["-mp", str(free_port(both=False)), "-m", "3", "-l", "1", "-timeout", "30s"]
+    result = run_sipp(args, cwd=workdir, timeout=40)
+    # every call went on: answered, the prompt played, the node's BYE
+    assert (result.stats.get("SuccessfulCall(C)"), result.stats.get("FailedCall(C)")) == (
+        "3",
+        "0",
+    ), (result.stats, result.stderr[-2000:])
+    figures = scrape(node.metrics_port)
+    print({k: v for k, v in figures.items() if "spool" in k})
+    assert figures["callengine_media_spool_quota_bytes"] == quota
+    assert figures["callengine_media_spool_files"] == 2
+    assert figures["callengine_media_spool_bytes"] >= quota  # two recordings: full
+    assert figures["callengine_media_spool_near_quota"] == 1
+    assert figures["callengine_media_spool_refused_total"] == 1
+    assert figures['callengine_media_uploads_total{result="ok"}'] == 0
+
+    logs = stop_and_read_logs(node)
+    text = node.log()
+    assert text.count("media spool near its quota:") == 1, text
+    assert text.count("media spool full:") == 1, text
+    calls = sorted((e for e in logs if e["callee"] == "5550600"), key=lambda e: e["start_time"])
+    assert [e["result"] for e in calls] == ["completed"] * 3
+    if "--media-process" in node.args:
+        # the media plane refuses it after the engine started it (a command, no reply):
+        # logged there, and the engine's call log still names the key (docs/storage.md)
+        assert f"call {calls[2]['call_id']} not recorded (recordings/" in text, text
+        return
+    assert "call not recorded (tenant demo): media spool full" in text
+    assert [bool(e.get("recording_key")) for e in calls] == [True, True, False]
+    failed = [e for e in calls[2]["ivr_path"] if e.get("kind") == "recording"]
+    assert [e["event"] for e in failed] == ["failed"], calls[2]["ivr_path"]
+    assert "SpoolFull" in failed[0]["error"]
 
 
 def test_bridged_call_recorded_in_two_channels(
@@ -273,7 +415,7 @@ def test_recording_by_api_in_segments(tmp_path: Path) -> None:
         assert rate == RATE and pcm.ndim == 1
         reference = prompts.pcm(prompt, RATE).astype(np.float64) / 32768.0
         assert abs(len(pcm) / RATE - result.seconds) < 0.001
-        assert abs(len(pcm) - len(reference)) / RATE <= MAX_LENGTH_ERROR, (prompt, len(pcm))
+        assert abs(len(pcm) - len(reference)) / RATE <= PROMPT_SLACK, (prompt, len(pcm))
         ncc, _ = correlation(pcm, reference)
         print(f"{result.key}: {result.seconds:.3f} s, correlation with {prompt} {ncc:.4f}")
         assert ncc >= MIN_CORRELATION, (prompt, ncc)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import soundfile
 from integration.audio import MIN_CORRELATION, RATE, correlation, prompt_pcm
@@ -65,15 +66,28 @@ def servers(tmp_path: Path) -> Iterator[tuple[Secantus, Azurite]]:
         mongo.stop()
 
 
-def test_init_provision_serve_a_call_hears_the_tenants_prompt(
+def heard(blobs: Azurite, seen: set[str]) -> tuple[str, npt.NDArray[np.float64]]:
+    """The recording of the one call since ``seen``: its right channel, what the IVR
+    played to the caller."""
+    (name,) = [n for n in blobs.blobs() if n.startswith("own/recordings/") and n not in seen]
+    seen.add(name)
+    data = blobs.container().get_blob_client(name).download_blob().readall()
+    stereo, rate = soundfile.read(io.BytesIO(data), dtype="float64")
+    assert rate == RATE and stereo.ndim == 2, stereo.shape
+    return name, stereo[:, 1]
+
+
+def test_init_provision_serve_a_call_hears_the_tenants_prompt_then_its_new_recording(
     tmp_path: Path, servers: tuple[Secantus, Azurite]
 ) -> None:
     assert Path(SIPP).exists(), f"SIPp not found at {SIPP}"
     mongo, blobs = servers
-    own = tone(700, 1.5)
+    own, new = tone(700, 1.5), tone(1100, 1.5)
     bundled = prompt_pcm("welcome")
-    # the tone is nothing like the bundled welcome (else the test would prove nothing)
+    # the tones are nothing like the bundled welcome nor each other (else the test would
+    # prove nothing)
     assert correlation(bundled, own.astype(np.float64) / 32768.0)[0] < 0.5
+    assert correlation(new.astype(np.float64), own.astype(np.float64))[0] < 0.5
 
     # the operator's files: a tenant and its prompt
     tenants = tmp_path / "own.yaml"
@@ -108,20 +122,14 @@ def test_init_provision_serve_a_call_hears_the_tenants_prompt(
     assert created.returncode == 0, created.stderr
     config = root / "callengine.yaml"
     with_rtp_range(config, free_range())
+    # the node notices a new tenant revision and prompt version within a second (5 s by
+    # default)
+    text = config.read_text().replace("poll_interval: 5.0", "poll_interval: 0.5")
+    config.write_text(text.replace("prompt_refresh: 5.0", "prompt_refresh: 0.5"))
 
-    provisioned = call(
-        "provision",
-        "--master",
-        mongo.url,
-        "--media",
-        blobs.connection_string,
-        "--container",
-        CONTAINER,
-        "--tenants",
-        str(tenants),
-        "--prompts",
-        str(prompts),
-    )
+    provision = ["provision", "--master", mongo.url, "--media", blobs.connection_string]
+    provision += ["--container", CONTAINER, "--tenants", str(tenants), "--prompts", str(prompts)]
+    provisioned = call(*provision)
     assert provisioned.returncode == 0, provisioned.stderr
     assert provisioned.stdout.splitlines() == [
         f"prompt own/prompts/welcome.wav: create ({len(wav(own))} bytes from "
@@ -130,32 +138,51 @@ def test_init_provision_serve_a_call_hears_the_tenants_prompt(
         "provision: 2 change(s) made",
     ]
 
-    node = Serve(config, port, tmp_path)
-    try:
-        # the tenant came from the master, its prompt from Media Storage
-        wait_metric(metrics, 'callengine_prompt_fetches_total{result="ok"}', 1.0, timeout=30)
+    workdir = tmp_path / "sipp"
+    workdir.mkdir()
 
-        workdir = tmp_path / "sipp"
-        workdir.mkdir()
+    def one_call(uploads: float) -> None:
         args = [f"127.0.0.1:{port}", "-sf", str(SIPP_DIR / "uac_wait_bye.xml"), "-s", NUMBER]
         args += ["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port())]
         args += ["-mp", str(free_port(both=False)), "-m", "1", "-timeout", "30s"]
         result = run_sipp(args, cwd=workdir, timeout=40)
         assert result.stats.get("SuccessfulCall(C)") == "1", (result.stats, result.stderr[-2000:])
-        wait_metric(metrics, 'callengine_media_uploads_total{result="ok"}', 1.0, timeout=20)
+        wait_metric(metrics, 'callengine_media_uploads_total{result="ok"}', uploads, timeout=20)
+
+    seen: set[str] = set()
+    node = Serve(config, port, tmp_path)
+    try:
+        # the tenant came from the master, its prompt from Media Storage
+        wait_metric(metrics, 'callengine_prompt_fetches_total{result="ok"}', 1.0, timeout=30)
+        one_call(1.0)
+        name, first = heard(blobs, seen)
+
+        # a new recording of the prompt, provisioned while the node runs: the tenant's
+        # new revision carries the audio's new version, the node fetches it
+        (prompts / "own" / "welcome.wav").write_bytes(wav(new))
+        again = call(*provision)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines()[1].startswith("tenant own: update (rev 1 -> 2, prompt ")
+        wait_metric(metrics, 'callengine_prompt_fetches_total{result="ok"}', 2.0, timeout=15)
+        one_call(2.0)
+        second_name, second = heard(blobs, seen)
     finally:
         assert node.stop() == 0, node.log.read_text()
 
-    (name,) = [n for n in blobs.blobs() if n.startswith("own/recordings/")]
-    data = blobs.container().get_blob_client(name).download_blob().readall()
-    stereo, rate = soundfile.read(io.BytesIO(data), dtype="float64")
-    assert rate == RATE and stereo.ndim == 2, stereo.shape
-    heard = stereo[:, 1]  # right: what the IVR played to the caller
-    ncc, offset = correlation(heard, own.astype(np.float64) / 32768.0)
-    not_bundled, _ = correlation(heard, bundled)
+    as_float = {"own": own.astype(np.float64) / 32768.0, "new": new.astype(np.float64) / 32768.0}
+    ncc, offset = correlation(first, as_float["own"])
+    not_bundled, _ = correlation(first, bundled)
     print(
         f"{name}: the tenant's prompt {ncc:.4f} at {offset / RATE:.3f} s; "
         f"the bundled welcome {not_bundled:.4f}"
     )
     assert ncc >= MIN_CORRELATION and offset < RATE // 2, (ncc, offset)
     assert not_bundled < 0.5, not_bundled
+
+    ncc, offset = correlation(second, as_float["new"])
+    not_old, _ = correlation(second, as_float["own"])
+    print(
+        f"{second_name}: the new recording {ncc:.4f} at {offset / RATE:.3f} s; the old {not_old:.4f}"
+    )
+    assert ncc >= MIN_CORRELATION and offset < RATE // 2, (ncc, offset)
+    assert not_old < 0.5, not_old

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from integration.support import CALLENGINE, ROOT, free_port, wait_udp_sip
@@ -22,6 +23,7 @@ from integration.test_azure_storage import CONTAINER, Azurite
 from integration.test_reliability import Secantus
 
 from callengine.cli import main
+from callengine.installer import content_version
 from config_cache import load_tenant_file
 
 pytestmark = pytest.mark.integration
@@ -244,19 +246,45 @@ def test_provision_is_idempotent_and_check_follows_the_servers(
     with mongo.client() as c:
         (doc,) = list(c["callengine"]["tenants"].find())
     want = load_tenant_file(ACME)[0].to_doc()
-    assert doc["rev"] == 1 and doc["prompts"] == want["prompts"] and doc["_id"] == "acme"
+    assert doc["rev"] == 1 and doc["_id"] == "acme"
+    assert doc["prompts"]["promo"] == {**want["prompts"]["promo"], "version": ANY}
     stored = blobs.container().download_blob("acme/prompts/promo.wav").readall()
     assert stored == promo.read_bytes()
 
-    # a new recording of the prompt: uploaded, and the tenant's rev tells the nodes
+    # the prompt's version is the audio's MD5, the blob's Content-MD5 as Azure keeps it
+    old_version = content_version(promo.read_bytes())
+    assert doc["prompts"]["promo"]["version"] == old_version
+    blob = blobs.container().get_blob_client("acme/prompts/promo.wav").get_blob_properties()
+    assert bytes(blob.content_settings.content_md5).hex() == old_version
+
+    # a new recording of the prompt: uploaded, and its new version tells the nodes
     promo.write_bytes((BUNDLED / "goodbye.wav").read_bytes())
+    new_version = content_version(promo.read_bytes())
+    bump = f"prompt promo version {old_version[:8]} -> {new_version[:8]}"
+    dry = call(*provision, "--dry-run")
+    assert lines(dry) == [
+        f"prompt acme/prompts/promo.wav: would update ({promo.stat().st_size} bytes from {promo})",
+        f"tenant acme: would update (rev 1 -> 2, {bump})",
+        "provision: dry run, 2 change(s) not made",
+    ]
     third = call(*provision)
     assert lines(third) == [
         f"prompt acme/prompts/promo.wav: update ({promo.stat().st_size} bytes from {promo})",
-        "tenant acme: update (rev 1 -> 2, prompts changed)",
+        f"tenant acme: update (rev 1 -> 2, {bump})",
         "provision: 2 change(s) made",
     ]
     assert blobs.container().download_blob("acme/prompts/promo.wav").readall() == promo.read_bytes()
+    with mongo.client() as c:
+        assert c["callengine"]["tenants"].find_one({"_id": "acme"})["prompts"]["promo"] == {
+            **want["prompts"]["promo"],
+            "version": new_version,
+        }
+    # without --prompts the audio is not touched, and the version stays
+    assert lines(call(*provision[:-2])) == [
+        "tenant acme: 1 prompt(s) not uploaded (no --prompts DIR)",
+        "tenant acme: unchanged (rev 2)",
+        "provision: nothing to change",
+    ]
 
     # a bad tenant file: nothing written, the error names file, tenant and field
     bad = TENANTS / "reliability_bad_types.yaml"

@@ -10,8 +10,10 @@ call would play (the prompt cache's PCM for the tenant), then on a real call:
   restarted while storage is down plays it from its cache directory.
 * A tenant whose prompt was never cached: the bundled prompt plays, with one log line
   and the fallback counter; once storage is back the tenant's prompt is fetched.
-* A SIPp call through the demo IVR with the tenant's own welcome prompt: the call
-  recording's IVR channel is that prompt.
+* The same on real calls (``serve`` + SIPp; what the caller heard is the IVR channel of
+  the call's recording): the tenant's prompt; a new version in storage + configuration
+  heard by the next call; Azurite stopped and a newer version configured: the next call
+  still hears the cached one.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import asyncio
 import io
 import json
 import logging
-import signal
+import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile
-from integration.audio import CAPTURES, MIN_CORRELATION, RATE, correlation
-from integration.support import SIPP, Daemon, free_port, run_sipp, start_daemon, wait_metric
-from integration.test_azure_storage import CONTAINER, Azurite
+from integration.audio import MIN_CORRELATION, RATE, correlation
+from integration.support import SIPP, free_port, run_sipp, scrape, start_daemon, wait_metric
+from integration.test_azure_storage import CONTAINER, Azurite, wait_for
 
 from callengine._media import MediaManager
 from callengine.config import StorageSettings
-from config_cache import load_demo_tenant, validate_tenant
+from callengine.ctl import AdminClient
+from config_cache import validate_tenant
 from media.azure import AzureBlobStorage
 from media.codecs import PCMA
 from media.prompts import PromptCache
@@ -164,54 +167,114 @@ def test_prompts_fetched_refreshed_and_served_offline(
     asyncio.run(main())
 
 
-@pytest.fixture
-def node(tmp_path: Path, azurite: Azurite) -> Iterator[Callable[[], Daemon]]:
-    started: list[Daemon] = []
-
-    def factory() -> Daemon:
-        doc = load_demo_tenant().to_doc()
-        doc["prompts"] = {"welcome": {"file": "welcome-v1.wav", "version": "1"}}
-        doc["recording"] = {"enabled": True}
-        (tmp_path / "demo.json").write_text(json.dumps(doc))
-        storage = {
-            "kind": "azure",
-            "connection_string": azurite.connection_string,
-            "container": CONTAINER,
-            "prompt_refresh": 0.2,
-        }
-        config = tmp_path / "node.yaml"
-        config.write_text(json.dumps({"media_storage": storage, "tenant_files": ["demo.json"]}))
-        daemon = start_daemon(tmp_path, "--config", str(config), metrics=True)
-        started.append(daemon)
-        return daemon
-
-    yield factory
-    for daemon in started:
-        daemon.stop(signal.SIGKILL if daemon.proc.poll() is None else signal.SIGTERM, timeout=5)
+NUMBER = "5550400"
 
 
-def test_a_call_hears_the_tenants_own_prompt(
-    tmp_path: Path, azurite: Azurite, node: Callable[[], Daemon]
+def own_tenant(version: str) -> dict[str, Any]:
+    """A tenant whose IVR plays its own welcome then hangs up, recording every call (the
+    right channel of the recording is what the caller heard)."""
+    return {
+        "id": "own",
+        "numbers": {NUMBER: {"route": "ivr:main"}},
+        "flows": {
+            "main": {
+                "start": "hello",
+                "nodes": {
+                    "hello": {"type": "play", "prompts": ["welcome"], "next": "bye"},
+                    "bye": {"type": "hangup"},
+                },
+            }
+        },
+        "prompts": {"welcome": {"file": "welcome.wav", "version": version}},
+        "recording": {"enabled": True, "channels": "stereo"},
+    }
+
+
+def test_calls_hear_a_new_prompt_version_then_the_cached_one_with_storage_down(
+    tmp_path: Path, azurite: Azurite
 ) -> None:
+    """`serve` + SIPp: the tenant's prompt, a new version of it (new audio in storage +
+    configuration) heard by the next call, then storage stopped and a newer version
+    configured: calls keep hearing the cached one."""
     assert Path(SIPP).exists(), f"SIPp not found at {SIPP}"
-    own = tone(700, 1.5)
+    v1, v2, v3 = tone(500, 1.5), tone(900, 1.5), tone(1400, 1.5)
     remote = AzureBlobStorage(connection_string=azurite.connection_string, container=CONTAINER)
-    remote.put("demo", "prompts", "welcome.wav", wav(own))  # as `callengine provision` does
-    daemon = node()
-    assert daemon.metrics_port is not None
-    wait_metric(daemon.metrics_port, 'callengine_prompt_fetches_total{result="ok"}', 1.0)
+    remote.put("own", "prompts", "welcome.wav", wav(v1))  # as `callengine provision` does
+    tenant_file = tmp_path / "own.json"
+    tenant_file.write_text(json.dumps(own_tenant("1")))
+    storage = {
+        "kind": "azure",
+        "connection_string": azurite.connection_string,
+        "container": CONTAINER,
+        "prompt_refresh": 0.2,
+        "retry_initial": 0.2,
+        "timeout": 2.0,
+    }
+    config = tmp_path / "node.yaml"
+    config.write_text(json.dumps({"media_storage": storage, "tenant_files": [str(tenant_file)]}))
+    admin = f"127.0.0.1:{free_port(socket.SOCK_STREAM, both=False)}"
+    daemon = start_daemon(tmp_path, "--config", str(config), "--admin", admin, metrics=True)
+    metrics = daemon.metrics_port
+    assert metrics is not None
+    api = AdminClient(f"http://{admin}")
     workdir = tmp_path / "sipp"
     workdir.mkdir()
-    (workdir / "pcap").symlink_to(CAPTURES)
-    args = [daemon.address, "-sf", str(SIPP_DIR / "ivr_voicemail_short.xml"), "-s", "1000"]
-    args += ["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port())]
-    args += ["-mp", str(free_port(both=False)), "-m", "1", "-timeout", "60s"]
-    result = run_sipp(args, cwd=workdir, timeout=70)
-    assert result.stats.get("SuccessfulCall(C)") == "1", (result.stats, result.stderr[-2000:])
-    wait_metric(daemon.metrics_port, 'callengine_media_uploads_total{result="ok"}', 2.0)
-    (name,) = [n for n in azurite.blobs() if "/recordings/" in n]
-    data = azurite.container().get_blob_client(name).download_blob().readall()
-    stereo, rate = soundfile.read(io.BytesIO(data), dtype="float64")
-    ncc, offset = correlation(stereo[:, 1], own.astype(np.float64) / 32768.0)
-    print(f"the IVR channel of {name}: correlation {ncc:.4f} with the tenant's welcome at {offset}")
-    assert ncc >= MIN_CORRELATION and offset < RATE // 2, (ncc, offset)
+
+    def one_call() -> None:
+        args = [daemon.address, "-sf", str(SIPP_DIR / "uac_wait_bye.xml"), "-s", NUMBER]
+        args += ["-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port())]
+        args += ["-mp", str(free_port(both=False)), "-m", "1", "-timeout", "30s"]
+        result = run_sipp(args, cwd=workdir, timeout=40)
+        assert result.stats.get("SuccessfulCall(C)") == "1", (result.stats, result.stderr[-2000:])
+
+    def heard(data: bytes) -> npt.NDArray[np.int16]:
+        stereo, rate = soundfile.read(io.BytesIO(data), dtype="int16")
+        assert rate == RATE and stereo.ndim == 2, stereo.shape
+        return np.asarray(stereo[:, 1])
+
+    def uploaded(seen: set[str]) -> npt.NDArray[np.int16]:
+        (name,) = [n for n in azurite.blobs() if "/recordings/" in n and n not in seen]
+        seen.add(name)
+        return heard(azurite.container().get_blob_client(name).download_blob().readall())
+
+    def reconfigure(version: str) -> None:
+        tenant_file.write_text(json.dumps(own_tenant(version)))
+        assert api.request("POST", "/reload")["changed"] == ["own"]
+
+    seen: set[str] = set()
+    try:
+        wait_metric(metrics, 'callengine_prompt_fetches_total{result="ok"}', 1.0)
+        one_call()
+        wait_metric(metrics, 'callengine_media_uploads_total{result="ok"}', 1.0)
+        first = uploaded(seen)
+        assert sounds_like(first, v1), "the first call did not hear version 1"
+
+        # new audio in storage, then the configuration says so: the next call hears it
+        remote.put("own", "prompts", "welcome.wav", wav(v2))
+        reconfigure("2")
+        wait_metric(metrics, 'callengine_prompt_fetches_total{result="ok"}', 2.0)
+        one_call()
+        wait_metric(metrics, 'callengine_media_uploads_total{result="ok"}', 2.0)
+        second = uploaded(seen)
+        assert sounds_like(second, v2) and not sounds_like(second, v1)
+
+        # storage down, and a version 3 configured that cannot be fetched: the cached
+        # version 2 plays (the recording waits in the spool, read from there)
+        azurite.stop()
+        reconfigure("3")
+        wait_for(
+            lambda: scrape(metrics).get('callengine_prompt_fetches_total{result="failed"}', 0) >= 1,
+            "a failed prompt fetch",
+        )
+        one_call()
+        wait_metric(metrics, "callengine_media_spool_files", 1.0)
+        (spooled,) = daemon.data_dir.glob("spool*/files/own/recordings/*")
+        third = heard(spooled.read_bytes())
+        assert sounds_like(third, v2) and not sounds_like(third, v3)
+        ncc = [
+            f"{correlation(x.astype(np.float64), v.astype(np.float64))[0]:.4f}"
+            for x, v in ((first, v1), (second, v2), (third, v2))
+        ]
+        print("prompt heard: v1 {}, v2 {}, v2 with storage down {}".format(*ncc))
+    finally:
+        assert daemon.stop() == 0, daemon.log()

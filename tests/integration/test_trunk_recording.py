@@ -24,7 +24,13 @@ import soundfile
 from integration.audio import CAPTURES, RATE, capture_audio, correlation
 from integration.support import SIPP, Daemon, free_port, run_sipp, start_daemon
 from integration.test_azure_storage import CONTAINER, Azurite, stop_and_read_logs
-from integration.test_call_recording import check_channel, sipp_workdir, uploaded, write_rtp_pcap
+from integration.test_call_recording import (
+    MAX_LENGTH_RATIO,
+    check_channel,
+    sipp_workdir,
+    uploaded,
+    write_rtp_pcap,
+)
 from integration.test_pri_failover import Carrier
 
 from media.prompts import PromptCache
@@ -32,7 +38,6 @@ from media.prompts import PromptCache
 pytestmark = pytest.mark.integration
 
 SIPP_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "sipp"
-MAX_LENGTH_RATIO = 0.01  # the file's length vs the connected time
 
 
 @pytest.fixture

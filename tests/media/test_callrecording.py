@@ -11,6 +11,7 @@ import pytest
 import soundfile
 
 from media.callrecording import TX_BACKLOG, CallRecording, RecordingCore, mix
+from media.clock import TickSchedule
 from media.codecs import PCMA, PCMU, alaw_encode, ulaw_encode
 from media.recorder import Recorder
 from media.stream import RtpStream
@@ -71,13 +72,67 @@ def test_a_stalled_loop_gets_its_missed_frames_as_silence() -> None:
     assert core.frames == round((now - START) / F)
 
 
+def _clock_ticks(start: float, count: int, stalls: dict[int, float]) -> list[float]:
+    """Tick times as the media clock (:class:`~media.clock.TickSchedule`) makes them
+    when the loop stalls ``stalls[i]`` seconds before tick ``i``: late by less than
+    ``max_lag_ticks`` periods, the missed ticks come at once, one callback each (no
+    packet skipped); later, the clock skips ahead."""
+    schedule: TickSchedule[None] = TickSchedule()
+    schedule.add("call", None, start)
+    now, out = start, []
+    while len(out) < count:
+        deadline = schedule.next_deadline()
+        assert deadline is not None
+        now = max(now, deadline[0]) + stalls.get(len(out), 0.0)
+        schedule.fire(deadline[1], now)
+        out.append(now)
+    return out
+
+
+@pytest.mark.parametrize("stall", [0.045, 0.09])
+def test_a_short_stall_made_up_by_the_clock_loses_no_sent_frame(stall: float) -> None:
+    # recording starts at a random point of the clock's period (an IVR node, the API)
+    for phase in (0.001, 0.007, 0.0101, 0.016):
+        core = RecordingCore(start=START + phase)
+        emitted: list[tuple[bytes | None, bytes | None]] = []
+        for i, now in enumerate(_clock_ticks(START, 60, {17: stall})):
+            if now < core.start:
+                continue
+            core.sent(bytes([i]) * 160)
+            emitted += core.advance(now)
+        sent = [tx[0] if tx else None for _, tx in emitted]
+        # what went out, in order, none lost and no silence in between: the clock made
+        # up the ticks the stall delayed, one callback each right after it
+        assert None not in sent[1:], (phase, sent)
+        assert sent[1:] == list(range(sent[1], sent[1] + len(sent) - 1)), (phase, sent)
+        assert core.tx_dropped == 0
+
+
+def test_a_long_stall_the_clock_skips_is_silence() -> None:
+    core = RecordingCore(start=START)
+    emitted: list[tuple[bytes | None, bytes | None]] = []
+    for i, now in enumerate(_clock_ticks(START, 40, {10: 0.3})):
+        core.sent(bytes([i]) * 160)
+        emitted += core.advance(now)
+    sent = [tx[0] if tx else None for _, tx in emitted]
+    # tick 10 came 300 ms late, and the clock skipped the 15 it missed: silence
+    start = sent.index(None)
+    assert sent[start - 1] == 9 and sent[start : start + 16] == [None] * 15 + [10], sent
+    assert sent[start + 16 :] == list(range(11, 40))
+    assert core.frames == len(emitted)
+
+
 def test_tx_backlog_is_bounded() -> None:
     core = RecordingCore(start=START)
     for i in range(10):  # ticks in a burst at one instant
         core.sent(bytes([i]) * 160)
     assert core.tx_dropped == 10 - TX_BACKLOG
     pairs = core.advance(START + 5 * F)
-    assert [tx[0] if tx else None for _, tx in pairs] == [None, None, 7, 8, 9]
+    # the newest kept; the two other frames due wait for the clock's catch-up ticks
+    assert [tx[0] if tx else None for _, tx in pairs] == [7, 8, 9]
+    core.sent(b"\x0a" * 160)
+    core.sent(b"\x0b" * 160)
+    assert [tx[0] if tx else None for _, tx in core.advance(START + 5 * F)] == [10, 11]
 
 
 def test_received_packets_are_placed_by_timestamp() -> None:

@@ -77,10 +77,13 @@ def test_core_quota_refuses_new_recordings_and_warns_once_near_it() -> None:
     assert core.add(item("t/voicemail/3", size=300)) is False  # already said
     assert core.admit() and core.near_quota
     core.add(item("t/voicemail/4", size=200))
+    assert core.refusals == 0 and not core.full
     assert core.bytes == 1100 and not core.admit()
+    assert not core.admit() and core.refusals == 2 and core.full
     for started in core.start_ready(0.0):
         core.succeeded(started.name)
     assert core.bytes == 0 and core.admit() and not core.near_quota
+    assert core.refusals == 2 and not core.full
 
 
 def test_core_present_and_conflict_outcomes() -> None:
@@ -278,8 +281,18 @@ async def _shell_quota_refuses_and_warns(tmp_path: Path, caplog: pytest.LogCaptu
         record(spool, "1.wav", b"x" * 60, "c1")
     assert "media spool near its quota: 60 of 100 bytes in 1 files" in caplog.text
     record(spool, "2.wav", b"x" * 60, "c2")
-    with pytest.raises(SpoolFull, match="media spool full"):
-        spool.begin("acme", "voicemail", "3.wav", {})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="media.spool"):
+        for key in ("3.wav", "4.wav"):
+            with pytest.raises(SpoolFull, match="media spool full"):
+                spool.begin("acme", "voicemail", key, {})
+    # one line for the episode, every refusal counted
+    full = [r.getMessage() for r in caplog.records if "media spool full" in r.getMessage()]
+    assert full == [
+        "media spool full: 120 of 100 bytes in 2 files; new recordings are refused until "
+        "uploads free space (storage unreachable?)"
+    ]
+    assert spool.core.refusals == 2 and spool.core.near_quota
 
 
 def test_shell_a_refused_or_vanished_file_does_not_hold_back_the_others(
