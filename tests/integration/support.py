@@ -210,15 +210,29 @@ def run_sipp(
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
 
 
+_WORKER_LABEL = re.compile(r'(?:,worker="\d+"|worker="\d+",?)')
+
+
 def scrape(port: int) -> dict[str, float]:
-    """A node's /metrics as ``{'name{labels}': value}`` (Prometheus text format)."""
+    """A node's /metrics as ``{'name{labels}': value}`` (Prometheus text format).
+
+    A multi-worker node's front labels each worker's series with ``worker``; their sum
+    is added under the name without that label (the node's figure), unless the front
+    has a series of that name itself."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
+    folded: dict[str, float] = {}
     for line in text.splitlines():
         m = _METRIC.match(line)
         if m:
-            out[m.group(1)] = float(m.group(2))
+            name, value = m.group(1), float(m.group(2))
+            out[name] = value
+            if 'worker="' in name:
+                node = _WORKER_LABEL.sub("", name, count=1).replace("{}", "")
+                folded[node] = folded.get(node, 0.0) + value
+    for name, value in folded.items():
+        out.setdefault(name, value)
     return out
 
 

@@ -150,7 +150,9 @@ def test_init_provision_serve_a_call_hears_the_tenants_prompt_then_its_new_recor
         wait_metric(metrics, 'callengine_media_uploads_total{result="ok"}', uploads, timeout=20)
 
     seen: set[str] = set()
-    node = Serve(config, port, tmp_path)
+    # one worker: each worker's plane fetches the tenant's prompts (docs/workers.md),
+    # and the fetch counts below are one process's
+    node = Serve(config, port, tmp_path, "--workers", "1")
     try:
         # the tenant came from the master, its prompt from Media Storage
         wait_metric(metrics, 'callengine_prompt_fetches_total{result="ok"}', 1.0, timeout=30)

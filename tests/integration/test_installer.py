@@ -98,11 +98,11 @@ def free_range(size: int = 20) -> int:
 class Serve:
     """``callengine serve --config FILE``, as the systemd unit runs it."""
 
-    def __init__(self, config: Path, port: int, cwd: Path) -> None:
+    def __init__(self, config: Path, port: int, cwd: Path, *extra: str) -> None:
         self.log = cwd / f"serve-{port}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [CALLENGINE, "serve", "--config", str(config)],
+                [CALLENGINE, "serve", "--config", str(config), *extra],
                 cwd=cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
