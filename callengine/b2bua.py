@@ -81,7 +81,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callengine.b2bua")
 
-__all__ = ["B2BUA", "Directory", "LegTarget", "TrunkCollector"]
+__all__ = ["B2BUA", "Directory", "LegTarget", "TrunkCollector", "leg_targets"]
 
 # Q.850 causes used on our own CANCEL/BYE (ITU-T Q.850 table 1).
 CAUSE_NORMAL = 16
@@ -105,6 +105,35 @@ class LegTarget:
     credentials: tuple[str, str] | None = None
     webrtc: bool = False
     """A browser (registered with ``+sip.ice``, RFC 5768): the leg's offer is WebRTC."""
+
+
+def leg_targets(bindings: Sequence[Binding], *, label: str) -> list[LegTarget]:
+    """Where to send the INVITEs that ring these registered phones: the binding's
+    source (NAT, a WebSocket flow), else its Contact's host; a ``+sip.ice`` binding
+    (RFC 5768, a browser) gets a WebRTC offer. Bindings with unusable Contacts are
+    skipped."""
+    from .sip.uri import parse_uri
+
+    out: list[LegTarget] = []
+    for binding in bindings:
+        contact = binding.contact
+        dest = binding.source
+        if dest is None:
+            try:
+                uri = parse_uri(contact, where="contact")
+            except ValueError:
+                continue
+            dest = (uri.host.strip("[]"), uri.port or 5060)
+        out.append(
+            LegTarget(
+                contact,
+                dest,
+                binding.transport.upper(),
+                label=label,
+                webrtc="+sip.ice" in binding.params,
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -903,28 +932,7 @@ class B2BUA:
     def _contacts(self, call: Call, user: str, *, label: str) -> list[LegTarget]:
         if self.directory is None or call.tenant is None:
             return []
-        out: list[LegTarget] = []
-        for binding in self.directory.contacts_of(call.tenant, user):
-            contact = binding.contact
-            dest = binding.source
-            if dest is None:
-                from .sip.uri import parse_uri
-
-                try:
-                    uri = parse_uri(contact, where="contact")
-                except ValueError:
-                    continue
-                dest = (uri.host.strip("[]"), uri.port or 5060)
-            out.append(
-                LegTarget(
-                    contact,
-                    dest,
-                    binding.transport.upper(),
-                    label=label,
-                    webrtc="+sip.ice" in binding.params,
-                )
-            )
-        return out
+        return leg_targets(self.directory.contacts_of(call.tenant, user), label=label)
 
     def _external(
         self, call: Call, tenant: Any, number: str, timeout: float, label: str
