@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-A call recording taps the caller's RTP session: what it receives is the caller's voice,
+A call recording taps the caller's RTP session (or WebRTC session, :mod:`media.webrtc`:
+the same ``received``/``tick`` calls): what it receives is the caller's voice,
 the **left** channel. The **right** channel is the other side: in an IVR, what the
 session sends on each media-clock tick (prompts, tones); in a bridged call, what the
 other leg's session *receives* (the other party's voice as they sent it, placed by its

@@ -6,9 +6,11 @@ from a DTLS handshake on the ICE-selected path, not from the SDP. :class:`WebRtc
 terminates that media with aiortc's ``RTCPeerConnection`` and shows the engine the same
 surface as an RTP session: ``codec``, ``play``, ``digits``/``deliver_digit``,
 ``send_digit``, ``start_recording``/``stop_recording``, ``on_audio`` (a B2BUA's relay),
-``quality`` and ``stop``. Payloads cross that surface in ``codec`` (the codec the browser
-negotiated: Opus, PCMU or PCMA); aiortc decodes what it receives and encodes what it
-sends, so a bridge to a plain RTP leg in the same codec relays payloads unchanged.
+``quality``, ``stop`` and a call recording's ``recording`` tap. Payloads cross that
+surface in ``codec``, always G.711: the wire codec (``wire``) when the browser took G.711,
+else the engine's first G.711 codec. aiortc decodes what it receives and encodes what it
+sends, so a bridge to a G.711 RTP leg relays payloads unchanged, and Opus on the wire is
+transcoded by aiortc (never passed through: docs/webrtc.md, "Bridging").
 
 This module is the only one that imports aiortc's RTC classes (``media.codecs._aiortc``
 keeps its codec classes and the av frame conversions).
@@ -19,7 +21,9 @@ or makes the offer a browser answers (:meth:`WebRtcSession.offer`, then
 frame every 20 ms from :class:`_EngineTrack` (the next payload of what is playing,
 decoded, or silence; an in-band DTMF tone while a digit is being sent) and hands every
 received frame to the session, which cuts it into 20 ms frames in ``codec``: they go to
-``on_audio`` and to the recorder. Digits from a browser come by SIP INFO (JsSIP's
+``on_audio``, to the recorder and to a call recording (with the RTP timestamp of their
+first sample, from the decoded frame's ``pts``). Each pull also ticks the call
+recording with what was sent. Digits from a browser come by SIP INFO (JsSIP's
 default) through :meth:`WebRtcSession.deliver_digit`. When the connection fails (ICE
 consent lost, RFC 7675: aioice gives up after 6 unanswered checks 5 s apart) or the
 peer closes DTLS, ``on_timeout`` is called: the engine hangs the call up.
