@@ -121,7 +121,7 @@ def leg_targets(bindings: Sequence[Binding], *, label: str) -> list[LegTarget]:
         if dest is None:
             try:
                 uri = parse_uri(contact, where="contact")
-            except ValueError:
+            except (ValueError, ProtocolError):
                 continue
             dest = (uri.host.strip("[]"), uri.port or 5060)
         out.append(
