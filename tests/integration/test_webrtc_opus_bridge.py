@@ -26,12 +26,25 @@ from typing import Any
 import pytest
 import soundfile
 import yaml
-from integration.audio import MIN_CORRELATION, RATE, correlation, read_wav, windowed_correlation
+from integration.audio import (
+    MIN_CORRELATION,
+    RATE,
+    correlation,
+    envelope_correlation,
+    read_wav,
+    windowed_correlation,
+)
 from integration.chromium import Browser
-from integration.interop import Account, Baresip, speech, write_wav
+from integration.interop import (
+    Account,
+    Baresip,
+    slip_tolerant_correlation,
+    speech,
+    write_wav,
+)
 from integration.support import Daemon, free_port
 from integration.test_ivr_demo import stop_and_read_logs, voicemail_file
-from integration.test_webrtc import _pcm
+from integration.test_webrtc_api import page_heard
 
 from config_cache import load_demo_tenant
 
@@ -40,8 +53,16 @@ DaemonFactory = Callable[..., Daemon]
 ROOT = Path(__file__).resolve().parents[2]
 BROWSER_SAYS = ROOT / "media" / "prompts" / "voicemail_greeting.wav"  # looped
 OPUS_CORRELATION = 0.8
-"""Opus keeps what is heard more than the waveform (0.88-0.92 per second measured in
-test_webrtc_ivr.py, where the G.711 paths give 0.99)."""
+"""The browser's voice in the call recording: Opus decoded by aiortc, placed by RTP
+timestamp (no jitter buffer stretches it): 0.87 measured (test_webrtc_ivr.py: 0.88-0.92;
+G.711 paths give 0.99). Opus keeps what is heard more than the waveform."""
+ENVELOPE_CORRELATION = 0.75
+"""What each side heard, loudness envelopes (``envelope_correlation``): 0.89-0.99
+measured on a quiet machine, 0.79 at worst with the 2-core machine at load 5 (the
+node's loop late, a relay underrun: a glitch a listener hears); other speech 0.06-0.37."""
+WAVEFORM_FLOOR = 0.6
+"""Waveforms (slip-tolerant): 0.85-0.88 quiet, 0.67 at worst under load; a garbled
+transcoding (a wrong rate, noise) keeps an envelope but not this."""
 PHONE_WAITS = 2.0  # seconds of silence before baresip talks (the browser's NetEq settles)
 PHONE_SAYS = 4.0
 
@@ -92,8 +113,9 @@ def test_opus_browser_bridged_to_a_g711_sip_phone_both_ways_and_recorded(
             await browser.wait_for("phone.state.call === 'confirmed'", timeout=10)
             await asyncio.to_thread(phone.wait_event, "CALL_ESTABLISHED", 10)
             # baresip talks from PHONE_WAITS s after its answer, for PHONE_SAYS s
-            await asyncio.sleep(PHONE_WAITS + PHONE_SAYS + 0.7)
-            heard["browser"] = _pcm(await browser.evaluate("phone.recording()"))
+            heard["browser"] = await page_heard(
+                browser, said, bound=WAVEFORM_FLOOR, timeout=PHONE_WAITS + PHONE_SAYS + 8
+            )
             assert await browser.evaluate("phone.hangup()")
             await asyncio.to_thread(phone.wait_event, "CALL_CLOSED", 10)
         finally:
@@ -106,16 +128,28 @@ def test_opus_browser_bridged_to_a_g711_sip_phone_both_ways_and_recorded(
     soundfile.write(tmp_path / "browser-heard.wav", heard["browser"], RATE)
     phone_heard, _ = phone.recordings()
 
+    # Opus on the browser's leg, G.711 on the phone's: transcoded each way. Opus keeps
+    # what is heard more than the waveform, and Chromium's NetEq slips and stretches it
+    # under load, so what proves "that audio, in time" is the loudness envelope; the
+    # waveform floor catches a garbled transcoding.
     checks = {
-        # Opus on the browser's leg, G.711 on the phone's: transcoded each way
-        "browser heard baresip": (heard["browser"], said),
-        "baresip heard the browser": (read_wav(phone_heard), browser_says),
+        "browser heard baresip": (heard["browser"], said, browser_says),
+        # from its third second: Chromium's Opus encoder starts at a low bitrate and
+        # ramps up (0.81 measured for a first loop of the microphone, 0.88 after)
+        "baresip heard the browser": (read_wav(phone_heard)[2 * RATE :], browser_says, said),
     }
-    for what, (signal, reference) in checks.items():
+    for what, (signal, reference, other) in checks.items():
+        envelope, at = envelope_correlation(signal, reference)
+        cross, _ = envelope_correlation(signal, other)
+        ncc, _, slip = slip_tolerant_correlation(signal, reference)
         median, pieces = windowed_correlation(signal, reference)
-        print(f"{what}: per second median {median:.4f} {[round(p, 3) for p in pieces]}")
-        assert median >= OPUS_CORRELATION, (what, pieces)
-        assert min(pieces) >= 0.5, (what, pieces)
+        print(
+            f"{what}: envelope {envelope:.3f} at {at / RATE:.2f} s (other side {cross:.3f}); "
+            f"waveform {ncc:.4f} (worst slip {slip / RATE * 1000:.0f} ms), per second "
+            f"{[round(p, 3) for p in pieces]}"
+        )
+        assert envelope >= ENVELOPE_CORRELATION and cross < 0.5, (what, envelope, cross)
+        assert ncc >= WAVEFORM_FLOOR, (what, ncc, pieces)
 
     logs = stop_and_read_logs(node)
     (log,) = [entry for entry in logs if entry["callee"] == "1002"]
