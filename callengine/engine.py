@@ -739,7 +739,9 @@ class Engine:
         ``user:NAME`` (or ``ext:NAME``) with ``tenant``: ring the user's registered
         phones at once, as a ``user:`` transfer does (a browser registered with
         ``+sip.ice`` gets a WebRTC offer); the first to answer is the call, 480 when
-        none is registered (needs a node's registrar: :attr:`locate_user`).
+        none is registered (needs a node's registrar: :attr:`locate_user`). ``dest``,
+        ``transport``, ``credentials`` and ``sdp`` are for a SIP URI only (the
+        registrar says where each phone is; each gets our own offer).
         """
         if target.startswith(("user:", "ext:")):
             from ._ring import ring_user
