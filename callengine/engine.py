@@ -704,15 +704,20 @@ class Engine:
         self._outbound[key] = call.outcome
         if call.logged:
             self.calls[key] = call
-        offer = sdp if sdp is not None else await call.make_offer(prefer=prefer)
-        if proceed is not None and not proceed():
+        try:
+            offer = sdp if sdp is not None else await call.make_offer(prefer=prefer)
+            if proceed is not None and not proceed():
+                raise SipError(487, "not sent")
+        except BaseException:
+            # nothing was sent (no RTP port: 503, a WebRTC offer refused: 488, the
+            # caller gone: 487): nothing may stay behind, the session has no timer
             self._outbound.pop(key, None)
             self.calls.pop(key, None)
             self.ua.sessions.pop(key, None)
             session.context = None
             if call.media is not None:
                 await call.media.stop("not sent")
-            raise SipError(487, "not sent")
+            raise
         self.ua.send_invite(session, offer, self.now())
         self.flush()
         return call
