@@ -358,7 +358,9 @@ class MediaManager(SrtpPolicy):
             channels=2 if channels == "stereo" else 1,
             call_id=call_id,
         )
-        return CallRecording(recorder, media.stream, key=key, mode=channels, now=now)
+        # a WebRTC session is its own codec source (media/webrtc.py)
+        source = media if getattr(media, "webrtc", False) else media.stream
+        return CallRecording(recorder, source, key=key, mode=channels, now=now)
 
     def location(self, tenant: str, key: str) -> dict[str, Any]:
         """Where a recording is, for the call log (:func:`media_location`)."""

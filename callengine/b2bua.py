@@ -96,6 +96,7 @@ from .transfer import (
     TransferCommand,
     Unringable,
     Unrouted,
+    leg_targets,
     progress_action,
     q850,
 )
@@ -110,7 +111,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callengine.b2bua")
 
-__all__ = ["B2BUA", "Directory", "LegTarget", "TrunkCollector"]
+__all__ = ["B2BUA", "Directory", "LegTarget", "TrunkCollector", "leg_targets"]
 
 # Q.850 causes used on our own CANCEL/BYE (ITU-T Q.850 table 1).
 CAUSE_NORMAL = 16

@@ -512,7 +512,7 @@ class Call:
         if self.recording is not None:
             return str(self.recording.key)
         media = self._need_media()
-        if getattr(media, "stream", None) is None and not getattr(media, "remote", False):
+        if _recording_source(media) is None and not getattr(media, "remote", False):
             raise SipError(500, "call has no RTP media to record")
         channels = channels or self.recording_defaults[0]
         max_seconds = max_seconds or self.recording_defaults[1]
@@ -571,8 +571,10 @@ class Call:
             return
         if getattr(recording, "remote", False):
             recording.tap(far)  # both sessions are in the media plane
-        elif getattr(far, "stream", None):
-            far.recording = recording.attach_far(far.stream)
+        else:
+            source = _recording_source(far)
+            if source is not None:
+                far.recording = recording.attach_far(source)
 
     async def send_dtmf(self, digits: str, *, duration_ms: int = 100) -> None:
         """Send digits as RFC 4733 events, one after the other."""
@@ -722,3 +724,12 @@ class Call:
 
     def _on_progress(self, response: Response) -> None:
         self._emit("ringing" if response.status == 180 else "progress", status=response.status)
+
+
+def _recording_source(media: Any) -> Any:
+    """What a call recording of ``media`` reads the codec from: an RTP session's
+    stream, a WebRTC session itself; ``None`` for media that cannot be recorded here
+    (silent media, a session in the media plane)."""
+    if getattr(media, "webrtc", False):
+        return media
+    return getattr(media, "stream", None)

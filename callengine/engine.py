@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .call import Call, MediaUnavailable, SipError, TransferResult
 from .config import EngineConfig, load_config, storage_settings
@@ -34,6 +34,9 @@ from .sip.message import Request, Response
 from .sip.uri import URI, parse_uri
 from .sip.useragent import InviteSession, UserAgent
 from .transport import TransportSet, parse_listen
+
+if TYPE_CHECKING:
+    from .b2bua import LegTarget
 
 log = logging.getLogger("callengine.engine")
 
@@ -79,6 +82,9 @@ class Engine:
         self.media_manager: Any = None
         self.transfer_handler: Callable[..., Awaitable[TransferResult]] | None = None
         self.register_handler: Callable[[Request, float], Response | None] | None = None
+        self.locate_user: Callable[[str, str], list[LegTarget]] | None = None
+        """(tenant, user) -> where the user's registered phones are rung (the node's
+        registrar, as the B2BUA rings them): for ``originate("user:NAME", tenant=)``."""
         self.flow_closed_hooks: list[Callable[[tuple[str, int], str], None]] = []
         """Called with (peer, transport) when a WebSocket client's connection ends (the
         node's registrar drops the bindings that were reachable only through it)."""
@@ -698,15 +704,20 @@ class Engine:
         self._outbound[key] = call.outcome
         if call.logged:
             self.calls[key] = call
-        offer = sdp if sdp is not None else await call.make_offer(prefer=prefer)
-        if proceed is not None and not proceed():
+        try:
+            offer = sdp if sdp is not None else await call.make_offer(prefer=prefer)
+            if proceed is not None and not proceed():
+                raise SipError(487, "not sent")
+        except BaseException:
+            # nothing was sent (no RTP port: 503, a WebRTC offer refused: 488, the
+            # caller gone: 487): nothing may stay behind, the session has no timer
             self._outbound.pop(key, None)
             self.calls.pop(key, None)
             self.ua.sessions.pop(key, None)
             session.context = None
             if call.media is not None:
                 await call.media.stop("not sent")
-            raise SipError(487, "not sent")
+            raise
         self.ua.send_invite(session, offer, self.now())
         self.flush()
         return call
@@ -723,12 +734,32 @@ class Engine:
         credentials: tuple[str, str] | None = None,
         timeout: float = 60.0,
         sdp: bytes | None = None,
+        tenant: str | None = None,
     ) -> Call:
         """Place a call to ``target`` (a SIP URI); returns the answered :class:`Call`.
 
         Raises :class:`SipError` with the final status when it is not answered. ``dest``
         defaults to the URI's host and port (an IP address).
+
+        ``user:NAME`` (or ``ext:NAME``) with ``tenant``: ring the user's registered
+        phones at once, as a ``user:`` transfer does (a browser registered with
+        ``+sip.ice`` gets a WebRTC offer); the first to answer is the call, 480 when
+        none is registered (needs a node's registrar: :attr:`locate_user`). ``dest``,
+        ``transport``, ``credentials`` and ``sdp`` are for a SIP URI only (the
+        registrar says where each phone is; each gets our own offer).
         """
+        if target.startswith(("user:", "ext:")):
+            from ._ring import ring_user
+
+            return await ring_user(
+                self,
+                target,
+                tenant=tenant,
+                timeout=timeout,
+                from_uri=from_uri,
+                from_display=from_display,
+                headers=headers,
+            )
         call = await self.place_call(
             target,
             dest=dest,

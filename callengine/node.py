@@ -34,7 +34,7 @@ from config_cache import (
 from config_cache.shipper import Backoff
 from pri import TrunkPlan, load_trunks
 
-from .b2bua import B2BUA
+from .b2bua import B2BUA, LegTarget, leg_targets
 from .call import Call, CallEnded
 from .calllogs import CallLogHook, CallLogWriter
 from .config import EngineConfig
@@ -214,6 +214,7 @@ class Node:
         board = self.link.health_board(plan) if self.link is not None else None
         self.b2bua = B2BUA(engine, plan, directory=self, registry=self.registry, board=board)
         self.b2bua.attach()
+        engine.locate_user = self._locate_user
         await engine.start()
         local = self._local()
         engine.media_manager.follow_tenants(lambda: local.config.snapshot.tenants)
@@ -491,6 +492,11 @@ class Node:
             found = registrar.bindings_for(f"{user}@{t.realm}", time.time())
         key = (t.realm, f"{user}@{t.realm}")
         return [b for b in found if b.transport not in WEBSOCKET or self._flow_alive(b, key)]
+
+    def _locate_user(self, tenant: str, user: str) -> list[LegTarget]:
+        """``Engine.originate("user:NAME", tenant=)``: the user's phones, as ringing
+        them from a transfer finds them."""
+        return leg_targets(self.contacts_of(tenant, user), label=f"user:{user}")
 
     def _flow_alive(self, binding: RegBinding, key: tuple[str, str]) -> bool:
         """A WebSocket binding is reachable only over the connection it was registered

@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .call import TransferResult
+from .sip.errors import RemoteProtocolError
 from .sip.uri import parse_uri
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ __all__ = [
     "StopRelay",
     "Transfer",
     "TransferCommand",
+    "leg_targets",
     "TrunkRoutes",
     "Unringable",
     "Unrouted",
@@ -96,6 +98,33 @@ CAUSE_NORMAL = 16
 CAUSE_USER_BUSY = 17
 CAUSE_NO_USER_RESPONDING = 18
 CAUSE_HOP_COUNTER = 25  # "exchange routing error": what 483 maps to (RFC 3398 §8.2.6.1)
+
+
+def leg_targets(bindings: Sequence[Binding], *, label: str) -> list[LegTarget]:
+    """Where to send the INVITEs that ring these registered phones: the binding's
+    source (NAT, a WebSocket flow), else its Contact's host; a ``+sip.ice`` binding
+    (RFC 5768, a browser) gets a WebRTC offer. Bindings with unusable Contacts are
+    skipped."""
+    out: list[LegTarget] = []
+    for binding in bindings:
+        contact = binding.contact
+        dest = binding.source
+        if dest is None:
+            try:
+                uri = parse_uri(contact, where="contact")
+            except (ValueError, RemoteProtocolError):
+                continue
+            dest = (uri.host.strip("[]"), uri.port or 5060)
+        out.append(
+            LegTarget(
+                contact,
+                dest,
+                binding.transport.upper(),
+                label=label,
+                webrtc="+sip.ice" in binding.params,
+            )
+        )
+    return out
 
 
 def q850(cause: int) -> int:
@@ -254,26 +283,7 @@ class StagePlanner:
     def _contacts(self, tenant_id: str | None, user: str, *, label: str) -> list[LegTarget]:
         if self.directory is None or tenant_id is None:
             return []
-        out: list[LegTarget] = []
-        for binding in self.directory.contacts_of(tenant_id, user):
-            contact = binding.contact
-            dest = binding.source
-            if dest is None:
-                try:
-                    uri = parse_uri(contact, where="contact")
-                except ValueError:
-                    continue
-                dest = (uri.host.strip("[]"), uri.port or 5060)
-            out.append(
-                LegTarget(
-                    contact,
-                    dest,
-                    binding.transport.upper(),
-                    label=label,
-                    webrtc="+sip.ice" in binding.params,
-                )
-            )
-        return out
+        return leg_targets(self.directory.contacts_of(tenant_id, user), label=label)
 
     def _external(self, tenant: Any, number: str, timeout: float, label: str) -> Stage | None:
         route = tenant.outbound_route(number) if tenant is not None else None

@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-A call recording taps the caller's RTP session: what it receives is the caller's voice,
+A call recording taps the caller's RTP session (or WebRTC session, :mod:`media.webrtc`:
+the same ``received``/``tick`` calls): what it receives is the caller's voice,
 the **left** channel. The **right** channel is the other side: in an IVR, what the
 session sends on each media-clock tick (prompts, tones); in a bridged call, what the
 other leg's session *receives* (the other party's voice as they sent it, placed by its
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -50,18 +51,26 @@ from .codecs import Codec, CodecInfo, create_codec
 from .jitterbuffer import RecordingJitterBuffer
 from .recorder import Recorder, RecordingResult
 
-if TYPE_CHECKING:
-    from .stream import RtpStream
-
 __all__ = [
     "CATCH_UP",
     "CHANNEL_MODES",
     "TX_BACKLOG",
     "CallRecording",
+    "CodecSource",
     "FarSide",
     "RecordingCore",
     "mix",
 ]
+
+
+class CodecSource(Protocol):
+    """Where a recording reads the codec of the payloads it is fed: an RTP session's
+    :class:`~media.stream.RtpStream` (it changes with a re-INVITE), or a
+    :class:`~media.webrtc.WebRtcSession` (its engine-side codec, G.711)."""
+
+    @property
+    def codec(self) -> CodecInfo: ...
+
 
 #: ``stereo``: caller left, the other side right; ``mono``: both mixed.
 CHANNEL_MODES = frozenset({"stereo", "mono"})
@@ -231,16 +240,16 @@ def _fit(pcm: npt.NDArray[np.int16], n: int) -> npt.NDArray[np.int16]:
 
 
 class CallRecording:
-    """The recording tap of one RTP session (asyncio-free: the session calls it from
-    its tick and receive callbacks with the loop's time).
+    """The recording tap of one RTP or WebRTC session (asyncio-free: the session calls
+    it from its tick and receive callbacks with the loop's time).
 
-    ``recorder`` is the file (stereo needs ``channels=2``); ``stream`` is the session's
-    stream, read for the current codec. ``on_closed`` is called once with the result."""
+    ``recorder`` is the file (stereo needs ``channels=2``); ``stream`` is read for the
+    current codec (an RTP session's stream; a WebRTC session itself). ``on_closed`` is called once with the result."""
 
     def __init__(
         self,
         recorder: Recorder,
-        stream: RtpStream,
+        stream: CodecSource,
         *,
         key: str,
         mode: str,
@@ -275,14 +284,14 @@ class CallRecording:
         """Frames emitted and not written yet: decoded and written :data:`_BATCH` at
         a time (the recorder writes the file a second at a time anyway)."""
         self._filler = b""
-        self._far_stream: RtpStream | None = None
+        self._far_stream: CodecSource | None = None
         self._far_codec: tuple[CodecInfo, Codec] | None = None
 
     @property
     def closed(self) -> bool:
         return self.result is not None
 
-    def attach_far(self, stream: RtpStream) -> FarSide:
+    def attach_far(self, stream: CodecSource) -> FarSide:
         """Bridged: the right channel becomes what ``stream``'s session receives. Set the
         returned tap as that session's ``recording``."""
         self._flush()  # what is pending was decoded with the previous source's codec

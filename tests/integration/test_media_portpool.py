@@ -194,3 +194,40 @@ def test_calls_take_pooled_pairs_and_reuse_them_after_their_rest(
     assert metrics["callengine_rtp_port_pool_early_reuses_total"] == 0
     assert metrics["callengine_media_unavailable_total"] == 0
     assert "Traceback" not in daemon.log()
+
+
+def test_an_outbound_call_refused_for_want_of_a_port_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """``place_call`` raises 503 when no RTP pair is free; the session it had begun,
+    its call and its outcome are forgotten (they have no timer to end them)."""
+    import asyncio
+
+    from callengine.call import SipError
+    from callengine.engine import Engine
+
+    lo, hi = _free_range(1)
+
+    async def main() -> None:
+        engine = Engine(
+            listen=[f"{HOST}:0"],
+            transports=["UDP"],
+            rtp_port_min=lo,
+            rtp_port_max=hi,
+            rtp_port_pool=0,
+            metrics=None,
+            data_dir=str(tmp_path),
+        )
+        await engine.start()
+        try:
+            first = await engine.place_call(f"sip:a@{HOST}:9")  # takes the one pair
+            held = (dict(engine.calls), dict(engine.ua.sessions), dict(engine._outbound))
+            with pytest.raises(SipError) as refused:
+                await engine.place_call(f"sip:b@{HOST}:9")
+            assert refused.value.status == 503
+            assert (engine.calls, engine.ua.sessions, engine._outbound) == held
+            assert list(engine.calls.values()) == [first]
+        finally:
+            await engine.stop(grace=0.1)
+
+    asyncio.run(main())

@@ -4,12 +4,16 @@ WebRTC sessions (aiortc both sides, ICE on this host's addresses) exchanging aud
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 from media.bridge import transcoder
+from media.callrecording import CallRecording
 from media.codecs import OPUS, PCMA, PCMU, create_codec
+from media.recorder import Recorder
 from media.webrtc import WebRtcSession, _first_codec, is_webrtc_sdp
 
 # What Chromium 156 offers (trimmed): Opus first, DTLS-SRTP, ICE, bundle, rtcp-mux.
@@ -111,3 +115,53 @@ def test_two_sessions_connect_and_carry_a_tone_then_the_closed_side_is_seen() ->
         await b.stop()
 
     asyncio.run(main())
+
+
+def _peak_hz(pcm: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(float)))
+    return float(np.argmax(spectrum) * 8000 / len(pcm))
+
+
+@pytest.mark.integration
+def test_a_call_recording_taps_a_webrtc_session_both_ways(tmp_path: Path) -> None:
+    """The WebRTC session feeds a call recording as an RTP session does: left is what
+    the peer sent (placed by its RTP timestamps), right what the engine played; the
+    file lasts as long as the recording ran."""
+
+    def tone(hz: int, seconds: float) -> list[bytes]:
+        codec = create_codec(PCMU)
+        t = np.arange(int(8000 * seconds)) / 8000
+        pcm = (8000 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+        return [codec.encode(pcm[i : i + 160]) for i in range(0, len(pcm), 160)]
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        a, offer = await WebRtcSession.offer([PCMU], label="a")
+        b, answer = await WebRtcSession.answer(offer, [PCMU], label="b")
+        assert a.accept_answer(answer)
+        path = tmp_path / "call.wav"
+        start = loop.time()
+        recording = CallRecording(
+            Recorder(path, channels=2), a, key="recordings/x.wav", mode="stereo", now=start
+        )
+        a.recording = recording
+        await asyncio.wait_for(
+            asyncio.gather(
+                a.play([tone(440, 2.0)], barge_in=False), b.play([tone(1000, 2.4)], barge_in=False)
+            ),
+            10,
+        )
+        await a.stop()  # closes the recording, as hanging up does
+        await b.stop()
+        assert recording.closed and a.recording is None
+        return start, loop.time()
+
+    start, stopped = asyncio.run(main())
+    data, rate = soundfile.read(str(tmp_path / "call.wav"), dtype="int16")
+    assert rate == 8000 and data.shape[1] == 2
+    assert abs(len(data) / rate - (stopped - start)) < 0.05, (len(data) / rate, stopped - start)
+    left, right = data[:, 0], data[:, 1]
+    loud_left, loud_right = left[np.abs(left) > 2000], right[np.abs(right) > 2000]
+    # at least 1.5 s of each tone, each on its own side
+    assert len(loud_left) > 1.5 * 8000 * 0.6 and len(loud_right) > 1.5 * 8000 * 0.6
+    assert abs(_peak_hz(left) - 1000) < 10 and abs(_peak_hz(right) - 440) < 10
