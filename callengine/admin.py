@@ -300,13 +300,17 @@ class AdminServer(_Site):
     def _find(self, call_id: str) -> list[Call]:
         return [c for c in self.node.engine.calls.values() if c.call_id == call_id]
 
+    def followers(self) -> int:
+        """Connected ``/logs/follow`` readers."""
+        return len(self.feed.readers)
+
     # ------------------------------------------------------------- endpoints
     async def health(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {
                 "status": "ok",
                 "node": self.node.config.node_id,
-                "followers": len(self.feed.readers),
+                "followers": self.followers(),
                 "calls_slice_max_ms": round(self.slice_max_ms, 3),
                 "calls_slice_cpu_max_ms": round(self.slice_cpu_max_ms, 3),
             }
@@ -594,10 +598,18 @@ class ClusterAdmin(AdminServer):
         *,
         token: str | None = None,
         worker_sockets: Callable[[], list[str]],
+        on_reload: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(node, host, port, token=token)
         self.worker_sockets = worker_sockets
+        self.on_reload = on_reload
         self._draining = False
+        self._followers = 0
+
+    def followers(self) -> int:
+        """Connected ``/logs/follow`` readers (the front merges the workers' feeds for
+        each: the workers' own feeds count the front's pumps, not the readers)."""
+        return self._followers
 
     async def _ask(
         self, path: str, method: str = "GET", timeout: float = 5.0
@@ -622,6 +634,13 @@ class ClusterAdmin(AdminServer):
     @property
     def draining(self) -> bool:
         return self._draining
+
+    async def reload(self, request: web.Request) -> web.StreamResponse:
+        """The front's reload, then its configuration pushed to the workers at once."""
+        response = await super().reload(request)
+        if self.on_reload is not None:
+            self.on_reload()
+        return response
 
     async def ready(self, request: web.Request) -> web.StreamResponse:
         answers = await self._ask("/ready")
@@ -711,6 +730,7 @@ class ClusterAdmin(AdminServer):
                 return
 
         pumps = [asyncio.ensure_future(pump(s)) for s in self.worker_sockets()]
+        self._followers += 1
         try:
             while not self.stopping:
                 try:
@@ -724,6 +744,7 @@ class ClusterAdmin(AdminServer):
         except ConnectionResetError:
             pass
         finally:
+            self._followers -= 1
             for task in pumps:
                 task.cancel()
         return response

@@ -994,16 +994,24 @@ class ClusterFront:
         self._health_wake.set()  # the board's next deadline may have moved
 
     async def _watch_config(self) -> None:
-        """Push the tenant configuration to the workers whenever it changes (master
-        follower, ``ctl reload``)."""
+        """Push the tenant configuration to the workers whenever it changes (the master
+        follower's updates within 0.5 s; ``ctl reload`` pushes at once)."""
         while True:
             await asyncio.sleep(0.5)
-            version = self.node._local().config.snapshot.version
-            if version != self._config_version:
-                self._config_version = version
-                state = self._config_state()
-                for w in self.workers:
-                    w.send(("config", state))
+            self.push_config()
+
+    def push_config(self) -> bool:
+        """Send the workers the tenant configuration if it changed since the last push
+        (``ctl reload`` calls it before answering, so that the next call, on whichever
+        worker, runs what was loaded). True when it sent."""
+        version = self.node._local().config.snapshot.version
+        if version == self._config_version:
+            return False
+        self._config_version = version
+        state = self._config_state()
+        for w in self.workers:
+            w.send(("config", state))
+        return True
 
     # ------------------------------------------------------------------- stop
     async def stop(self) -> None:
@@ -1143,6 +1151,7 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
             port,
             token=cfg.admin_token,
             worker_sockets=front.worker_admin_sockets,
+            on_reload=front.push_config,
         ),
         webphone=lambda host, port: WebPhoneServer(
             front.node,
