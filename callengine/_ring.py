@@ -18,17 +18,39 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .call import Call, SipError
-from .fork import Abandon, Connect, Fail, Fork
+from .fork import Abandon, Command, Connect, Fail, Fork
 from .sip.useragent import SessionState
 
 if TYPE_CHECKING:
     from .b2bua import LegTarget
     from .engine import Engine
 
-__all__ = ["ring_user"]
+__all__ = ["fork_outcomes", "ring_user"]
+
+
+def fork_outcomes(
+    fork: Fork, waiting: dict[asyncio.Future[Any], int], calls: Sequence[Call], now: float
+) -> list[Command]:
+    """Feed ``fork`` the outcome of every leg whose INVITE has one (taken out of
+    ``waiting``, leg index by outcome future): answered, failed, or forgotten (the
+    future cancelled); its commands. The B2BUA's parallel ringing and :func:`ring_user`
+    share it."""
+    commands: list[Command] = []
+    for fut in [f for f in waiting if f.done()]:
+        i = waiting.pop(fut)
+        outcome: Any = None if fut.cancelled() else fut.result()
+        if outcome is None:
+            commands += fork.forget(i, now)
+        elif isinstance(outcome, SipError):
+            commands += fork.failed(i, outcome.status, calls[i].session.end_cause, now)
+        else:
+            calls[i].on_answered(outcome)
+            commands += fork.answered(i, now)
+    return commands
 
 
 async def ring_user(
@@ -88,17 +110,7 @@ async def ring_user(
             delay = None if deadline is None else max(0.0, deadline - loop.time())
             await asyncio.wait(set(waiting), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             now = loop.time()
-            commands = []
-            for fut in [f for f in waiting if f.done()]:
-                i = waiting.pop(fut)
-                outcome: Any = None if fut.cancelled() else fut.result()
-                if outcome is None:
-                    commands += fork.forget(i, now)
-                elif isinstance(outcome, SipError):
-                    commands += fork.failed(i, outcome.status, calls[i].session.end_cause, now)
-                else:
-                    calls[i].on_answered(outcome)
-                    commands += fork.answered(i, now)
+            commands = fork_outcomes(fork, waiting, calls, now)
             commands += fork.handle_timer(now)
     except asyncio.CancelledError:
         # the application gave up (its own timeout): nothing may keep ringing

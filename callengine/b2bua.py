@@ -65,6 +65,7 @@ from pri import (
     format_reason,
 )
 
+from ._ring import fork_outcomes
 from .call import Call, SipError, TransferResult
 from .fork import Abandon, Connect, Fail, Fork
 from .recording import record_bridged, start_recording_safely
@@ -941,17 +942,7 @@ class B2BUA:
                     {*waiting, caller.ended}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
                 )
                 now = loop.time()
-                commands = []
-                for fut in [f for f in waiting if f.done()]:
-                    i = waiting.pop(fut)
-                    response = None if fut.cancelled() else fut.result()
-                    if response is None:
-                        commands += fork.forget(i, now)
-                    elif isinstance(response, SipError):
-                        commands += fork.failed(i, response.status, legs[i].session.end_cause, now)
-                    else:
-                        legs[i].on_answered(response)
-                        commands += fork.answered(i, now)
+                commands = fork_outcomes(fork, waiting, legs, now)
                 if caller.ended.done():
                     cause = CAUSE_NORMAL if caller.answered else q850(caller.session.end_cause)
                     commands += fork.caller_gone(cause, now)
