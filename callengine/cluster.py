@@ -202,15 +202,28 @@ class NodeAdmission:
 
     KEY = "node:"
 
-    def __init__(self, caps: SharedCaps, inner: Any, *, max_calls: int, max_cps: float) -> None:
+    def __init__(
+        self,
+        caps: SharedCaps,
+        inner: Any,
+        *,
+        max_calls: int,
+        max_cps: float,
+        counters: Any = None,
+    ) -> None:
         self.caps = caps
         self.inner = inner
         self.max_calls = max_calls
         self.max_cps = max_cps
+        self.counters = counters
+        """The user agent's counters: a refusal by the node's cap counts in
+        ``callengine_overload_rejected_total`` as in a one-process node."""
 
     def admit_call(self, request: Any, now: float) -> str | None:
         refused = self.caps.admit(self.KEY, now, max_calls=self.max_calls, cps=self.max_cps)
         if refused is not None:
+            if self.counters is not None:
+                self.counters.rejected_overload += 1
             return "Node Call Limit Reached" if refused == "calls" else "Node Call Rate Reached"
         if self.inner is not None:
             reason = self.inner.admit_call(request, now)
@@ -548,7 +561,9 @@ async def _run_worker(
     node.engine.caps = caps
     ua = node.engine.ua
     ua.max_calls, ua.max_cps = 1 << 62, 0.0
-    ua.admission = NodeAdmission(caps, ua.admission, max_calls=cfg.max_calls, max_cps=cfg.max_cps)
+    ua.admission = NodeAdmission(
+        caps, ua.admission, max_calls=cfg.max_calls, max_cps=cfg.max_cps, counters=ua.counters
+    )
     node.registry.register(EngineCollector(node.engine))
     admin = None
     if init.get("admin_socket"):

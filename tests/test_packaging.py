@@ -35,7 +35,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from integration.support import free_port, scrape, wait_udp_sip
+from integration.support import free_port, scrape_node, wait_udp_sip
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def _scrape_when_up(port: int, name: str, timeout: float = 10.0) -> dict[str, fl
     deadline = time.monotonic() + timeout
     while True:
         try:
-            values = scrape(port)
+            values = scrape_node(port)
             if name in values or time.monotonic() > deadline:
                 return values
         except urllib.error.URLError:

@@ -214,23 +214,28 @@ _WORKER_LABEL = re.compile(r'(?:,worker="\d+"|worker="\d+",?)')
 
 
 def scrape(port: int) -> dict[str, float]:
-    """A node's /metrics as ``{'name{labels}': value}`` (Prometheus text format).
-
-    A multi-worker node's front labels each worker's series with ``worker``; their sum
-    is added under the name without that label (the node's figure), unless the front
-    has a series of that name itself."""
+    """A node's /metrics as ``{'name{labels}': value}`` (Prometheus text format)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
-    folded: dict[str, float] = {}
     for line in text.splitlines():
         m = _METRIC.match(line)
         if m:
-            name, value = m.group(1), float(m.group(2))
-            out[name] = value
-            if 'worker="' in name:
-                node = _WORKER_LABEL.sub("", name, count=1).replace("{}", "")
-                folded[node] = folded.get(node, 0.0) + value
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def scrape_node(port: int) -> dict[str, float]:
+    """:func:`scrape`, plus the node's figures of a multi-worker node: its front labels
+    each worker's series with ``worker``, and their sum is added under the name without
+    that label, unless the front has a series of that name itself. (A one-process
+    node's series have no ``worker`` label: the same as :func:`scrape`.)"""
+    out = scrape(port)
+    folded: dict[str, float] = {}
+    for name, value in out.items():
+        if 'worker="' in name:
+            node = _WORKER_LABEL.sub("", name, count=1).replace("{}", "")
+            folded[node] = folded.get(node, 0.0) + value
     for name, value in folded.items():
         out.setdefault(name, value)
     return out
@@ -242,7 +247,7 @@ def wait_metric(port: int, name: str, want: float, timeout: float = 10.0) -> Non
     value = None
     while time.monotonic() < deadline:
         try:
-            value = scrape(port).get(name)
+            value = scrape_node(port).get(name)
         except OSError:  # serve opens /metrics just after SIP answers: not yet listening
             time.sleep(0.05)
             continue
