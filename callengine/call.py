@@ -531,9 +531,27 @@ class Call:
         self.recording = recording
         media.recording = recording
         self.recordings.append(key)
+        if getattr(recording, "remote", False):
+            # the media plane may refuse it (its spool full): then as if it never started
+            recording.on_refused = self._recording_refused
         self._tap_far_side()
         self.log_event("recording", event="start", key=key, channels=channels)
         return key
+
+    def _recording_refused(self, recording: Any) -> None:
+        """The media plane could not start ``recording`` (a spool at its quota, a disk
+        error): logged, and the call log names no recording for it, as when a recording
+        fails to start in the engine's process (``start_recording_safely``)."""
+        if self.recording is recording:
+            self.recording = None
+            if self.media is not None and getattr(self.media, "recording", None) is recording:
+                self.media.recording = None
+        if recording.key in self.recordings:
+            self.recordings.remove(recording.key)
+        error, message = recording.refused
+        why = recording.why or "by the API"
+        log.warning("call not recorded (%s): %s", why, message, extra={"call_id": self.call_id})
+        self.log_event("recording", event="failed", error=f"{error}: {message}")
 
     def stop_recording(self, reason: str = "stopped") -> RecordResult | None:
         """Stop the call recording (``None`` when none is running)."""

@@ -407,11 +407,30 @@ class RemoteCallRecording:
         self.key = key
         self.started = now
         self.result: RecordingResult | None = None
-        self.owner = self
+        self.refused: tuple[str, str] | None = None
+        """Why the plane could not start it (its spool full, a disk error), if so: the
+        exception's name and message."""
+        self.on_refused: Callable[[RemoteCallRecording], None] | None = None
+        """Called once when the plane refuses it (the call forgets the key); cleared
+        when it closes."""
+        self.why = ""
+        """What asked for it (``tenant demo``, ``user 100``), for the log line."""
+
+    @property
+    def owner(self) -> RemoteCallRecording:
+        return self
 
     @property
     def closed(self) -> bool:
         return self.result is not None
+
+    def refuse(self, error: str, message: str) -> None:
+        """The plane's answer to ``rec_start``: not recorded (``error``: the exception's
+        name)."""
+        self.refused = (error, message)
+        callback, self.on_refused = self.on_refused, None
+        if callback is not None and self.result is None:
+            callback(self)
 
     def tap(self, far: Any) -> None:
         """Bridged to ``far`` (a session in the plane): the right channel is its voice."""
@@ -423,6 +442,8 @@ class RemoteCallRecording:
             self.plane.command("rec_far", self.rid, None)
 
     def close(self, now: float, reason: str = "stopped") -> RecordingResult:
+        self.on_refused = None
+        self.plane.recordings.pop(self.rid, None)
         if self.result is None:
             self.plane.command("rec_stop", self.rid, reason)
             self.result = RecordingResult(round(max(0.0, now - self.started), 3), reason)
@@ -511,6 +532,8 @@ class PlaneMedia(SrtpPolicy):
         self._started_at = 0.0
         self.on_lost = on_lost
         self.sessions_open: dict[int, RemoteSession] = {}
+        self.recordings: dict[int, RemoteCallRecording] = {}
+        """Call recordings started and not closed (the plane may still refuse them)."""
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._connection: _Connection | None = None
@@ -672,6 +695,11 @@ class PlaneMedia(SrtpPolicy):
         return figures
 
     def _on_event(self, kind: str, args: tuple[Any, ...]) -> None:
+        if kind == "rec_refused":
+            recording = self.recordings.pop(args[0], None)
+            if recording is not None:
+                recording.refuse(args[1], args[2])
+            return
         session = self.sessions_open.get(args[0])
         if session is None:
             return
@@ -869,7 +897,9 @@ class PlaneMedia(SrtpPolicy):
             raise ValueError(f"recording channels must be stereo or mono, not {channels!r}")
         rid = next(self._ids)
         self.command("rec_start", rid, media.sid, tenant, key, channels, max_seconds, call_id)
-        return RemoteCallRecording(self, rid, key, now)
+        recording = RemoteCallRecording(self, rid, key, now)
+        self.recordings[rid] = recording  # until it closes: the plane may refuse it
+        return recording
 
 
 # ------------------------------------------------------------------ the plane
@@ -1110,8 +1140,8 @@ class PlaneServer:
                 now=self._loop.time(),
             )
         except OSError as exc:  # SpoolFull (counted and logged by the spool), disk errors
-            # the engine was told nothing (a command): its call log still names the key
-            log.warning("call %s not recorded (%s): %s", call_id, key, exc)
+            # the engine logs it and its call log forgets the key (RemoteCallRecording)
+            self.send(("ev", "rec_refused", (rid, type(exc).__name__, str(exc))))
             return
         session.recording = recording
         self.recordings[rid] = (recording, session)

@@ -35,11 +35,14 @@ __all__ = ["RecordingHook", "record_bridged", "start_recording_safely"]
 def start_recording_safely(call: Call, why: str) -> str | None:
     """Start recording ``call``; on failure log why and return ``None``."""
     try:
-        return call.start_recording()
+        key = call.start_recording()
     except Exception as exc:  # SipError (no media), SpoolFull, an I/O error
         log.warning("call not recorded (%s): %s", why, exc, extra={"call_id": call.call_id})
         call.log_event("recording", event="failed", error=f"{type(exc).__name__}: {exc}")
         return None
+    if getattr(call.recording, "remote", False):
+        call.recording.why = why  # for the line logged if the media plane refuses it
+    return key
 
 
 class RecordingHook:
