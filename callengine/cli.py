@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         help="worker processes behind the node's SIP address (0: one per CPU core; "
-        "default: the config's workers, 0)",
+        "default: the config's workers, 1)",
     )
     serve.set_defaults(func=_serve)
 
