@@ -24,6 +24,7 @@ from integration.support import (
     free_port,
     run_sipp,
     scrape,
+    scrape_fresh,
     sipp_to,
     wait_metric,
 )
@@ -166,7 +167,8 @@ def test_metrics_endpoint(daemon_factory: Callable[..., Daemon], tmp_path: Path)
     )
     assert calls(result) == (5, 0)
     wait_metric(daemon.metrics_port, "callengine_active_calls", 0.0)
-    metrics = scrape(daemon.metrics_port)
+    # SIPp is done: once every worker has pushed its figures since, they are final
+    metrics = scrape_fresh(daemon.metrics_port)
     retransmitted = int(result.stats["Retransmissions(C)"])
     invites = metrics['callengine_sip_requests_in_total{method="INVITE"}']
     assert 5 <= invites <= 5 + retransmitted
