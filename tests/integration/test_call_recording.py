@@ -295,7 +295,10 @@ def test_spool_at_its_quota_refuses_recordings_and_calls_go_on(
             },
         }
 
-    node = recording_node(record_short_calls, spool_quota=quota, spool_near=0.5)
+    # one worker, whatever the pass: the quota is each spool's, and a multi-worker node
+    # has a spool per worker (docs/workers.md), so three calls spread over two workers
+    # would not fill either
+    node = recording_node(record_short_calls, "--workers", "1", spool_quota=quota, spool_near=0.5)
     assert node.metrics_port is not None
     workdir = sipp_workdir(tmp_path)
     args = [node.address, "-sf", str(SIPP_DIR / "uac_wait_bye.xml"), "-s", "5550600"]
@@ -322,7 +325,7 @@ def test_spool_at_its_quota_refuses_recordings_and_calls_go_on(
     assert text.count("media spool full:") == 1, text
     calls = sorted((e for e in logs if e["callee"] == "5550600"), key=lambda e: e["start_time"])
     assert [e["result"] for e in calls] == ["completed"] * 3
-    if "--media-process" in node.args:
+    if "--no-media-process" not in node.args:  # serve's default: media in a plane
         # the media plane refuses it after the engine started it (a command, no reply):
         # logged there, and the engine's call log still names the key (docs/storage.md)
         assert f"call {calls[2]['call_id']} not recorded (recordings/" in text, text
