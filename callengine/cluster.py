@@ -1071,7 +1071,9 @@ def _dispatch_key(data: bytes) -> bytes | None:
 
 class _WorkerCollector:
     """/metrics of a multi-worker node: each worker's samples with a ``worker`` label,
-    and the front's own (workers up, restarts, messages dispatched and dropped)."""
+    and the front's own (workers up, restarts, messages dispatched and dropped, and
+    what only the front holds: the per-source flood limit and the TCP/TLS/WS
+    connections, whose series the workers do not export)."""
 
     def __init__(self, front: ClusterFront) -> None:
         self.front = front
@@ -1105,10 +1107,8 @@ class _WorkerCollector:
             if not w.metrics or not w.live:
                 continue
             for family in text_string_to_metric_families(w.metrics.decode()):
-                if family.name.startswith("callengine_cache") or family.name.startswith(
-                    "callengine_outbox"
-                ):
-                    continue  # the front's (it owns the cache and the outbox)
+                if family.name.startswith(_FRONT_FAMILIES):
+                    continue  # the front's (it owns them: see _front_metrics)
                 out = merged.get(family.name)
                 if out is None:
                     out = merged[family.name] = Metric(
@@ -1120,7 +1120,22 @@ class _WorkerCollector:
         yield restarts
         yield dispatched
         yield dropped
+        yield from _front_metrics(front)
         yield from merged.values()
+
+
+_FRONT_FAMILIES = ("callengine_cache", "callengine_outbox", "callengine_stream_connections")
+"""Families a worker may export but the front owns (a worker's copy would read 0)."""
+
+
+def _front_metrics(front: ClusterFront) -> Iterable[Any]:
+    """The series of what the front alone holds, named as a one-process node names them."""
+    from .metrics import flood_metrics, stream_metrics
+
+    if front.limiter is not None:
+        yield from flood_metrics(front.limiter)
+    if front.transports is not None:
+        yield from stream_metrics(front.transports)
 
 
 async def run_front(cfg: EngineConfig, workers: int) -> int:

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from media.tenantprompts import PromptSync
 
     from .engine import Engine
+    from .limits import SourceLimiter
+    from .transport import TransportSet
 
-__all__ = ["EngineCollector", "serve_metrics"]
+__all__ = ["EngineCollector", "flood_metrics", "serve_metrics", "stream_metrics"]
 
 
 class EngineCollector(Collector):
@@ -117,21 +119,8 @@ class EngineCollector(Collector):
         for reason, n in sorted(engine.caps.refused.items()):
             refused.add_metric([reason.replace(":", "_")], n)
         yield refused
-        limiter = engine.limiter
-        if limiter is not None:
-            yield CounterMetricFamily(
-                "callengine_flood_dropped",
-                "Messages dropped unread by the per-source limit",
-                value=limiter.dropped,
-            )
-            yield CounterMetricFamily(
-                "callengine_flood_bans", "Source addresses banned for flooding", value=limiter.bans
-            )
-            yield GaugeMetricFamily(
-                "callengine_flood_tracked_sources",
-                "Source addresses the limiter tracks",
-                value=len(limiter),
-            )
+        if engine.limiter is not None:
+            yield from flood_metrics(engine.limiter)
         if engine.transports is not None:
             f = CounterMetricFamily(
                 "callengine_transport_errors", "Transport errors", labels=["kind"]
@@ -140,19 +129,7 @@ class EngineCollector(Collector):
             f.add_metric(["framing"], engine.transports.framing_errors)
             f.add_metric(["ws_upgrade"], engine.transports.refused_upgrades)
             yield f
-            yield GaugeMetricFamily(
-                "callengine_stream_connections",
-                "TCP/TLS connections peers opened, now open",
-                value=engine.transports.accepted,
-            )
-            closed = CounterMetricFamily(
-                "callengine_stream_connections_closed",
-                "TCP/TLS connections refused (caps) or closed for silence",
-                labels=["reason"],
-            )
-            closed.add_metric(["refused"], engine.transports.refused_connections)
-            closed.add_metric(["idle"], engine.transports.idle_closed)
-            yield closed
+            yield from stream_metrics(engine.transports)
         from .logs import LogQueueHandler
 
         yield CounterMetricFamily(
@@ -307,6 +284,40 @@ class EngineCollector(Collector):
                 yield from _spool_metrics(mm.spool.core)
             if getattr(mm, "prompt_sync", None) is not None:
                 yield from _prompt_metrics(mm.prompt_sync)
+
+
+def flood_metrics(limiter: SourceLimiter) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The per-source flood limit's series (a multi-worker node's front exports them)."""
+    yield CounterMetricFamily(
+        "callengine_flood_dropped",
+        "Messages dropped unread by the per-source limit",
+        value=limiter.dropped,
+    )
+    yield CounterMetricFamily(
+        "callengine_flood_bans", "Source addresses banned for flooding", value=limiter.bans
+    )
+    yield GaugeMetricFamily(
+        "callengine_flood_tracked_sources",
+        "Source addresses the limiter tracks",
+        value=len(limiter),
+    )
+
+
+def stream_metrics(transports: TransportSet) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The TCP/TLS/WS connections' series (a multi-worker node's front holds them)."""
+    yield GaugeMetricFamily(
+        "callengine_stream_connections",
+        "TCP/TLS connections peers opened, now open",
+        value=transports.accepted,
+    )
+    closed = CounterMetricFamily(
+        "callengine_stream_connections_closed",
+        "TCP/TLS connections refused (caps) or closed for silence",
+        labels=["reason"],
+    )
+    closed.add_metric(["refused"], transports.refused_connections)
+    closed.add_metric(["idle"], transports.idle_closed)
+    yield closed
 
 
 def _prompt_metrics(sync: PromptSync) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

@@ -129,6 +129,20 @@ def _chooses_workers(extra: Sequence[str]) -> bool:
     return False
 
 
+def _without_workers(args: list[str]) -> list[str]:
+    """``args`` without ``--workers N`` (or ``--workers=N``)."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
+
+
 def start_daemon(
     tmp: Path,
     *extra: str,
@@ -151,13 +165,18 @@ def start_daemon(
     if "--admin" not in extra:
         args.append("--no-admin")  # parallel nodes would share the default admin port
     args += list(extra)
-    if not _chooses_workers(extra):
+    # a whole-suite pass in another mode, e.g. CALLENGINE_TEST_SERVE_ARGS=--media-process
+    mode = os.environ.get("CALLENGINE_TEST_SERVE_ARGS", "").split()
+    if _chooses_workers(extra):
+        # the test's own choice wins over the pass's (a test about one process, or
+        # parametrized over 1 and 2 workers, keeps its meaning in the multi-worker pass)
+        mode = _without_workers(mode)
+    elif "--workers" not in mode:
         # one process per node unless the test asks (serve's default is one worker per
         # core): the suite is about features, test_workers.py and the multi-worker pass
         # (CALLENGINE_TEST_SERVE_ARGS="--workers 2") about the node's processes
         args += ["--workers", "1"]
-    # a whole-suite pass in another mode, e.g. CALLENGINE_TEST_SERVE_ARGS=--media-process
-    args += os.environ.get("CALLENGINE_TEST_SERVE_ARGS", "").split()
+    args += mode
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(
             args, stdout=logf, stderr=subprocess.STDOUT, cwd=tmp, env={**os.environ, **(env or {})}
@@ -210,6 +229,7 @@ def run_sipp(
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
 
 
+_WORKER_OF = re.compile(r'worker="\d+"')
 _WORKER_LABEL = re.compile(r'(?:,worker="\d+"|worker="\d+",?)')
 
 
@@ -239,6 +259,30 @@ def scrape_node(port: int) -> dict[str, float]:
     for name, value in folded.items():
         out.setdefault(name, value)
     return out
+
+
+def scrape_fresh(port: int, timeout: float = 10.0) -> dict[str, float]:
+    """:func:`scrape_node` once every worker of a multi-worker node has pushed its
+    samples to the front since this call (they push every second): what the workers
+    counted before the call is in the figures. A one-process node's figures are always
+    fresh.
+
+    A worker's loop-lag histogram gains a sample every 10 ms, so a new count for every
+    worker (``callengine_worker_up`` names them) means a newer push from each."""
+    lag = "callengine_event_loop_lag_ms_count"
+    first = scrape_node(port)
+    workers = [_WORKER_OF.search(k) for k in first if k.startswith("callengine_worker_up{")]
+    labels = [m.group(0) for m in workers if m is not None]
+    if not labels:
+        return first
+    before = {w: first.get(f"{lag}{{{w}}}", -1.0) for w in labels}
+    deadline = time.monotonic() + timeout
+    while True:
+        now = scrape_node(port)
+        if all(now.get(f"{lag}{{{w}}}", -1.0) > before[w] for w in labels):
+            return now
+        assert time.monotonic() < deadline, f"the workers pushed no metrics in {timeout} s"
+        time.sleep(0.05)
 
 
 def wait_metric(port: int, name: str, want: float, timeout: float = 10.0) -> None:

@@ -34,7 +34,8 @@ from integration.support import (
     Daemon,
     free_port,
     run_sipp,
-    scrape,
+    scrape_fresh,
+    scrape_node,
     start_daemon,
     wait_metric,
 )
@@ -181,9 +182,13 @@ def stop_and_read_logs(node: Daemon) -> list[dict[str, Any]]:
     return [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
 
 
+def spool_roots(node: Daemon) -> list[Path]:
+    """The node's spools: ``spool``, or each worker's ``spool-w0``, ``spool-w1``..."""
+    return sorted(p / "files" for p in node.data_dir.glob("spool*") if (p / "files").is_dir())
+
+
 def spooled(node: Daemon) -> list[Path]:
-    root = node.data_dir / "spool" / "files"
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return sorted(p for root in spool_roots(node) for p in root.rglob("*") if p.is_file())
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -318,7 +323,7 @@ def test_storage_down_then_back_every_voicemail_uploaded_once(
     voicemail_calls(node, tmp_path, BATCH)
     wait_metric(node.metrics_port, "callengine_media_spool_files", float(BATCH))
     assert len(spooled(node)) == BATCH
-    metrics = scrape(node.metrics_port)
+    metrics = scrape_node(node.metrics_port)
     assert metrics['callengine_media_uploads_total{result="failed"}'] >= 1, metrics
     assert metrics['callengine_media_uploads_total{result="ok"}'] == 0
     assert metrics["callengine_media_spool_bytes"] > 0
@@ -328,7 +333,7 @@ def test_storage_down_then_back_every_voicemail_uploaded_once(
     back = time.monotonic()
     wait_metric(node.metrics_port, "callengine_media_spool_files", 0.0, timeout=60)
     print(f"{BATCH} spooled voicemails uploaded {time.monotonic() - back:.2f} s after Azurite")
-    metrics = scrape(node.metrics_port)
+    metrics = scrape_node(node.metrics_port)
     assert metrics['callengine_media_uploads_total{result="ok"}'] == BATCH, metrics
     assert metrics['callengine_media_uploads_total{result="present"}'] == 0, metrics
     assert metrics["callengine_media_spool_bytes"] == 0
@@ -349,7 +354,12 @@ def test_kill_9_mid_upload_loses_and_duplicates_nothing(
     azurite.proc.send_signal(signal.SIGSTOP)
     voicemail_calls(node, tmp_path, 4)
     wait_metric(node.metrics_port, "callengine_media_uploads_active", 4.0)
-    files = {p.relative_to(node.data_dir / "spool" / "files").as_posix(): p for p in spooled(node)}
+    files = {
+        p.relative_to(root).as_posix(): p
+        for root in spool_roots(node)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
     assert len(files) == 4, files
     contents = {name: path.read_bytes() for name, path in files.items()}
     node.proc.send_signal(signal.SIGKILL)
@@ -357,9 +367,11 @@ def test_kill_9_mid_upload_loses_and_duplicates_nothing(
     azurite.proc.send_signal(signal.SIGCONT)
 
     node = node_factory()
-    assert node.metrics_port is not None
-    wait_metric(node.metrics_port, "callengine_media_spool_files", 0.0, timeout=30)
-    metrics = scrape(node.metrics_port)
+    port = node.metrics_port
+    assert port is not None
+    # fresh: a restarted multi-worker node's /metrics lacks a worker until its first push
+    wait_for(lambda: scrape_fresh(port).get("callengine_media_spool_files") == 0, "an empty spool")
+    metrics = scrape_fresh(port)
     done = (
         metrics['callengine_media_uploads_total{result="ok"}']
         + metrics['callengine_media_uploads_total{result="present"}']
@@ -374,4 +386,8 @@ def test_kill_9_mid_upload_loses_and_duplicates_nothing(
     for name, data in contents.items():
         assert container.get_blob_client(name).download_blob().readall() == data, name
     assert spooled(node) == []
-    assert os.listdir(node.data_dir / "spool" / "files" / "demo" / "voicemail") == []
+    assert spool_roots(node)
+    for root in spool_roots(node):
+        assert not (root / "demo" / "voicemail").exists() or not os.listdir(
+            root / "demo" / "voicemail"
+        ), root

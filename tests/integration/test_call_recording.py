@@ -295,7 +295,10 @@ def test_spool_at_its_quota_refuses_recordings_and_calls_go_on(
             },
         }
 
-    node = recording_node(record_short_calls, spool_quota=quota, spool_near=0.5)
+    # one worker, whatever the pass: the quota is each spool's, and a multi-worker node
+    # has a spool per worker (docs/workers.md), so three calls spread over two workers
+    # would not fill either
+    node = recording_node(record_short_calls, "--workers", "1", spool_quota=quota, spool_near=0.5)
     assert node.metrics_port is not None
     workdir = sipp_workdir(tmp_path)
     args = [node.address, "-sf", str(SIPP_DIR / "uac_wait_bye.xml"), "-s", "5550600"]

@@ -24,8 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from integration.support import Daemon, SippResult, calls, free_port, run_sipp, start_daemon
-from integration.support import scrape as scrape_metrics
+from integration.support import (
+    Daemon,
+    SippResult,
+    calls,
+    free_port,
+    run_sipp,
+    scrape_fresh,
+    start_daemon,
+)
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 KAMCMD = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
@@ -47,17 +54,11 @@ INVITES = 'callengine_sip_requests_in_total{method="INVITE"}'
 
 
 def scrape(daemon: Daemon) -> dict[str, float]:
-    """The node's /metrics as ``{'name{labels}': value}``; a multi-worker node's series
-    are summed over their ``worker`` label (the node seen as one)."""
+    """The node's /metrics as ``{'name{labels}': value}``, as up to date as the workers'
+    last push; a multi-worker node's series are the sums over their ``worker`` label
+    (the node seen as one; ``support.scrape_node`` adds them), without the per-worker ones."""
     assert daemon.metrics_port is not None
-    out: dict[str, float] = {}
-    for key, value in scrape_metrics(daemon.metrics_port).items():
-        key = _WORKER.sub("", key).replace("{,", "{").replace(",}", "}").replace("{}", "")
-        out[key] = out.get(key, 0.0) + value
-    return out
-
-
-_WORKER = re.compile(r',?worker="\d+"')
+    return {k: v for k, v in scrape_fresh(daemon.metrics_port).items() if 'worker="' not in k}
 
 
 @dataclass

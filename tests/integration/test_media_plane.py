@@ -13,6 +13,7 @@ One node, SIPp as the callers:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from integration.audio import CAPTURES, MIN_CORRELATION, capture_audio, correlation, read_wav
-from integration.support import SippResult, free_port, run_sipp, scrape
+from integration.support import SippResult, free_port, run_sipp, scrape_node
 from integration.test_ivr_demo import (
     DaemonFactory,
     assert_voicemail_path,
@@ -48,6 +49,18 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _planes(pid: int, *, workers: bool) -> list[int]:
+    """The node's media planes: its children, or with ``workers`` (a multi-worker node,
+    docs/workers.md) its workers' children."""
+    if not workers:
+        return sorted(_children(pid))
+    out: list[int] = []
+    for worker in _children(pid):
+        with contextlib.suppress(FileNotFoundError):  # a worker that just ended
+            out += _children(worker)
+    return sorted(out)
+
+
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,10 +76,13 @@ def test_a_killed_media_plane_ends_its_calls_and_the_next_plane_takes_voicemail(
     node = daemon_factory("--media-process", metrics=True)
     assert node.metrics_port is not None
     metrics_port = node.metrics_port
-    (plane,) = _children(node.proc.pid)
+    # one plane per worker: each is killed, so every call loses its media
+    workers = any(_children(child) for child in _children(node.proc.pid))
+    planes = _planes(node.proc.pid, workers=workers)
+    assert planes
 
     def metric(name: str) -> float:
-        return scrape(metrics_port).get(name, -1.0)
+        return scrape_node(metrics_port).get(name, -1.0)
 
     workdir = tmp_path / "held"
     workdir.mkdir()
@@ -100,7 +116,8 @@ def test_a_killed_media_plane_ends_its_calls_and_the_next_plane_takes_voicemail(
         # the three calls hear the IVR: the plane sends their streams
         _wait(lambda: metric("callengine_media_streams") == 3, 20, "3 streams in the plane")
         assert metric("callengine_media_plane_restarts_total") == 0
-        os.kill(plane, signal.SIGKILL)
+        for plane in planes:
+            os.kill(plane, signal.SIGKILL)
     finally:
         runner.join(65)  # run_sipp kills SIPp at 60 s
     assert result, "SIPp did not finish"
@@ -108,11 +125,14 @@ def test_a_killed_media_plane_ends_its_calls_and_the_next_plane_takes_voicemail(
     # SIPp counts a call as successful only once the node's BYE came
     assert sipp.stats.get("SuccessfulCall(C)") == "3", (sipp.stats, sipp.stdout[-1500:])
     _wait(
-        lambda: metric("callengine_media_plane_restarts_total") == 1, 10, "the restart on /metrics"
+        lambda: metric("callengine_media_plane_restarts_total") == len(planes),
+        10,
+        "the restarts on /metrics",
     )
-    _wait(lambda: len(_children(node.proc.pid)) == 1, 10, "the new plane")
-    assert _children(node.proc.pid) != [plane]
-    assert subprocess.run(["kill", "-0", str(plane)], check=False).returncode != 0
+    _wait(lambda: len(_planes(node.proc.pid, workers=workers)) == len(planes), 10, "the new planes")
+    assert not set(_planes(node.proc.pid, workers=workers)) & set(planes)
+    for plane in planes:
+        assert subprocess.run(["kill", "-0", str(plane)], check=False).returncode != 0
 
     # the new plane: prompts, an RFC 4733 digit, and a voicemail recording
     sipp_call(node, "ivr_voicemail.xml", tmp_path)

@@ -152,7 +152,9 @@ def test_calls_take_pooled_pairs_and_reuse_them_after_their_rest(
     config.write_text(
         f"rtp_port_min: {lo}\nrtp_port_max: {hi}\nrtp_port_pool: 2\nrtp_port_quarantine: 0.2\n"
     )
-    daemon = daemon_factory("--config", str(config), metrics=True)
+    # one worker, whatever the pass: the test is about one process's pool, and a
+    # multi-worker node gives each worker a slice of the range (here one pair each)
+    daemon = daemon_factory("--config", str(config), "--workers", "1", metrics=True)
     assert daemon.metrics_port is not None
     metrics: dict[str, float] = {}
     deadline = time.monotonic() + 10

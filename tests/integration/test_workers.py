@@ -106,6 +106,16 @@ def test_one_source_address_udp_and_tcp_spread_over_both_workers(
     dispatched = per_worker(daemon.metrics_port, "callengine_dispatch_messages_total")
     assert min(dispatched.values()) > 4000, dispatched
     assert per_worker(daemon.metrics_port, "callengine_worker_up") == {"0": 1.0, "1": 1.0}
+    # what the front alone holds is in /metrics too, once for the node: the TCP
+    # connections (a worker's count would read 0) and the per-source flood limit
+    port = daemon.metrics_port
+    with socket.create_connection(("127.0.0.1", daemon.port)):
+        wait_for("the open connection", lambda: scrape(port)["callengine_stream_connections"] == 1)
+    wait_for("the closed connection", lambda: scrape(port)["callengine_stream_connections"] == 0)
+    figures = scrape(port)
+    assert figures["callengine_flood_dropped_total"] == 0
+    assert figures["callengine_flood_tracked_sources"] >= 0
+    assert not [name for name in figures if re.match(r"callengine_(stream|flood)_.*worker=", name)]
     assert daemon.stop() == 0
 
 
