@@ -164,7 +164,6 @@ def start_daemon(
         args.append("--no-metrics")
     if "--admin" not in extra:
         args.append("--no-admin")  # parallel nodes would share the default admin port
-    args += list(extra)
     # a whole-suite pass in another mode, e.g. CALLENGINE_TEST_SERVE_ARGS=--media-process
     mode = os.environ.get("CALLENGINE_TEST_SERVE_ARGS", "").split()
     if _chooses_workers(extra):
@@ -172,10 +171,12 @@ def start_daemon(
         # parametrized over 1 and 2 workers, keeps its meaning in the multi-worker pass)
         mode = _without_workers(mode)
     elif "--workers" not in mode:
-        # one process per node unless the test asks (serve's default is one worker per
-        # core): the suite is about features, test_workers.py and the multi-worker pass
-        # (CALLENGINE_TEST_SERVE_ARGS="--workers 2") about the node's processes
+        # one process per node unless the test asks (whatever serve's default): the
+        # suite is about features, test_workers.py and the multi-worker pass
+        # (CALLENGINE_TEST_SERVE_ARGS="--workers 2") about the node's processes; before
+        # the test's own arguments, which tests restarting a node take from the end
         args += ["--workers", "1"]
+    args += list(extra)
     args += mode
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(

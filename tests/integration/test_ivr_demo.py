@@ -279,11 +279,11 @@ def test_menu_invalid_digit_then_silence_ends_at_bye(
     """7 (no such option), then nothing: invalid prompt, timeouts, goodbye, hangup.
 
     The demo menu waits 5 s three times (~45 s with its prompts); this test imports the
-    demo tenant with ``timeout: 1.5`` and ``retries: 2`` (``callengine config import``)
-    so it takes ~25 s. Everything else is the demo flow. An imported tenant is not the
+    demo tenant with ``timeout: 1.5`` and ``retries: 1`` (``callengine config import``)
+    so it takes ~20 s: one retry is the retry path as well as two. Everything else is the demo flow. An imported tenant is not the
     default tenant (``default_tenant`` is only set for the embedded demo), so this
     call dials the demo's main line 1000 (``ivr:main``) rather than ``demo``."""
-    timeout, retries = 1.5, 2
+    timeout, retries = 1.5, 1
     tenant = json.loads(DEMO_TENANT.read_text())
     menu_node = tenant["flows"]["main"]["nodes"]["menu"]
     menu_node.update(timeout=timeout, retries=retries)
