@@ -13,8 +13,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from config_cache import ConfigError
-
 log = logging.getLogger("callengine.cli")
 
 __all__ = ["main"]
@@ -112,6 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from . import _planespawn
+
+    if args.media_process is not False and not args.no_media and args.ws_port is None:
+        # the media plane's interpreter starts first, while the node imports and reads
+        # its configuration; dropped below if the node turns out to have no plane
+        _planespawn.prespawn()
+    from config_cache import ConfigError
+
     from .config import cpu_cores, load_config, serve_media_process
     from .logs import setup_logging
 
@@ -156,11 +162,8 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
     cfg.media_process = serve_media_process(cfg)
     workers = cfg.workers or cpu_cores()
-    if cfg.media_process and workers == 1:
-        # the plane's interpreter starts while the node loads (mediaplane.prespawn)
-        from .mediaplane import prespawn
-
-        prespawn()
+    if not (cfg.media_process and workers == 1):
+        _planespawn.discard()  # (a worker starts its own plane)
     writer = setup_logging(cfg.log_format, cfg.log_level)
     try:
         if workers > 1:
@@ -189,6 +192,7 @@ async def _run_node(cfg: object) -> int:
     from .node import Node
 
     assert isinstance(cfg, EngineConfig)
+    from config_cache import ConfigError
     from pri import TrunkConfigError
 
     # the handlers first: a SIGTERM while the node starts (it may already answer SIP)

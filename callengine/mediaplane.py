@@ -450,36 +450,6 @@ class RemoteCallRecording:
         return self.result
 
 
-_prespawned: tuple[subprocess.Popen[bytes], socket.socket] | None = None
-
-
-def _launch() -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Start a plane process on one end of a new socket pair; returns it and our end."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "callengine.mediaplane", str(theirs.fileno()), str(os.getpid())],
-            pass_fds=(theirs.fileno(),),
-            close_fds=True,
-        )
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
-    return process, ours
-
-
-def prespawn() -> None:
-    """Start this process's first plane now, before its engine starts, so that the
-    plane's interpreter and imports (about a quarter of a second) overlap the node's
-    own start-up; the first :meth:`PlaneMedia.start` takes it (and initialises it).
-    ``callengine serve`` calls it once it knows the node has a plane."""
-    global _prespawned
-    if _prespawned is None:
-        _prespawned = _launch()
-
-
 class PlaneMedia(SrtpPolicy):
     """The engine's media manager when media runs in the plane: the methods call
     control uses of :class:`callengine._media.MediaManager`, over the socket."""
@@ -555,14 +525,9 @@ class PlaneMedia(SrtpPolicy):
 
     async def _spawn(self) -> None:
         loop = asyncio.get_running_loop()
-        global _prespawned
-        taken, _prespawned = _prespawned, None
-        if taken is not None and taken[0].poll() is None:
-            self._process, ours = taken
-        else:
-            if taken is not None:
-                taken[1].close()
-            self._process, ours = _launch()
+        from . import _planespawn
+
+        self._process, ours = _planespawn.take() or _planespawn.launch()
         connection = _Connection(self._on_message)
         self._heard = self._started_at = loop.time()
         await loop.create_unix_connection(lambda: connection, sock=ours)
@@ -1340,6 +1305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     gc.disable()  # the GcGovernor takes over after init
     started = time.monotonic()
+    # what init needs, imported before the engine asks (a prespawned plane waits for
+    # the engine's init meanwhile: callengine/_planespawn.py)
+    from . import _media, realtime  # noqa: F401
+
     try:
         import uvloop
     except ImportError:

@@ -333,18 +333,19 @@ def test_a_hung_plane_is_killed_by_the_watchdog_and_replaced(tmp_path: Path) -> 
 
 
 def test_a_prespawned_plane_is_the_one_the_engine_starts(tmp_path: Path) -> None:
-    """``callengine serve`` starts the plane's interpreter before the node loads
-    (``prespawn``): the first start takes that process, a later one (a restart) a new
-    one, and a prespawned process that died meanwhile is not taken."""
-    from callengine import mediaplane
+    """``callengine serve`` starts the plane's interpreter before it reads its
+    configuration (``_planespawn.prespawn``): the first start takes that process, a
+    later one (a restart) a new one, a prespawned process that died meanwhile is not
+    taken, and a discarded one (the node has no plane after all) exits."""
+    from callengine import _planespawn
 
-    mediaplane.prespawn()
-    assert mediaplane._prespawned is not None
-    early = mediaplane._prespawned[0]
+    _planespawn.prespawn()
+    assert _planespawn._prespawned is not None
+    early = _planespawn._prespawned[0]
     pids: list[int | None] = []
 
     async def body(plane: PlaneMedia, phone: Phone) -> None:
-        assert mediaplane._prespawned is None  # taken
+        assert _planespawn._prespawned is None  # taken
         pids.append(plane.pid)
         session = await _call(plane, phone)
         assert await plane.play(session, ["tone:beep"], None, barge_in=False) is None
@@ -353,9 +354,9 @@ def test_a_prespawned_plane_is_the_one_the_engine_starts(tmp_path: Path) -> None
     _run(body, tmp_path)
     assert pids == [early.pid]
 
-    mediaplane.prespawn()
-    assert mediaplane._prespawned is not None
-    dead = mediaplane._prespawned[0]
+    _planespawn.prespawn()
+    assert _planespawn._prespawned is not None
+    dead = _planespawn._prespawned[0]
     dead.kill()
     dead.wait()
 
@@ -366,4 +367,11 @@ def test_a_prespawned_plane_is_the_one_the_engine_starts(tmp_path: Path) -> None
 
     _run(body2, tmp_path)
     assert pids[1] not in (None, early.pid, dead.pid)
-    assert mediaplane._prespawned is None
+    assert _planespawn._prespawned is None
+
+    _planespawn.prespawn()
+    assert _planespawn._prespawned is not None
+    unwanted = _planespawn._prespawned[0]
+    _planespawn.discard()
+    assert unwanted.returncode == 0  # it read end of file and exited
+    assert _planespawn._prespawned is None
