@@ -317,11 +317,16 @@ def test_kill_9_of_a_worker_touches_only_its_calls(
         )
         pids = worker_pids(daemon)
         assert len(pids) == 2
-        # 120 calls of 5 s each at 40/s (3 s of arrivals); worker 0 is killed 1.5 s in
+        # 120 calls of 5 s each at 40/s (3 s of arrivals); worker 0 is killed 1.5 s in.
+        # A call whose INVITE the killed worker had answered only with 100 Trying gets
+        # nothing more (SIPp stops retransmitting on a provisional): SIPp gives it up
+        # after 8 s without an answer and counts it failed
         sipp = subprocess.Popen(
             [
                 SIPP,
                 *sipp_to(daemon, "-sn", "uac", "-r", "40", "-m", "120", "-d", "5000"),
+                "-recv_timeout",
+                "8000",
                 "-nostdin",
                 "-trace_stat",
                 "-stf",
@@ -348,30 +353,43 @@ def test_kill_9_of_a_worker_touches_only_its_calls(
             ),
         )
         back = time.monotonic() - t_kill
-        sipp.wait(60)
+        try:
+            sipp.wait(60)
+        finally:
+            sipp.kill()  # no SIPp outlives a failed wait
         lines = [ln for ln in (tmp_path / "kill.csv").read_text().splitlines() if ln.strip()]
         header = lines[0].rstrip(";").split(";")
         stats = dict(zip(header, lines[-1].rstrip(";").split(";"), strict=False))
         ok, failed = int(stats["SuccessfulCall(C)"]), int(stats["FailedCall(C)"])
         assert ok + failed == 120
         assert 0 < failed < 120, stats
-        # every call that happened has exactly one log: the killed worker's calls are
-        # "interrupted", the rest completed; each is one document in the History DB
-        wait_for("120 call logs shipped", lambda: count_and_distinct(history) == (120, 120), 30)
+        # the front closed the killed worker's answered calls as "interrupted"
+        closed = re.compile(r"worker [01] ended \(exit -9\): (\d+) call logs closed as interrupted")
+        wait_for(
+            "the killed worker's calls closed", lambda: closed.search(daemon.log()) is not None
+        )
+        match = closed.search(daemon.log())
+        assert match is not None
+        interrupted_n = int(match.group(1))
+        # every answered call has exactly one log: the completed ones and the killed
+        # worker's interrupted ones, each one document in the History DB
+        logged = ok + interrupted_n
+        wait_for(
+            f"{logged} call logs shipped", lambda: count_and_distinct(history) == (logged,) * 2, 30
+        )
         assert daemon.stop() == 0
-        assert count_and_distinct(history) == (120, 120)
+        assert count_and_distinct(history) == (logged, logged)
         docs = list(calls_in(history).values())
     finally:
         history.stop()
-    interrupted = [d for d in docs if d.get("result") == "interrupted"]
     completed = [d for d in docs if d.get("result") == "completed"]
+    interrupted = [d for d in docs if d.get("result") == "interrupted"]
     assert len(completed) == ok, (len(completed), ok)
-    assert len(interrupted) == failed
+    assert len(interrupted) == interrupted_n
+    # SIPp's failures are those calls, and at most a few the worker had received but
+    # not answered when it died (100 Trying sent, no call log opened yet: not answered)
+    assert 0 <= failed - interrupted_n <= 3, (failed, interrupted_n)
     assert back < 10, back
-    log = daemon.log()
-    assert f"worker 0 ended (exit -9): {failed} call logs closed as interrupted" in log or (
-        f"worker 1 ended (exit -9): {failed} call logs closed as interrupted" in log
-    ), log[-3000:]
 
 
 def test_sigterm_drains_every_worker(tmp_path: Path, daemon_factory: Callable[..., Daemon]) -> None:
