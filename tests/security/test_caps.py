@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from integration.support import Daemon, run_sipp, scrape
+from integration.support import Daemon, run_sipp, scrape_fresh
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def test_concurrent_calls_per_source(tmp_path: Path, daemon_factory: Callable[..
     ok, failed = sipp(tmp_path, daemon, OUTSIDER, "-m", "3", "-r", "100", "-d", "200")
     assert (ok, failed) == (3, 0)
     assert daemon.metrics_port is not None
-    metrics = scrape(daemon.metrics_port)
+    metrics = scrape_fresh(daemon.metrics_port)
     assert metrics['callengine_calls_refused_total{reason="source_calls"}'] == 7
     log = daemon.log()
     # one line for the burst of refusals, not one per call
@@ -53,7 +53,7 @@ def test_call_rate_per_source(tmp_path: Path, daemon_factory: Callable[..., Daem
     ok, failed = sipp(tmp_path, daemon, OUTSIDER, "-m", "40", "-r", "40", "-d", "100")
     assert 5 <= ok <= 12 and ok + failed == 40, (ok, failed)
     assert daemon.metrics_port is not None
-    metrics = scrape(daemon.metrics_port)
+    metrics = scrape_fresh(daemon.metrics_port)
     assert metrics['callengine_calls_refused_total{reason="source_rate"}'] == failed
 
 
@@ -65,5 +65,5 @@ def test_concurrent_calls_per_tenant(tmp_path: Path, daemon_factory: Callable[..
     ok, failed = sipp(tmp_path, daemon, "127.0.0.1", "-m", "2", "-r", "100", "-d", "200")
     assert (ok, failed) == (2, 0)
     assert daemon.metrics_port is not None
-    metrics = scrape(daemon.metrics_port)
+    metrics = scrape_fresh(daemon.metrics_port)
     assert metrics['callengine_calls_refused_total{reason="tenant_calls"}'] == 4

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from integration.support import Daemon, scrape
+from integration.support import Daemon, scrape_fresh
 
 pytestmark = pytest.mark.integration
 
@@ -48,9 +48,9 @@ def test_idle_connections_are_capped_per_source_and_closed_when_silent(
         # a legitimate peer is still served meanwhile, over TCP
         assert options_over_tcp(daemon.port).startswith(b"SIP/2.0 200")
         deadline = time.monotonic() + 5
-        metrics = scrape(daemon.metrics_port)
+        metrics = scrape_fresh(daemon.metrics_port)
         while time.monotonic() < deadline:
-            metrics = scrape(daemon.metrics_port)
+            metrics = scrape_fresh(daemon.metrics_port)
             if metrics['callengine_stream_connections_closed_total{reason="refused"}'] >= 190:
                 break
             time.sleep(0.1)
@@ -59,7 +59,7 @@ def test_idle_connections_are_capped_per_source_and_closed_when_silent(
         # the 10 it took are closed once they have been silent past the first-message timeout
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            metrics = scrape(daemon.metrics_port)
+            metrics = scrape_fresh(daemon.metrics_port)
             if metrics["callengine_stream_connections"] == 0:
                 break
             time.sleep(0.1)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from integration.support import SIPP, Daemon, scrape
+from integration.support import SIPP, Daemon, scrape_fresh
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def probed_flood(
     prober.stop.set()
     prober.join(5)
     assert daemon.metrics_port is not None
-    return scrape(daemon.metrics_port), prober
+    return scrape_fresh(daemon.metrics_port), prober
 
 
 def test_options_flood_from_one_source_is_cut_and_the_balancer_still_answered(
@@ -114,7 +114,7 @@ def test_options_flood_from_one_source_is_cut_and_the_balancer_still_answered(
     prober.stop.set()
     prober.join(5)
     assert daemon.metrics_port is not None
-    metrics = scrape(daemon.metrics_port)
+    metrics = scrape_fresh(daemon.metrics_port)
     # the attacker got its burst and little more; the rest was dropped unread
     assert replies <= 1000, replies
     assert metrics["callengine_flood_bans_total"] >= 1
@@ -158,7 +158,7 @@ def test_oversized_request_gets_513_and_is_not_kept(daemon_factory: Callable[...
         s.sendto(big, ("127.0.0.1", daemon.port))
         assert s.recv(65535).startswith(b"SIP/2.0 513 Message Too Large")
     assert daemon.metrics_port is not None
-    assert scrape(daemon.metrics_port)['callengine_sip_dropped_total{kind="oversized"}'] == 1
+    assert scrape_fresh(daemon.metrics_port)['callengine_sip_dropped_total{kind="oversized"}'] == 1
 
 
 def test_invite_flood_through_the_balancer_leaves_its_options_answered(

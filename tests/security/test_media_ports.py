@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from integration.support import SIPP, Daemon, scrape, sip_call, wait_metric
+from integration.support import SIPP, Daemon, scrape_fresh, sip_call, wait_metric
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_port_exhaustion_answers_503_with_retry_after(
     finally:
         holders.kill()
         holders.wait()
-    metrics = scrape(daemon.metrics_port)
+    metrics = scrape_fresh(daemon.metrics_port)
     assert metrics["callengine_media_unavailable_total"] == 30
     log = daemon.log()
     assert "Traceback" not in log

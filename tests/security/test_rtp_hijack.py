@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from integration.conftest import daemon_factory  # noqa: F401
-from integration.support import Daemon, scrape, wait_metric
+from integration.support import Daemon, scrape_fresh, wait_metric
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +176,7 @@ def test_rtp_hijack_attempts_are_refused_and_counted(
         assert counts[attacker] == 0 and counts[caller.rtp] >= 40, counts
         wrong_source = 'callengine_rtp_dropped_packets_total{reason="wrong_source"}'
         wait_metric(metrics_port, wrong_source, spoofed.sent)
-        assert scrape(metrics_port)["callengine_rtp_relatches_total"] == 0.0
+        assert scrape_fresh(metrics_port)["callengine_rtp_relatches_total"] == 0.0
 
         # 3. The caller pauses for less than relatch_after: the attacker still gets nothing.
         counts = _stream(

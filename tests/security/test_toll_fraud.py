@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from integration.support import Daemon, free_port, scrape, sip_call
+from integration.support import Daemon, free_port, scrape_fresh, sip_call
 from integration.test_pri_failover import Carrier
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def carrier(tmp_path: Path) -> Iterator[Carrier]:
 
 def channels_in_use(daemon: Daemon) -> float:
     assert daemon.metrics_port is not None
-    return scrape(daemon.metrics_port)['callengine_trunk_channels_in_use{trunk="carrier-a"}']
+    return scrape_fresh(daemon.metrics_port)['callengine_trunk_channels_in_use{trunk="carrier-a"}']
 
 
 # Numbers that once made the node answer 500 and keep the B-channel for good, or that
@@ -92,7 +92,7 @@ def test_malformed_numbers_never_hold_a_channel(
     # the escaped CR LF in the numbers did not forge log lines (escaped, one line each)
     assert not [line for line in log.splitlines() if line.startswith(("X:", "Via:"))]
     assert "9123\\x0d\\x0aX" in log
-    metrics = scrape(daemon.metrics_port or 0)
+    metrics = scrape_fresh(daemon.metrics_port or 0)
     assert metrics['callengine_b2bua_events_total{event="dial_refused_invalid_number"}'] == 24
 
 
@@ -118,7 +118,7 @@ def test_toll_fraud_destinations_refused_unless_allowed(
     assert sip_call(daemon.port, "95551234", timeout=10).status == 200
     carrier.stop()
     assert carrier.invites() == 2
-    metrics = scrape(daemon.metrics_port or 0)
+    metrics = scrape_fresh(daemon.metrics_port or 0)
     events = 'callengine_b2bua_events_total{event="dial_refused_%s"}'
     assert metrics[events % "international"] == 2
     assert metrics[events % "premium"] == 2
