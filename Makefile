@@ -42,8 +42,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The suite on two pytest processes (pytest-xdist), then the heavy tests alone, one at
+# a time (tests/conftest.py).
 unit: install
-	$(BIN)/pytest tests
+	$(BIN)/pytest -n 2 -m 'not heavy' tests
+	$(BIN)/pytest -m heavy tests
 
 test: lint typecheck unit
 
