@@ -54,6 +54,7 @@ import functools
 import logging
 import mmap
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -76,13 +77,14 @@ from .dispatch import (
     call_id_of,
     choose_worker,
     frame,
+    initial_invite,
     pack_control,
     pack_inbound,
     register_aor_of,
     unpack_control,
     unpack_outbound,
 )
-from .limits import CapsTable
+from .limits import BacklogGate, CapsTable
 from .sip.registrar import Binding as RegBinding
 from .transport import ListenSpec
 
@@ -92,6 +94,11 @@ __all__ = ["ClusterFront", "WorkerLink", "rtp_slice", "worker_main"]
 
 WORKER_ENV = "CALLENGINE_WORKER"
 _SOCKBUF = 4 * 1024 * 1024
+_SO_MEMINFO = 55
+_WMEM_ALLOC = 2
+"""``SO_MEMINFO``'s write-allocation slot: the kernel charges a datagram queued on a Unix
+socket pair to its *sender* until it is read, so the front sees there how far behind
+its worker is (the worker's own receive accounting stays at 0)."""
 _REDIRECTS = 200_000
 """Calls the front remembers having sent away from a dead worker (LRU)."""
 _METRICS_EVERY = 1.0
@@ -383,6 +390,7 @@ class WorkerLink:
         self.board: Any = None
         """The B2BUA's view of the front's trunk health board."""
         self.lost = asyncio.Event()
+        self._auth: Any = None
 
     def send(self, message: Any) -> None:
         if self._writer is not None and not self._writer.is_closing():
@@ -399,13 +407,30 @@ class WorkerLink:
         order with the binding), so that they can ring it through the front."""
         self._send_ordered(("flow", flow, realm, aor))
 
+    def share_auth(self, auth: Any) -> None:
+        """One authentication state for the node (:class:`~callengine.userauth.UserAuth`):
+        the nonces this worker uses up and the failures and successes its guard sees go
+        to the other workers, in order with the SIP messages (the front hands them on
+        before the next REGISTER or INVITE it dispatches). Nonces issued before this
+        worker started are refused as used: it cannot know which ones the node used."""
+        self._auth = auth
+        auth.used_nonces.on_use = lambda *use: self._send_ordered(("nonce", *use))
+        auth.used_nonces.refuse_issued_before(time.time())
+        auth.guard.on_event = lambda *event: self._send_ordered(("auth", *event))
+
     def on_control(self, message: tuple[Any, ...]) -> None:
-        """An ordered control message from the front (a registration elsewhere)."""
-        if message[0] == "bind":
+        """An ordered control message from the front (a registration, a nonce used, an
+        authentication failure or success elsewhere)."""
+        kind = message[0]
+        if kind == "bind":
             self.bindings.apply(message[1], message[2])
-        elif message[0] == "flow":
+        elif kind == "flow":
             _, flow, realm, aor = message
             self._add_flow(flow, realm, aor)
+        elif kind == "nonce" and self._auth is not None:
+            self._auth.used_nonces.apply(*message[1:])
+        elif kind == "auth" and self._auth is not None:
+            self._auth.guard.apply(*message[1:])
 
     def _add_flow(self, flow: tuple[str, tuple[str, int]], realm: str, aor: str) -> None:
         if self.relay is not None:
@@ -538,9 +563,10 @@ async def _run_worker(
 
     loop = asyncio.get_running_loop()
     link = WorkerLink(ctl, index, init)
-    node = Node(cfg)
+    node = Node(cfg, auth_secret=init["auth_secret"])
     node.link = link
     link.node = node
+    link.share_auth(node.auth)
     relay = RelayTransports(
         data=data,
         udp=udp,
@@ -609,6 +635,10 @@ class _Worker:
         self.restarts = 0
         self.dispatched = 0
         self.dropped = 0
+        self.shed = 0
+        """New INVITEs for it dropped unread while it was behind (:meth:`ClusterFront.
+        _dispatch`); part of its ``callengine_overload_dropped_total``."""
+        self.gate = BacklogGate()
         self.metrics = b""
         self.open_calls: set[str] = set()
         self.pending: set[asyncio.Future[None]] = set()
@@ -630,6 +660,8 @@ class ClusterFront:
         self.cfg = cfg
         self.n = workers
         self.node = Node(cfg)  # its state only: the engine is never started here
+        self.auth_secret = secrets.token_bytes(32)
+        """The workers' Digest nonce key: a nonce one worker issued is valid on all."""
         self.node.registry.unregister(self.node.auth_collector)  # the workers' registrars
         self.workers = [_Worker(i) for i in range(workers)]
         self.transports: Any = None
@@ -758,6 +790,7 @@ class ClusterFront:
                 "bound": [(s.host, s.port, s.transport) for s in self.transports.bound],
                 "channels": self._channels_path(),
                 "caps": self._caps_path(),
+                "auth_secret": self.auth_secret,
                 "flows": [
                     (flow, realm, aor) for flow, keys in self.flows.items() for realm, aor in keys
                 ],
@@ -800,9 +833,11 @@ class ClusterFront:
         if limiter is not None and not limiter.allow(source[0], time.monotonic()):
             self.limited += 1
             return
-        if data.startswith(b"INVITE "):
+        if data.startswith((b"INVITE ", b"REGISTER ")):
             # a registration a worker just made must reach the others before a call
-            # that may be for it: read what the workers sent before handing this on
+            # that may be for it, and a nonce it used up or a failure its guard saw
+            # before the next credentials: read what the workers sent before handing
+            # this on
             for x in self.workers:
                 if x.data is not None:
                     self._on_worker_data(x)
@@ -810,11 +845,34 @@ class ClusterFront:
         if w is None or w.data is None:
             self.unparsed += 1
             return
+        if data.startswith(b"INVITE ") and initial_invite(data) and self._behind(w):
+            # as a one-process node does with its receive queue: a new call is dropped
+            # unread (its caller retransmits or its proxy fails over) so that what is
+            # queued behind it (OPTIONS from the balancer, BYEs, ACKs) gets through
+            w.shed += 1
+            return
         try:
             w.data.send(pack_inbound(data, source, transport, local))
             w.dispatched += 1
         except OSError:  # the worker is behind by its whole socket buffer, or gone
             w.dropped += 1
+
+    def _behind(self, w: _Worker) -> bool:
+        """The worker's queue from the front is past :data:`~callengine.limits.
+        DROP_BACKLOG` bytes (and not yet back under a quarter of it)."""
+        assert w.data is not None
+        try:
+            raw = w.data.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 64)
+        except OSError:
+            return False
+        was = w.gate.shut
+        queued = int.from_bytes(raw[4 * _WMEM_ALLOC : 4 * _WMEM_ALLOC + 4], sys.byteorder)
+        if w.gate.update(queued) != was:
+            if w.gate.shut:
+                log.warning("worker %d is %d KB behind: new calls dropped", w.index, queued >> 10)
+            else:
+                log.warning("worker %d caught up: taking new calls again", w.index)
+        return w.gate.shut
 
     def _on_worker_data(self, w: _Worker) -> None:
         """Stream messages a worker sends (TCP, TLS, WS, WSS): out through the front."""
@@ -849,7 +907,7 @@ class ClusterFront:
         elif message[0] == "bind":
             _, aor, records = message
             self.node._local().bindings.put_aor(aor, records)
-        else:
+        elif message[0] not in ("nonce", "auth"):  # those only go on to the others
             return
         packed = pack_control(message)
         for other in self.workers:
@@ -1115,7 +1173,8 @@ class _WorkerCollector:
                         family.name, family.documentation, family.type, family.unit
                     )
                 for s in family.samples:
-                    out.add_sample(s.name, {**s.labels, "worker": label}, s.value, s.timestamp)
+                    value = s.value + w.shed if s.name == _SHED_SERIES else s.value
+                    out.add_sample(s.name, {**s.labels, "worker": label}, value, s.timestamp)
         yield up
         yield restarts
         yield dispatched
@@ -1123,6 +1182,10 @@ class _WorkerCollector:
         yield from _front_metrics(front)
         yield from merged.values()
 
+
+_SHED_SERIES = "callengine_overload_dropped_total"
+"""A worker's new INVITEs dropped unread: by the worker (its loop far behind) and by the
+front on its behalf (its queue far behind)."""
 
 _FRONT_FAMILIES = ("callengine_cache", "callengine_outbox", "callengine_stream_connections")
 """Families a worker may export but the front owns (a worker's copy would read 0)."""

@@ -39,6 +39,7 @@ __all__ = [
     "call_id_of",
     "choose_worker",
     "frame",
+    "initial_invite",
     "pack_inbound",
     "pack_control",
     "pack_outbound",
@@ -73,6 +74,20 @@ def call_id_of(data: bytes) -> bytes | None:
         return value or None
     m = _CALL_ID_RE.search(head)
     return m.group(1) if m else None
+
+
+def initial_invite(data: bytes) -> bool:
+    """True when an INVITE's To header has no tag (a new call, not a re-INVITE); a few
+    microseconds, without parsing the message. What an overloaded node drops unread."""
+    end = data.find(b"\r\n\r\n")
+    head = (data if end < 0 else data[:end]).lower()
+    at = head.find(b"\nto:")
+    if at < 0:
+        at = head.find(b"\nt:")
+        if at < 0:
+            return True
+    line_end = head.find(b"\n", at + 1)
+    return b"tag=" not in head[at : line_end if line_end > 0 else len(head)]
 
 
 def register_aor_of(data: bytes) -> bytes | None:

@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any
 from .call import Call, MediaUnavailable, SipError, TransferResult
 from .config import EngineConfig, load_config, storage_settings
 from .context import current_call_id
-from .limits import CallCaps, Caps, LogThrottle, SourceLimiter, networks_matcher
+from .dispatch import initial_invite
+from .limits import (
+    DROP_BACKLOG,
+    CallCaps,
+    Caps,
+    LogThrottle,
+    SourceLimiter,
+    networks_matcher,
+)
 from .realtime import GcGovernor, LoopLagMonitor, StallReporter
 from .router import CallRouter, Handler
 from .sip.message import Request, Response
@@ -43,10 +51,6 @@ log = logging.getLogger("callengine.engine")
 DROP_FACTOR = 4
 """Beyond ``DROP_FACTOR * overload_lag`` of loop lag, new INVITEs are dropped unread (the
 caller retransmits or its proxy fails over); between 1x and that, they get 503."""
-
-DROP_BACKLOG = 512 * 1024
-"""Bytes waiting in a UDP receive buffer (kernel accounting, ~2 KB per datagram) beyond
-which new INVITEs are dropped unread until it is down to a quarter of that."""
 
 
 __all__ = ["Engine", "Handler", "current_call_id"]
@@ -329,7 +333,7 @@ class Engine:
         limiter = self.limiter
         if limiter is not None and not limiter.allow(source[0], now):
             return  # a flood: dropped unread (counted by the limiter)
-        if self._drop_invites and data.startswith(b"INVITE ") and _initial(data):
+        if self._drop_invites and data.startswith(b"INVITE ") and initial_invite(data):
             self.overload_dropped += 1
             return
         self.ua.receive(data, source, transport, local, now)
@@ -827,17 +831,3 @@ async def _answer_until_hangup(call: Call) -> None:
     """The default for a number nothing else routes: answer and stay up until hangup."""
     await call.answer()
     await call.wait_hangup()
-
-
-def _initial(data: bytes) -> bool:
-    """True when an INVITE's To header has no tag (a new call, not a re-INVITE); a few
-    microseconds, without parsing the message."""
-    end = data.find(b"\r\n\r\n")
-    head = (data if end < 0 else data[:end]).lower()
-    at = head.find(b"\nto:")
-    if at < 0:
-        at = head.find(b"\nt:")
-        if at < 0:
-            return True
-    line_end = head.find(b"\n", at + 1)
-    return b"tag=" not in head[at : line_end if line_end > 0 else len(head)]

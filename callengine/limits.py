@@ -30,12 +30,42 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
-__all__ = ["CallCaps", "Caps", "CapsTable", "LogThrottle", "SourceLimiter", "networks_matcher"]
+__all__ = [
+    "DROP_BACKLOG",
+    "BacklogGate",
+    "CallCaps",
+    "Caps",
+    "CapsTable",
+    "LogThrottle",
+    "SourceLimiter",
+    "networks_matcher",
+]
 
 log = logging.getLogger(__name__)
 
 _EXEMPT: Final = -1.0  # the banned-until slot of an exempt address
 _HASH: Final = struct.Struct("=Q")
+
+
+DROP_BACKLOG: Final = 512 * 1024
+"""Bytes waiting for a node's SIP core (kernel accounting, ~1-2 KB per datagram) beyond
+which new INVITEs are dropped unread until it is down to a quarter of that."""
+
+
+class BacklogGate:
+    """Whether new INVITEs are dropped unread, from the bytes queued ahead of them: shut
+    at ``high`` (:data:`DROP_BACKLOG`), open again once below a quarter of it (so that
+    it does not flap around one value). The front of a multi-worker node keeps one per
+    worker (what the front handed over that the worker has not read yet)."""
+
+    def __init__(self, high: int = DROP_BACKLOG) -> None:
+        self.high = high
+        self.shut = False
+
+    def update(self, queued: int) -> bool:
+        """The gate after ``queued`` bytes were seen waiting: True while shut."""
+        self.shut = queued > self.high // 4 if self.shut else queued >= self.high
+        return self.shut
 
 
 def networks_matcher(networks: Iterable[str]) -> Callable[[str], bool]:

@@ -79,7 +79,9 @@ class PersistentBindings:
 class Node:
     """Everything one ``callengine serve`` process runs."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, auth_secret: bytes | None = None) -> None:
+        """``auth_secret`` keys the Digest nonces (random if not given; the workers of a
+        multi-worker node share the front's, so that each verifies the others' nonces)."""
         self.config = config
         data = dict(config.config_cache)
         data.update(
@@ -104,7 +106,7 @@ class Node:
             make_store=self._binding_store,
             max_contacts=config.max_contacts,
             guard=GuardConfig(**config.auth_guard),
-            secret=secrets.token_bytes(32),
+            secret=auth_secret or secrets.token_bytes(32),
             algorithms=tuple(config.digest_algorithms),
         )
         self.auth_collector = AuthCollector(self.auth)

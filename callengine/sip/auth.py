@@ -26,10 +26,12 @@ A refused reuse is STALE with reason :data:`REPLAYED` (the digest itself may be 
 the peer gets a fresh challenge with ``stale=true``. The registry holds at most
 ``max_nonces`` entries (oldest first out, expired ones dropped as they age); a nonce
 issued no later than an entry pushed out early is refused as stale too, so eviction never
-re-opens a replay. It lives in this object's memory, i.e. per worker: with several
-workers behind one address, the retry of a challenge must reach the worker that verifies
-it (the node runs one process). ``now`` is wall-clock time (seconds since the epoch):
-workers must agree on it for their nonces to be mutually valid.
+re-opens a replay. It lives in this object's memory; the workers of a multi-worker node
+keep one registry each and hand every use to the others (:attr:`UsedNonces.on_use`,
+:meth:`UsedNonces.apply`, wired by ``callengine.cluster``), so a nonce used on one worker
+is used up on all; a worker that starts in a running node refuses the nonces issued
+before it (:meth:`UsedNonces.refuse_issued_before`). ``now`` is wall-clock time (seconds
+since the epoch): workers must agree on it for their nonces to be mutually valid.
 
 :class:`DigestClient` answers a challenge: qop=auth (or auth-int) with a fresh cnonce and
 an nc that counts per nonce, or the RFC 2069 form when the challenge offers no qop.
@@ -474,6 +476,9 @@ class UsedNonces:
         # nonce -> (last nc, issued at), in order of first use (~ order of issue)
         self._used: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._floor = float("-inf")  # nonces issued no later than this are used up
+        self.on_use: Callable[[str, int, float | None, float], None] | None = None
+        """Called with each use recorded here (not with those :meth:`apply` brings): a
+        worker of a multi-worker node hands it to the others (``callengine.cluster``)."""
 
     def __len__(self) -> int:
         return len(self._used)
@@ -490,6 +495,23 @@ class UsedNonces:
 
     def use(self, nonce: str, nc: int, issued: float | None, now: float) -> None:
         """Record ``nonce`` as used up to count ``nc``."""
+        self._record(nonce, nc, issued, now)
+        if self.on_use is not None:
+            self.on_use(nonce, nc, issued, now)
+
+    def apply(self, nonce: str, nc: int, issued: float | None, now: float) -> None:
+        """A use another worker recorded (``on_use`` there): the same, but a count never
+        goes back (uses may arrive out of order)."""
+        last = self._used.get(nonce)
+        if last is None or nc > last[0]:
+            self._record(nonce, nc, issued, now)
+
+    def refuse_issued_before(self, when: float) -> None:
+        """Treat every nonce issued no later than ``when`` as used up: a worker started
+        (or restarted) in a running node cannot know which nonces the node used before."""
+        self._floor = max(self._floor, when)
+
+    def _record(self, nonce: str, nc: int, issued: float | None, now: float) -> None:
         used = self._used
         used[nonce] = (nc, issued if issued is not None else now)
         horizon = now - self.ttl - _NONCE_SKEW

@@ -43,6 +43,13 @@ neither forge a line nor make fail2ban ban someone else::
 
 ``counters`` counts failures per reason and the guard's actions (bans, requests of
 banned addresses, back-offs, requests during a back-off), for metrics.
+
+A multi-worker node keeps one guard: each worker hands the failures and successes it
+sees to the others (:attr:`AuthGuard.on_event`), which :meth:`~AuthGuard.apply` them
+without logging or counting, so the limits count the node's requests whichever worker
+each reached. (The front hands them over ahead of the next REGISTER or INVITE it
+dispatches; two workers seeing a limit's last failure at the same instant may each
+count the ban.)
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["AuthGuard", "GuardConfig", "Verdict", "escape_log_value"]
@@ -146,6 +154,10 @@ class AuthGuard:
         self.counters: dict[str, int] = {}
         """Failures by reason (``failure:<reason>``) and actions (``ban``, ``banned``,
         ``backoff``, ``challenge``)."""
+        self.on_event: Callable[[str, str, str | None, float], None] | None = None
+        """Called with each failure (``"fail"``) and success (``"ok"``) fed here, as
+        ``(kind, address, user, now)``: a worker of a multi-worker node hands them to the
+        others, which :meth:`apply` them, so that the node keeps one guard."""
 
     # -- bookkeeping -------------------------------------------------------------
 
@@ -221,8 +233,37 @@ class AuthGuard:
         """Record one failed check (``user=None`` for a user that does not exist) and log
         it. Returns what the guard now decides for this address (``BANNED`` when it has
         just been banned)."""
-        cfg = self.config
         self._count("failure:" + reason)
+        action, verdict = self._failed(address, user, now)
+        log.warning(
+            "SIP auth failure from %s port %d %s: reason=%s method=%s user=%s realm=%s action=%s",
+            address,
+            port,
+            transport,
+            reason,
+            escape_log_value(method, 16),
+            escape_log_value(claimed_user or (user or "")),
+            escape_log_value(realm),
+            action,
+            extra={"call_id": "-"},
+        )
+        if self.on_event is not None:
+            self.on_event("fail", address, user, now)
+        return verdict
+
+    def apply(self, kind: str, address: str, user: str | None, now: float) -> None:
+        """A failure or success another worker saw (its :attr:`on_event`): the limits move
+        as if it had been seen here, without a log line or a count (that worker made
+        them)."""
+        if kind == "fail":
+            self._failed(address, user, now, count=False)
+        elif kind == "ok" and user is not None:
+            self._succeeded(address, user, now)
+
+    def _failed(
+        self, address: str, user: str | None, now: float, *, count: bool = True
+    ) -> tuple[str, Verdict]:
+        cfg = self.config
         action = "none"
         verdict = Verdict.ALLOW
         if cfg.source_limit:
@@ -236,7 +277,8 @@ class AuthGuard:
                 source.bans += 1
                 source.banned_until = now + ban
                 source.failures.clear()
-                self._count("ban")
+                if count:
+                    self._count("ban")
                 action = f"ban {ban:g}s"
                 verdict = Verdict.BANNED
         if user is not None and cfg.user_limit:
@@ -248,28 +290,22 @@ class AuthGuard:
                 delay = min(cfg.max_backoff, cfg.backoff * 2.0**entry.strikes)
                 entry.strikes += 1
                 entry.blocked_until = now + delay
-                self._count("backoff")
+                if count:
+                    self._count("backoff")
                 if action == "none":
                     action = f"backoff {delay:g}s"
             else:
                 entry.strikes = 0
-        log.warning(
-            "SIP auth failure from %s port %d %s: reason=%s method=%s user=%s realm=%s action=%s",
-            address,
-            port,
-            transport,
-            reason,
-            escape_log_value(method, 16),
-            escape_log_value(claimed_user or (user or "")),
-            escape_log_value(realm),
-            action,
-            extra={"call_id": "-"},
-        )
-        return verdict
+        return action, verdict
 
     def success(self, address: str, user: str, now: float) -> None:
         """A successful authentication: the address starts again from zero and becomes
         one of the user's good addresses."""
+        self._succeeded(address, user, now)
+        if self.on_event is not None:
+            self.on_event("ok", address, user, now)
+
+    def _succeeded(self, address: str, user: str, now: float) -> None:
         source = self._sources.get(address)
         if source is not None and now >= source.banned_until:
             del self._sources[address]

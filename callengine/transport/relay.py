@@ -20,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..dispatch import CONTROL, pack_control, pack_outbound, unpack_control, unpack_inbound
-from . import _SO_MEMINFO, WEBSOCKET, Address, ListenSpec, TransportSet
+from . import WEBSOCKET, Address, ListenSpec, TransportSet
 
 log = logging.getLogger("callengine.transport")
 
@@ -132,15 +131,10 @@ class RelayTransports(TransportSet):
         return (transport, peer) in self.flows
 
     def receive_backlog(self) -> int:
-        """Bytes the front handed over that this worker has not read yet."""
-        if not self._meminfo:
-            return 0
-        try:
-            raw = self._data.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 64)
-        except OSError:
-            self._meminfo = False
-            return 0
-        return int.from_bytes(raw[:4], sys.byteorder)
+        """0: the kernel charges what the front queued on the socket pair to the front
+        (its sender) until this worker reads it, so the front measures the backlog and
+        drops new calls for a worker behind (``ClusterFront._behind``)."""
+        return 0
 
     def send(self, data: bytes, dest: Address, transport: str) -> None:
         if transport == "UDP":

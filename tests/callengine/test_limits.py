@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callengine.limits import CallCaps, CapsTable, SourceLimiter, networks_matcher
+from callengine.limits import BacklogGate, CallCaps, CapsTable, SourceLimiter, networks_matcher
 
 
 def test_bucket_refills_at_rate_and_drops_beyond_burst() -> None:
@@ -95,7 +95,7 @@ def test_a_steady_flood_above_rate_is_banned_even_though_some_get_through() -> N
 
 
 def test_initial_invite_is_told_from_a_reinvite_without_parsing() -> None:
-    from callengine.engine import _initial
+    from callengine.dispatch import initial_invite as _initial
 
     new = b"INVITE sip:1@h SIP/2.0\r\nVia: x\r\nTo: <sip:1@h>\r\nFrom: <sip:a@h>;tag=9\r\n\r\nv=0"
     assert _initial(new)
@@ -217,3 +217,17 @@ def test_caps_table_agrees_with_one_process_call_caps(
             model.release(key)
         for k in ("source:a", "source:b", "tenant:t"):
             assert table.active(k) == model.active(k)
+
+
+def test_backlog_gate_shuts_at_the_limit_and_opens_below_a_quarter() -> None:
+    gate = BacklogGate(high=1000)
+    assert [gate.update(q) for q in (0, 999, 1000, 600, 251, 250, 999, 1000)] == [
+        False,
+        False,
+        True,  # shut at the limit
+        True,  # and stays shut while more than a quarter waits
+        True,
+        False,  # open again at a quarter
+        False,
+        True,
+    ]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from integration.conftest import daemon_factory  # noqa: F401 (the fixture)
-from integration.support import SIPP, Daemon, free_port, run_sipp, scrape, sipp_to
+from integration.support import SIPP, Daemon, free_port, run_sipp, scrape_fresh, sipp_to
 
 from callengine.sip.auth import DigestClient
 
@@ -174,7 +174,7 @@ def test_password_guessing_is_banned_logged_and_counted(
     finally:
         victim.close()
         attacker.close()
-    m = scrape(node.metrics_port or 0)
+    m = scrape_fresh(node.metrics_port or 0)
     assert m['callengine_auth_failures_total{reason="wrong-password"}'] == 5
     assert m['callengine_auth_failures_total{reason="user-backoff"}'] == 5
     assert m['callengine_auth_guard_actions_total{action="ban"}'] == 1
@@ -215,7 +215,7 @@ def test_replayed_authorization_is_refused_and_the_victims_binding_stays(
     finally:
         victim.close()
         attacker.close()
-    m = scrape(node.metrics_port or 0)
+    m = scrape_fresh(node.metrics_port or 0)
     assert m['callengine_auth_failures_total{reason="replay"}'] == 2
 
 
@@ -315,7 +315,7 @@ def test_registers_to_unserved_domains_keep_nothing_per_domain(
         f"{after} KiB (+{distinct}, {n} domains in {elapsed:.1f} s)"
     )
     assert distinct - same < 15 * 1024, (same, distinct)
-    m = scrape(node.metrics_port or 0)
+    m = scrape_fresh(node.metrics_port or 0)
     assert m['callengine_register_refused_total{reason="unknown-domain"}'] >= 2 * n * 0.99
 
 
@@ -483,7 +483,7 @@ digest_algorithms: [MD5]
     finally:
         carrier.terminate()
         carrier.wait(10)
-    m = scrape(node.metrics_port or 0)
+    m = scrape_fresh(node.metrics_port or 0)
     assert m['callengine_auth_failures_total{reason="wrong-password"}'] == 1
     assert 'method="INVITE" user="100" realm="demo"' in node.log()
     assert m.get('callengine_trunk_attempts_total{outcome="connected",trunk="carrier"}') == 1
@@ -523,7 +523,7 @@ def test_svwar_finds_no_extension_and_svcrack_cracks_nothing(
     words.write_text("".join(f"guess{i}\n" for i in range(30)) + "demo100\n")
     out = _sipvicious("svcrack", "-u", "100", "-d", str(words), "--maximumtime", "1", *target)
     assert "found nothing" in out and "demo100" not in out, out
-    m = scrape(node.metrics_port or 0)
+    m = scrape_fresh(node.metrics_port or 0)
     verified = m['callengine_auth_failures_total{reason="wrong-password"}']
     assert verified <= 5, m
     backoff = m.get('callengine_auth_failures_total{reason="user-backoff"}', 0)

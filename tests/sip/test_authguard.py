@@ -227,3 +227,70 @@ def test_one_registry_bounds_several_realms() -> None:
     assert len(used) == 10
     with pytest.raises(ValueError, match="nonce_ttl"):
         DigestServer("x", SECRET, nonce_ttl=600, used=used)
+
+
+# -- one guard and one nonce registry for the workers of a node -------------------------
+
+
+def workers(n: int, cfg: GuardConfig) -> list[AuthGuard]:
+    """``n`` guards wired as callengine.cluster wires the workers' (each event applied
+    by every other guard, at once)."""
+    guards = [AuthGuard(cfg) for _ in range(n)]
+    for guard in guards:
+        others = [g for g in guards if g is not guard]
+        guard.on_event = lambda *event, others=others: [g.apply(*event) for g in others]
+    return guards
+
+
+def test_failures_on_any_worker_count_for_the_node_and_are_counted_once() -> None:
+    a, b = workers(2, GuardConfig(source_limit=4, ban_time=60, user_limit=3, backoff=10))
+    # a guesser whose requests alternate between the workers
+    assert fail(a, ATTACKER, "alice", T0) is Verdict.ALLOW
+    assert fail(b, ATTACKER, "alice", T0 + 1) is Verdict.ALLOW
+    assert fail(a, ATTACKER, "alice", T0 + 2) is Verdict.ALLOW  # alice's 3rd: back-off
+    assert b.check(PHONE, "alice", T0 + 3) is Verdict.CHALLENGE
+    assert fail(b, ATTACKER, "alice", T0 + 3) is Verdict.BANNED  # the source's 4th
+    assert a.check(ATTACKER, "bob", T0 + 4) is Verdict.BANNED
+    assert a.banned(ATTACKER, T0 + 62) and not b.banned(ATTACKER, T0 + 64)
+    # each failure, ban and back-off counted by the worker that saw it, once
+    total: dict[str, int] = {}
+    for guard in (a, b):
+        for key, value in guard.counters.items():
+            total[key] = total.get(key, 0) + value
+    assert total == {
+        "failure:wrong-password": 4,
+        "backoff": 2,  # the 3rd failure, and the 4th within the back-off
+        "ban": 1,
+        "banned": 1,
+        "challenge": 1,
+    }
+    # a success seen by one worker makes the phone a good address of alice on both
+    b.success(PHONE, "alice", T0 + 5)
+    assert a.check(PHONE, "alice", T0 + 6) is Verdict.ALLOW
+
+
+def test_a_nonce_used_on_one_worker_is_used_up_on_every_worker() -> None:
+    regs = [UsedNonces(), UsedNonces()]
+    regs[0].on_use = regs[1].apply
+    regs[1].on_use = regs[0].apply
+    one, two = (DigestServer("example.com", SECRET, used=r) for r in regs)
+    lookup = {"alice": "pw"}.get
+    value = credentials(one)
+    assert one.verify("REGISTER", value, lookup, T0).ok
+    # the same credentials replayed to the other worker
+    assert two.verify("REGISTER", value, lookup, T0 + 1).reason == REPLAYED
+    # a count never goes back when uses arrive out of order
+    nonce = one.make_nonce(T0)
+    regs[1].apply(nonce, 5, T0, T0)
+    regs[1].apply(nonce, 3, T0, T0)
+    assert regs[1].used_up(nonce, 5, one.nonce_issued_at)
+    assert not regs[1].used_up(nonce, 6, one.nonce_issued_at)
+
+
+def test_a_worker_started_later_refuses_the_nonces_issued_before_it() -> None:
+    server = DigestServer("example.com", SECRET)
+    lookup = {"alice": "pw"}.get
+    before = credentials(server, now=T0)
+    server.used.refuse_issued_before(T0 + 1)
+    assert server.verify("REGISTER", before, lookup, T0 + 2).reason == REPLAYED
+    assert server.verify("REGISTER", credentials(server, now=T0 + 2), lookup, T0 + 2).ok
