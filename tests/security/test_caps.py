@@ -42,8 +42,8 @@ def test_concurrent_calls_per_source(tmp_path: Path, daemon_factory: Callable[..
     metrics = scrape_fresh(daemon.metrics_port)
     assert metrics['callengine_calls_refused_total{reason="source_calls"}'] == 7
     log = daemon.log()
-    # one line for the burst of refusals, not one per call
-    assert log.count("too many calls in progress from one source") == 1
+    # one line for the burst of refusals (from each worker that refused), not one per call
+    assert 1 <= log.count("too many calls in progress from one source") <= 2, log
 
 
 def test_call_rate_per_source(tmp_path: Path, daemon_factory: Callable[..., Daemon]) -> None:

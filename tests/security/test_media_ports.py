@@ -16,9 +16,11 @@ def test_port_exhaustion_answers_503_with_retry_after(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:
     config = tmp_path / "node.yaml"
-    # two RTP port pairs (20000/20001, 20002/20003)
+    # two RTP port pairs (20000/20001, 20002/20003), in one process: the workers of a
+    # multi-worker node each have a slice of the range (docs/workers.md), and two pairs
+    # split in two run out per worker
     config.write_text("rtp_port_min: 20000\nrtp_port_max: 20004\nretry_after: 7\n")
-    daemon = daemon_factory("--config", str(config), metrics=True)
+    daemon = daemon_factory("--config", str(config), "--workers", "1", metrics=True)
     assert daemon.metrics_port is not None
     holders = subprocess.Popen(
         [SIPP, "-sn", "uac", "-m", "2", "-r", "10", "-d", "8000", "-nostdin", daemon.address],
