@@ -718,6 +718,8 @@ class ClusterFront:
             # one trunk health board for the node; workers send the probes it asks for
             self.board = HealthBoard(plan.trunks.values(), now=asyncio.get_running_loop().time())
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        if self.node.follower is not None:
+            self.node.follower.on_change = lambda _tenants: self.push_config()
         self._tasks.append(asyncio.ensure_future(self._watch_config()))
         if self.board is not None:
             self._tasks.append(asyncio.ensure_future(self._run_health()))
@@ -1067,8 +1069,8 @@ class ClusterFront:
         self._health_wake.set()  # the board's next deadline may have moved
 
     async def _watch_config(self) -> None:
-        """Push the tenant configuration to the workers whenever it changes (the master
-        follower's updates within 0.5 s; ``ctl reload`` pushes at once)."""
+        """Push the tenant configuration to the workers whenever it changes: the master
+        follower's updates and ``ctl reload`` at once, anything else within 0.5 s."""
         while True:
             await asyncio.sleep(0.5)
             self.push_config()
@@ -1175,6 +1177,19 @@ class _WorkerCollector:
                 for s in family.samples:
                     value = s.value + w.shed if s.name == _SHED_SERIES else s.value
                     out.add_sample(s.name, {**s.labels, "worker": label}, value, s.timestamp)
+        transports = front.transports
+        if transports is not None:
+            # the connections' errors are the front's (it holds them), the workers' are
+            # their own sends: one family, the front's series labelled worker="front"
+            errors = merged.get(_ERRORS)
+            if errors is None:
+                errors = merged[_ERRORS] = Metric(_ERRORS, "Transport errors", "counter")
+            for kind, n in (
+                ("send", transports.send_errors),
+                ("framing", transports.framing_errors),
+                ("ws_upgrade", transports.refused_upgrades),
+            ):
+                errors.add_sample(_ERRORS + "_total", {"kind": kind, "worker": "front"}, n)
         yield up
         yield restarts
         yield dispatched
@@ -1183,6 +1198,7 @@ class _WorkerCollector:
         yield from merged.values()
 
 
+_ERRORS = "callengine_transport_errors"
 _SHED_SERIES = "callengine_overload_dropped_total"
 """A worker's new INVITEs dropped unread: by the worker (its loop far behind) and by the
 front on its behalf (its queue far behind)."""

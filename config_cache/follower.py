@@ -89,6 +89,9 @@ class MasterFollower:
         self.last_sync: float | None = None
         #: Tenant id -> (rev, message) of the last rejected document.
         self.rejected: dict[str, tuple[int, str]] = {}
+        #: Called on the event loop with the ids of the tenants a poll changed (the
+        #: front of a multi-worker node hands the new configuration to its workers).
+        self.on_change: Callable[[list[str]], object] | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -148,6 +151,8 @@ class MasterFollower:
             self._go_offline(str(exc))
             return []
         self._go_online()
+        if changed and self.on_change is not None:
+            self.on_change(changed)
         return changed
 
     def _sync(self) -> list[str]:

@@ -36,9 +36,12 @@ def test_follows_changed_rev_and_rejects_invalid(
 
     async def main() -> None:
         follower = MasterFollower(store.config, master, poll_interval=0.05, use_change_stream=False)
+        changes: list[list[str]] = []
+        follower.on_change = changes.append
         await follower.start()
         assert store.config.revisions() == {"acme": 1}
         assert not follower.offline
+        assert changes == [["acme"]]
 
         _put(mongo, dbname, acme(rev=2, name="Acme Two"))
         for _ in range(100):
@@ -65,6 +68,9 @@ def test_follows_changed_rev_and_rejects_invalid(
         _put(mongo, dbname, acme(rev=4, deleted=True))
         assert await follower.poll_once() == ["acme"]
         assert store.config.is_empty()
+        # each poll that changed something said so, once (rev 2, the deletion); the
+        # rejected rev 3 changed nothing
+        assert changes == [["acme"], ["acme"], ["acme"]]
         await follower.stop()
 
     try:

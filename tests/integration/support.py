@@ -231,7 +231,7 @@ _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
 
 
 _WORKER_OF = re.compile(r'worker="\d+"')
-_WORKER_LABEL = re.compile(r'(?:,worker="\d+"|worker="\d+",?)')
+_WORKER_LABEL = re.compile(r'(?:,worker="[^"]+"|worker="[^"]+",?)')  # "front" too
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -38,7 +38,7 @@ from integration.support import (
     Daemon,
     free_port,
     run_sipp,
-    scrape,
+    scrape_fresh,
     start_daemon,
     wait_metric,
 )
@@ -310,7 +310,7 @@ def test_spool_at_its_quota_refuses_recordings_and_calls_go_on(
         "3",
         "0",
     ), (result.stats, result.stderr[-2000:])
-    figures = scrape(node.metrics_port)
+    figures = scrape_fresh(node.metrics_port)
     print({k: v for k, v in figures.items() if "spool" in k})
     assert figures["callengine_media_spool_quota_bytes"] == quota
     assert figures["callengine_media_spool_files"] == 2

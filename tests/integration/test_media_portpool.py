@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from integration.support import Daemon, scrape
+from integration.support import Daemon, scrape_fresh
 
 from media.rtp import RtpPacket
 
@@ -162,7 +162,7 @@ def test_calls_take_pooled_pairs_and_reuse_them_after_their_rest(
         assert time.monotonic() < deadline, metrics
         time.sleep(0.05)
         try:
-            metrics = scrape(daemon.metrics_port)
+            metrics = scrape_fresh(daemon.metrics_port)
         except OSError:
             continue
     previous: Caller | None = None
@@ -189,7 +189,7 @@ def test_calls_take_pooled_pairs_and_reuse_them_after_their_rest(
     previous.close()
     # two pairs in the range, six calls: every call took a pooled pair
     assert set(ports) <= {lo, lo + 2} and len(set(ports)) == 2
-    metrics = scrape(daemon.metrics_port)
+    metrics = scrape_fresh(daemon.metrics_port)
     assert metrics["callengine_rtp_port_pool_hits_total"] == 6
     assert metrics["callengine_rtp_port_pool_misses_total"] == 0
     assert metrics["callengine_rtp_port_pool_bound_total"] == 2

@@ -18,7 +18,7 @@ from integration.support import (
     Daemon,
     calls,
     run_sipp,
-    scrape,
+    scrape_fresh,
     scrape_node,
     sipp_to,
     wait_metric,
@@ -159,7 +159,7 @@ def test_malformed_datagrams_never_kill_the_worker(
     afterwards still succeeds and /metrics counted each parse error."""
     daemon = daemon_factory(metrics=True)
     assert daemon.metrics_port is not None
-    before = scrape(daemon.metrics_port)["callengine_sip_parse_errors_total"]
+    before = scrape_fresh(daemon.metrics_port)["callengine_sip_parse_errors_total"]
     sock = raw_udp()
     lp = sock.getsockname()[1]
     port = daemon.port
@@ -189,7 +189,7 @@ def test_malformed_datagrams_never_kill_the_worker(
     )
     assert calls(result) == (1, 0)
     assert daemon.proc.poll() is None, daemon.log()
-    after = scrape(daemon.metrics_port)["callengine_sip_parse_errors_total"]
+    after = scrape_fresh(daemon.metrics_port)["callengine_sip_parse_errors_total"]
     assert after - before == 5
 
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from integration.audio import MIN_CORRELATION, RATE, correlation, pcap_rtp, prompt_pcm, read_wav
-from integration.support import ROOT, Daemon, free_port, scrape
+from integration.support import ROOT, Daemon, free_port, scrape_fresh
 
 from callengine import Call, Engine, EngineConfig
 from callengine.sip import sdes
@@ -186,7 +186,7 @@ def test_tls_softphone_with_mandatory_srtp_hears_the_ivr_encrypted(
                 "duration": 4.5,
             }
         )
-        metrics = scrape(node.metrics_port or 0)
+        metrics = scrape_fresh(node.metrics_port or 0)
     finally:
         capture.stop()
     assert result["answered"] and result["hangup_by"] == "local", result

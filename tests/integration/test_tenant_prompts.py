@@ -33,7 +33,7 @@ import numpy.typing as npt
 import pytest
 import soundfile
 from integration.audio import MIN_CORRELATION, RATE, correlation
-from integration.support import SIPP, free_port, run_sipp, scrape, start_daemon, wait_metric
+from integration.support import SIPP, free_port, run_sipp, scrape_fresh, start_daemon, wait_metric
 from integration.test_azure_storage import CONTAINER, Azurite, wait_for
 
 from callengine._media import MediaManager
@@ -263,7 +263,10 @@ def test_calls_hear_a_new_prompt_version_then_the_cached_one_with_storage_down(
         azurite.stop()
         reconfigure("3")
         wait_for(
-            lambda: scrape(metrics).get('callengine_prompt_fetches_total{result="failed"}', 0) >= 1,
+            lambda: (
+                scrape_fresh(metrics).get('callengine_prompt_fetches_total{result="failed"}', 0)
+                >= 1
+            ),
             "a failed prompt fetch",
         )
         one_call()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from integration.support import Daemon, free_port, scrape, sip_call, wait_metric
+from integration.support import Daemon, free_port, scrape_fresh, sip_call, wait_metric
 from integration.test_tls_ipv6 import _self_signed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -491,7 +491,8 @@ def test_ws_binding_from_before_a_restart_is_not_rung(
         phone.writer.close()
 
     asyncio.run(register_then_kill())
-    daemon = daemon_factory(*daemon.args[-2:], port=daemon.port, data_dir=daemon.data_dir)
+    config = daemon.args[daemon.args.index("--config") + 1]
+    daemon = daemon_factory("--config", config, port=daemon.port, data_dir=daemon.data_dir)
 
     async def call_with_an_unregistered_phone_on_that_address() -> None:
         other, _ = await WsPhone.connect(ws_port, local_port=local_port)
@@ -596,7 +597,7 @@ def test_refusals_size_cap_and_per_source_connection_cap(
     asyncio.run(main())
     assert "refused WebSocket upgrade from ('127.0.0.1'" in daemon.log()
     assert daemon.metrics_port is not None
-    metrics = scrape(daemon.metrics_port)
+    metrics = scrape_fresh(daemon.metrics_port)
     assert metrics['callengine_transport_errors_total{kind="ws_upgrade"}'] == 1
     assert metrics['callengine_transport_errors_total{kind="framing"}'] == 1  # the 1009
     assert metrics['callengine_stream_connections_closed_total{reason="refused"}'] == 1
