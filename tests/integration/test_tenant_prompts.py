@@ -241,9 +241,23 @@ def test_calls_hear_a_new_prompt_version_then_the_cached_one_with_storage_down(
         tenant_file.write_text(json.dumps(own_tenant(version)))
         assert api.request("POST", "/reload")["changed"] == ["own"]
 
+    def fetches() -> dict[str, float]:
+        """Prompt fetches done, per process that plays prompts (each worker of a
+        multi-worker node keeps its cache up to date)."""
+        ok = 'callengine_prompt_fetches_total{result="ok"'
+        return {k: v for k, v in scrape_fresh(metrics).items() if k.startswith(ok)}
+
+    def fetched(before: dict[str, float]) -> None:
+        """Every process fetched since ``before``."""
+        wait_for(
+            lambda: all(v > before.get(k, 0.0) for k, v in fetches().items()), "prompt fetches"
+        )
+
     seen: set[str] = set()
     try:
-        wait_metric(metrics, 'callengine_prompt_fetches_total{result="ok"}', 1.0)
+        # the cache directory holds version 1 (a worker started after another fetched it
+        # finds it there, in the index, and fetches nothing)
+        wait_for(lambda: sum(fetches().values()) >= 1, "the first prompt fetch")
         one_call()
         wait_metric(metrics, 'callengine_media_uploads_total{result="ok"}', 1.0)
         first = uploaded(seen)
@@ -251,8 +265,9 @@ def test_calls_hear_a_new_prompt_version_then_the_cached_one_with_storage_down(
 
         # new audio in storage, then the configuration says so: the next call hears it
         remote.put("own", "prompts", "welcome.wav", wav(v2))
+        before = fetches()
         reconfigure("2")
-        wait_metric(metrics, 'callengine_prompt_fetches_total{result="ok"}', 2.0)
+        fetched(before)  # until then, a call hears version 1 (calls never wait on storage)
         one_call()
         wait_metric(metrics, 'callengine_media_uploads_total{result="ok"}', 2.0)
         second = uploaded(seen)
