@@ -99,6 +99,8 @@ _WMEM_ALLOC = 2
 """``SO_MEMINFO``'s write-allocation slot: the kernel charges a datagram queued on a Unix
 socket pair to its *sender* until it is read, so the front sees there how far behind
 its worker is (the worker's own receive accounting stays at 0)."""
+_SHED_LOG_EVERY = 10.0
+"""Seconds between two log lines about a worker behind (see ``ClusterFront._behind``)."""
 _REDIRECTS = 200_000
 """Calls the front remembers having sent away from a dead worker (LRU)."""
 _METRICS_EVERY = 1.0
@@ -639,6 +641,8 @@ class _Worker:
         """New INVITEs for it dropped unread while it was behind (:meth:`ClusterFront.
         _dispatch`); part of its ``callengine_overload_dropped_total``."""
         self.gate = BacklogGate()
+        self.shed_episodes = 0
+        self.shed_logged = -_SHED_LOG_EVERY
         self.metrics = b""
         self.open_calls: set[str] = set()
         self.pending: set[asyncio.Future[None]] = set()
@@ -869,11 +873,20 @@ class ClusterFront:
             return False
         was = w.gate.shut
         queued = int.from_bytes(raw[4 * _WMEM_ALLOC : 4 * _WMEM_ALLOC + 4], sys.byteorder)
-        if w.gate.update(queued) != was:
-            if w.gate.shut:
-                log.warning("worker %d is %d KB behind: new calls dropped", w.index, queued >> 10)
-            else:
-                log.warning("worker %d caught up: taking new calls again", w.index)
+        if w.gate.update(queued) and not was:
+            # under a sustained flood the gate opens and shuts several times a second:
+            # one line per _SHED_LOG_EVERY seconds at most (the count is in /metrics)
+            w.shed_episodes += 1
+            now = time.monotonic()
+            if now - w.shed_logged >= _SHED_LOG_EVERY:
+                log.warning(
+                    "worker %d is %d KB behind: new calls dropped unread until it catches "
+                    "up (episodes since the last such line: %d)",
+                    w.index,
+                    queued >> 10,
+                    w.shed_episodes,
+                )
+                w.shed_logged, w.shed_episodes = now, 0
         return w.gate.shut
 
     def _on_worker_data(self, w: _Worker) -> None:
