@@ -51,14 +51,15 @@ def free_port(kind: int = socket.SOCK_DGRAM, *, both: bool = True) -> int:
     raise RuntimeError("no free port")
 
 
-def wait_udp_sip(port: int, timeout: float = 15.0) -> None:
-    """Wait until a SIP node answers OPTIONS on 127.0.0.1:port (UDP)."""
+def wait_udp_sip(port: int, timeout: float = 15.0, *, call_id: str = "") -> None:
+    """Wait until a SIP node answers OPTIONS on 127.0.0.1:port (UDP). ``call_id``: the
+    Call-ID of every OPTIONS (a worker's own, to reach that worker), else a new one each."""
     deadline = time.monotonic() + timeout
     msg = (
         "OPTIONS sip:ping@127.0.0.1:{p} SIP/2.0\r\n"
         "Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bK-ping{n};rport\r\n"
         "From: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:ping@127.0.0.1>\r\n"
-        "Call-ID: ping{n}@test\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        "Call-ID: {cid}\r\nCSeq: {n} OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     )
     n = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -67,7 +68,8 @@ def wait_udp_sip(port: int, timeout: float = 15.0) -> None:
         lp = s.getsockname()[1]
         while time.monotonic() < deadline:
             n += 1
-            s.sendto(msg.format(p=port, lp=lp, n=n).encode(), ("127.0.0.1", port))
+            cid = call_id or f"ping{n}@test"
+            s.sendto(msg.format(p=port, lp=lp, n=n, cid=cid).encode(), ("127.0.0.1", port))
             try:
                 data = s.recv(65535)
             except OSError:

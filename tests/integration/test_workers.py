@@ -524,36 +524,6 @@ def test_call_caps_count_once_for_the_node(
     assert all(f'reason="{reason}"' in name for name in refused), refused
 
 
-def _options_answered(port: int, call_id: str, timeout: float = 30.0) -> None:
-    """Send OPTIONS with ``call_id`` (a new transaction every second) until one is
-    answered 200."""
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(1.0)
-        lp = s.getsockname()[1]
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            s.sendto(
-                (
-                    f"OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\n"
-                    f"Via: SIP/2.0/UDP 127.0.0.1:{lp};branch=z9hG4bK-d{n};rport\r\n"
-                    "From: <sip:ping@127.0.0.1>;tag=d\r\nTo: <sip:ping@127.0.0.1>\r\n"
-                    f"Call-ID: {call_id}\r\nCSeq: {n} OPTIONS\r\nMax-Forwards: 70\r\n"
-                    "Content-Length: 0\r\n\r\n"
-                ).encode(),
-                ("127.0.0.1", port),
-            )
-            try:
-                while not s.recv(65535).startswith(b"SIP/2.0 200"):
-                    pass
-                return
-            except TimeoutError:
-                continue
-    raise AssertionError(f"no 200 to OPTIONS {call_id} in {timeout} s")
-
-
 def test_hostile_datagrams_do_not_stop_the_front_or_a_worker(
     tmp_path: Path, daemon_factory: Callable[..., Daemon]
 ) -> None:
@@ -602,7 +572,7 @@ def test_hostile_datagrams_do_not_stop_the_front_or_a_worker(
         # first an OPTIONS on its Call-ID: it waits in line behind the flood (a worker
         # far behind gets no new INVITE from the front until it has caught up, and this
         # caller, unlike a phone, does not retransmit)
-        _options_answered(daemon.port, call_id_for(worker, 2, "drained"))
+        wait_udp_sip(daemon.port, 30.0, call_id=call_id_for(worker, 2, "drained"))
         assert sip_call(daemon.port, "1000", hold=0.1, call_id=call_id).status == 200
     wait_udp_sip(daemon.port)
     assert len(worker_pids(daemon)) == 2
