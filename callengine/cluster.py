@@ -85,6 +85,7 @@ from .dispatch import (
     unpack_outbound,
 )
 from .limits import BacklogGate, CapsTable
+from .realtime import GcGovernor, LoopLagMonitor
 from .sip.registrar import Binding as RegBinding
 from .transport import ListenSpec
 
@@ -685,6 +686,10 @@ class ClusterFront:
         self._tasks: list[asyncio.Task[Any]] = []
         self._udp_fds: list[int] = []
         self._run_dir: str | None = None
+        self.lag = LoopLagMonitor()
+        """The front's own loop: every SIP message of the node waits on it."""
+        self.gc = GcGovernor(self._quiet, mode=cfg.gc)
+        self._seen_dispatched = -1
 
     # ------------------------------------------------------------------- start
     async def start(self) -> None:
@@ -727,6 +732,8 @@ class ClusterFront:
         self._tasks.append(asyncio.ensure_future(self._watch_config()))
         if self.board is not None:
             self._tasks.append(asyncio.ensure_future(self._run_health()))
+        self.lag.start()
+        self.gc.start()  # the collector as a worker's (realtime.py), once started
         log.info(
             "front listening on %s with %d workers",
             ", ".join(f"{s.transport} {s.host}:{s.port}" for s in self.transports.bound),
@@ -1108,6 +1115,8 @@ class ClusterFront:
         self.stopping = True
         for task in self._tasks:
             task.cancel()
+        self.lag.stop()
+        self.gc.stop()
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 w.proc.send_signal(signal.SIGTERM)
@@ -1128,6 +1137,15 @@ class ClusterFront:
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         await self.node.stop(0)
+
+    def _quiet(self) -> bool:
+        """The front's "idle" for its collector (:class:`GcGovernor`): no message
+        dispatched since it last asked (it asks every 50 ms once a full collection is
+        due), so the whole-heap collection waits for a pause in the traffic."""
+        dispatched = sum(w.dispatched for w in self.workers)
+        quiet = dispatched == self._seen_dispatched
+        self._seen_dispatched = dispatched
+        return quiet
 
     # ----------------------------------------------------------------- metrics
     def collector(self) -> Any:
@@ -1155,6 +1173,8 @@ class _WorkerCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
         from prometheus_client.parser import text_string_to_metric_families
 
+        from .metrics import loop_metrics
+
         front = self.front
         up = GaugeMetricFamily("callengine_worker_up", "Worker process is up", labels=["worker"])
         restarts = CounterMetricFamily(
@@ -1179,17 +1199,10 @@ class _WorkerCollector:
             dropped.add_metric([label], w.dropped)
             if not w.metrics or not w.live:
                 continue
-            for family in text_string_to_metric_families(w.metrics.decode()):
-                if family.name.startswith(_FRONT_FAMILIES):
-                    continue  # the front's (it owns them: see _front_metrics)
-                out = merged.get(family.name)
-                if out is None:
-                    out = merged[family.name] = Metric(
-                        family.name, family.documentation, family.type, family.unit
-                    )
-                for s in family.samples:
-                    value = s.value + w.shed if s.name == _SHED_SERIES else s.value
-                    out.add_sample(s.name, {**s.labels, "worker": label}, value, s.timestamp)
+            families = text_string_to_metric_families(w.metrics.decode())
+            _merge(merged, families, label, shed=w.shed)
+        # the front's own loop and collector, in the same families as the workers'
+        _merge(merged, loop_metrics(front.lag, front.gc.stats), "front")
         transports = front.transports
         if transports is not None:
             # the connections' errors are the front's (it holds them), the workers' are
@@ -1209,6 +1222,24 @@ class _WorkerCollector:
         yield dropped
         yield from _front_metrics(front)
         yield from merged.values()
+
+
+def _merge(merged: dict[str, Any], families: Iterable[Any], worker: str, *, shed: int = 0) -> None:
+    """Add one process's metric families to the node's, each sample labelled
+    ``worker``; ``shed``: new INVITEs the front dropped for that worker."""
+    from prometheus_client.core import Metric
+
+    for family in families:
+        if family.name.startswith(_FRONT_FAMILIES):
+            continue  # the front's (it owns them: see _front_metrics)
+        out = merged.get(family.name)
+        if out is None:
+            out = merged[family.name] = Metric(
+                family.name, family.documentation, family.type, family.unit
+            )
+        for s in family.samples:
+            value = s.value + shed if s.name == _SHED_SERIES else s.value
+            out.add_sample(s.name, {**s.labels, "worker": worker}, value, s.timestamp)
 
 
 _ERRORS = "callengine_transport_errors"

@@ -21,9 +21,16 @@ if TYPE_CHECKING:
 
     from .engine import Engine
     from .limits import SourceLimiter
+    from .realtime import GcStats, LoopLagMonitor
     from .transport import TransportSet
 
-__all__ = ["EngineCollector", "flood_metrics", "serve_metrics", "stream_metrics"]
+__all__ = [
+    "EngineCollector",
+    "flood_metrics",
+    "loop_metrics",
+    "serve_metrics",
+    "stream_metrics",
+]
 
 
 class EngineCollector(Collector):
@@ -137,49 +144,7 @@ class EngineCollector(Collector):
             "Log records dropped: the log writer lagged",
             value=LogQueueHandler.dropped,
         )
-        lag = engine.lag
-        g = GaugeMetricFamily(
-            "callengine_event_loop_lag_seconds",
-            "Event-loop lag: how late a 10 ms sleep woke (last, max)",
-            labels=["stat"],
-        )
-        g.add_metric(["last"], lag.last)
-        g.add_metric(["max"], lag.max)
-        yield g
-        yield _histogram(
-            "callengine_event_loop_lag_ms",
-            "How late the event loop woke from each 10 ms sleep",
-            lag.buckets_ms,
-            lag.counts,
-            lag.sum_ms,
-        )
-        stats = engine.gc.stats
-        gens = ("0", "1", "2")
-        c = CounterMetricFamily(
-            "callengine_gc_collections", "Cyclic GC runs", labels=["generation"]
-        )
-        p = CounterMetricFamily(
-            "callengine_gc_pause_seconds",
-            "Time the process stood still in the GC",
-            labels=["generation"],
-        )
-        longest = GaugeMetricFamily(
-            "callengine_gc_pause_max_seconds", "Longest GC pause", labels=["generation"]
-        )
-        o = CounterMetricFamily(
-            "callengine_gc_collected_objects",
-            "Objects the GC freed (garbage in reference cycles: 0 on a healthy node)",
-            labels=["generation"],
-        )
-        for i, gen in enumerate(gens):
-            c.add_metric([gen], stats.collections[i])
-            p.add_metric([gen], stats.pause_seconds[i])
-            longest.add_metric([gen], stats.pause_max[i])
-            o.add_metric([gen], stats.collected[i])
-        yield c
-        yield p
-        yield longest
-        yield o
+        yield from loop_metrics(engine.lag, engine.gc.stats)
         mm = engine.media_manager
         if mm is not None:
             if getattr(mm, "remote", False):
@@ -284,6 +249,53 @@ class EngineCollector(Collector):
                 yield from _spool_metrics(mm.spool.core)
             if getattr(mm, "prompt_sync", None) is not None:
                 yield from _prompt_metrics(mm.prompt_sync)
+
+
+def loop_metrics(
+    lag: LoopLagMonitor, stats: GcStats
+) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+    """A process's real-time figures: its event loop's lag and its garbage collections
+    (callengine/realtime.py). A multi-worker front exports its own with
+    ``worker="front"`` beside the workers'."""
+    g = GaugeMetricFamily(
+        "callengine_event_loop_lag_seconds",
+        "Event-loop lag: how late a 10 ms sleep woke (last, max)",
+        labels=["stat"],
+    )
+    g.add_metric(["last"], lag.last)
+    g.add_metric(["max"], lag.max)
+    yield g
+    yield _histogram(
+        "callengine_event_loop_lag_ms",
+        "How late the event loop woke from each 10 ms sleep",
+        lag.buckets_ms,
+        lag.counts,
+        lag.sum_ms,
+    )
+    gens = ("0", "1", "2")
+    c = CounterMetricFamily("callengine_gc_collections", "Cyclic GC runs", labels=["generation"])
+    p = CounterMetricFamily(
+        "callengine_gc_pause_seconds",
+        "Time the process stood still in the GC",
+        labels=["generation"],
+    )
+    longest = GaugeMetricFamily(
+        "callengine_gc_pause_max_seconds", "Longest GC pause", labels=["generation"]
+    )
+    o = CounterMetricFamily(
+        "callengine_gc_collected_objects",
+        "Objects the GC freed (garbage in reference cycles: 0 on a healthy node)",
+        labels=["generation"],
+    )
+    for i, gen in enumerate(gens):
+        c.add_metric([gen], stats.collections[i])
+        p.add_metric([gen], stats.pause_seconds[i])
+        longest.add_metric([gen], stats.pause_max[i])
+        o.add_metric([gen], stats.collected[i])
+    yield c
+    yield p
+    yield longest
+    yield o
 
 
 def flood_metrics(limiter: SourceLimiter) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

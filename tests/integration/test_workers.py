@@ -41,14 +41,15 @@ FIXTURES = ROOT / "tests" / "fixtures" / "sipp"
 WORKER_PROC = "callengine.cluster import worker_main"
 
 
-def per_worker(port: int, metric: str) -> dict[str, float]:
-    """``metric`` summed per ``worker`` label (other labels summed over)."""
+def per_worker(port: int, metric: str, label: str = "") -> dict[str, float]:
+    """``metric`` summed per ``worker`` label (other labels summed over), of the series
+    that carry ``label`` (``'stat="max"'``) when given."""
     out: dict[str, float] = {}
     for key, value in scrape(port).items():
         m = re.match(re.escape(metric) + r"\{(.*)\}$", key)
-        if m is None:
+        if m is None or label not in m.group(1):
             continue
-        w = re.search(r'worker="(\d+)"', m.group(1))
+        w = re.search(r'worker="(\d+|front)"', m.group(1))
         if w is not None:
             out[w.group(1)] = out.get(w.group(1), 0.0) + value
     return out
@@ -116,6 +117,16 @@ def test_one_source_address_udp_and_tcp_spread_over_both_workers(
     assert figures["callengine_flood_dropped_total"] == 0
     assert figures["callengine_flood_tracked_sources"] >= 0
     assert not [name for name in figures if re.match(r"callengine_(stream|flood)_.*worker=", name)]
+    # the front's own loop and collector (every message of the node waits on it),
+    # beside each worker's: the front's collector is switched off as a worker's is
+    # (realtime.py), so under 4,000 calls it ran only its young-generation samples
+    lag = per_worker(port, "callengine_event_loop_lag_seconds", 'stat="max"')
+    assert set(lag) == {"0", "1", "front"}, lag
+    assert 0 <= lag["front"] < 1.0, lag
+    samples = per_worker(port, "callengine_gc_collections_total", 'generation="0"')
+    assert samples["front"] > 0, samples
+    assert per_worker(port, "callengine_gc_collections_total", 'generation="1"')["front"] == 0
+    assert per_worker(port, "callengine_gc_collected_objects_total", 'generation="0"')["front"] == 0
     assert daemon.stop() == 0
 
 
