@@ -67,9 +67,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from media.spool import spool_name
 from pri.health import HealthBoard, HealthChanged, HealthState, SendProbe
 
-from .config import EngineConfig
+from .config import EngineConfig, storage_settings
 from .dispatch import (
     CONTROL,
     FrameReader,
@@ -122,10 +123,14 @@ def worker_config(cfg: EngineConfig, index: int, workers: int) -> EngineConfig:
     """What a worker runs with: its RTP ports and share of the node's limits; no
     metrics or admin endpoint of its own, no per-source limiter (the front's)."""
     lo, hi = rtp_slice(cfg.rtp_port_min, cfg.rtp_port_max, index, workers)
+    # the spool quota is the node's disk: each worker's spool holds its share
+    quota = storage_settings(cfg).spool_quota
+    storage = {**cfg.media_storage, "spool_quota": max(1, quota // workers)}
     return dataclasses.replace(
         cfg,
         rtp_port_min=lo,
         rtp_port_max=hi,
+        media_storage=storage,
         metrics=None,
         admin=None,
         source_rate=0.0,
@@ -700,7 +705,7 @@ class ClusterFront:
         from .node import _trunk_networks
 
         cfg = self.cfg
-        await self.node.open_state()
+        await self.node.open_state(spools=[spool_name(i) for i in range(self.n)])
         plan = self.node.trunk_plan()
         _, size = channel_layout({n: t.capacity for n, t in plan.trunks.items()})
         self.channels = SharedChannels(self._channels_path(), size, owner=0, create=True)

@@ -178,6 +178,8 @@ class Engine:
             max_message_size=cfg.max_message_size,
         )
         # media first: a datagram may arrive as soon as the first socket is bound
+        from media.spool import spool_name
+
         from ._media import MediaManager
 
         media_settings: dict[str, Any] = {
@@ -192,7 +194,7 @@ class Engine:
             "port_pool": cfg.rtp_port_pool,
             "port_quarantine": cfg.rtp_port_quarantine,
             "clock_slots": cfg.media_clock_slots,
-            "spool_name": "spool" if self.worker_index is None else f"spool-w{self.worker_index}",
+            "spool_name": spool_name(self.worker_index),
         }
         if cfg.media and cfg.media_process:
             # RTP in a process of its own (callengine/mediaplane.py)

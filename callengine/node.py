@@ -32,6 +32,7 @@ from config_cache import (
     open_store,
 )
 from config_cache.shipper import Backoff
+from media.spool import adopt_spools, spool_name
 from pri import TrunkPlan, load_trunks
 
 from .b2bua import B2BUA, LegTarget, leg_targets
@@ -130,11 +131,16 @@ class Node:
         return self.store
 
     # ----------------------------------------------------------------- start
-    async def open_state(self) -> None:
+    async def open_state(self, *, spools: list[str] | None = None) -> None:
         """Open what the node keeps: the LevelDB store (closing call logs a previous
         process left open), the master follower, ``tenant_files``, the History DB
         shipper and the call-log writer. :meth:`start` runs it first; the front of a
-        multi-worker node runs only this (its workers hold the calls)."""
+        multi-worker node runs only this (its workers hold the calls).
+
+        ``spools``: the media spool directories this node's processes will open (one
+        process: ``spool``); recordings waiting in any other (left by a run with more
+        workers) move into the first, once the store's lock says no other node runs on
+        this data directory."""
         cfg = self.config
         settings = self.settings
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
@@ -144,6 +150,7 @@ class Node:
             metrics=self.cache_metrics,
             shipped_keep=settings.shipped_keep,
         )
+        adopt_spools(cfg.data_dir, spools or [spool_name(None)])
         self.recovered = self.store.outbox.recover_interrupted(time.time())
         if self.recovered:
             log.warning(

@@ -47,7 +47,9 @@ __all__ = [
     "SpoolCore",
     "SpoolFull",
     "SpoolItem",
+    "adopt_spools",
     "file_md5",
+    "spool_name",
 ]
 
 log = logging.getLogger("media.spool")
@@ -79,6 +81,57 @@ class SpoolItem:
     attempts: int = 0
     uploading: bool = False
     conflict: bool = False
+
+
+def spool_name(worker: int | None) -> str:
+    """The spool directory (under the data directory) of a one-process node (``None``)
+    or of worker ``worker`` of a multi-worker node: each process recovers only its own
+    files after a ``kill -9``."""
+    return "spool" if worker is None else f"spool-w{worker}"
+
+
+def adopt_spools(data_dir: str | os.PathLike[str], keep: list[str]) -> int:
+    """Move the files of spool directories no process of this node will open into the
+    first of ``keep``, before any spool starts; returns how many files moved.
+
+    A node's spool directories follow its processes (``spool`` for one process,
+    ``spool-w0``, ``spool-w1``... for the workers of a multi-worker node), so a node
+    started with fewer processes than before (another ``workers`` setting, fewer cores)
+    would never upload what the missing ones left after a stop or a crash. Their
+    files and metadata move under the same names (a rename: the same file system);
+    a name already waiting in the target keeps both files where they are, logged.
+    """
+    base = Path(data_dir)
+    target = base / keep[0]
+    moved = 0
+    for old in sorted(base.glob("spool*")):
+        if old.name in keep or not old.is_dir() or not _is_spool_name(old.name):
+            continue
+        before = moved
+        for path in sorted((old / "files").rglob("*")):
+            if not path.is_file():
+                continue
+            rel = path.relative_to(old / "files")
+            dest = target / "files" / rel
+            if dest.exists():
+                log.error("media spool: %s waits in %s and in %s; kept both", rel, old, target)
+                continue
+            meta = old / "meta" / f"{rel}.json"
+            if meta.is_file():
+                (target / "meta" / rel).parent.mkdir(parents=True, exist_ok=True)
+                meta.rename(target / "meta" / f"{rel}.json")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(dest)
+            moved += 1
+        if moved > before:
+            log.info(
+                "media spool: %d files of %s adopted by %s", moved - before, old.name, target.name
+            )
+    return moved
+
+
+def _is_spool_name(name: str) -> bool:
+    return name == spool_name(None) or (name.startswith("spool-w") and name[7:].isdigit())
 
 
 def file_md5(path: Path) -> bytes:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from callengine.cluster import ReplicaBindings, SharedCaps, rtp_slice
+from callengine.cluster import ReplicaBindings, SharedCaps, rtp_slice, worker_config
+from callengine.config import EngineConfig, storage_settings
 from callengine.dispatch import (
     FrameReader,
     aor_worker,
@@ -118,6 +119,20 @@ def test_rtp_slices_do_not_overlap_and_stay_even() -> None:
         assert slices[0][0] == 10000 and slices[-1][1] == 20000
         for (lo, hi), (nlo, _) in zip(slices, slices[1:], strict=False):
             assert lo % 2 == 0 and hi < nlo and nlo == hi + 1
+
+
+def test_a_worker_gets_its_share_of_the_ports_and_of_the_spool_quota() -> None:
+    """The spool quota is the node's disk: 3 workers' spools hold a third each (the
+    default quota too); the rest of the storage settings are the node's."""
+    node = EngineConfig(media_storage={"spool_quota": 3_000_000, "upload_concurrency": 2})
+    mine = worker_config(node, 2, 3)
+    assert storage_settings(mine).spool_quota == 1_000_000
+    assert storage_settings(mine).upload_concurrency == 2
+    assert (mine.rtp_port_min, mine.rtp_port_max) == rtp_slice(10000, 20000, 2, 3)
+    assert mine.workers == 1 and mine.metrics is None and mine.admin is None
+    default = storage_settings(worker_config(EngineConfig(), 0, 2)).spool_quota
+    assert default == storage_settings(EngineConfig()).spool_quota // 2
+    assert node.media_storage == {"spool_quota": 3_000_000, "upload_concurrency": 2}
 
 
 def test_b_channels_are_counted_across_processes(tmp_path: Path) -> None:

@@ -138,11 +138,12 @@ def node_factory(tmp_path: Path, azurite: Azurite) -> Iterator[Callable[..., Dae
         )
     )
 
-    def factory() -> Daemon:
+    def factory(*extra: str) -> Daemon:
         d = start_daemon(
             tmp_path,
             "--config",
             str(config),
+            *extra,
             data_dir=tmp_path / "data",
             metrics=True,
         )
@@ -340,6 +341,45 @@ def test_storage_down_then_back_every_voicemail_uploaded_once(
     assert spooled(node) == []
     logs = stop_and_read_logs(node)
     check_logs_point_at_blobs(logs, azurite.blobs(), azurite)
+
+
+def test_a_node_with_fewer_workers_uploads_what_the_others_spooled(
+    tmp_path: Path, azurite: Azurite, node_factory: Callable[..., Daemon]
+) -> None:
+    """Storage is down while a 2-worker node takes voicemails: they wait in each
+    worker's spool (``spool-w0``, ``spool-w1``). The node stops and comes back as one
+    process (``workers: 1``, or a machine with fewer cores): it adopts both spools, and
+    with storage back every voicemail is uploaded once, as the call logs say."""
+    node = node_factory("--workers", "2")
+    assert node.metrics_port is not None
+    voicemail_calls(node, tmp_path, 12)
+    wait_metric(node.metrics_port, "callengine_media_spool_files", 12.0)
+    by_root = {root.parent.name: len(list(root.rglob("*.wav"))) for root in spool_roots(node)}
+    # 12 Call-IDs hashed over 2 workers: both hold some (all on one: 1 in 2,048)
+    assert set(by_root) == {"spool-w0", "spool-w1"} and sum(by_root.values()) == 12, by_root
+    assert min(by_root.values()) > 0, by_root
+    contents = {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for root in spool_roots(node)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+    assert node.stop(signal.SIGTERM, timeout=40) == 0, node.log()[-3000:]
+
+    azurite.start()
+    node = node_factory("--workers", "1")
+    assert node.metrics_port is not None
+    wait_metric(node.metrics_port, 'callengine_media_uploads_total{result="ok"}', 12.0, timeout=60)
+    wait_metric(node.metrics_port, "callengine_media_spool_files", 0.0)
+    assert spooled(node) == []
+    assert "media spool: " in node.log() and "adopted by spool" in node.log()
+    logs = stop_and_read_logs(node)
+    blobs = azurite.blobs()
+    check_logs_point_at_blobs(logs, blobs, azurite)
+    container = azurite.container()
+    assert sorted(blobs) == sorted(contents)
+    for name, data in contents.items():
+        assert container.get_blob_client(name).download_blob().readall() == data, name
 
 
 def test_kill_9_mid_upload_loses_and_duplicates_nothing(

@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from media.spool import BlobConflict, BlobRejected, Spool, SpoolCore, SpoolFull, SpoolItem, file_md5
+from media.spool import (
+    BlobConflict,
+    BlobRejected,
+    Spool,
+    SpoolCore,
+    SpoolFull,
+    SpoolItem,
+    adopt_spools,
+    file_md5,
+    spool_name,
+)
 
 
 def item(name: str, size: int = 100, added: float = 0.0) -> SpoolItem:
@@ -388,3 +398,74 @@ def test_media_storage_config_is_validated_naming_file_and_field(tmp_path: Path)
         1_000_000,
     )
     assert storage_settings(load_config(None)).kind == "local"
+
+
+# ---------------------------------------------------------------------- adoption
+
+
+def _spool_file(root: Path, name: str, data: bytes, meta: str | None = None) -> None:
+    path = root / "files" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if meta is not None:
+        m = root / "meta" / f"{name}.json"
+        m.parent.mkdir(parents=True, exist_ok=True)
+        m.write_text(meta)
+
+
+def test_adopt_spools_moves_what_other_layouts_left_into_the_first_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node now one process finds the spools of its earlier workers (and the reverse):
+    their files and metadata move under the same names; its own spool and other
+    directories are left alone; a name waiting in both is kept in both, logged."""
+    _spool_file(tmp_path / "spool-w1", "t/voicemail/a.wav", b"A", '{"call_id": "a"}')
+    _spool_file(tmp_path / "spool-w1", "t/recording/2026/b.wav", b"B", '{"call_id": "b"}')
+    _spool_file(tmp_path / "spool-w0", "t/voicemail/c.wav", b"C")  # no metadata
+    _spool_file(tmp_path / "spool-w0", "t/voicemail/same.wav", b"old")
+    _spool_file(tmp_path / "spool", "t/voicemail/mine.wav", b"M")
+    _spool_file(tmp_path / "spool", "t/voicemail/same.wav", b"new")
+    _spool_file(tmp_path / "spool-wx", "t/voicemail/other.wav", b"X")  # not a spool name
+    _spool_file(tmp_path / "spooled", "t/voicemail/other.wav", b"X")
+    with caplog.at_level(logging.INFO, logger="media.spool"):
+        moved = adopt_spools(tmp_path, [spool_name(None)])
+    assert moved == 3
+    files = tmp_path / "spool" / "files"
+    assert {p.relative_to(files).as_posix(): p.read_bytes() for p in files.rglob("*.wav")} == {
+        "t/voicemail/a.wav": b"A",
+        "t/recording/2026/b.wav": b"B",
+        "t/voicemail/c.wav": b"C",
+        "t/voicemail/mine.wav": b"M",
+        "t/voicemail/same.wav": b"new",
+    }
+    meta = tmp_path / "spool" / "meta" / "t"
+    assert (meta / "voicemail" / "a.wav.json").read_text() == '{"call_id": "a"}'
+    assert (meta / "recording" / "2026" / "b.wav.json").read_text() == '{"call_id": "b"}'
+    assert (tmp_path / "spool-w0" / "files" / "t" / "voicemail" / "same.wav").read_bytes() == b"old"
+    assert [p.name for p in (tmp_path / "spool-w1").rglob("*") if p.is_file()] == []
+    assert (tmp_path / "spool-wx" / "files" / "t" / "voicemail" / "other.wav").exists()
+    assert (tmp_path / "spooled" / "files" / "t" / "voicemail" / "other.wav").exists()
+    text = caplog.text
+    assert "1 files of spool-w0 adopted by spool" in text
+    assert "2 files of spool-w1 adopted by spool" in text
+    assert "t/voicemail/same.wav waits in" in text and "kept both" in text
+    # the other way: workers find what a one-process run left; nothing left: no-op
+    assert adopt_spools(tmp_path, [spool_name(0), spool_name(1)]) == 4
+    assert adopt_spools(tmp_path, [spool_name(0), spool_name(1)]) == 0
+
+
+def test_adopted_files_are_uploaded_with_their_metadata(tmp_path: Path) -> None:
+    """What was adopted is what the spool ships at start (its scan), metadata included."""
+    _spool_file(tmp_path / "spool-w3", "t/voicemail/a.wav", b"AAAA", '{"call_id": "a"}')
+    assert adopt_spools(tmp_path, ["spool-w0", "spool-w1"]) == 1
+    target = MemoryTarget()
+
+    async def ship() -> None:
+        spool = Spool(tmp_path / "spool-w0", target, SpoolCore(quota=1_000))
+        await spool.start()
+        await asyncio.wait_for(spool.drained(), 5)
+        await spool.stop()
+
+    asyncio.run(ship())
+    assert target.blobs == {"t/voicemail/a.wav": (b"AAAA", {"call_id": "a"})}
+    assert list((tmp_path / "spool-w0" / "files").rglob("*.wav")) == []
