@@ -65,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        help="worker processes behind the node's SIP address (0: one per CPU core; "
-        "default: the config's workers, 1)",
+        help="worker processes behind the node's SIP address (0: one per CPU core, the "
+        "default; 1: one process)",
     )
     serve.set_defaults(func=_serve)
 

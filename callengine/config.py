@@ -119,12 +119,13 @@ class EngineConfig:
     diagnostic thread; 0 disables)."""
     drain_grace: float = 30.0
     """Seconds active calls may continue after SIGTERM before the node exits."""
-    workers: int = 1
-    """Worker processes of the node (docs/workers.md): 1 (the default) runs everything
-    in one process; N >= 2 runs a front that owns the SIP addresses and the LevelDB
-    state and N workers that hold the calls; 0 means one per CPU core the node may use
-    (:func:`cpu_cores`: its CPU affinity and cgroup quota), one process on a single
-    core."""
+    workers: int = 0
+    """Worker processes of ``callengine serve`` (docs/workers.md): 0 (the default) is
+    one per CPU core the node may use (:func:`cpu_cores`: its CPU affinity and cgroup
+    quota); N >= 2 runs a front that owns the SIP addresses and the LevelDB state and N
+    workers that hold the calls; 1 (or 0 on a single core) runs everything in one
+    process. An :class:`~callengine.Engine` embedded in a program is one process
+    whatever this says."""
     rtp_port_min: int = 10000
     """Lowest UDP port for RTP (RTP takes even ports, RTCP the next one)."""
     rtp_port_max: int = 20000

@@ -545,9 +545,9 @@ def test_every_documented_config_cache_key_is_a_setting() -> None:
 
 
 def test_the_default_worker_count_follows_the_cores_the_node_may_use(tmp_path: Path) -> None:
-    """``workers: 0``: one worker per core of the process's CPU affinity, capped by a
-    cgroup v2 quota (a container's ``--cpus``), at least one. (The default is 1.)"""
-    assert EngineConfig().workers == 1
+    """``workers: 0`` (the default): one worker per core of the process's CPU affinity,
+    capped by a cgroup v2 quota (a container's ``--cpus``), at least one."""
+    assert EngineConfig().workers == 0
     affinity = len(os.sched_getaffinity(0))
     quota = tmp_path / "cpu.max"
     assert cpu_cores(str(tmp_path / "absent")) == affinity

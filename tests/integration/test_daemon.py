@@ -23,11 +23,15 @@ from integration.support import (
     calls,
     free_port,
     run_sipp,
+    scrape,
     scrape_fresh,
     scrape_node,
     sipp_to,
     wait_metric,
+    wait_udp_sip,
 )
+
+from callengine.config import cpu_cores
 
 pytestmark = [
     pytest.mark.integration,
@@ -38,11 +42,10 @@ _SIPP_CALL_ID = re.compile(r"\b\d+-\d+@127\.0\.0\.1\b")
 
 
 def serve(tmp_path: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run `callengine serve` to completion (for start-up errors)."""
+    """Run `callengine serve` to completion (for start-up errors), with its default
+    workers (one per core)."""
     return subprocess.run(
-        [CALLENGINE, "serve", "--data-dir", str(tmp_path / "data"), "--no-metrics"]
-        + ([] if "--workers" in args else ["--workers", "1"])
-        + list(args),
+        [CALLENGINE, "serve", "--data-dir", str(tmp_path / "data"), "--no-metrics", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -154,6 +157,45 @@ def test_port_in_use_exits_nonzero_with_one_clear_line(tmp_path: Path) -> None:
     assert errors == [f"callengine: cannot listen on 127.0.0.1:{port}: address already in use"], (
         done.stderr
     )
+
+
+# ----------------------------------------------------------------------- workers
+def test_serve_runs_a_worker_per_core_by_default(tmp_path: Path) -> None:
+    """``callengine serve`` with no ``workers`` setting uses the machine: one worker per
+    core it may use (a front and N workers behind the one address), one process on a
+    single core. Calls go through, /metrics shows every worker, SIGTERM ends it with 0."""
+    cores = cpu_cores()
+    port, metrics_port = free_port(), free_port(both=False)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [CALLENGINE, "serve", "--listen", f"127.0.0.1:{port}"]
+            + ["--data-dir", str(tmp_path / "data"), "--metrics", f"127.0.0.1:{metrics_port}"],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    daemon = Daemon(proc, port, tmp_path / "data", log_path, metrics_port)
+    try:
+        wait_udp_sip(port, timeout=30)
+        result = run_sipp(
+            sipp_to(daemon, "-sn", "uac", "-r", "50", "-m", "40", "-d", "100"),
+            cwd=tmp_path,
+            timeout=30,
+        )
+        assert calls(result) == (40, 0)
+        workers = {
+            k: v for k, v in scrape(metrics_port).items() if k.startswith("callengine_worker_up{")
+        }
+        if cores == 1:
+            assert workers == {}, workers
+        else:
+            assert len(workers) == cores and set(workers.values()) == {1.0}, (cores, workers)
+            assert f" ready ({cores} workers)" in daemon.log(), daemon.log()[-2000:]
+    finally:
+        rc = daemon.stop()
+    assert rc == 0, daemon.log()[-3000:]
+    assert "Traceback" not in daemon.log()
 
 
 # ----------------------------------------------------------------------- metrics
