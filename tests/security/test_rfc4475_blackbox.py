@@ -12,6 +12,7 @@ the node follows, the answer is seen.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 from integration.support import Daemon, start_daemon
 
+from callengine.dispatch import choose_worker
 from callengine.sip.errors import RemoteProtocolError
 from callengine.sip.message import Request, parse_message
 
@@ -161,20 +163,30 @@ class Peer:
             for s in ready:
                 yield s.recv(65535), s.getsockname()[1]
 
-    def options(self, *, from_: str, branch: str, tag: str = "") -> bytes:
+    def options(self, *, from_: str, branch: str, tag: str = "", beside: bytes = b"") -> bytes:
+        """An OPTIONS; with ``beside``, one a multi-worker node's front hands to the same
+        worker as that message (whatever the node's worker count, up to 8), so that it
+        is answered after it."""
         self.probes += 1
-        return (
-            f"OPTIONS sip:ping@127.0.0.1:{self.node[1]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {self.host}:5060;branch={branch}\r\n"
-            f"From: {from_}{tag}\r\nTo: <sip:ping@127.0.0.1>\r\n"
-            f"Call-ID: probe{self.probes}-{self.host}\r\nCSeq: 1 OPTIONS\r\n"
-            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        ).encode()
+        for attempt in itertools.count():
+            probe = (
+                f"OPTIONS sip:ping@127.0.0.1:{self.node[1]} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {self.host}:5060;branch={branch}\r\n"
+                f"From: {from_}{tag}\r\nTo: <sip:ping@127.0.0.1>\r\n"
+                f"Call-ID: probe{self.probes}.{attempt}-{self.host}\r\nCSeq: 1 OPTIONS\r\n"
+                "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+            if not beside or all(
+                choose_worker(probe, n) == choose_worker(beside, n) for n in range(2, 9)
+            ):
+                return probe
+        raise AssertionError("unreachable")
 
     def exchange(self, data: bytes, *, final: bool, timeout: float = 10.0) -> list[Reply]:
         """Send ``data``; collect the responses to it until a final one arrived (``final``)
         or, for messages answered at once or dropped, until an OPTIONS sent right after it
-        is answered (the node handles one socket's datagrams in order)."""
+        is answered (a process handles one socket's datagrams in order; a multi-worker
+        node's front keeps that order per worker, so the OPTIONS goes to ``data``'s)."""
         call_id = call_id_of(data)
         self.send(data)
         probe = None
@@ -183,6 +195,7 @@ class Peer:
                 from_=f"<sip:probe@{self.host}>",
                 tag=";tag=p",
                 branch=f"z9hG4bK-probe{self.probes + 1}",
+                beside=data,
             )
             self.send(probe)
         probe_id = call_id_of(probe) if probe else None
