@@ -73,6 +73,7 @@ class MediaManager(SrtpPolicy):
         port_quarantine: float = DEFAULT_QUARANTINE,
         clock_slots: int = DEFAULT_SLOTS,
         spool_name: str = "spool",
+        prompt_owner: bool = True,
     ) -> None:
         self.clock = MediaClock(slots=clock_slots)
         self.port_pool = port_pool
@@ -94,12 +95,15 @@ class MediaManager(SrtpPolicy):
         if self.spool is not None and storage is not None:
             cache = CachedPromptStorage(Path(data_dir) / "prompt-cache")
             self.prompts = PromptCache(cache)
+            # a worker of a multi-worker node plays from the directory its front keeps
+            # (callengine/cluster.py): one fetch per prompt version for the node
             self.prompt_sync = PromptSync(
                 cache,
                 target,
                 self.prompts,
                 cap=storage.prompt_cache_bytes,
                 interval=storage.prompt_refresh,
+                fetching=prompt_owner,
             )
         self.port_range = port_range
         self.rtp_timeout = rtp_timeout
@@ -377,6 +381,11 @@ class MediaManager(SrtpPolicy):
         if self.prompt_sync is not None:
             self.prompt_sync.start(tenants)
 
+    def prompt_changed(self, tenant: str, name: str) -> None:
+        """The front fetched or evicted a tenant's prompt (a worker's manager)."""
+        if self.prompt_sync is not None:
+            self.prompt_sync.changed(tenant, name)
+
     async def close(self) -> None:
         if self.prompt_sync is not None:
             await self.prompt_sync.stop()
@@ -387,12 +396,11 @@ class MediaManager(SrtpPolicy):
         await asyncio.sleep(0)
 
 
-def make_spool(storage: StorageSettings, root: Path) -> tuple[Spool, AzureBlobStorage]:
-    """The spool of remote Media Storage (``media_storage.kind: azure``) in ``root``, not
-    started (:meth:`Spool.start` uploads), and the storage it uploads to."""
+def media_target(storage: StorageSettings) -> AzureBlobStorage:
+    """Remote Media Storage (``media_storage.kind: azure``) as configured."""
     from media.azure import AzureBlobStorage
 
-    target = AzureBlobStorage(
+    return AzureBlobStorage(
         connection_string=storage.connection_string,
         account_url=storage.account_url,
         credential=storage.credential,
@@ -400,6 +408,12 @@ def make_spool(storage: StorageSettings, root: Path) -> tuple[Spool, AzureBlobSt
         block_size=storage.block_size,
         timeout=storage.timeout,
     )
+
+
+def make_spool(storage: StorageSettings, root: Path) -> tuple[Spool, AzureBlobStorage]:
+    """The spool of remote Media Storage (``media_storage.kind: azure``) in ``root``, not
+    started (:meth:`Spool.start` uploads), and the storage it uploads to."""
+    target = media_target(storage)
     core = SpoolCore(
         quota=storage.spool_quota,
         concurrency=storage.upload_concurrency,

@@ -498,6 +498,9 @@ class WorkerLink:
             )
         elif kind == "sync":
             self.send(("synced", os.getpid()))
+        elif kind == "prompt" and self.node is not None:
+            # the front fetched (or evicted) a tenant's prompt in the shared cache
+            self.node.engine.media_manager.prompt_changed(message[1], message[2])
         elif kind == "health" and self.board is not None:
             _, trunk, state, at, reason = message
             event = self.board.apply(trunk, state, at=at, reason=reason)
@@ -659,6 +662,21 @@ class _Worker:
             self.ctl.write(frame(message))
 
 
+class _PromptNotices:
+    """The front's prompt cache tells the workers each prompt that changed (each
+    forgets its decoded copy, and its plane's)."""
+
+    def __init__(self, workers: list[_Worker]) -> None:
+        self.workers = workers
+
+    def invalidate(self, *, tenant: str | None = None, name: str | None = None) -> None:
+        if tenant is None or name is None:
+            return
+        for w in self.workers:
+            if w.live:
+                w.send(("prompt", tenant, name))
+
+
 class ClusterFront:
     """The front process of a multi-worker node (see the module docstring)."""
 
@@ -691,6 +709,10 @@ class ClusterFront:
         self._tasks: list[asyncio.Task[Any]] = []
         self._udp_fds: list[int] = []
         self._run_dir: str | None = None
+        self.prompt_sync: Any = None
+        """With remote Media Storage: the tenants' prompts, fetched once for the node
+        into ``DATA_DIR/prompt-cache``, from which the workers play."""
+        self._prompt_target: Any = None
         self.lag = LoopLagMonitor()
         """The front's own loop: every SIP message of the node waits on it."""
         self.gc = GcGovernor(self._quiet, mode=cfg.gc)
@@ -737,6 +759,7 @@ class ClusterFront:
         self._tasks.append(asyncio.ensure_future(self._watch_config()))
         if self.board is not None:
             self._tasks.append(asyncio.ensure_future(self._run_health()))
+        self._follow_prompts()
         self.lag.start()
         self.gc.start()  # the collector as a worker's (realtime.py), once started
         log.info(
@@ -744,6 +767,27 @@ class ClusterFront:
             ", ".join(f"{s.transport} {s.host}:{s.port}" for s in self.transports.bound),
             self.n,
         )
+
+    def _follow_prompts(self) -> None:
+        """With remote Media Storage, the front keeps the tenants' prompts cached for
+        the node (one fetch per version) and tells every worker what changed."""
+        storage = storage_settings(self.cfg)
+        if storage.kind != "azure" or not self.cfg.media:
+            return
+        from media.tenantprompts import CachedPromptStorage, PromptSync
+
+        from ._media import media_target
+
+        self._prompt_target = media_target(storage)
+        self.prompt_sync = PromptSync(
+            CachedPromptStorage(Path(self.cfg.data_dir) / "prompt-cache"),
+            self._prompt_target,
+            _PromptNotices(self.workers),
+            cap=storage.prompt_cache_bytes,
+            interval=storage.prompt_refresh,
+        )
+        store = self.node._local()
+        self.prompt_sync.start(lambda: store.config.snapshot.tenants)
 
     def admin_socket(self, w: _Worker) -> str:
         """The worker's control API: a Unix socket in the front's private (0700)
@@ -1122,6 +1166,9 @@ class ClusterFront:
             task.cancel()
         self.lag.stop()
         self.gc.stop()
+        if self.prompt_sync is not None:
+            await self.prompt_sync.stop()
+            await self._prompt_target.close()
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 w.proc.send_signal(signal.SIGTERM)
@@ -1252,14 +1299,22 @@ _SHED_SERIES = "callengine_overload_dropped_total"
 """A worker's new INVITEs dropped unread: by the worker (its loop far behind) and by the
 front on its behalf (its queue far behind)."""
 
-_FRONT_FAMILIES = ("callengine_cache", "callengine_outbox", "callengine_stream_connections")
+_FRONT_FAMILIES = (
+    "callengine_cache",
+    "callengine_outbox",
+    "callengine_stream_connections",
+    "callengine_prompt_cache",
+    "callengine_prompt_fetches",
+)
 """Families a worker may export but the front owns (a worker's copy would read 0)."""
 
 
 def _front_metrics(front: ClusterFront) -> Iterable[Any]:
     """The series of what the front alone holds, named as a one-process node names them."""
-    from .metrics import flood_metrics, stream_metrics
+    from .metrics import flood_metrics, prompt_metrics, stream_metrics
 
+    if front.prompt_sync is not None:
+        yield from prompt_metrics(front.prompt_sync, plays=False)
     if front.limiter is not None:
         yield from flood_metrics(front.limiter)
     if front.transports is not None:

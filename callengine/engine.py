@@ -195,6 +195,8 @@ class Engine:
             "port_quarantine": cfg.rtp_port_quarantine,
             "clock_slots": cfg.media_clock_slots,
             "spool_name": spool_name(self.worker_index),
+            # a worker's prompts are fetched by its front (callengine/cluster.py)
+            "prompt_owner": self.worker_index is None,
         }
         if cfg.media and cfg.media_process:
             # RTP in a process of its own (callengine/mediaplane.py)

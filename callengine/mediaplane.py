@@ -640,6 +640,7 @@ class PlaneMedia(SrtpPolicy):
             self.prompt_sync.fetches_failed = prompts["failed"]
             self.prompt_sync.fetches_missing = prompts["missing"]
             self.prompt_sync.cache.fallbacks = prompts["fallbacks"]
+            self.prompt_sync.fetching = prompts["fetching"]
 
     def refresh_stats(self, timeout: float = 0.5) -> None:
         """From another thread (/metrics is served by prometheus-client's): fetch the
@@ -718,6 +719,11 @@ class PlaneMedia(SrtpPolicy):
         if self._names is not None:
             self._tenants = tenants
             self._push_tenants()
+
+    def prompt_changed(self, tenant: str, name: str) -> None:
+        """The front fetched or evicted a tenant's prompt (a worker's plane)."""
+        if self._names is not None:
+            self.command("prompt_changed", tenant, name)
 
     def _push_tenants(self) -> None:
         from media.tenantprompts import wanted_prompts
@@ -1150,6 +1156,9 @@ class PlaneServer:
             self._following = True
             self.manager.follow_tenants(lambda: self.tenants)
 
+    def cmd_prompt_changed(self, tenant: str, name: str) -> None:
+        self.manager.prompt_changed(tenant, name)
+
     def cmd_pool(self, host: str) -> None:
         self.manager.pool(host)
 
@@ -1171,6 +1180,7 @@ class PlaneServer:
         "rec_far": cmd_rec_far,
         "rec_stop": cmd_rec_stop,
         "tenants": cmd_tenants,
+        "prompt_changed": cmd_prompt_changed,
         "pool": cmd_pool,
         "stats": cmd_stats,
     }
@@ -1233,6 +1243,7 @@ class PlaneServer:
                 "failed": sync.fetches_failed,
                 "missing": sync.fetches_missing,
                 "fallbacks": sync.cache.fallbacks,
+                "fetching": sync.fetching,
             }
         return out
 

@@ -28,6 +28,7 @@ __all__ = [
     "EngineCollector",
     "flood_metrics",
     "loop_metrics",
+    "prompt_metrics",
     "serve_metrics",
     "stream_metrics",
 ]
@@ -248,7 +249,7 @@ class EngineCollector(Collector):
             if mm.spool is not None:
                 yield from _spool_metrics(mm.spool.core)
             if getattr(mm, "prompt_sync", None) is not None:
-                yield from _prompt_metrics(mm.prompt_sync)
+                yield from prompt_metrics(mm.prompt_sync)
 
 
 def loop_metrics(
@@ -332,28 +333,36 @@ def stream_metrics(transports: TransportSet) -> Iterator[GaugeMetricFamily | Cou
     yield closed
 
 
-def _prompt_metrics(sync: PromptSync) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-    """Tenant prompts cached from Media Storage (docs/storage.md, "Tenant prompts")."""
-    yield GaugeMetricFamily(
-        "callengine_prompt_cache_bytes", "Bytes of tenant prompts cached", value=sync.core.bytes
-    )
-    yield GaugeMetricFamily(
-        "callengine_prompt_cache_files", "Tenant prompts cached", value=len(sync.core.index)
-    )
-    fetches = CounterMetricFamily(
-        "callengine_prompt_fetches",
-        "Tenant prompt fetches from Media Storage (missing: not in storage)",
-        labels=["result"],
-    )
-    fetches.add_metric(["ok"], sync.fetches_ok)
-    fetches.add_metric(["failed"], sync.fetches_failed)
-    fetches.add_metric(["missing"], sync.fetches_missing)
-    yield fetches
-    yield CounterMetricFamily(
-        "callengine_prompt_fallbacks",
-        "Configured tenant prompts not cached when a call asked (bundled played)",
-        value=sync.cache.fallbacks,
-    )
+def prompt_metrics(
+    sync: PromptSync, *, plays: bool = True
+) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Tenant prompts cached from Media Storage (docs/storage.md, "Tenant prompts"): the
+    cache and its fetches from the process that fetches (a multi-worker node's front),
+    the fallbacks from the processes that play (``plays``)."""
+    if getattr(sync, "fetching", True):
+        yield GaugeMetricFamily(
+            "callengine_prompt_cache_bytes",
+            "Bytes of tenant prompts cached",
+            value=sync.core.bytes,
+        )
+        yield GaugeMetricFamily(
+            "callengine_prompt_cache_files", "Tenant prompts cached", value=len(sync.core.index)
+        )
+        fetches = CounterMetricFamily(
+            "callengine_prompt_fetches",
+            "Tenant prompt fetches from Media Storage (missing: not in storage)",
+            labels=["result"],
+        )
+        fetches.add_metric(["ok"], sync.fetches_ok)
+        fetches.add_metric(["failed"], sync.fetches_failed)
+        fetches.add_metric(["missing"], sync.fetches_missing)
+        yield fetches
+    if plays:
+        yield CounterMetricFamily(
+            "callengine_prompt_fallbacks",
+            "Configured tenant prompts not cached when a call asked (bundled played)",
+            value=sync.cache.fallbacks,
+        )
 
 
 def _port_pool_metrics(stats: dict[str, int]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

@@ -41,14 +41,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .prompts import AUDIO_EXTENSIONS, PromptCache
+from .prompts import AUDIO_EXTENSIONS
 from .storage import LocalMediaStorage, MediaStorage, validate_key
 
 __all__ = [
     "CachedPrompt",
     "CachedPromptStorage",
+    "Invalidates",
     "PromptPlan",
     "PromptSync",
     "PromptSyncCore",
@@ -205,24 +206,42 @@ class CachedPromptStorage(LocalMediaStorage):
         self._reported.discard((tenant, name))
 
 
+class Invalidates(Protocol):
+    """What :class:`PromptSync` tells when a cached prompt changed: a
+    :class:`~media.prompts.PromptCache` (it forgets its decoded copy), or a multi-worker
+    node's front (it tells every worker)."""
+
+    def invalidate(self, *, tenant: str | None = None, name: str | None = None) -> None: ...
+
+
 class PromptSync:
     """Keeps :class:`CachedPromptStorage` in step with the tenants' ``prompts``.
 
     ``remote`` is Media Storage (its blocking ``get`` runs in a worker thread);
-    ``prompts`` is the node's prompt cache (invalidated per prompt on change)."""
+    ``prompts`` is told of each prompt that changed in the cache.
+
+    One process owns a cache directory and fetches (``fetching``, the default). The
+    workers of a multi-worker node play from the directory their front keeps
+    (``fetching=False``): they follow the tenants only to know which prompts are
+    configured (a configured prompt not cached is reported as a fallback), and the
+    front's notice of each change comes to :meth:`changed`."""
 
     def __init__(
         self,
         cache: CachedPromptStorage,
-        remote: MediaStorage,
-        prompts: PromptCache,
+        remote: MediaStorage | None,
+        prompts: Invalidates,
         *,
         cap: int,
         interval: float = 5.0,
+        fetching: bool = True,
     ) -> None:
+        if fetching and remote is None:
+            raise ValueError("a prompt cache that fetches needs Media Storage")
         self.cache = cache
         self.remote = remote
         self.prompts = prompts
+        self.fetching = fetching
         # a prompt missing from storage is asked for again every 60 checks (5 minutes)
         self.core = PromptSyncCore(cap=cap, missing_retry=60 * interval)
         self.interval = interval
@@ -274,6 +293,8 @@ class PromptSync:
         self._seen = tenants
         self._missing_check = now + self.core.missing_retry
         self._wanted = wanted = wanted_prompts(tenants)
+        if not self.fetching:
+            return  # the owner of the directory fetches, and says so (changed)
         plan = self.core.plan(wanted, now)
         changed = bool(plan.evict)
         for key in plan.evict:
@@ -289,14 +310,20 @@ class PromptSync:
         if changed:
             await asyncio.to_thread(self._write_index, self.core.to_json())
 
+    def changed(self, tenant: str, name: str) -> None:
+        """The directory's owner fetched (or evicted) this prompt: the next call reads
+        the file as it is now."""
+        self.prompts.invalidate(tenant=tenant, name=name)
+        self.cache.cached(tenant, name)
+
     async def _fetch(self, key: tuple[str, str], want: tuple[str, str | None]) -> str:
         tenant, name = key
         file, version = want
+        remote = self.remote
+        assert remote is not None
         try:
             validate_key(file)
-            data = await asyncio.to_thread(
-                self.remote.get, tenant, "prompts", cache_name(name, file)
-            )
+            data = await asyncio.to_thread(remote.get, tenant, "prompts", cache_name(name, file))
         except (FileNotFoundError, ValueError) as exc:
             self.fetches_missing += 1
             self.core.missing(key, want, time.monotonic())

@@ -242,8 +242,8 @@ def test_calls_hear_a_new_prompt_version_then_the_cached_one_with_storage_down(
         assert api.request("POST", "/reload")["changed"] == ["own"]
 
     def fetches() -> dict[str, float]:
-        """Prompt fetches done, per process that plays prompts (each worker of a
-        multi-worker node keeps its cache up to date)."""
+        """Prompt fetches done by the node (a multi-worker node's front fetches for its
+        workers, and tells them)."""
         ok = 'callengine_prompt_fetches_total{result="ok"'
         return {k: v for k, v in scrape_fresh(metrics).items() if k.startswith(ok)}
 
@@ -255,8 +255,6 @@ def test_calls_hear_a_new_prompt_version_then_the_cached_one_with_storage_down(
 
     seen: set[str] = set()
     try:
-        # the cache directory holds version 1 (a worker started after another fetched it
-        # finds it there, in the index, and fetches nothing)
         wait_for(lambda: sum(fetches().values()) >= 1, "the first prompt fetch")
         one_call()
         wait_metric(metrics, 'callengine_media_uploads_total{result="ok"}', 1.0)
@@ -268,6 +266,7 @@ def test_calls_hear_a_new_prompt_version_then_the_cached_one_with_storage_down(
         before = fetches()
         reconfigure("2")
         fetched(before)  # until then, a call hears version 1 (calls never wait on storage)
+        assert sum(fetches().values()) == 2, fetches()  # once per version for the node
         one_call()
         wait_metric(metrics, 'callengine_media_uploads_total{result="ok"}', 2.0)
         second = uploaded(seen)

@@ -1,15 +1,20 @@
-"""Tenant prompt cache decisions (sans-IO) and the cache directory's fallback report."""
+"""Tenant prompt cache decisions (sans-IO), the cache directory's fallback report, and
+one process fetching for the others (a multi-worker node's front)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from media.tenantprompts import (
     CachedPrompt,
     CachedPromptStorage,
+    PromptSync,
     PromptSyncCore,
     cache_name,
 )
@@ -88,3 +93,72 @@ def test_a_configured_prompt_not_cached_is_reported_once(
     storage.delete("acme", "prompts", "welcome.wav")
     assert not storage.exists("acme", "prompts", "welcome.wav")
     assert storage.fallbacks == 2  # a new episode
+
+
+class _Invalidated:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, str | None]] = []
+
+    def invalidate(self, *, tenant: str | None = None, name: str | None = None) -> None:
+        self.calls.append((tenant, name))
+
+
+class _Storage:
+    """Media Storage that counts its reads."""
+
+    def __init__(self, files: dict[tuple[str, str], bytes]) -> None:
+        self.files = files
+        self.gets: list[tuple[str, str]] = []
+
+    def get(self, tenant: str, kind: str, key: str) -> bytes:
+        self.gets.append((tenant, key))
+        return self.files[(tenant, key)]
+
+
+def _tenants(version: str) -> dict[str, SimpleNamespace]:
+    prompt = SimpleNamespace(file="welcome.wav", version=version)
+    return {"acme": SimpleNamespace(prompts={"welcome": prompt})}
+
+
+def test_the_owner_fetches_once_and_a_follower_only_reads_what_it_is_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A multi-worker node: the front's sync fetches each version once into the shared
+    directory and tells the workers; a worker's sync never reads storage, knows which
+    prompts are configured (a configured one not yet cached is a fallback), and on the
+    front's notice forgets its decoded copy and reports a later miss again."""
+    remote = _Storage({("acme", "welcome.wav"): b"RIFF-v1"})
+    told = _Invalidated()
+    owner = PromptSync(
+        CachedPromptStorage(tmp_path), cast(Any, remote), told, cap=1_000, interval=0.01
+    )
+    played = _Invalidated()
+    worker_cache = CachedPromptStorage(tmp_path)
+    follower = PromptSync(worker_cache, None, played, cap=1_000, fetching=False)
+    with pytest.raises(ValueError, match="needs Media Storage"):
+        PromptSync(CachedPromptStorage(tmp_path), None, played, cap=1_000)
+
+    async def run() -> None:
+        tenants = _tenants("1")
+        owner.tenants = follower.tenants = lambda: tenants
+        await follower.sync()
+        with caplog.at_level(logging.WARNING, logger="media.prompts"):
+            assert not worker_cache.exists("acme", "prompts", "welcome.wav")  # not yet
+        assert worker_cache.fallbacks == 1
+        await owner.sync()
+        assert remote.gets == [("acme", "welcome.wav")] and told.calls == [("acme", "welcome")]
+        follower.changed("acme", "welcome")  # the front's notice
+        assert played.calls == [("acme", "welcome")]
+        assert (tmp_path / "acme" / "prompts" / "welcome.wav").read_bytes() == b"RIFF-v1"
+        assert worker_cache.exists("acme", "prompts", "welcome.wav")
+        # a new version: the owner fetches it once; the follower's sync reads nothing
+        remote.files[("acme", "welcome.wav")] = b"RIFF-v2"
+        tenants = _tenants("2")
+        await follower.sync()
+        await owner.sync()
+        await owner.sync()
+        assert remote.gets == [("acme", "welcome.wav")] * 2
+        assert (tmp_path / "acme" / "prompts" / "welcome.wav").read_bytes() == b"RIFF-v2"
+        assert follower.fetches_ok == 0 and owner.fetches_ok == 2
+
+    asyncio.run(run())
