@@ -66,6 +66,13 @@ def cpu_seconds(pid: int) -> float:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of ``pid`` and its live descendants (a multi-worker node's workers)."""
+    return sum(tree_cpu_by_process(pid).values())
+
+
+def tree_cpu_by_process(pid: int) -> dict[str, float]:
+    """CPU time of ``pid`` and each live descendant, by role: ``engine`` (a
+    one-process node) or ``front``, ``worker N``, ``plane`` (a one-process node's media
+    plane) or ``plane N`` (worker N's), else ``pid P``."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -78,13 +85,34 @@ def tree_cpu_seconds(pid: int) -> float:
         nxt = [child for child, parent in parents.items() if parent in frontier]
         frontier = [c for c in nxt if c not in tree]
         tree.update(frontier)
-    total = 0.0
-    for p in tree:
+    roles = {p: _role(p) for p in tree}
+    workers = {p: r for p, r in roles.items() if r.startswith("worker")}
+    out: dict[str, float] = {}
+    for p in sorted(tree):
+        role = roles[p]
+        if p == pid:
+            role = "front" if workers else "engine"
+        elif role == "plane" and parents.get(p) in workers:
+            role = "plane " + workers[parents[p]].split()[1]
         try:
-            total += cpu_seconds(p)
+            out[role] = out.get(role, 0.0) + cpu_seconds(p)
         except OSError:
             pass
-    return total
+    return out
+
+
+def _role(pid: int) -> str:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"callengine.mediaplane" in cmdline:
+            return "plane"
+        if b"worker_main" in cmdline:
+            for var in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                if var.startswith(b"CALLENGINE_WORKER="):
+                    return "worker " + var.split(b"=", 1)[1].split(b":")[0].decode()
+    except OSError:
+        pass
+    return f"pid {pid}"
 
 
 @dataclass
@@ -99,6 +127,9 @@ class Peer:
 
     def cpu(self) -> float:
         return tree_cpu_seconds(self.proc.pid)
+
+    def cpu_by_process(self) -> dict[str, float]:
+        return tree_cpu_by_process(self.proc.pid)
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
@@ -225,6 +256,8 @@ class StepResult:
     uac_cpu_pct: float
     sipp_rc: int
     reasons: list[str] = field(default_factory=list)
+    peer_cpu_pct_by_process: dict[str, float] = field(default_factory=dict)
+    """The peer's CPU per process (a multi-worker node: front, each worker and plane)."""
 
     @property
     def ok(self) -> bool:
@@ -309,7 +342,8 @@ def run_uac_step(
         "-fd",
         "1",
     ]
-    peer_cpu0 = peer.cpu()
+    by_process0 = peer.cpu_by_process()
+    peer_cpu0 = sum(by_process0.values())
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -322,7 +356,12 @@ def run_uac_step(
     )
     elapsed = time.monotonic() - t0
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peer_cpu = peer.cpu() - peer_cpu0 if peer.proc.poll() is None else float("nan")
+    by_process = peer.cpu_by_process() if peer.proc.poll() is None else {}
+    peer_cpu = sum(by_process.values()) - peer_cpu0 if by_process else float("nan")
+    per_process = {
+        role: round(100.0 * (cpu - by_process0.get(role, 0.0)) / elapsed, 1)
+        for role, cpu in by_process.items()
+    }
     uac_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     rows = read_stats(stat_file)
     reasons: list[str] = []
@@ -356,4 +395,5 @@ def run_uac_step(
         uac_cpu_pct=100.0 * uac_cpu / elapsed,
         sipp_rc=proc.returncode,
         reasons=reasons,
+        peer_cpu_pct_by_process=per_process,
     )

@@ -29,7 +29,9 @@ rate R runs once more for ``--sustain`` seconds; if that fails, 10 % lower (roun
 times. ``sustained_cps`` is the rate that held (0: none of the tries did).
 
 The peer's CPU is read from /proc/PID/stat (utime + stime, all threads) around each
-step; 100 % is one core. Results go to ``benchmarks/results/sip_cps-<timestamp>.json``.
+step; 100 % is one core. A multi-worker node's is the whole process tree's, and each
+process's (front, worker N, plane N) is printed under the step and kept in the JSON
+(``peer_cpu_pct_by_process``). Results go to ``benchmarks/results/sip_cps-<timestamp>.json``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ def _print_step(name: str, r: StepResult) -> None:
         f"uac CPU {r.uac_cpu_pct:5.1f} %  {verdict}",
         flush=True,
     )
+    if len(r.peer_cpu_pct_by_process) > 1:
+        parts = ", ".join(f"{k} {v:.1f} %" for k, v in r.peer_cpu_pct_by_process.items())
+        print(f"  {'':18s} CPU per process: {parts}", flush=True)
 
 
 def search(
