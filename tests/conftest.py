@@ -30,6 +30,10 @@ HEAVY = frozenset(
         "integration/test_workers.py",
         "integration/test_kamailio.py",
         "integration/test_garbage.py",
+        # `serve` with its default of a worker per core (a front, N workers, N planes),
+        # beside pip, a wheel build and mypy
+        "integration/test_installer.py",
+        "test_packaging.py",
     }
 )
 

@@ -160,6 +160,7 @@ def test_port_in_use_exits_nonzero_with_one_clear_line(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------- workers
+@pytest.mark.heavy  # a multi-process node (tests/conftest.py)
 def test_serve_runs_a_worker_per_core_by_default(tmp_path: Path) -> None:
     """``callengine serve`` with no ``workers`` setting uses the machine: one worker per
     core it may use (a front and N workers behind the one address), one process on a

@@ -90,12 +90,24 @@ def probed_flood(
     return scrape_fresh(daemon.metrics_port), prober
 
 
+def kernel_drops(port: int) -> int:
+    """Datagrams the kernel dropped for the UDP sockets bound to ``port`` (their
+    receive buffer was full: /proc/net/udp's last column)."""
+    total = 0
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            total += int(fields[-1])
+    return total
+
+
 def test_options_flood_from_one_source_is_cut_and_the_balancer_still_answered(
     daemon_factory: Callable[..., Daemon],
 ) -> None:
     daemon = daemon_factory(metrics=True)
     prober = Prober(daemon.port)
     prober.start()
+    before = kernel_drops(daemon.port)
     sent = 20_000
     replies = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -115,10 +127,15 @@ def test_options_flood_from_one_source_is_cut_and_the_balancer_still_answered(
     prober.join(5)
     assert daemon.metrics_port is not None
     metrics = scrape_fresh(daemon.metrics_port)
-    # the attacker got its burst and little more; the rest was dropped unread
+    # the attacker got its burst and little more; the rest was dropped unread, by the
+    # node's limiter or, when the machine is busy, by the kernel before the node read it
     assert replies <= 1000, replies
     assert metrics["callengine_flood_bans_total"] >= 1
-    assert metrics["callengine_flood_dropped_total"] >= sent - 1000 - replies
+    dropped = metrics["callengine_flood_dropped_total"]
+    by_kernel = kernel_drops(daemon.port) - before
+    print(f"flood: {dropped:.0f} dropped by the limiter, {by_kernel} by the kernel")
+    assert dropped + by_kernel >= sent - 1000 - replies, (dropped, by_kernel, replies)
+    assert dropped >= 1000, dropped
     assert "flood from 127.0.0.2: banned for 60 s" in daemon.log()
     # the balancer was answered throughout
     assert prober.lost == 0 and len(prober.rtts) >= 5
