@@ -114,14 +114,12 @@ log = logging.getLogger("callengine.b2bua")
 
 __all__ = ["B2BUA", "Directory", "LegTarget", "TrunkCollector", "leg_targets"]
 
-# Q.850 causes used on our own CANCEL/BYE (ITU-T Q.850 table 1).
+# Q.850 cause of our own CANCEL/BYE when the caller's side ended normally (ITU-T Q.850
+# table 1); a trunk attempt's other causes are pri.CallAttempts' (Decision.abandon)
 CAUSE_NORMAL = 16
-CAUSE_NO_ANSWER = 19
-CAUSE_TIMER = 102
-CAUSE_OUT_OF_ORDER = 38
 DEFAULT_RING_TIMEOUT = 120.0
-AUDIT_INTERVAL = 30.0  # seconds between checks of B-channel accounting against live calls
 """Seconds an outbound trunk call may ring before the caller gets 480."""
+AUDIT_INTERVAL = 30.0  # seconds between checks of B-channel accounting against live calls
 
 
 class Directory(Protocol):
@@ -588,12 +586,11 @@ class B2BUA:
             return FinalResult(verdict.status, verdict.cause)
         loop = asyncio.get_running_loop()
         key = _channel_key(caller)
-        attempts = CallAttempts(group, key, loop.time(), health=self.board)
-        ring_deadline = loop.time() + timeout
+        attempts = CallAttempts(group, key, loop.time(), health=self.board, ring_timeout=timeout)
         connected = False
         try:
             while (target := attempts.next_trunk(now=loop.time())) is not None:
-                decision, leg = await self._attempt(caller, attempts, target, number, ring_deadline)
+                decision, leg = await self._attempt(caller, attempts, target, number)
                 self._record(caller, decision.attempt, number, label)
                 self._health_events(decision.events)
                 if decision.outcome is Outcome.CONNECTED and leg is not None:
@@ -624,8 +621,9 @@ class B2BUA:
         attempts: CallAttempts,
         target: Target,
         number: str,
-        ring_deadline: float,
     ) -> tuple[Decision, _Leg | None]:
+        """One trunk attempt: the shell of ``attempts`` (pri/failover.py), which decides
+        when it ends and how; this sends, waits and carries out."""
         loop = asyncio.get_running_loop()
         trunk = target.trunk
         gw = trunk.gateway
@@ -660,37 +658,28 @@ class B2BUA:
         relay = self._progress_relay(caller, early_media=True)
         leg.on_progress = on_progress
         while True:
-            setup = attempts.next_deadline()
-            until = ring_deadline if setup is None else min(setup, ring_deadline)
+            until = attempts.next_deadline()
             if self._down is None:
                 self._down = loop.create_future()
             waiters: set[asyncio.Future[Any]] = {leg.outcome, caller.ended, self._down}
-            if setup is not None:
+            if attempts.setup_pending:
                 waiters.add(leg.progressed)
-            delay = until - loop.time()
-            if delay > 0:
+            delay = None if until is None else until - loop.time()
+            if delay is None or delay > 0:
                 await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             now = loop.time()
             if leg.outcome.done():
                 return self._leg_result(attempts, leg, now)
-            if caller.ended.done() and not caller.answered:
-                cause = q850(caller.session.end_cause)
-                self._abandon(leg, cause)
-                return attempts.on_result(487, now=now, reason=format_reason(cause)), None
             if caller.ended.done():
-                self._abandon(leg, CAUSE_NORMAL)
-                return attempts.on_result(487, now=now, reason=format_reason(CAUSE_NORMAL)), None
-            trunk_down = attempts.check_health(now)
-            if trunk_down is not None:  # ringing on a gateway found dead meanwhile
-                self._abandon(leg, CAUSE_OUT_OF_ORDER)
-                return trunk_down, None
-            timed_out = attempts.handle_timer(now)
-            if timed_out is not None:
-                self._abandon(leg, CAUSE_TIMER)
-                return timed_out, None
-            if now >= ring_deadline:
-                self._abandon(leg, CAUSE_NO_ANSWER)
-                return attempts.on_result(480, now=now, reason=format_reason(CAUSE_NO_ANSWER)), None
+                gone = CAUSE_NORMAL if caller.answered else q850(caller.session.end_cause)
+                decision: Decision | None = attempts.caller_left(gone, now=now)
+            else:
+                # ringing on a gateway found dead meanwhile, or a deadline passed
+                decision = attempts.check_health(now) or attempts.handle_timer(now)
+            if decision is not None:
+                assert decision.abandon is not None
+                self._abandon(leg, decision.abandon)
+                return decision, None
 
     def _leg_result(
         self, attempts: CallAttempts, leg: _Leg, now: float

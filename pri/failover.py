@@ -6,16 +6,20 @@ Theory of operation
 trunk group. It never sends anything and never reads a clock: the B2BUA asks it
 for a target, sends the INVITE itself, and feeds back what happened::
 
-    attempts = CallAttempts(match.group, call_id, now, health=board)
+    attempts = CallAttempts(match.group, call_id, now, health=board, ring_timeout=60)
     while (target := attempts.next_trunk(now=now)) is not None:
         send INVITE for match.number to target.trunk.gateway
         1xx                 -> attempts.on_provisional(status, now=now)
         final response      -> decision = attempts.on_result(status, now=now, reason=hdr)
-        attempts.next_deadline() passes without any response
-                            -> decision = attempts.handle_timer(now)  (abandon the INVITE)
+        attempts.next_deadline() passes (no response in the setup timeout, or no
+        answer by the ring deadline)
+                            -> decision = attempts.handle_timer(now)
         the health board marks a trunk down
-                            -> decision = attempts.check_health(now)  (abandon the INVITE)
+                            -> decision = attempts.check_health(now)
+        the caller hangs up -> decision = attempts.caller_left(cause, now=now)
         transport error     -> decision = attempts.on_result(None, now=now, transport_error=True)
+        decision.abandon set: CANCEL the INVITE (BYE if it was answered meanwhile) with
+        that Q.850 cause;
         log decision.events (breaker changes); then by decision.outcome:
             CONNECTED -> bridge the call; release(call_id) on the group at hang-up
             FINAL     -> answer the caller decision.final (status + Reason header)
@@ -40,6 +44,9 @@ Each result is classified (``classify``):
   47, 102): gateways send e.g. "480 + Q.850 cause 34" for "no circuit".
 - 404, 403, 484, 486, 487, every other 4xx, 3xx and every 6xx: FINAL. A 6xx is a
   global failure (RFC 3261 §21.6): no other trunk is tried.
+- no answer by the ring deadline (``ring_timeout`` after the call started, however
+  many trunks were tried): FINAL 480 with cause 19 "no answer"; the caller leaving:
+  FINAL 487 with the caller's cause. Neither counts against the trunk.
 
 The Q.850 cause of each attempt is the one in the response's Reason header, or
 else RFC 3398 §8.2.6.1's mapping of the status; a timeout is 102 "recovery on
@@ -53,7 +60,7 @@ attempt could be made (nothing free or up); otherwise the last attempt's status
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pri.causes import Reason, cause_for_status, format_reason, parse_reason, status_for_cause
 from pri.health import HealthBoard, HealthChanged, HealthState, is_failure_status
@@ -77,6 +84,7 @@ FAILOVER_CAUSES: frozenset[int] = frozenset({34, 38, 41, 42, 47, 102})
 _DEFINITIVE: frozenset[int] = frozenset({403, 404, 484, 486, 487})
 _TIMEOUT_CAUSE = 102
 _TRANSPORT_CAUSE = 38
+_NO_ANSWER_CAUSE = 19
 # A gateway answering "no circuit" is full, not broken: not a breaker failure.
 _NOT_BROKEN_CAUSES: frozenset[int] = frozenset({34})
 
@@ -161,6 +169,9 @@ class Decision:
     final: FinalResult | None = None
     events: tuple[HealthChanged, ...] = ()
     """Breaker state changes caused by this result: log and export them."""
+    abandon: int | None = None
+    """Set when the attempt ended on our side (a timer, the trunk declared down, the
+    caller gone): CANCEL its INVITE (BYE once answered) with this Q.850 cause."""
 
 
 def classify(status: int | None, cause: int | None = None) -> Outcome:
@@ -193,11 +204,15 @@ class CallAttempts:
         health: HealthBoard | None = None,
         setup_timeout: float | None = None,
         max_attempts: int | None = None,
+        ring_timeout: float | None = None,
     ) -> None:
         self.group = group
         self.call_id = call_id
         self.started = now
         self.health = health
+        self.ring_deadline = None if ring_timeout is None else now + ring_timeout
+        """The caller's patience: no answer from any trunk by then ends the call (480,
+        cause 19), whatever attempt is ringing."""
         self.setup_timeout = setup_timeout if setup_timeout is not None else group.setup_timeout
         self.max_attempts = max_attempts if max_attempts is not None else group.max_attempts
         self.attempts: list[Attempt] = []
@@ -276,15 +291,38 @@ class CallAttempts:
             raise RuntimeError("the call has not failed (yet)")
         return self._final
 
+    @property
+    def setup_pending(self) -> bool:
+        """The current attempt has had no response yet (its setup timer runs)."""
+        return self._current is not None and self._deadline is not None
+
     def next_deadline(self) -> float | None:
-        """When ``handle_timer`` must run: the current attempt's setup timeout."""
-        return self._deadline if self._current is not None else None
+        """When ``handle_timer`` must run: the current attempt's setup timeout or the
+        call's ring deadline, whichever comes first."""
+        if self._current is None:
+            return None
+        times = [t for t in (self._deadline, self.ring_deadline) if t is not None]
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> Decision | None:
-        """Fail the current attempt over if no response arrived by its deadline."""
-        if self._current is None or self._deadline is None or now < self._deadline:
+        """End the current attempt if a deadline passed: no response within the setup
+        timeout fails it over (cause 102); no answer by the ring deadline ends the call
+        (480, cause 19). Both say to abandon the INVITE."""
+        if self._current is None:
             return None
-        return self.on_result(None, now=now, timeout=True)
+        if self._deadline is not None and now >= self._deadline:
+            return replace(self.on_result(None, now=now, timeout=True), abandon=_TIMEOUT_CAUSE)
+        if self.ring_deadline is not None and now >= self.ring_deadline:
+            no_answer = self.on_result(480, now=now, reason=format_reason(_NO_ANSWER_CAUSE))
+            return replace(no_answer, abandon=_NO_ANSWER_CAUSE)
+        return None
+
+    def caller_left(self, cause: int, *, now: float) -> Decision:
+        """The caller hung up (or cancelled) while the current attempt was in progress:
+        the call ends with 487 and the caller's Q.850 ``cause``; abandon the INVITE with
+        it. The trunk is not blamed (a 487 is no breaker failure)."""
+        decision = self.on_result(487, now=now, reason=format_reason(cause))
+        return replace(decision, abandon=cause)
 
     def check_health(self, now: float) -> Decision | None:
         """Fail the current ringing attempt over if its trunk is now reported down.
@@ -300,7 +338,10 @@ class CallAttempts:
         health = self.health.get(target.trunk.name)
         if health is None or health.state is not HealthState.DOWN:
             return None
-        return self._end(target, now, EndedBy.TRUNK_DOWN, None, _TRANSPORT_CAUSE, "trunk down", ())
+        decision = self._end(
+            target, now, EndedBy.TRUNK_DOWN, None, _TRANSPORT_CAUSE, "trunk down", ()
+        )
+        return replace(decision, abandon=_TRANSPORT_CAUSE)
 
     def on_provisional(self, status: int, *, now: float) -> None:
         """A 1xx arrived: the gateway is working on it, stop the setup timer."""

@@ -154,11 +154,75 @@ def test_setup_timeout_fails_over_and_1xx_stops_the_timer(group: TrunkGroup) -> 
     assert decision is not None and decision.outcome is Outcome.FAILOVER
     assert decision.attempt.ended_by is EndedBy.TIMEOUT
     assert (decision.attempt.cause, decision.attempt.reason) == (102, "no response within 4s")
+    assert decision.abandon == 102  # CANCEL the silent INVITE with "recovery on timer"
     calls.next_trunk(now=14.0)
     calls.on_provisional(180, now=14.5)
     assert calls.next_deadline() is None
     assert calls.handle_timer(100.0) is None
     assert calls.on_result(200, now=101.0).outcome is Outcome.CONNECTED
+
+
+def test_no_answer_by_the_ring_deadline_ends_the_call_with_480_cause_19(
+    group: TrunkGroup,
+) -> None:
+    """The caller's patience runs over the whole hunt: a trunk that timed out and one
+    that rings, and at the ring deadline the call ends (480, cause 19, the ringing
+    INVITE cancelled with 19); no other trunk is tried, and the trunk is not blamed."""
+    board = HealthBoard(group.trunks, now=0.0)
+    calls = CallAttempts(group, "c", 10.0, health=board, ring_timeout=30.0)
+    assert calls.ring_deadline == 40.0
+    calls.next_trunk(now=10.0)
+    assert calls.setup_pending and calls.next_deadline() == 14.0  # the setup timer first
+    timed_out = calls.handle_timer(14.0)
+    assert timed_out is not None and timed_out.outcome is Outcome.FAILOVER
+    target = calls.next_trunk(now=14.0)
+    assert target is not None and target.trunk.name == "b"
+    calls.on_provisional(180, now=14.2)
+    assert not calls.setup_pending and calls.next_deadline() == 40.0
+    assert calls.handle_timer(39.9) is None
+    decision = calls.handle_timer(40.0)
+    assert decision is not None and decision.outcome is Outcome.FINAL
+    assert decision.final is not None
+    assert (decision.final.status, decision.final.cause) == (480, 19)
+    assert decision.abandon == 19
+    assert (decision.attempt.trunk, decision.attempt.status) == ("b", 480)
+    assert calls.finished and calls.next_trunk(now=40.0) is None
+    assert board["b"].failures == 0 and group.trunks[1].in_use == 0
+    # a deadline before the setup timer's: the ring deadline decides
+    short = CallAttempts(group, "s", 0.0, ring_timeout=2.0)
+    short.next_trunk(now=0.0)
+    assert short.next_deadline() == 2.0
+    ended = short.handle_timer(2.0)
+    assert ended is not None and ended.final is not None and ended.final.status == 480
+
+
+@pytest.mark.parametrize("cause", [16, 31, 127])
+def test_the_caller_leaving_ends_the_attempt_with_its_cause(group: TrunkGroup, cause: int) -> None:
+    """The caller hangs up while a trunk rings: 487 with the caller's cause, the INVITE
+    cancelled with that cause, the B-channel free, nothing held against the trunk."""
+    board = HealthBoard(group.trunks, now=0.0)
+    calls = CallAttempts(group, "c", 0.0, health=board, ring_timeout=60.0)
+    calls.next_trunk(now=0.0)
+    calls.on_provisional(183, now=0.5)
+    decision = calls.caller_left(cause, now=5.0)
+    assert decision.outcome is Outcome.FINAL and decision.abandon == cause
+    assert decision.final is not None and (decision.final.status, decision.final.cause) == (
+        487,
+        cause,
+    )
+    assert decision.attempt.status == 487 and decision.attempt.cause == cause
+    assert group.trunks[0].in_use == 0 and board["a"].failures == 0
+    assert calls.next_trunk(now=5.0) is None and calls.next_deadline() is None
+    assert calls.handle_timer(100.0) is None
+
+
+def test_a_response_needs_no_abandon(group: TrunkGroup) -> None:
+    """A final response ended the INVITE on the far side: nothing to cancel."""
+    calls = CallAttempts(group, "c", 0.0, ring_timeout=60.0)
+    calls.next_trunk(now=0.0)
+    assert calls.on_result(503, now=1.0).abandon is None
+    calls.next_trunk(now=1.0)
+    assert calls.on_result(None, now=2.0, transport_error=True).abandon is None
 
 
 def test_transport_error_fails_over_with_cause_38(group: TrunkGroup) -> None:
@@ -257,6 +321,7 @@ def test_ringing_attempt_on_a_trunk_gone_down_fails_over(group: TrunkGroup) -> N
     attempt = decision.attempt
     assert (attempt.ended_by, attempt.status, attempt.cause) == (EndedBy.TRUNK_DOWN, None, 38)
     assert (attempt.started, attempt.ended, decision.events) == (0.0, 3.5, ())
+    assert decision.abandon == 38  # CANCEL the ringing INVITE: network out of order
     assert board["a"].failures == failures  # down already: nothing recorded
     assert group.trunks[0].in_use == 1  # its B-channel is free again (one left: setup)
     target = calls.next_trunk(now=3.5)
