@@ -713,6 +713,8 @@ class ClusterFront:
         """With remote Media Storage: the tenants' prompts, fetched once for the node
         into ``DATA_DIR/prompt-cache``, from which the workers play."""
         self._prompt_target: Any = None
+        self.all_live = asyncio.Event()
+        """Every worker has started and taken the node's state (set once)."""
         self.lag = LoopLagMonitor()
         """The front's own loop: every SIP message of the node waits on it."""
         self.gc = GcGovernor(self._quiet, mode=cfg.gc)
@@ -1045,6 +1047,8 @@ class ClusterFront:
         elif kind == "synced":
             w.live = True
             log.info("worker %d ready (pid %d)", w.index, message[1])
+            if all(x.live for x in self.workers):
+                self.all_live.set()
 
     def _logged(
         self, w: _Worker, seq: int, call_id: str, state: str, fut: asyncio.Future[None]
@@ -1377,8 +1381,15 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
         await front.stop()
         return 1
     admin = endpoints[0]
-    log.info("node %s ready (%d workers)", cfg.node_id, workers)
-    await stop.wait()
+    # "ready" once every worker takes calls (a worker that cannot start is restarted
+    # meanwhile, and the node says nothing until it can); a signal before that drains
+    stopping = asyncio.ensure_future(stop.wait())
+    started = asyncio.ensure_future(front.all_live.wait())
+    await asyncio.wait({stopping, started}, return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+    if front.all_live.is_set():
+        log.info("node %s ready (%d workers)", cfg.node_id, workers)
+    await stopping
     log.info("draining %d workers", workers)
     if admin is not None:
         admin.stopping = True

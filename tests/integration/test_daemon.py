@@ -192,7 +192,11 @@ def test_serve_runs_a_worker_per_core_by_default(tmp_path: Path) -> None:
             assert workers == {}, workers
         else:
             assert len(workers) == cores and set(workers.values()) == {1.0}, (cores, workers)
-            assert f" ready ({cores} workers)" in daemon.log(), daemon.log()[-2000:]
+            text = daemon.log()
+            assert f" ready ({cores} workers)" in text, text[-2000:]
+            # the node says ready once every worker takes calls
+            ready = text.index(f" ready ({cores} workers)")
+            assert all(text.index(f"worker {i} ready (pid ") < ready for i in range(cores))
     finally:
         rc = daemon.stop()
     assert rc == 0, daemon.log()[-3000:]
