@@ -26,7 +26,7 @@ from media.spool import Spool, SpoolCore
 from media.srtp import SrtpContext
 from media.storage import LocalMediaStorage
 from media.stream import RELATCH_AFTER
-from media.tenantprompts import CachedPromptStorage, PromptSync
+from media.tenantprompts import CACHE_DIR, CachedPromptStorage, PromptSync
 
 from .sip import sdp as sdpmod
 
@@ -93,7 +93,7 @@ class MediaManager(SrtpPolicy):
         """With remote storage: tenants' prompts are fetched into a local cache that
         calls play from (docs/storage.md, "Tenant prompts"); :meth:`follow_tenants`."""
         if self.spool is not None and storage is not None:
-            cache = CachedPromptStorage(Path(data_dir) / "prompt-cache")
+            cache = CachedPromptStorage(Path(data_dir) / CACHE_DIR)
             self.prompts = PromptCache(cache)
             # a worker of a multi-worker node plays from the directory its front keeps
             # (callengine/cluster.py): one fetch per prompt version for the node

@@ -776,13 +776,13 @@ class ClusterFront:
         storage = storage_settings(self.cfg)
         if storage.kind != "azure" or not self.cfg.media:
             return
-        from media.tenantprompts import CachedPromptStorage, PromptSync
+        from media.tenantprompts import CACHE_DIR, CachedPromptStorage, PromptSync
 
         from ._media import media_target
 
         self._prompt_target = media_target(storage)
         self.prompt_sync = PromptSync(
-            CachedPromptStorage(Path(self.cfg.data_dir) / "prompt-cache"),
+            CachedPromptStorage(Path(self.cfg.data_dir) / CACHE_DIR),
             self._prompt_target,
             _PromptNotices(self.workers),
             cap=storage.prompt_cache_bytes,

@@ -47,6 +47,7 @@ from .prompts import AUDIO_EXTENSIONS
 from .storage import LocalMediaStorage, MediaStorage, validate_key
 
 __all__ = [
+    "CACHE_DIR",
     "CachedPrompt",
     "CachedPromptStorage",
     "Invalidates",
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("media.prompts")
+
+CACHE_DIR = "prompt-cache"
+"""The cache directory under the node's data directory (one per node: a multi-worker
+node's front fills it, its workers play from it)."""
 
 Wanted = Mapping[tuple[str, str], tuple[str, str | None]]
 """(tenant, prompt name) -> (file in the tenant's prompts, version)."""
