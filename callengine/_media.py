@@ -27,6 +27,7 @@ from media.srtp import SrtpContext
 from media.storage import LocalMediaStorage
 from media.stream import RELATCH_AFTER
 from media.tenantprompts import CACHE_DIR, CachedPromptStorage, PromptSync
+from media.webrtcsdp import is_webrtc_sdp
 
 from .sip import sdp as sdpmod
 
@@ -205,12 +206,8 @@ class MediaManager(SrtpPolicy):
 
     def is_webrtc(self, body: bytes) -> bool:
         """A browser's offer (DTLS-SRTP, ICE), for :meth:`open_webrtc`; never on a
-        signalling-only node. aiortc is loaded only when one comes."""
-        if not self.sockets or b"a=fingerprint:" not in body:
-            return False
-        from media.webrtc import is_webrtc_sdp
-
-        return is_webrtc_sdp(body)
+        signalling-only node."""
+        return self.sockets and is_webrtc_sdp(body)
 
     async def open_webrtc(
         self,

@@ -143,11 +143,10 @@ class EngineConfig:
     """Seconds a pair released by a call rests in the pool before another call may take
     it (the previous peer's packets in flight must not reach the new call)."""
     media_process: bool | None = None
-    """RTP in a process of its own (the media plane, ``callengine/mediaplane.py``): the
-    media clock and signalling each get a loop and a core. Not with WebRTC
-    (``ws_port``/``wss_port``) yet. Unset (the default): ``callengine serve`` runs the
-    plane unless the node listens on WebSocket (WebRTC legs are in the engine's process,
-    docs/webrtc.md); an Engine embedded in a program keeps its media in its process
+    """Media in a process of its own (the media plane, ``callengine/mediaplane.py``):
+    RTP sessions and browsers' WebRTC legs; the media clock and signalling each get a
+    loop and a core. Unset (the default): ``callengine serve`` runs the plane when the
+    node has media; an Engine embedded in a program keeps its media in its process
     (:func:`serve_media_process`)."""
     media_priority: int = 0
     """With ``media_process``: 1 to 99 runs the media plane's event loop under the
@@ -411,18 +410,6 @@ def _check(cfg: EngineConfig) -> None:
             file=cfg.source,
             field="media_priority",
         )
-    if cfg.media_priority and (cfg.ws_port is not None or cfg.wss_port is not None):
-        raise ConfigError(
-            "is the media plane's priority: a node with ws_port/wss_port has no plane",
-            file=cfg.source,
-            field="media_priority",
-        )
-    if cfg.media_process and (cfg.ws_port is not None or cfg.wss_port is not None):
-        raise ConfigError(
-            "WebRTC legs (ws_port, wss_port) need media in the engine's process",
-            file=cfg.source,
-            field="media_process",
-        )
     if cfg.log_format not in ("plain", "json"):
         raise ConfigError("must be plain or json", file=cfg.source, field="log_format")
     if cfg.gc not in ("realtime", "python"):
@@ -630,12 +617,11 @@ def cpu_cores(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
 
 
 def serve_media_process(cfg: EngineConfig) -> bool:
-    """Whether ``callengine serve`` runs this node's RTP in the media plane: as
-    configured, else (unset) yes when the node has media and no WebSocket listener
-    (WebRTC legs are in the engine's process: docs/webrtc.md)."""
+    """Whether ``callengine serve`` runs this node's media (RTP and WebRTC legs) in the
+    media plane: as configured, else (unset) yes when the node has media."""
     if cfg.media_process is not None:
         return cfg.media_process and cfg.media
-    return cfg.media and cfg.ws_port is None and cfg.wss_port is None
+    return cfg.media
 
 
 def storage_settings(cfg: EngineConfig) -> StorageSettings:

@@ -203,13 +203,16 @@ class Engine:
             from .mediaplane import PlaneMedia
 
             self.media_manager = PlaneMedia(
-                media_settings, on_lost=self._media_plane_lost, priority=cfg.media_priority
+                media_settings,
+                on_lost=self._media_plane_lost,
+                priority=cfg.media_priority,
+                log_settings=(cfg.log_format, cfg.log_level),
             )
         else:
             self.media_manager = MediaManager(**media_settings)
             self.media_manager.preload()
-            if cfg.media and (cfg.ws_port is not None or cfg.wss_port is not None):
-                self.media_manager.preload_webrtc()  # browsers come over WebSocket
+        if cfg.media and (cfg.ws_port is not None or cfg.wss_port is not None):
+            self.media_manager.preload_webrtc()  # browsers come over WebSocket
         await self.media_manager.start()
         self._exempt = networks_matcher(self.exempt_networks)
         if cfg.source_rate > 0:

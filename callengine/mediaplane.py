@@ -33,8 +33,10 @@ the socket closes, so it never outlives its engine; it ignores SIGINT and SIGTER
 With remote Media Storage the plane owns the spool (it writes, uploads and, after a
 ``kill -9``, recovers the recordings) and the tenant prompt cache; the engine keeps
 the spool's naming for call logs and sends the tenants' prompt lists when the
-configuration changes. What stays in the engine's process: WebRTC legs (aiortc);
-``load_config`` refuses ``media_process`` with ``ws_port``/``wss_port``.
+configuration changes. A browser's WebRTC leg is the plane's too: its aiortc session
+(ICE, DTLS-SRTP, Opus) runs there, and the engine reads only the SDP (``open_webrtc``
+answers or makes the offer; ``accept_answer`` takes the browser's answer). A node that
+listens on WebSocket tells the plane to load aiortc when it starts.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from media.dtmf import DtmfEvent
 from media.recorder import RecordingResult
 from media.srtp import SrtpContext
 from media.storage import LocalMediaStorage
+from media.webrtcsdp import is_webrtc_sdp, webrtc_answer_codec
 
 from ._media import SrtpPolicy
 
@@ -393,6 +396,50 @@ class RemoteSession:
         return dict(value)
 
 
+class RemoteWebRtcSession(RemoteSession):
+    """A WebRTC leg held by the media plane (its aiortc session, :mod:`media.webrtc`):
+    what call control uses of :class:`media.webrtc.WebRtcSession`, as commands."""
+
+    webrtc = True
+    secure = True  # DTLS-SRTP, always
+
+    def __init__(
+        self,
+        plane: PlaneMedia,
+        sid: int,
+        codec: CodecInfo,
+        on_timeout: Callable[[], None] | None,
+    ) -> None:
+        super().__init__(plane, sid, codec, on_timeout)
+        self.local = ("", 9)  # aiortc's description carries the ICE candidates
+        self._answered = False
+
+    def accept_answer(self, body: bytes) -> bool:
+        """Take the browser's answer to our offer: decided here from the SDP (a WebRTC
+        answer with one of our codecs), applied by the plane's session."""
+        if self._answered:
+            return True  # a 183's answer, then the 200's: applied once
+        if webrtc_answer_codec(body, self.plane.codecs) is None:
+            return False
+        self._answered = True
+        self._command("accept_answer", body)
+        return True
+
+    # ICE found the path, DTLS keys the media and the direction never changes
+    # (a WebRTC leg's media is negotiated once: docs/webrtc.md)
+    def set_remote(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def set_direction(self, direction: str) -> None:
+        pass
+
+    def await_srtp(self) -> None:
+        pass
+
+    def set_srtp(self, context: SrtpContext) -> None:
+        pass
+
+
 class RemoteCallRecording:
     """A call recording (both directions, :mod:`media.callrecording`) made in the plane:
     what :class:`~callengine.call.Call` uses of :class:`media.callrecording.CallRecording`.
@@ -464,9 +511,16 @@ class PlaneMedia(SrtpPolicy):
         stats_interval: float = STATS_INTERVAL,
         watchdog: float = WATCHDOG,
         priority: int = 0,
+        webrtc: bool = False,
+        log_settings: tuple[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.priority = priority
+        self.webrtc = webrtc
+        """The node takes browsers (WebSocket): the plane loads aiortc when it starts."""
+        self.log_settings = log_settings
+        """The node's ``(log_format, log_level)``: the plane's lines follow them (else
+        warnings and errors, plain)."""
         self.stats_interval = stats_interval
         self.watchdog = watchdog
         self._heard = 0.0
@@ -533,7 +587,9 @@ class PlaneMedia(SrtpPolicy):
         await loop.create_unix_connection(lambda: connection, sock=ours)
         self._connection = connection
         connection.closed.add_done_callback(functools.partial(self._lost, connection))
-        pid = await self.request("init", self.settings, self.priority)
+        pid = await self.request(
+            "init", self.settings, self.priority, self.webrtc, self.log_settings
+        )
         log.info("media plane started (pid %s)", pid)
         self._tenants_sent = None  # a new plane: tell it again
         self._push_tenants()
@@ -613,6 +669,8 @@ class PlaneMedia(SrtpPolicy):
                 future.set_result(message[2])
             elif message[2] == "OSError":
                 future.set_exception(OSError(message[3]))
+            elif message[2] == "ValueError":  # e.g. a WebRTC offer it cannot take
+                future.set_exception(ValueError(message[3]))
             else:
                 future.set_exception(RuntimeError(f"media plane: {message[2]}: {message[3]}"))
         elif kind == "ev":
@@ -710,7 +768,8 @@ class PlaneMedia(SrtpPolicy):
         return 0  # the plane decodes the prompts when it starts
 
     def is_webrtc(self, body: bytes) -> bool:
-        return False  # refused at load time with media_process (see the module comment)
+        """A browser's offer (DTLS-SRTP, ICE): its leg is opened by :meth:`open_webrtc`."""
+        return is_webrtc_sdp(body)
 
     def follow_tenants(self, tenants: Callable[[], Any]) -> None:
         """With remote storage, the plane caches the tenants' prompts: it gets what they
@@ -748,10 +807,33 @@ class PlaneMedia(SrtpPolicy):
         self.command("pool", host)
 
     def preload_webrtc(self) -> None:
-        """No WebRTC with media_process (refused at load time)."""
+        """The plane loads aiortc when it starts (``webrtc``), never in a call."""
+        self.webrtc = True
 
-    async def open_webrtc(self, offer: bytes | None, **options: Any) -> tuple[Any, bytes]:
-        raise ValueError("WebRTC legs need media in the engine's process")
+    async def open_webrtc(
+        self,
+        offer: bytes | None,
+        *,
+        prefer: str | None = None,
+        on_timeout: Callable[[], None] | None = None,
+        label: str = "",
+    ) -> tuple[RemoteWebRtcSession, bytes]:
+        """A WebRTC leg in the plane answering ``offer``, or offering (``offer`` None,
+        codec ``prefer`` first): the session and our SDP. ``ValueError`` for an offer
+        the plane cannot take (as :meth:`MediaManager.open_webrtc`)."""
+        sid = next(self._ids)
+        session = RemoteWebRtcSession(self, sid, self.codecs[0], on_timeout)
+        self.sessions_open[sid] = session
+        try:
+            body, codec = await self.request("open_webrtc", sid, offer, prefer, label)
+        except BaseException:
+            self.sessions_open.pop(sid, None)
+            session.stopped = True
+            raise
+        session._codec = codec
+        self.sessions += 1
+        self.webrtc_sessions += 1
+        return session, body
 
     def location(self, tenant: str, key: str) -> dict[str, Any]:
         from ._media import media_location
@@ -786,12 +868,16 @@ class PlaneMedia(SrtpPolicy):
     ) -> str | None:
         if session.stopped:
             return None
+        pid = next(self._ids)
         try:
             digit: str | None = await self.request(
-                "play", session.sid, list(names), tenant, barge_in
+                "play", session.sid, list(names), tenant, barge_in, pid
             )
         except asyncio.CancelledError:
-            session.stop_playback()
+            # this play only, as in process: the command that stops it may reach the
+            # plane after the next play on the session began (a bridge's relay
+            # replacing ringback), and must not stop that one
+            session._command("stop_play", pid)
             raise
         except PlaneLost:
             return None
@@ -895,6 +981,14 @@ class PlaneServer:
         self.lag: Any = None
         self.gc: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.log_writer: Any = None
+        """The thread writing log records (the node's format and level), once set up."""
+        self.plays: dict[int, asyncio.Task[Any]] = {}
+        """Play requests running, by play id (``stop_play``)."""
+        self.play_started = 0
+        """The highest play id whose request has begun."""
+        self.stopped_plays: set[int] = set()
+        """Plays stopped before their request began (each ends at once when it does)."""
 
     def send(self, message: tuple[Any, ...]) -> None:
         self.connection.send(message)
@@ -929,15 +1023,28 @@ class PlaneServer:
             self.send(("ok", rid, value))
 
     # ------------------------------------------------------------- requests
-    async def req_init(self, settings: dict[str, Any], priority: int = 0) -> int:
+    async def req_init(
+        self,
+        settings: dict[str, Any],
+        priority: int = 0,
+        webrtc: bool = False,
+        log_settings: tuple[str, str] | None = None,
+    ) -> int:
         from ._media import MediaManager
         from .realtime import GcGovernor, LoopLagMonitor
+
+        if log_settings is not None and self.log_writer is None:
+            from .logs import setup_logging
+
+            self.log_writer = setup_logging(*log_settings)
 
         if priority:
             self.realtime = _realtime_priority(priority)
 
         self.manager = MediaManager(**settings)
         self.manager.preload()
+        if webrtc:
+            self.manager.preload_webrtc()
         await self.manager.start()
         self.lag = LoopLagMonitor()
         self.lag.start()
@@ -954,13 +1061,41 @@ class PlaneServer:
         self.sessions[sid] = session
         return (session.local[0], session.local[1])
 
+    async def req_open_webrtc(
+        self, sid: int, offer: bytes | None, prefer: str | None, label: str
+    ) -> tuple[bytes, CodecInfo]:
+        def timeout() -> None:
+            self.send(("ev", "timeout", (sid,)))  # ICE consent or DTLS gone
+
+        session, body = await self.manager.open_webrtc(
+            offer, prefer=prefer, on_timeout=timeout, label=label
+        )
+        session.on_digit = lambda event: self.send(("ev", "digit", (sid, event)))
+        self.sessions[sid] = session
+        return bytes(body), session.codec
+
     async def req_play(
-        self, sid: int, names: list[str], tenant: str | None, barge_in: bool
+        self, sid: int, names: list[str], tenant: str | None, barge_in: bool, pid: int = 0
     ) -> str | None:
+        self.play_started = max(self.play_started, pid)
+        if pid in self.stopped_plays:  # stopped before it began
+            self.stopped_plays.discard(pid)
+            return None
         session = self.sessions.get(sid)
         if session is None:
             return None
-        digit: str | None = await self.manager.play(session, names, tenant, barge_in=barge_in)
+        task = asyncio.current_task()
+        assert task is not None
+        self.plays[pid] = task
+        try:
+            digit: str | None = await self.manager.play(session, names, tenant, barge_in=barge_in)
+        except asyncio.CancelledError:
+            if pid in self.plays:
+                raise  # not stop_play's: the plane is stopping
+            task.uncancel()
+            return None  # stopped: this play only (Playback.play)
+        finally:
+            self.plays.pop(pid, None)
         return digit
 
     async def req_record(
@@ -1014,6 +1149,7 @@ class PlaneServer:
     _requests: dict[str, Callable[..., Any]] = {
         "init": req_init,
         "open": req_open,
+        "open_webrtc": req_open_webrtc,
         "play": req_play,
         "record": req_record,
         "stop": req_stop,
@@ -1041,6 +1177,11 @@ class PlaneServer:
                 direction=direction,
                 remote_rtcp=remote_rtcp,
             )
+
+    def cmd_accept_answer(self, sid: int, body: bytes) -> None:
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.accept_answer(body)
 
     def cmd_set_direction(self, sid: int, direction: str) -> None:
         session = self.sessions.get(sid)
@@ -1071,6 +1212,18 @@ class PlaneServer:
         session = self.sessions.get(sid)
         if session is not None:
             session.stop_playback()
+
+    def cmd_stop_play(self, sid: int, pid: int) -> None:
+        """Stop one play (the engine cancelled it), never a later one on the session:
+        its request's task is cancelled, as the engine's own task is in process. Play
+        ids grow in the order their requests are sent, and requests begin in that
+        order: one above ``play_started`` has not begun, and ends as soon as it does."""
+        if pid > self.play_started:
+            self.stopped_plays.add(pid)
+            return
+        task = self.plays.pop(pid, None)  # None: it has ended
+        if task is not None:
+            task.cancel()
 
     def cmd_stop_recording(self, sid: int, reason: str) -> None:
         session = self.sessions.get(sid)
@@ -1167,12 +1320,14 @@ class PlaneServer:
 
     _commands: dict[str, Callable[..., None]] = {
         "set_remote": cmd_set_remote,
+        "accept_answer": cmd_accept_answer,
         "set_direction": cmd_set_direction,
         "await_srtp": cmd_await_srtp,
         "set_srtp": cmd_set_srtp,
         "deliver_digit": cmd_deliver_digit,
         "send_digit": cmd_send_digit,
         "stop_playback": cmd_stop_playback,
+        "stop_play": cmd_stop_play,
         "stop_recording": cmd_stop_recording,
         "bridge": cmd_bridge,
         "unbridge": cmd_unbridge,
@@ -1271,6 +1426,8 @@ async def _serve(fd: int) -> int:
     await done
     await server.close()
     server.connection.close()
+    if server.log_writer is not None:
+        server.log_writer.stop()  # what is queued is written
     return 0
 
 

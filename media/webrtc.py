@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -54,6 +53,7 @@ from .codecs._aiortc import FrameReader, pcm_frame
 from .dtmf import DtmfEvent
 from .recorder import Recorder, RecordingResult
 from .session import Playback
+from .webrtcsdp import WEBRTC_CODECS, first_codec, is_webrtc_sdp, webrtc_answer_codec
 
 __all__ = ["WEBRTC_CODECS", "WebRtcSession", "is_webrtc_sdp"]
 
@@ -61,10 +61,6 @@ log = logging.getLogger("media.webrtc")
 # aioice logs every candidate pair's state change at INFO: a dozen lines per call that
 # say nothing a node operator acts on (this module logs connected / failed itself).
 logging.getLogger("aioice").setLevel(logging.WARNING)
-
-WEBRTC_CODECS = ("OPUS", "PCMU", "PCMA")
-"""Engine codecs a WebRTC leg can carry (RFC 7874: Opus and G.711 are the browsers'
-mandatory audio codecs)."""
 
 _MIME = {"OPUS": "audio/opus", "PCMU": "audio/PCMU", "PCMA": "audio/PCMA"}
 _FRAME = 0.02
@@ -76,30 +72,6 @@ _DTMF_FREQ = {
     "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
     "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633),
 }  # fmt: skip
-_M_LINE = re.compile(rb"^m=audio \d+ (\S+) ([0-9 ]+)", re.MULTILINE)
-_RTPMAP = re.compile(rb"^a=rtpmap:(\d+) ([^/\s]+)/", re.MULTILINE)
-
-
-def is_webrtc_sdp(body: bytes) -> bool:
-    """True for a WebRTC audio description: a DTLS-SRTP profile (``UDP/TLS/RTP/SAVPF``)
-    with a certificate fingerprint (RFC 8842), the offers only aiortc can answer."""
-    match = _M_LINE.search(body)
-    return match is not None and b"TLS" in match.group(1).upper() and b"a=fingerprint:" in body
-
-
-def _first_codec(body: bytes, codecs: Sequence[CodecInfo]) -> CodecInfo | None:
-    """The codec an answer (or an answerer's description) sends first, as one of ours."""
-    match = _M_LINE.search(body)
-    if match is None:
-        return None
-    names = {0: "PCMU", 8: "PCMA"}  # static payload types may come without rtpmap
-    names.update((int(pt), name.decode().upper()) for pt, name in _RTPMAP.findall(body))
-    for pt in (int(p) for p in match.group(2).split()):
-        name = names.get(pt, "")
-        for codec in codecs:
-            if codec.name.upper() == name:
-                return codec.with_payload_type(pt)
-    return None
 
 
 class _EngineTrack(MediaStreamTrack):
@@ -173,6 +145,8 @@ class WebRtcSession(Playback):
         #: A call recording's tap (:mod:`media.callrecording`), as on an RTP session:
         #: fed what the browser sends (by RTP timestamp) and what the engine sends.
         self.recording: Any = None
+        #: Where digits go instead of :meth:`digits` (the media plane forwards them).
+        self.on_digit: Callable[[DtmfEvent], None] | None = None
         self._loop = asyncio.get_running_loop()
         self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
@@ -228,7 +202,7 @@ class WebRtcSession(Playback):
             await self.stop("bad offer")
             raise ValueError(f"WebRTC offer refused: {exc}") from None
         body = self._pc.localDescription.sdp.encode()
-        codec = _first_codec(body, self._codecs)
+        codec = first_codec(body, self._codecs)
         if codec is None:
             await self.stop("no codec")
             raise ValueError("WebRTC offer has none of our codecs")
@@ -272,7 +246,7 @@ class WebRtcSession(Playback):
         with one of our codecs."""
         if self._pc.remoteDescription is not None or self._pending is not None:
             return True  # a 183's answer, then the 200's: applied once
-        codec = _first_codec(body, self._codecs) if is_webrtc_sdp(body) else None
+        codec = webrtc_answer_codec(body, self._codecs)
         if codec is None:
             return False
         self._use(codec)
@@ -381,7 +355,10 @@ class WebRtcSession(Playback):
         if self._recorder is not None and self._record_stop_on_dtmf:
             self._finish_recording("dtmf", event.digit)
             return
-        self._digits.put_nowait(event)
+        if self.on_digit is not None:
+            self.on_digit(event)
+        else:
+            self._digits.put_nowait(event)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self._receiver is None:
@@ -485,6 +462,7 @@ class WebRtcSession(Playback):
         self._closed = True
         self.on_timeout = None
         self.on_audio = None
+        self.on_digit = None
         self._finish_play(None)
         self._finish_recording(reason)
         if self.recording is not None:

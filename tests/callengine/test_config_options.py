@@ -55,11 +55,9 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"tls_key": "k.pem"}, "tls_key", "go together"),
     ({"tls_port": 0}, "tls_port", "must be a port"),
     ({"ws_port": 70000}, "ws_port", "must be a port"),
-    ({"media_process": True, "ws_port": 5066}, "media_process", "WebRTC legs"),
     ({"media_process": "yes"}, "media_process", "expected bool"),
     ({"media_process": True, "media_priority": 100}, "media_priority", "must be 0 to 99"),
     ({"media_process": False, "media_priority": 10}, "media_priority", "media_process is off"),
-    ({"ws_port": 5066, "media_priority": 10}, "media_priority", "has no plane"),
     ({"wss_port": 5443}, "wss_port", "needs tls_cert"),
     ({"data_dir": 5}, "data_dir", "expected str"),
     ({"metrics": 9090}, "metrics", "expected str or NoneType"),
@@ -347,14 +345,16 @@ def _media_process(tmp: Path) -> None:
     assert Path(f"/proc/{plane}/stat").exists() is False  # gone with its engine
 
 
-def test_serve_runs_the_media_plane_unless_told_or_webrtc() -> None:
-    """Unset ``media_process``: ``callengine serve`` takes the plane, except for a node
-    with WebSocket listeners (WebRTC legs are in the engine) or without media; set, it
-    is as set. An Engine embedded in a program keeps its media (unset is falsy)."""
+def test_serve_runs_the_media_plane_unless_told_or_signalling_only() -> None:
+    """Unset ``media_process``: ``callengine serve`` takes the plane, also for a node
+    with WebSocket listeners (WebRTC legs are the plane's too), not for one without
+    media; set, it is as set. An Engine embedded in a program keeps its media (unset is
+    falsy)."""
     cases = [
         ({}, True),
-        ({"ws_port": 5066}, False),
-        ({"wss_port": 5067, "tls_cert": "c", "tls_key": "k"}, False),
+        ({"ws_port": 5066}, True),
+        ({"wss_port": 5067, "tls_cert": "c", "tls_key": "k"}, True),
+        ({"ws_port": 5066, "media_process": False}, False),
         ({"media": False}, False),
         ({"media_process": False}, False),
         ({"media_process": True}, True),

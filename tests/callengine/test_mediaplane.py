@@ -209,6 +209,113 @@ def test_a_cancelled_prompt_stops_in_the_plane(tmp_path: Path) -> None:
     _run(body, tmp_path)
 
 
+def test_a_cancelled_prompt_does_not_stop_the_bridge_that_replaced_it(tmp_path: Path) -> None:
+    """Ringback cancelled and the bridge started in the same turn of the engine's loop
+    (as call control does when the callee answers): the command stopping the ringback
+    reaches the plane after the bridge's relay began to play on the same session, and
+    must stop the ringback only (it used to stop the relay: the caller heard nothing)."""
+
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        loop = asyncio.get_running_loop()
+        _, other = await loop.create_datagram_endpoint(Phone, local_addr=("127.0.0.1", 0))
+        a = await _call(plane, phone)
+        b = await plane.open("127.0.0.1", None)
+        b.set_remote(other.transport.get_extra_info("sockname"), codec=CODECS["PCMU"])
+        ringback = asyncio.ensure_future(plane.play(a, ["tone:ringback"], None, barge_in=False))
+        await _until(lambda: len(phone.packets) >= 5)
+        send = plane.command
+
+        def late(op: str, *args: Any) -> None:
+            # the stop leaves 100 ms late (a busy engine loop): the relay plays by then
+            if op.startswith("stop_play"):
+                loop.call_later(0.1, send, op, *args)
+            else:
+                send(op, *args)
+
+        plane.command = late  # type: ignore[method-assign]
+        ringback.cancel()
+        handle = plane.bridge(a, b)  # sent before the cancelled play's stop
+        assert await asyncio.gather(ringback, return_exceptions=True) != [None]
+        await asyncio.sleep(0.2)  # the stop has reached the plane
+        voice = bytes(range(0, 160))
+        for seq in range(40):
+            packet = RtpPacket(0, False, 100 + seq, 160 * seq, 0x99, payload=voice)
+            other.transport.sendto(packet.serialize(), ("127.0.0.1", b.rtp_port))
+            await asyncio.sleep(0.02)
+        await _until(lambda: sum(p.payload == voice for p, _ in phone.packets) >= 20)
+        assert not plane._pending  # every play request was answered
+        plane.unbridge(handle)
+        await a.stop()
+        await b.stop()
+        other.transport.close()
+
+    _run(body, tmp_path)
+
+
+def test_a_play_stopped_before_the_plane_began_it_never_plays(tmp_path: Path) -> None:
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        session = await _call(plane, phone)
+        for _ in range(20):
+            playing = asyncio.ensure_future(plane.play(session, ["menu"], None, barge_in=False))
+            await asyncio.sleep(0)  # the request is sent
+            playing.cancel()  # and its stop right behind it
+            await asyncio.gather(playing, return_exceptions=True)
+        await _until(lambda: not plane._pending)  # each answered: nothing waits, or leaks
+        await asyncio.sleep(0.3)
+        count = len(phone.packets)
+        await asyncio.sleep(0.3)
+        tail = [p.payload for p, _ in phone.packets[count:]]
+        assert tail and all(set(payload) <= {0xFF, 0x7F} for payload in tail)
+        await session.stop()
+
+    _run(body, tmp_path)
+
+
+@pytest.mark.integration
+def test_a_webrtc_leg_lives_in_the_plane(tmp_path: Path) -> None:
+    """A browser's leg in the plane (aiortc there; the browser here is aiortc too): the
+    plane offers, the browser answers; a prompt played in the plane reaches the
+    browser, a SIP INFO digit comes back to the engine's queue, and the browser closing
+    its side ends the leg (the engine's on_timeout). Then the plane answers a browser's
+    offer, and refuses one it cannot take with ValueError, as the in-process manager."""
+    from media.codecs import PCMU
+    from media.webrtc import WebRtcSession
+
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        lost = asyncio.Event()
+        leg, offer = await plane.open_webrtc(None, prefer="PCMU", on_timeout=lost.set, label="x")
+        assert leg.webrtc and plane.is_webrtc(offer) and plane.webrtc_sessions == 1
+        browser, answer = await WebRtcSession.answer(offer, [PCMU], label="browser")
+        assert not leg.accept_answer(b"v=0\r\nm=audio 9 RTP/AVP 0\r\n")  # not WebRTC
+        assert leg.accept_answer(answer)
+        heard: list[bytes] = []
+        browser.on_audio = heard.append
+        assert await asyncio.wait_for(plane.play(leg, ["menu"], None, barge_in=False), 30) is None
+        assert len(heard) > 50 and any(set(p) - {0xFF, 0x7F} for p in heard), len(heard)
+        leg.deliver_digit(DtmfEvent("4", 100, "info"))
+        assert (await asyncio.wait_for(leg.digits().get(), 5)).digit == "4"
+        await browser.stop()  # DTLS close_notify: the plane's leg ends, the engine is told
+        await asyncio.wait_for(lost.wait(), 10)
+        quality = await leg.stop()
+        assert quality["webrtc"] and quality["connected"] and quality["codec"] == "PCMU"
+
+        caller, browser_offer = await WebRtcSession.offer([PCMU], label="caller")
+        answered, body_ = await plane.open_webrtc(browser_offer, label="y")
+        assert caller.accept_answer(body_)
+        got: list[bytes] = []
+        caller.on_audio = got.append
+        await asyncio.wait_for(plane.play(answered, ["tone:beep"], None, barge_in=False), 10)
+        await _until(lambda: len(got) > 10, timeout=10)
+        await answered.stop()
+        await caller.stop()
+
+        with pytest.raises(ValueError, match="WebRTC offer refused"):
+            await plane.open_webrtc(b"v=0\r\nnonsense", label="z")
+        assert not plane.sessions_open and not plane._pending
+
+    _run(body, tmp_path, webrtc=True)
+
+
 def test_a_bridge_in_the_plane_relays_both_ways(tmp_path: Path) -> None:
     async def body(plane: PlaneMedia, phone: Phone) -> None:
         loop = asyncio.get_running_loop()

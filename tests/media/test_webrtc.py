@@ -14,7 +14,8 @@ from media.bridge import transcoder
 from media.callrecording import CallRecording
 from media.codecs import OPUS, PCMA, PCMU, create_codec
 from media.recorder import Recorder
-from media.webrtc import WebRtcSession, _first_codec, is_webrtc_sdp
+from media.webrtc import WebRtcSession
+from media.webrtcsdp import first_codec, is_webrtc_sdp
 
 # What Chromium 156 offers (trimmed): Opus first, DTLS-SRTP, ICE, bundle, rtcp-mux.
 CHROME_OFFER = (
@@ -49,12 +50,12 @@ def test_a_browser_offer_is_webrtc_and_plain_or_sdes_ones_are_not() -> None:
 
 
 def test_first_codec_follows_the_m_line_order_among_ours() -> None:
-    assert _first_codec(CHROME_OFFER, [PCMU, PCMA, OPUS]) == OPUS
-    assert _first_codec(CHROME_OFFER, [PCMA, PCMU]) == PCMU  # the description's order
-    assert _first_codec(CHROME_OFFER, [PCMA]) == PCMA
+    assert first_codec(CHROME_OFFER, [PCMU, PCMA, OPUS]) == OPUS
+    assert first_codec(CHROME_OFFER, [PCMA, PCMU]) == PCMU  # the description's order
+    assert first_codec(CHROME_OFFER, [PCMA]) == PCMA
     # static types without rtpmap (RFC 3551) are known by number
-    assert _first_codec(b"m=audio 9 UDP/TLS/RTP/SAVPF 8 0\r\n", [PCMU, PCMA]) == PCMA
-    assert _first_codec(PLAIN_OFFER.replace(b" 0 101", b" 101"), [PCMU]) is None
+    assert first_codec(b"m=audio 9 UDP/TLS/RTP/SAVPF 8 0\r\n", [PCMU, PCMA]) == PCMA
+    assert first_codec(PLAIN_OFFER.replace(b" 0 101", b" 101"), [PCMU]) is None
 
 
 def test_transcoder_opus_to_pcmu_keeps_the_tone() -> None:
