@@ -3,25 +3,31 @@
 Theory of operation
 -------------------
 Decisions live in sans-IO cores: :mod:`pri` (which trunk next, failover or stop,
-breaker state, Q.850 causes), :mod:`callengine.fork` (ringing phones together) and
-:mod:`callengine.transfer` (targets -> stages, stage after stage, the bridge and
-the hang-up crossing it). This module is the thin asyncio shell that turns their
-commands into SIP legs (drachtio's ``createB2BUA`` idea: failover decided by
-status code)::
+breaker state, Q.850 causes), :mod:`callengine.hunt` (which way a new call goes:
+``route_call``; one trunk-group dial driving ``pri.CallAttempts``: ``TrunkHunt``),
+:mod:`callengine.fork` (ringing phones together) and :mod:`callengine.transfer`
+(targets -> stages, stage after stage, the bridge and the hang-up crossing it). This
+module is the thin asyncio shell that turns their commands into SIP legs
+(drachtio's ``createB2BUA`` idea: failover decided by status code)::
 
-    caller INVITE --node's router--> B2BUA.route(call)
-        from a trunk gateway for one of its DIDs  -> seize a B-channel, tenant route
-        dialled number leaves through a trunk     -> trusted source? dial_trunks : 403
+    caller INVITE --node's router--> B2BUA.route(call): route_call(plan, ...)
+        FromTrunk (a gateway, one of its DIDs) -> seize a B-channel, tenant route
+        ToTrunk (trusted or authenticated)     -> _outbound: dial_trunks, _bridge
+        Forbidden (a trunk prefix, untrusted)  -> 403, counted as toll fraud
+        TenantNumber / None                    -> the tenant routes
     IVR ``transfer`` / user and group routes  -> Engine.transfer_handler = B2BUA.transfer
         Transfer: Expand -> RingStage (a Fork) / DialStage (dial_trunks) ...
                   -> BridgeLeg (_bridge: a Bridge) -> HangUp / Done(TransferResult)
 
-    dial_trunks: attempts = CallAttempts(group, ...)
-        for target in attempts.next_trunk():  INVITE leg to target.trunk.gateway
-            1xx -> attempts.on_provisional; 180/183 relayed to the caller
-            2xx / failure / setup timeout -> attempts.on_result / handle_timer
-            the trunk goes down meanwhile -> attempts.check_health: CANCEL, next trunk
-            Decision: CONNECTED -> bridge, FAILOVER -> next trunk, FINAL -> caller
+    dial_trunks: hunt = TrunkHunt(group, key, number=..., refused=policy verdict)
+        hunt.start() -> Refused + Failed | StartLeg: INVITE leg to the trunk's gateway
+        the leg's 1xx          -> hunt.provisional; 180/183 relayed to the caller
+        the leg's final result -> hunt.leg_ended(_leg_result(leg))
+        the caller hangs up    -> hunt.caller_left; a deadline -> hunt.handle_timer
+        a trunk goes down      -> hunt.check_health
+        commands: AbandonAttempt (CANCEL), RecordAttempt / RecordSkip (call log,
+        metrics), ReportHealth, StopRelay, StartLeg (next trunk),
+        Connected (-> bridge) | Failed (-> the caller's final response)
 
 A leg is a :class:`~callengine.call.Call` of its own (so the engine's SIP events
 reach it) that writes no call log: the caller's call log carries the leg's
@@ -49,8 +55,6 @@ from prometheus_client.registry import Collector
 
 from pri import (
     Attempt,
-    CallAttempts,
-    Decision,
     DialPolicy,
     FinalResult,
     HealthBoard,
@@ -58,16 +62,33 @@ from pri import (
     HealthState,
     Outcome,
     SendProbe,
-    Target,
     Trunk,
     TrunkGroup,
     TrunkPlan,
-    format_reason,
 )
 
 from ._ring import fork_outcomes
 from .call import Call, SipError, TransferResult
 from .fork import Abandon, Connect, Fail, Fork
+from .hunt import (
+    NO_RESULT,
+    NOT_SENT,
+    AbandonAttempt,
+    Connected,
+    Failed,
+    Forbidden,
+    FromTrunk,
+    HuntCommand,
+    LegResult,
+    RecordAttempt,
+    RecordSkip,
+    Refused,
+    ReportHealth,
+    StartLeg,
+    ToTrunk,
+    TrunkHunt,
+    route_call,
+)
 from .recording import record_bridged, start_recording_safely
 from .sip import sdp as sdpmod
 from .sip.errors import SipError as ProtocolError
@@ -115,7 +136,7 @@ log = logging.getLogger("callengine.b2bua")
 __all__ = ["B2BUA", "Directory", "LegTarget", "TrunkCollector", "leg_targets"]
 
 # Q.850 cause of our own CANCEL/BYE when the caller's side ended normally (ITU-T Q.850
-# table 1); a trunk attempt's other causes are pri.CallAttempts' (Decision.abandon)
+# table 1); a trunk attempt's causes are callengine.hunt's (AbandonAttempt)
 CAUSE_NORMAL = 16
 DEFAULT_RING_TIMEOUT = 120.0
 """Seconds an outbound trunk call may ring before the caller gets 480."""
@@ -375,39 +396,39 @@ class B2BUA:
     def route(self, call: Call, tenant_route: Callable[[Call], Handler | None]) -> Handler | None:
         """Trunk routing for a new call; ``None`` leaves it to the tenant routes.
 
-        ``tenant_route`` is the node's own number -> tenant routing (used for
+        The decision is :func:`~callengine.hunt.route_call`'s; this maps it to a
+        handler. ``tenant_route`` is the node's own number -> tenant routing (used for
         calls that arrive from a trunk, inside a B-channel seizure).
         """
         source_ip = call.source[0] if call.source else ""
         number = call.callee
-        plan = self.plan
-        if not plan.trunks:
-            return None
-        trunk = plan.match_inbound(source_ip, number)
-        if trunk is not None:
-            return self._inbound(trunk, tenant_route(call))
-        if self._tenant_number(number):
-            return None
-        authenticated = "auth_user" in call.variables  # Digest, by the node (issue 11)
-        match = plan.route_outbound(number, source_ip=source_ip, authenticated=authenticated)
-        if match is not None:
-            group, dialled = match.group, match.number
-            record = f"outbound route {match.route.prefix}" if match.route.record else None
+        decision = route_call(
+            self.plan,
+            number,
+            source_ip=source_ip,
+            authenticated="auth_user" in call.variables,  # Digest, by the node (issue 11)
+            owns_number=self._tenant_number,
+        )
+        if isinstance(decision, FromTrunk):
+            return self._inbound(decision.trunk, tenant_route(call))
+        if isinstance(decision, ToTrunk):
+            group, dialled, record = decision.group, decision.number, decision.record
 
             async def outbound(call: Call) -> None:
                 await self._outbound(call, group, dialled, record=record)
 
             return outbound
-        if any(number.startswith(r.prefix) for r in plan.routes):
+        if isinstance(decision, Forbidden):
             # would leave through a trunk, from a source that may not: toll fraud
             self._count("toll_fraud_rejected")
             log.warning("403 for %s -> %s: source not trusted for trunk routes", source_ip, number)
+            status, reason = decision.status, decision.reason
 
             async def forbidden(call: Call) -> None:
-                call.send_reject(403, "Forbidden")
+                call.send_reject(status, reason)
 
             return forbidden
-        return None
+        return None  # TenantNumber, or nothing to do with trunks
 
     def _tenant_number(self, number: str) -> bool:
         return self.directory is not None and self.directory.owns_number(number)
@@ -568,12 +589,77 @@ class B2BUA:
     ) -> _Leg | FinalResult:
         """Hunt ``group`` for ``number`` with failover; the answered leg or the failure.
 
-        The answered leg holds its B-channel until :meth:`_bridge` ends.
+        The decisions are a :class:`~callengine.hunt.TrunkHunt`'s (the dial policy's
+        verdict first, then :class:`pri.CallAttempts`'); this starts the legs, waits,
+        feeds it what happened and carries out its commands. The answered leg holds
+        its B-channel until :meth:`_bridge` ends.
         """
-        verdict = self.dial_policy(caller).check(number)
-        if verdict is not None:
+        loop = asyncio.get_running_loop()
+        hunt = TrunkHunt(
+            group,
+            _channel_key(caller),
+            number=number,
+            now=loop.time(),
+            health=self.board,
+            ring_timeout=timeout,
+            refused=self.dial_policy(caller).check(number),
+        )
+        leg: _Leg | None = None
+        try:
+            pending: deque[HuntCommand] = deque(hunt.start(now=loop.time()))
+            while True:
+                while pending:
+                    command = pending.popleft()
+                    if isinstance(command, Connected):
+                        assert leg is not None
+                        leg.variables["trunk_group"] = command.group
+                        leg.variables["channel_key"] = command.call_id
+                        return leg
+                    if isinstance(command, Failed):
+                        return command.result
+                    if isinstance(command, StartLeg):
+                        started = await self._start_trunk_leg(caller, hunt, command)
+                        if isinstance(started, LegResult):
+                            leg = None
+                            pending += hunt.leg_ended(
+                                started,
+                                now=loop.time(),
+                                caller_present=caller.active or caller.answered,
+                            )
+                        else:
+                            leg = started
+                    else:
+                        self._hunt_command(caller, leg, command, number, label)
+                assert leg is not None
+                pending += await self._attempt(caller, hunt, leg)
+        finally:
+            # an exception or cancellation: no channel stays seized, skips are recorded
+            for command in hunt.close():
+                self._hunt_command(caller, leg, command, number, label)
+
+    def _hunt_command(
+        self, caller: Call, leg: _Leg | None, command: HuntCommand, number: str, label: str
+    ) -> None:
+        """Carry out one of a :class:`~callengine.hunt.TrunkHunt`'s commands (those
+        that start a leg or end the hunt are :meth:`dial_trunks`')."""
+        if isinstance(command, AbandonAttempt):
+            assert leg is not None
+            self._abandon(leg, command.cause)
+        elif isinstance(command, RecordAttempt):
+            self._record(caller, command.attempt, number, label)
+        elif isinstance(command, ReportHealth):
+            self._health_events(command.events)
+        elif isinstance(command, StopRelay):
+            self._stop_relay(caller)  # early media of a failed attempt
+        elif isinstance(command, RecordSkip):
+            skip = command.skip
+            caller.trunk_attempts.append(
+                {"trunk": skip.trunk, "outcome": "skipped", "reason": skip.why}
+            )
+        elif isinstance(command, Refused):
             # before any channel is seized: a number a carrier cannot take, or one
             # the toll-fraud rules refuse
+            verdict = command.verdict
             self._count(f"dial_refused_{verdict.reason}")
             log.warning(
                 "%d for %s -> %r from %s: %s",
@@ -583,123 +669,58 @@ class B2BUA:
                 caller.source[0] if caller.source else "?",
                 verdict.reason.replace("_", " "),
             )
-            return FinalResult(verdict.status, verdict.cause)
-        loop = asyncio.get_running_loop()
-        key = _channel_key(caller)
-        attempts = CallAttempts(group, key, loop.time(), health=self.board, ring_timeout=timeout)
-        connected = False
-        try:
-            while (target := attempts.next_trunk(now=loop.time())) is not None:
-                decision, leg = await self._attempt(caller, attempts, target, number)
-                self._record(caller, decision.attempt, number, label)
-                self._health_events(decision.events)
-                if decision.outcome is Outcome.CONNECTED and leg is not None:
-                    leg.variables["trunk_group"] = group.name
-                    leg.variables["channel_key"] = key
-                    connected = True
-                    return leg
-                self._stop_relay(caller)  # early media of a failed attempt
-                if decision.outcome is Outcome.FINAL:
-                    assert decision.final is not None
-                    return decision.final
-                if not caller.active and not caller.answered:
-                    return FinalResult(487, CAUSE_NORMAL)
-            return attempts.final_result()
-        finally:
-            if not connected:
-                # whatever ended the hunt (a final result, the caller leaving, an
-                # exception, cancellation), no channel stays seized for this call
-                group.release(key)
-            for skip in attempts.skipped:
-                caller.trunk_attempts.append(
-                    {"trunk": skip.trunk, "outcome": "skipped", "reason": skip.why}
-                )
 
-    async def _attempt(
-        self,
-        caller: Call,
-        attempts: CallAttempts,
-        target: Target,
-        number: str,
-    ) -> tuple[Decision, _Leg | None]:
-        """One trunk attempt: the shell of ``attempts`` (pri/failover.py), which decides
-        when it ends and how; this sends, waits and carries out."""
+    async def _start_trunk_leg(
+        self, caller: Call, hunt: TrunkHunt, command: StartLeg
+    ) -> _Leg | LegResult:
+        """Send one attempt's INVITE (its 1xx go to ``hunt`` and are relayed to the
+        caller); the leg, or the result to report when it was not sent: the engine
+        kept it back (the caller gone), or it could not be sent."""
         loop = asyncio.get_running_loop()
-        trunk = target.trunk
-        gw = trunk.gateway
-        host = f"[{gw.host}]" if ":" in gw.host else gw.host
-        params = "" if gw.transport == "udp" else f";transport={gw.transport}"
-        scheme = "sips" if gw.transport == "tls" else "sip"
-        creds = (
-            (trunk.credentials.username, trunk.credentials.password) if trunk.credentials else None
-        )
-        leg_target = LegTarget(
-            f"{scheme}:{number}@{host}:{gw.port}{params}",
-            (gw.host, gw.port),
-            gw.transport.upper(),
-            label=trunk.name,
-            credentials=creds,
-        )
         self._count("trunk_attempts")
         try:
-            leg = await self._start_leg(caller, leg_target)
+            leg = await self._start_leg(caller, command.leg)
         except SipError:
-            return attempts.on_result(
-                487, now=loop.time(), reason=format_reason(CAUSE_NORMAL)
-            ), None
+            return NOT_SENT
         except (OSError, RuntimeError, ValueError, ProtocolError) as exc:
-            log.warning("cannot send INVITE to trunk %s: %s", trunk.name, exc)
-            return attempts.on_result(None, now=loop.time(), transport_error=True), None
+            log.warning("cannot send INVITE to trunk %s: %s", command.target.trunk.name, exc)
+            return NO_RESULT
 
         def on_progress(leg: _Leg, response: Response) -> None:
-            attempts.on_provisional(response.status, now=loop.time())
+            hunt.provisional(response.status, now=loop.time())
             relay(leg, response)
 
         relay = self._progress_relay(caller, early_media=True)
         leg.on_progress = on_progress
+        return leg
+
+    async def _attempt(self, caller: Call, hunt: TrunkHunt, leg: _Leg) -> list[HuntCommand]:
+        """Wait for the current attempt's end: the leg's result, the caller leaving, a
+        deadline of ``hunt`` or its trunk going down; what ``hunt`` makes of it."""
+        loop = asyncio.get_running_loop()
         while True:
-            until = attempts.next_deadline()
+            until = hunt.next_deadline()
             if self._down is None:
                 self._down = loop.create_future()
             waiters: set[asyncio.Future[Any]] = {leg.outcome, caller.ended, self._down}
-            if attempts.setup_pending:
-                waiters.add(leg.progressed)
+            if hunt.setup_pending:
+                waiters.add(leg.progressed)  # a 1xx stops the setup timer: wait anew
             delay = None if until is None else until - loop.time()
             if delay is None or delay > 0:
                 await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             now = loop.time()
+            present = caller.active or caller.answered
             if leg.outcome.done():
-                return self._leg_result(attempts, leg, now)
+                return hunt.leg_ended(_leg_result(leg), now=now, caller_present=present)
             if caller.ended.done():
-                gone = CAUSE_NORMAL if caller.answered else q850(caller.session.end_cause)
-                decision: Decision | None = attempts.caller_left(gone, now=now)
-            else:
-                # ringing on a gateway found dead meanwhile, or a deadline passed
-                decision = attempts.check_health(now) or attempts.handle_timer(now)
-            if decision is not None:
-                assert decision.abandon is not None
-                self._abandon(leg, decision.abandon)
-                return decision, None
-
-    def _leg_result(
-        self, attempts: CallAttempts, leg: _Leg, now: float
-    ) -> tuple[Decision, _Leg | None]:
-        if leg.outcome.cancelled():
-            return attempts.on_result(None, now=now, transport_error=True), None
-        response = leg.outcome.result()
-        if isinstance(response, SipError):
-            cause = leg.session.end_cause
-            reason = format_reason(cause) if cause else None
-            if (
-                response.status == 408
-                and leg.session.state is SessionState.TERMINATED
-                and not cause
-            ):
-                # no final response at all: Timer B or a transport error (§17.1.4)
-                return attempts.on_result(None, now=now, transport_error=True), None
-            return attempts.on_result(response.status, now=now, reason=reason), None
-        leg.on_answered(response)
-        return attempts.on_result(response.status, now=now), leg
+                end_cause = caller.session.end_cause
+                return hunt.caller_left(end_cause, answered=caller.answered, now=now)
+            # ringing on a gateway found dead meanwhile, or a deadline passed
+            commands = hunt.check_health(now, caller_present=present) or hunt.handle_timer(
+                now, caller_present=present
+            )
+            if commands:
+                return commands
 
     def _record(self, caller: Call, attempt: Attempt, number: str, label: str) -> None:
         key = (attempt.trunk, attempt.outcome.value)
@@ -1000,6 +1021,21 @@ class TrunkCollector(Collector):
 
 def _channel_key(call: Call) -> str:
     return f"{call.call_id}/{call.session.local_tag}"
+
+
+def _leg_result(leg: _Leg) -> LegResult:
+    """A trunk leg's outcome as plain values for :meth:`TrunkHunt.leg_ended` (a 2xx's
+    SDP answer is taken here): its final status, the cause it ended with (Reason),
+    whether its session is over; no result at all when its wait was cancelled."""
+    if leg.outcome.cancelled():
+        return NO_RESULT
+    response = leg.outcome.result()
+    if isinstance(response, SipError):
+        session = leg.session
+        terminated = session.state is SessionState.TERMINATED
+        return LegResult(response.status, session.end_cause, terminated)
+    leg.on_answered(response)
+    return LegResult(response.status)
 
 
 def _first_trusted(plan: TrunkPlan) -> str:
