@@ -38,8 +38,9 @@ the decisions are here, in plain classes fed what happened and returning command
 * :func:`progress_action` decides what a leg's 180/183 becomes for the caller.
 
 Ringing the phones of one stage is :class:`callengine.fork.Fork`; hunting a trunk
-group is :class:`pri.CallAttempts`. Neither class here keeps a deadline of its own:
-every ring timeout belongs to those cores, so nothing here reads a clock.
+group is :class:`callengine.hunt.TrunkHunt` (driving :class:`pri.CallAttempts`).
+Neither class here keeps a deadline of its own: every ring timeout belongs to those
+cores, so nothing here reads a clock.
 """
 
 from __future__ import annotations
@@ -325,7 +326,8 @@ class RingStage:
 
 @dataclass(frozen=True, slots=True)
 class DialStage:
-    """Hunt stage ``index``'s trunk group for its number (:class:`pri.CallAttempts`)."""
+    """Hunt stage ``index``'s trunk group for its number (a
+    :class:`~callengine.hunt.TrunkHunt`)."""
 
     index: int
 

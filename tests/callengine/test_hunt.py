@@ -1,10 +1,18 @@
 """Trunk call control (callengine.hunt): routing a new call, and hunting a trunk group
-with a fake clock. No sockets, no event loop: commands and channel state are checked."""
+with a fake clock. No sockets, no running event loop: commands and channel state are
+checked; last, the B2BUA shell's one conversion of a leg's outcome (futures only)."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
+from callengine.b2bua import _leg_result
+from callengine.call import SipError
 from callengine.hunt import (
     NO_RESULT,
     NOT_SENT,
@@ -28,6 +36,7 @@ from callengine.hunt import (
     route_call,
     trunk_leg,
 )
+from callengine.sip.useragent import SessionState
 from callengine.transfer import LegTarget
 from pri import (
     Credentials,
@@ -508,3 +517,44 @@ def test_route_anything_else_is_none() -> None:
         empty, "90123", source_ip="127.0.0.1", authenticated=True, owns_number=owns
     )
     assert decision is None and owned == []  # no trunk: nothing is asked
+
+
+# --- the shell's conversion of a leg's outcome ------------------------------------------
+
+
+@dataclass
+class FakeLeg:
+    outcome: asyncio.Future[Any]
+    session: SimpleNamespace
+    answered: list[Any] = field(default_factory=list)
+
+    def on_answered(self, response: Any) -> None:
+        self.answered.append(response)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "end_cause", "result", "transport_error"),
+    [
+        (None, SessionState.TERMINATED, 0, NO_RESULT, True),  # the wait was cancelled
+        (SipError(408), SessionState.TERMINATED, 0, LegResult(408, 0, True), True),
+        (SipError(408), SessionState.EARLY, 0, LegResult(408, 0, False), False),
+        (SipError(503), SessionState.TERMINATED, 34, LegResult(503, 34, True), False),
+        (SimpleNamespace(status=200), SessionState.CONFIRMED, 0, LegResult(200), False),
+    ],
+)
+def test_the_shell_turns_a_legs_outcome_into_plain_values(
+    outcome: Any, state: SessionState, end_cause: int, result: LegResult, transport_error: bool
+) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        future: asyncio.Future[Any] = loop.create_future()
+        if outcome is None:
+            future.cancel()
+        else:
+            future.set_result(outcome)
+        leg = FakeLeg(future, SimpleNamespace(state=state, end_cause=end_cause))
+        assert _leg_result(leg) == result  # type: ignore[arg-type]
+        assert is_transport_error(result) is transport_error
+        assert leg.answered == ([outcome] if result.status == 200 else [])  # its SDP taken
+    finally:
+        loop.close()
