@@ -36,7 +36,10 @@ shell (:class:`callengine.b2bua.B2BUA`), which only carries them out:
                                  |  RecordSkip..., Failed(503, 34)  (nothing free or up)
       provisional(status, now)   -> nothing: a 1xx stops the setup timer
       leg_ended(result, now)     -> the attempt ends with the leg's final result
-      caller_left(cause, now)    -> AbandonAttempt(cause), the attempt ends: Failed(487)
+      caller_left(end_cause, answered, now)
+                                 -> AbandonAttempt(cause), the attempt ends: Failed(487,
+                                    cause); the cause is the caller's Q.850 end cause,
+                                    16 for a caller answered before (an IVR's)
       handle_timer(now)          -> no response within the setup timeout:
                                     AbandonAttempt(102), the attempt ends (failover);
                                     no answer by the ring deadline: AbandonAttempt(19),
@@ -44,8 +47,10 @@ shell (:class:`callengine.b2bua.B2BUA`), which only carries them out:
       check_health(now)          -> the ringing trunk was declared down:
                                     AbandonAttempt(38), the attempt ends (failover)
 
-  An attempt ends with ``RecordAttempt(attempt)`` (and ``ReportHealth(events)`` when
-  the result changed a breaker), then, by the outcome:
+  ``leg_ended``, ``handle_timer`` and ``check_health`` take ``caller_present``: the
+  caller can still be connected (it is there, or it was answered). An attempt ends
+  with ``RecordAttempt(attempt)`` (and ``ReportHealth(events)`` when the result
+  changed a breaker), then, by the outcome:
 
       connected -> RecordSkip..., Connected: bridge the leg; it keeps its B-channel
                    until the bridge ends
