@@ -268,7 +268,11 @@ class B2BUA:
         """Check channel accounting against live calls: a B-channel held for a call the
         engine no longer has, at two audits in a row, is released (logged and counted as
         ``channels_reclaimed``). Returns how many were released."""
-        live = {_channel_key(call) for call in self.engine.calls.values()}
+        live = {
+            key
+            for call in self.engine.calls.values()
+            for key in (_channel_key(call), _outbound_key(call))
+        }
         suspects: set[str] = set()
         released = 0
         for trunk in self.plan.trunks.values():
@@ -597,7 +601,7 @@ class B2BUA:
         loop = asyncio.get_running_loop()
         hunt = TrunkHunt(
             group,
-            _channel_key(caller),
+            _outbound_key(caller),
             number=number,
             now=loop.time(),
             health=self.board,
@@ -1020,7 +1024,16 @@ class TrunkCollector(Collector):
 
 
 def _channel_key(call: Call) -> str:
+    """The key of the B-channel a call arriving from a trunk holds."""
     return f"{call.call_id}/{call.session.local_tag}"
+
+
+def _outbound_key(call: Call) -> str:
+    """The key of the B-channel ``call``'s outbound trunk leg holds: another key than
+    the inbound one, so that a call in from a trunk and out again through the same
+    trunk (a forward to the PSTN) holds two channels, as on a real PRI, and the end of
+    the outbound hunt never frees the inbound call's channel."""
+    return f"{_channel_key(call)}/out"
 
 
 def _leg_result(leg: _Leg) -> LegResult:

@@ -558,3 +558,32 @@ def test_the_shell_turns_a_legs_outcome_into_plain_values(
         assert leg.answered == ([outcome] if result.status == 200 else [])  # its SDP taken
     finally:
         loop.close()
+
+
+# ------------------------------------------------------- B-channels in and out again
+def test_a_call_in_from_a_trunk_and_out_again_holds_two_channels() -> None:
+    """A call from carrier A forwarded to the PSTN through carrier A again (a hairpin)
+    holds two B-channels while both legs are up, as a real PRI does; the outbound hunt
+    failing frees its own channel only; the channel audit leaves a live call's two
+    channels alone and reclaims both once the engine no longer has the call."""
+    from callengine.b2bua import B2BUA, _channel_key, _outbound_key
+
+    trunks = plan()
+    trunk = trunks.trunks["carrier-a"]
+    group = trunks.groups["pstn"]
+    caller = SimpleNamespace(call_id="c1@x", session=SimpleNamespace(local_tag="t1"))
+    assert trunk.seize(_channel_key(caller)) is not None  # type: ignore[arg-type]
+    hunt = TrunkHunt(group, _outbound_key(caller), number="3225551234", now=T0)  # type: ignore[arg-type]
+    assert isinstance(hunt.start(now=T0)[0], StartLeg)
+    assert trunk.in_use == 2  # not the inbound call's channel again
+    assert isinstance(hunt.leg_ended(LegResult(486, 17), now=T0 + 1)[-1], Failed)
+    assert trunk.in_use == 1  # the inbound call keeps its channel
+
+    assert group.seize(_outbound_key(caller)) is not None  # type: ignore[arg-type]
+    engine = SimpleNamespace(calls={"c1@x": caller})
+    b2bua = B2BUA(engine, trunks)  # type: ignore[arg-type]
+    assert b2bua.audit_channels() == 0 and b2bua.audit_channels() == 0
+    assert trunk.in_use == 2
+    engine.calls.clear()
+    assert b2bua.audit_channels() == 0  # suspects, at the first audit
+    assert b2bua.audit_channels() == 2 and trunk.in_use == 0
