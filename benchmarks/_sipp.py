@@ -101,6 +101,20 @@ def tree_cpu_by_process(pid: int) -> dict[str, float]:
     return out
 
 
+def media_pid(pid: int) -> int:
+    """The process that holds a one-process node's media: its media plane when it has
+    one (``callengine serve``'s default), else the node itself."""
+    for child in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = child.read_bytes()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(b")") + 2 :].split()[1]) == pid:
+            if _role(int(child.parent.name)) == "plane":
+                return int(child.parent.name)
+    return pid
+
+
 def _role(pid: int) -> str:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -92,7 +92,9 @@ from benchmarks._sipp import (  # noqa: E402
     SIPP_BUFFER,
     Peer,
     free_port,
+    media_pid,
     start_engine,
+    tree_cpu_by_process,
     tree_cpu_seconds,
 )
 
@@ -765,7 +767,10 @@ class LegStep:
     """The node's event-loop lag over the window: upper bound of the p99 bucket."""
     loop_lag_max_ms: float | None = None
     """Upper bound of the highest non-empty lag bucket over the window."""
+    cpu_by_process: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Node CPU over the window by process (``engine``, ``plane``), % of one core."""
     profile: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """py-spy's samples of the process holding the media (the plane, if any)."""
     errors: list[Any] = dataclasses.field(default_factory=list)
     note: str = ""
 
@@ -831,6 +836,7 @@ def webrtc_step(n: int, args: argparse.Namespace, root: Path, setup: tuple[Path,
         step.note = f"wire codec {ups[0].get('codec')}"
         time.sleep(args.settle)
         before = scrape(metrics_port)
+        by0 = tree_cpu_by_process(node.proc.pid)
         cpu0, load0, t0 = node.cpu(), _clients_cpu(clients), time.monotonic()
         for c in clients:
             _send(c, "mark")
@@ -840,6 +846,7 @@ def webrtc_step(n: int, args: argparse.Namespace, root: Path, setup: tuple[Path,
         for c in clients:
             _send(c, "mark")
         cpu1, load1, t1 = node.cpu(), _clients_cpu(clients), time.monotonic()
+        _by_process(step, by0, tree_cpu_by_process(node.proc.pid), t1 - t0)
         windows = [_readline(c, 10) for c in clients]
         step.window_s = round(t1 - t0, 2)
         step.node_cpu_pct = round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
@@ -855,7 +862,10 @@ def webrtc_step(n: int, args: argparse.Namespace, root: Path, setup: tuple[Path,
         _lag(step, before, scrape(metrics_port))
         if args.profile:
             step.profile = sample_node(
-                node.proc.pid, args.profile_seconds, workdir / "profile.txt", args.profile_rate
+                media_pid(node.proc.pid),
+                args.profile_seconds,
+                workdir / "profile.txt",
+                args.profile_rate,
             )
     finally:
         for c in clients:
@@ -883,6 +893,14 @@ def _send(proc: subprocess.Popen[str], line: str) -> None:
         proc.stdin.flush()
     except (BrokenPipeError, OSError):
         pass
+
+
+def _by_process(
+    step: LegStep, before: dict[str, float], after: dict[str, float], seconds: float
+) -> None:
+    step.cpu_by_process = {
+        role: round(100 * (after[role] - before.get(role, 0.0)) / seconds, 1) for role in after
+    }
 
 
 def _clients_cpu(clients: list[subprocess.Popen[str]]) -> float:
@@ -930,16 +948,21 @@ def rtp_step(n: int, args: argparse.Namespace, root: Path, setup: tuple[Path, Pa
             return step
         time.sleep(args.settle)
         before = scrape(metrics_port)
+        by0 = tree_cpu_by_process(node.proc.pid)
         cpu0, load0, t0 = node.cpu(), tree_cpu_seconds(sipp.pid), time.monotonic()
         time.sleep(args.window)
         cpu1, load1, t1 = node.cpu(), tree_cpu_seconds(sipp.pid), time.monotonic()
+        _by_process(step, by0, tree_cpu_by_process(node.proc.pid), t1 - t0)
         step.window_s = round(t1 - t0, 2)
         step.node_cpu_pct = round(100 * (cpu1 - cpu0) / (t1 - t0), 1)
         step.loadgen_cpu_pct = round(100 * (load1 - load0) / (t1 - t0), 1)
         _lag(step, before, scrape(metrics_port))
         if args.profile:
             step.profile = sample_node(
-                node.proc.pid, args.profile_seconds, workdir / "profile.txt", args.profile_rate
+                media_pid(node.proc.pid),
+                args.profile_seconds,
+                workdir / "profile.txt",
+                args.profile_rate,
             )
     finally:
         _stop(sipp)
@@ -957,8 +980,8 @@ def table(steps: list[dict[str, Any]], mode: str) -> str:
     lines = [
         f"{mode}: node CPU in % of one core (whole process tree) over the window",
         "",
-        "| N | WebRTC up | delivered (worst caller) | RTP lost | node CPU | per leg "
-        "| loop lag p99/max | client CPU | RTP legs up | node CPU | per leg | ratio |",
+        "| N | WebRTC up | delivered (worst caller) | RTP lost | node CPU (engine + plane) "
+        "| per leg | loop lag p99/max | client CPU | RTP legs up | node CPU | per leg | ratio |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in sorted(by_n):
@@ -971,9 +994,11 @@ def table(steps: list[dict[str, Any]], mode: str) -> str:
             else "-"
         )
         lag = f"{_f(w.get('loop_lag_p99_ms'), 0)}/{_f(w.get('loop_lag_max_ms'), 0)} ms"
+        split = w.get("cpu_by_process") or {}
+        parts = f" ({split.get('engine', 0)} + {split['plane']})" if "plane" in split else ""
         lines.append(
             f"| {n} | {w.get('up', '-')} | {delivered} | {w.get('rtp_lost', '-')} "
-            f"| {w.get('node_cpu_pct', '-')} % | {_f(wl)} | {lag} "
+            f"| {w.get('node_cpu_pct', '-')} %{parts} | {_f(wl)} | {lag} "
             f"| {w.get('loadgen_cpu_pct', '-')} % | {r.get('up', '-')} "
             f"| {r.get('node_cpu_pct', '-')} % | {_f(rl)} "
             f"| {_f(wl / rl if wl and rl else None, 1)} |"
@@ -986,7 +1011,8 @@ def table(steps: list[dict[str, Any]], mode: str) -> str:
     if used:
         lines += [
             "",
-            "Where the node's time goes (py-spy --native, share of busy samples):",
+            "Where the node's media process (its plane, if any) spends its time (py-spy"
+            " --native, share of busy samples):",
             "",
             "| N | legs | samples | " + " | ".join(used) + " |",
             "|---:|---|---:|" + "---:|" * len(used),
