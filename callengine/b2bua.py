@@ -65,6 +65,7 @@ from pri import (
     Trunk,
     TrunkGroup,
     TrunkPlan,
+    cause_for_status,
 )
 
 from ._ring import fork_outcomes
@@ -525,9 +526,12 @@ class B2BUA:
         return answer.codec.name if answer is not None else None
 
     def _abandon(self, leg: _Leg, cause: int) -> None:
-        """We no longer want this leg: CANCEL (or BYE), and forget its result."""
+        """We no longer want this leg: CANCEL (or BYE), and forget its result and its
+        progress (a late 180/183 must neither stop the next trunk attempt's setup timer
+        nor reach the caller)."""
         engine = self.engine
         session = leg.session
+        leg.on_progress = None
         if not leg.outcome.done():
             leg.outcome.cancel()
         if leg.active:
@@ -623,7 +627,11 @@ class B2BUA:
                         return command.result
                     if isinstance(command, StartLeg):
                         started = await self._start_trunk_leg(caller, hunt, command)
-                        if isinstance(started, LegResult):
+                        if isinstance(started, SipError):
+                            leg = None
+                            cause = started.cause or cause_for_status(started.status)
+                            pending += hunt.not_sent(started.status, cause, now=loop.time())
+                        elif isinstance(started, LegResult):
                             leg = None
                             pending += hunt.leg_ended(
                                 started,
@@ -676,16 +684,20 @@ class B2BUA:
 
     async def _start_trunk_leg(
         self, caller: Call, hunt: TrunkHunt, command: StartLeg
-    ) -> _Leg | LegResult:
+    ) -> _Leg | LegResult | SipError:
         """Send one attempt's INVITE (its 1xx go to ``hunt`` and are relayed to the
         caller); the leg, or the result to report when it was not sent: the engine
-        kept it back (the caller gone), or it could not be sent."""
+        kept it back (the caller gone), it could not be sent, or our side could not
+        make it (no RTP port: the :class:`SipError`, for ``hunt.not_sent``)."""
         loop = asyncio.get_running_loop()
         self._count("trunk_attempts")
         try:
             leg = await self._start_leg(caller, command.leg)
-        except SipError:
-            return NOT_SENT
+        except SipError as exc:
+            if exc.status == 487:
+                return NOT_SENT
+            log.warning("cannot make the INVITE to trunk %s: %s", command.target.trunk.name, exc)
+            return exc
         except (OSError, RuntimeError, ValueError, ProtocolError) as exc:
             log.warning("cannot send INVITE to trunk %s: %s", command.target.trunk.name, exc)
             return NO_RESULT

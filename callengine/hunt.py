@@ -46,6 +46,10 @@ shell (:class:`callengine.b2bua.B2BUA`), which only carries them out:
                                     the attempt ends: Failed(480, 19)
       check_health(now)          -> the ringing trunk was declared down:
                                     AbandonAttempt(38), the attempt ends (failover)
+      not_sent(status, cause, now)
+                                 -> our side could not make the INVITE (no RTP port:
+                                    503, cause 47): the attempt ends, Failed(status,
+                                    cause); no other trunk, none blamed
 
   ``leg_ended``, ``handle_timer`` and ``check_health`` take ``caller_present``: the
   caller can still be connected (it is there, or it was answered). An attempt ends
@@ -401,6 +405,15 @@ class TrunkHunt:
             reason = format_reason(result.cause) if result.cause else None
             decision = attempts.on_result(result.status, now=now, reason=reason)
         return self._decided(decision, now, caller_present)
+
+    def not_sent(self, status: int, cause: int, *, now: float) -> list[HuntCommand]:
+        """The current attempt's INVITE could not be made on our side (no RTP port:
+        503 with cause 47; an offer refused: 488): the hunt ends with that status and
+        cause (:meth:`pri.CallAttempts.not_sent`: no other trunk, none blamed)."""
+        attempts = self._in_progress()
+        if attempts is None:
+            return []
+        return self._decided(attempts.not_sent(status, cause, now=now), now, True)
 
     def caller_left(self, end_cause: int, *, answered: bool, now: float) -> list[HuntCommand]:
         """The caller hung up (or cancelled) during the current attempt: the call ends

@@ -104,6 +104,7 @@ class EndedBy(enum.Enum):
     TIMEOUT = "timeout"
     TRANSPORT_ERROR = "transport_error"
     TRUNK_DOWN = "trunk_down"
+    NOT_SENT = "not_sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +325,16 @@ class CallAttempts:
         decision = self.on_result(487, now=now, reason=format_reason(cause))
         return replace(decision, abandon=cause)
 
+    def not_sent(self, status: int, cause: int, *, now: float) -> Decision:
+        """The current attempt's INVITE was never sent, for a reason of our own (no RTP
+        port for the leg: 503 with cause 47; an offer we cannot make: 488): the call
+        ends with ``status`` and ``cause``. Another trunk would meet the same failure,
+        and this one is not blamed (no breaker record)."""
+        target = self._current
+        if target is None:
+            raise RuntimeError("no attempt in progress")
+        return self._end(target, now, EndedBy.NOT_SENT, status, cause, "not sent", (), final=True)
+
     def check_health(self, now: float) -> Decision | None:
         """Fail the current ringing attempt over if its trunk is now reported down.
 
@@ -400,8 +411,10 @@ class CallAttempts:
         text: str,
         events: tuple[HealthChanged, ...],
         q850: int | None = None,
+        *,
+        final: bool = False,
     ) -> Decision:
-        outcome = classify(status, q850)
+        outcome = Outcome.FINAL if final else classify(status, q850)
         attempt = Attempt(
             index=target.attempt,
             trunk=target.trunk.name,

@@ -271,6 +271,42 @@ def test_an_invite_not_sent_because_the_caller_left_is_487_cause_16(
     assert commands[-1] == Failed(FinalResult(487, 16))
 
 
+def test_an_invite_our_side_could_not_make_ends_the_hunt_with_its_status(
+    group: TrunkGroup,
+) -> None:
+    """No RTP port for the leg: 503 with cause 47 for the caller, not 487 (the caller
+    is still there) and no failover (another trunk needs a port of ours too)."""
+    hunt, _ = started(group)
+    commands = hunt.not_sent(503, 47, now=T0 + 0.1)
+    assert kinds(commands) == ["RecordAttempt", "StopRelay", "Failed"]
+    assert recorded(commands) == [("a", 503, 47, Outcome.FINAL)]
+    assert commands[-1] == Failed(FinalResult(503, 47))
+    assert all(n == 0 for n in in_use(group).values())
+    assert hunt.done and hunt.not_sent(503, 47, now=T0 + 1) == []
+
+
+def test_an_abandoned_leg_s_late_progress_reaches_nobody() -> None:
+    """A leg CANCELled (its setup timer, the caller leaving) may still send a 180 or
+    183: it must not stop the next attempt's setup timer nor ring the caller."""
+    from callengine.b2bua import B2BUA, _Leg
+
+    heard: list[int] = []
+    leg = SimpleNamespace(
+        outcome=SimpleNamespace(done=lambda: True),
+        progressed=SimpleNamespace(done=lambda: True),
+        early_sdp=None,
+        active=False,
+        media=None,
+        session=SimpleNamespace(state=SessionState.TERMINATED),
+        on_progress=lambda _leg, response: heard.append(response.status),
+    )
+    _Leg._on_progress(leg, SimpleNamespace(status=180, body=b""))  # type: ignore[arg-type]
+    assert heard == [180]
+    B2BUA._abandon(SimpleNamespace(engine=None), leg, 102)  # type: ignore[arg-type]
+    _Leg._on_progress(leg, SimpleNamespace(status=183, body=b"v=0"))  # type: ignore[arg-type]
+    assert heard == [180]
+
+
 @pytest.mark.parametrize(
     ("result", "transport_error"),
     [

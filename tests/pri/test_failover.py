@@ -8,6 +8,7 @@ from pri import (
     Attempt,
     CallAttempts,
     EndedBy,
+    FinalResult,
     Gateway,
     HealthBoard,
     HealthConfig,
@@ -361,6 +362,28 @@ def test_no_circuit_answer_is_not_a_breaker_failure(group: TrunkGroup) -> None:
         calls.next_trunk(now=0.1)
         calls.on_result(486, now=0.2)
     assert board.state("a") is HealthState.UP
+
+
+def test_an_invite_we_could_not_make_ends_the_call_and_blames_no_trunk(
+    group: TrunkGroup,
+) -> None:
+    """No RTP port for the leg (503, cause 47): the call ends with it at once, no other
+    trunk is tried (ours is the missing resource), the channel is released, and the
+    trunk's breaker records nothing, however often it happens."""
+    board = HealthBoard(group.trunks, now=0.0)
+    for i in range(5):
+        calls = CallAttempts(group, f"c{i}", 0.0, health=board)
+        calls.next_trunk(now=0.0)
+        decision = calls.not_sent(503, 47, now=0.1)
+        assert decision.outcome is Outcome.FINAL and decision.events == ()
+        assert decision.final == FinalResult(503, 47) and decision.abandon is None
+        assert decision.attempt.ended_by is EndedBy.NOT_SENT
+        assert decision.attempt.cause == 47 and calls.finished
+        assert calls.next_trunk(now=0.2) is None
+    assert all(t.in_use == 0 for t in group.trunks)
+    assert board.state("a") is HealthState.UP
+    with pytest.raises(RuntimeError):
+        calls.not_sent(503, 47, now=0.3)
 
 
 def test_user_answers_count_as_breaker_successes(group: TrunkGroup) -> None:
