@@ -73,10 +73,11 @@ class MediaManager(SrtpPolicy):
         port_pool: int = DEFAULT_POOL_SIZE,
         port_quarantine: float = DEFAULT_QUARANTINE,
         clock_slots: int = DEFAULT_SLOTS,
+        clock_phase: float | None = None,
         spool_name: str = "spool",
         prompt_owner: bool = True,
     ) -> None:
-        self.clock = MediaClock(slots=clock_slots)
+        self.clock = MediaClock(slots=clock_slots, phase=clock_phase)
         self.port_pool = port_pool
         self.port_quarantine = port_quarantine
         self.pools: dict[str, PortPool] = {}

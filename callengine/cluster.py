@@ -591,6 +591,7 @@ async def _run_worker(
     node.engine.relay = relay
     node.engine.new_call_id = functools.partial(call_id_for, index, link.workers)
     node.engine.worker_index = index
+    node.engine.clock_phase = index / link.workers  # the workers' media clocks apart
     await node.start()
     # the node's caps (max_calls / max_cps, per source, per tenant), counted once for
     # all workers

@@ -102,6 +102,10 @@ class Engine:
         """Transports handed over by a multi-worker node's front (set before ``start``);
         ``None``: the engine opens its own listeners."""
         self.worker_index: int | None = None
+        self.clock_phase: float | None = None
+        """Where in the 20 ms period this process's media clock ticks (a fraction):
+        worker i of a node of n takes i / n, so that the workers' media clocks never
+        wake together (media/clock.py); ``None``: wherever the first call starts it."""
         """A multi-worker node's worker number (its own media spool directory)."""
         self.new_call_id: Callable[[str], str] | None = None
         """Makes the Call-IDs of calls and probes this engine starts (a worker's come
@@ -194,6 +198,7 @@ class Engine:
             "port_pool": cfg.rtp_port_pool,
             "port_quarantine": cfg.rtp_port_quarantine,
             "clock_slots": cfg.media_clock_slots,
+            "clock_phase": self.clock_phase,
             "spool_name": spool_name(self.worker_index),
             # a worker's prompts are fetched by its front (callengine/cluster.py)
             "prompt_owner": self.worker_index is None,

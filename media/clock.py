@@ -56,8 +56,15 @@ class TickSchedule(Generic[T]):
     """The slots of the media clock and their deadlines (fake-clock testable)."""
 
     def __init__(
-        self, *, interval: float = 0.02, slots: int = DEFAULT_SLOTS, max_lag_ticks: int = 5
+        self,
+        *,
+        interval: float = 0.02,
+        slots: int = DEFAULT_SLOTS,
+        max_lag_ticks: int = 5,
+        phase: float | None = None,
     ) -> None:
+        if phase is not None and not 0.0 <= phase < 1.0:
+            raise ValueError(f"phase must be in [0, 1), not {phase}")
         if slots < 1:
             raise ValueError(f"slots must be 1 or more, not {slots}")
         if interval <= 0:
@@ -69,6 +76,12 @@ class TickSchedule(Generic[T]):
         # The origin of every slot's phase; set when the first item arrives, cleared
         # when the last one leaves (the next call starts a fresh schedule).
         self._epoch: float | None = None
+        self.phase = phase
+        """Where in the period (a fraction) slot 0 ticks, on the grid of multiples of
+        ``interval`` of the monotonic clock, which every process of a machine shares:
+        the media planes of a node's workers take phases apart (worker i of n: i / n),
+        so that their ticks never wake together and compete for the cores. ``None``:
+        the first stream's arrival sets the phase (a lone clock)."""
         self.resyncs = 0
 
     def __len__(self) -> int:
@@ -96,8 +109,12 @@ class TickSchedule(Generic[T]):
         if key in self._slot_of:
             self.remove(key)
         if self._epoch is None:
-            # Slot 0's first tick one interval from now, as a lone clock would.
-            self._epoch = now
+            if self.phase is None:
+                # Slot 0's first tick one interval from now, as a lone clock would.
+                self._epoch = now
+            else:
+                grid = math.floor(now / self.interval) * self.interval
+                self._epoch = grid + self.phase * self.interval
         slot = min(self._slots, key=_load)
         if not slot.items:
             slot.due = self._next_phase(slot, now)

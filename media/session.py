@@ -86,12 +86,13 @@ class MediaClock:
         interval: float = 0.02,
         max_lag_ticks: int = 5,
         slots: int = DEFAULT_SLOTS,
+        phase: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.interval = interval
         self.max_lag_ticks = max_lag_ticks
         self._schedule: TickSchedule[Callable[[float], None]] = TickSchedule(
-            interval=interval, slots=slots, max_lag_ticks=max_lag_ticks
+            interval=interval, slots=slots, max_lag_ticks=max_lag_ticks, phase=phase
         )
         self._sessions: dict[int, RtpSession] = {}
         self._handle: asyncio.TimerHandle | None = None

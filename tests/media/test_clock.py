@@ -362,3 +362,37 @@ def test_after_a_long_stall_on_a_slow_loop_no_slot_waits_behind_the_others() -> 
     for ticks in times.values():
         worst = max(b - a for a, b in itertools.pairwise(ticks))
         assert worst <= 0.15 + 2 * INTERVAL
+
+
+@given(
+    first=st.floats(min_value=1.0, max_value=1e6),
+    second=st.floats(min_value=1.0, max_value=1e6),
+    workers=st.integers(min_value=2, max_value=8),
+)
+def test_phased_clocks_of_workers_keep_apart_whoever_starts_first(
+    first: float, second: float, workers: int
+) -> None:
+    """The media clocks of a node's workers (phase i / n) tick on the monotonic
+    clock's 20 ms grid, each at its own offset, whenever each one's first call came:
+    two planes never wake together (their ticks are a whole 1/n period apart)."""
+    interval = 0.02
+    deadlines = []
+    for i, start in ((0, first), (1, second)):
+        schedule: TickSchedule[str] = TickSchedule(interval=interval, phase=i / workers)
+        schedule.add("s", "s", start)
+        due = schedule.next_deadline()
+        assert due is not None and start < due[0] <= start + interval + 1e-9
+        deadlines.append(due[0])
+    offset = (deadlines[1] - deadlines[0]) % interval
+    gap = interval / workers
+    assert min(abs(offset - gap), abs(offset - gap - interval)) < 1e-6, offset
+    # unphased (a lone clock): the first stream's arrival sets the phase
+    lone: TickSchedule[str] = TickSchedule(interval=interval)
+    lone.add("s", "s", first)
+    assert lone.next_deadline() == (first + interval, 0)
+
+
+def test_a_phase_outside_the_period_is_refused() -> None:
+    for phase in (-0.1, 1.0, 2.5):
+        with pytest.raises(ValueError, match="phase"):
+            TickSchedule(phase=phase)
