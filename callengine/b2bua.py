@@ -426,7 +426,9 @@ class B2BUA:
         if isinstance(decision, Forbidden):
             # would leave through a trunk, from a source that may not: toll fraud
             self._count("toll_fraud_rejected")
-            log.warning("403 for %s -> %s: source not trusted for trunk routes", source_ip, number)
+            log.warning(
+                "403 for %s -> %s: a trunk route this source may not use", source_ip, number
+            )
             status, reason = decision.status, decision.reason
 
             async def forbidden(call: Call) -> None:
