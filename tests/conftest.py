@@ -1,5 +1,5 @@
 """How ``make test`` shares the machine: most of the suite on two processes
-(pytest-xdist, ``-n 2 -m "not heavy"``), then the heavy tests alone (``-m heavy``).
+(pytest-xdist, ``-n 2 --dist worksteal -m "not heavy"``), then the heavy tests alone (``-m heavy``).
 
 Most of the suite's time is waiting (calls held for seconds, retransmission timers,
 servers starting), so two pytest processes halve its length. The tests that load the
