@@ -144,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, **overrides)
     except ConfigError as exc:
-        print(f"callengine: configuration error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"callengine: configuration error: {exc}\n")
         return 2
     if args.no_metrics:
         cfg.metrics = None
@@ -158,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             check_bind(parse_listen(cfg.admin)[0], cfg.admin_token)
         except AdminConfigError as exc:
-            print(f"callengine: configuration error: {exc}", file=sys.stderr)
+            sys.stderr.write(f"callengine: configuration error: {exc}\n")
             return 2
     cfg.media_process = serve_media_process(cfg)
     workers = cfg.workers or cpu_cores()
@@ -206,7 +206,7 @@ async def _run_node(cfg: object) -> int:
         node = Node(cfg)
         await node.start()
     except (ConfigError, TrunkConfigError) as exc:
-        print(f"callengine: configuration error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"callengine: configuration error: {exc}\n")
         if node is not None:
             await _quiet_stop(node)
         return 2
@@ -214,7 +214,7 @@ async def _run_node(cfg: object) -> int:
         what = (
             "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         )
-        print(f"callengine: cannot listen on {', '.join(cfg.listen)}: {what}", file=sys.stderr)
+        sys.stderr.write(f"callengine: cannot listen on {', '.join(cfg.listen)}: {what}\n")
         await _quiet_stop(node)
         return 1
     from .admin import AdminServer, WebPhoneServer
@@ -279,7 +279,7 @@ async def open_endpoints(
             opened = (opened[0], phone)
     except OSError as exc:
         where = {"metrics": cfg.metrics, "the admin API": cfg.admin}.get(what, cfg.webphone)
-        print(f"callengine: cannot open {what} on {where}: {exc.strerror}", file=sys.stderr)
+        sys.stderr.write(f"callengine: cannot open {what} on {where}: {exc.strerror}\n")
         await close_endpoints(cfg, opened)
         return None
     return opened

@@ -1343,14 +1343,14 @@ async def run_front(cfg: EngineConfig, workers: int) -> int:
     try:
         await front.start()
     except (ConfigError, TrunkConfigError) as exc:
-        print(f"callengine: configuration error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"callengine: configuration error: {exc}\n")
         await front.stop()
         return 2
     except OSError as exc:
         what = (
             "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         )
-        print(f"callengine: cannot listen on {', '.join(cfg.listen)}: {what}", file=sys.stderr)
+        sys.stderr.write(f"callengine: cannot listen on {', '.join(cfg.listen)}: {what}\n")
         await front.stop()
         return 1
     from .admin import ClusterAdmin, WebPhoneServer
