@@ -2,12 +2,12 @@
 
 Theory of operation
 -------------------
-The node's registrar knows where a tenant user's phones are; ``Engine.locate_user``
-(set by :class:`callengine.node.Node`) turns them into the same
+The node's registrar knows where a tenant user's phones are; ``Dialler.locate_user``
+(``Engine.locate_user``, set by :class:`callengine.node.Node`) turns them into the same
 :class:`~callengine.b2bua.LegTarget` s the B2BUA rings for a ``user:`` transfer: the
 binding's source (NAT, the WebSocket connection of a browser, RFC 7118 §5.2), and a
 WebRTC offer for a binding registered with ``+sip.ice`` (RFC 5768). Every phone is
-rung at once through :meth:`Engine.place_call` and a :class:`~callengine.fork.Fork`
+rung at once through :meth:`Dialler.place_call` and a :class:`~callengine.fork.Fork`
 (the sans-IO core the B2BUA's parallel ringing uses) decides: the first 2xx wins, the
 other legs are CANCELled (Q.850 26), and nobody answering in ``timeout`` seconds is
 480 (cause 19). There is no caller here: the answered :class:`Call` is returned to
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from .call import Call, SipError
 from .fork import Abandon, Command, Connect, Fail, Fork
-from .sip.useragent import SessionState
 
 if TYPE_CHECKING:
     from .b2bua import LegTarget
-    from .engine import Engine
+    from .call import CallControl
+    from .dialler import Dialler
 
 __all__ = ["fork_outcomes", "ring_user"]
 
@@ -54,7 +54,7 @@ def fork_outcomes(
 
 
 async def ring_user(
-    engine: Engine,
+    dialler: Dialler,
     target: str,
     *,
     tenant: str | None,
@@ -70,23 +70,25 @@ async def ring_user(
     if tenant is None:
         raise ValueError(f"originate({target!r}) needs tenant=: users belong to a tenant")
     name = target.partition(":")[2]
-    locate = engine.locate_user
+    locate = dialler.locate_user
     targets = [] if locate is None else locate(tenant, name)
     if not targets:
         raise SipError(480, "not registered", 18)
-    targets = targets[: engine.config.max_fork]
+    targets = targets[: dialler.max_fork]
     calls: list[Call] = []
     for leg in targets:
         try:
             calls.append(
-                await engine.place_call(
+                await dialler.place_call(
                     leg.uri,
                     dest=leg.dest,
                     transport=leg.transport,
                     from_uri=from_uri,
                     from_display=from_display,
                     headers=headers,
-                    make_call=functools.partial(_user_call, engine, leg=leg, tenant=tenant),
+                    make_call=functools.partial(
+                        _user_call, dialler.control, leg=leg, tenant=tenant
+                    ),
                 )
             )
         except (OSError, RuntimeError, ValueError, SipError):
@@ -99,7 +101,7 @@ async def ring_user(
         while True:
             for command in commands:
                 if isinstance(command, Abandon):
-                    _abandon(engine, calls[command.leg], command.cause)
+                    dialler.abandon(calls[command.leg], command.cause)
             for command in commands:
                 if isinstance(command, Connect):
                     return calls[command.leg]
@@ -116,23 +118,12 @@ async def ring_user(
         # the application gave up (its own timeout): nothing may keep ringing
         for fut, i in waiting.items():
             if not fut.done():
-                _abandon(engine, calls[i], 16)
+                dialler.abandon(calls[i], 16)
         raise
 
 
-def _user_call(engine: Engine, session: Any, *, leg: LegTarget, tenant: str) -> Call:
-    call = Call(engine, session, direction="outbound")
+def _user_call(control: CallControl, session: Any, *, leg: LegTarget, tenant: str) -> Call:
+    call = Call(control, session, direction="outbound")
     call.webrtc = leg.webrtc  # make_offer: aiortc's offer (DTLS-SRTP, ICE) to a browser
     call.tenant = tenant
     return call
-
-
-def _abandon(engine: Engine, call: Call, cause: int) -> None:
-    """CANCEL (or BYE) a leg we no longer want; its result no longer matters."""
-    if not call.outcome.done():
-        call.outcome.cancel()
-    if call.active:
-        engine.ua.hangup(call.session, engine.now(), cause)
-        engine.flush()
-    if call.media is not None and call.session.state is not SessionState.CONFIRMED:
-        asyncio.get_running_loop().create_task(call.media.stop("abandoned"))

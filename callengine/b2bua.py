@@ -531,16 +531,8 @@ class B2BUA:
         """We no longer want this leg: CANCEL (or BYE), and forget its result and its
         progress (a late 180/183 must neither stop the next trunk attempt's setup timer
         nor reach the caller)."""
-        engine = self.engine
-        session = leg.session
         leg.on_progress = None
-        if not leg.outcome.done():
-            leg.outcome.cancel()
-        if leg.active:
-            engine.ua.hangup(session, engine.now(), cause)
-            engine.flush()
-        if leg.media is not None and session.state is not SessionState.CONFIRMED:
-            asyncio.get_running_loop().create_task(leg.media.stop("abandoned"))
+        self.engine.dialler.abandon(leg, cause)
 
     def _progress_relay(
         self, caller: Call, *, early_media: bool

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ivr import CallHangup
 from pri.causes import format_reason
@@ -20,6 +20,9 @@ from .sip import sdes
 from .sip import sdp as sdpmod
 from .sip.message import Request, Response
 from .sip.useragent import InviteSession, SessionState, UserAgent
+
+if TYPE_CHECKING:
+    from .calls import CallBook
 
 log = logging.getLogger("callengine.call")
 
@@ -88,11 +91,12 @@ class TransferResult:
 
 class CallControl(Protocol):
     """What a :class:`Call` needs from the engine that made it (the Engine is one):
-    the user agent to command, the time, the media, and the hooks it reports to."""
+    the user agent to command, the time, the media, and the book whose hooks it
+    reports to."""
 
     codecs: list[Any]
     telephone_event: Any
-    hooks: list[Any]
+    book: CallBook
     media_manager: Any
 
     @property
@@ -103,8 +107,6 @@ class CallControl(Protocol):
     def wallclock(self) -> float: ...
 
     def flush(self) -> None: ...
-
-    def call_answered(self, call: Call) -> None: ...
 
     def media_address(self, local_host: str) -> str: ...
 
@@ -233,10 +235,7 @@ class Call:
             raise SipError(487, "call ended before answer")
         # The call log's "open" record is on disk before the 200 OK leaves (nothing lost).
         self.answered_at = self.engine.wallclock()
-        waits = [
-            hook.before_answer(self) for hook in self.engine.hooks if hasattr(hook, "before_answer")
-        ]
-        for wait in waits:
+        for wait in self.engine.book.before_answer(self):
             await wait
         if not self.active:
             self.answered_at = None
@@ -244,7 +243,7 @@ class Call:
         self.engine.ua.answer(self.session, answer, self.engine.now())
         self.status = 200
         self.engine.flush()
-        self.engine.call_answered(self)
+        self.engine.book.answered(self)
         self._emit("answered")
 
     async def _prepare_media(self) -> bytes | None:

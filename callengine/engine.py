@@ -8,8 +8,14 @@ it must through :class:`TransportSet` and calls back into this class -> the one 
 is re-armed from ``ua.next_deadline()``.
 
 For each new INVITE the Engine builds a :class:`Call`, routes it (handlers registered
-with :meth:`on_call`, then the tenant configuration, then the default) and runs the
-handler as one task. When the handler returns, a call it left up is hung up.
+with :meth:`on_call`, then the tenant configuration, then the default: ``router.py``)
+and runs the handler as one task. When the handler returns, a call it left up is hung
+up. The pieces it wires together each live apart: the calls in progress and the hooks
+that hear of them in :class:`~callengine.calls.CallBook` (sans-IO), outgoing INVITEs
+in :class:`~callengine.dialler.Dialler`, the B2BUA's decisions in ``hunt.py``,
+``fork.py`` and ``transfer.py``. What stays here is the I/O: the transports, the one
+timer, the tasks, and the order of a call's end (its log waits for the handler and
+for the media plane's figures).
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .call import Call, MediaUnavailable, SipError, TransferResult
+from .calls import CallBook
 from .config import EngineConfig, load_config, storage_settings
 from .context import current_call_id
+from .dialler import Dialler
 from .dispatch import initial_invite
 from .limits import (
     DROP_BACKLOG,
@@ -38,13 +46,13 @@ from .limits import (
 )
 from .realtime import GcGovernor, LoopLagMonitor, StallReporter
 from .router import CallRouter, Handler
-from .sip.message import Request, Response
-from .sip.uri import URI, parse_uri
+from .sip.message import Request
 from .sip.useragent import InviteSession, UserAgent
 from .transport import TransportSet, parse_listen
 
 if TYPE_CHECKING:
     from .b2bua import LegTarget
+    from .sip.message import Response
 
 log = logging.getLogger("callengine.engine")
 
@@ -75,25 +83,24 @@ class Engine:
             config = load_config(config, **overrides)
         self.config = config
         self.routes = CallRouter(_answer_until_hangup)
-        self.calls: dict[str, Call] = {}
+        self.book = CallBook()
+        """The calls in progress, their results, the hooks that hear of them."""
+        self.dialler = Dialler(self, self.book, local_for=self._local_for, max_fork=config.max_fork)
+        self.place_call = self.dialler.place_call
+        """Send an INVITE (:meth:`Dialler.place_call`): the one path for outgoing calls."""
+        self.originate = self.dialler.originate
+        """Place a call and wait for its answer (:meth:`Dialler.originate`)."""
         self._ua: UserAgent | None = None
         self.transports: TransportSet | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self.results: dict[str, int] = {}
-        self.hooks: list[Any] = []  # objects with on_call_started/answered/ended (call logs)
         self.media_manager: Any = None
         self.transfer_handler: Callable[..., Awaitable[TransferResult]] | None = None
         self.register_handler: Callable[[Request, float], Response | None] | None = None
-        self.locate_user: Callable[[str, str], list[LegTarget]] | None = None
-        """(tenant, user) -> where the user's registered phones are rung (the node's
-        registrar, as the B2BUA rings them): for ``originate("user:NAME", tenant=)``."""
         self.flow_closed_hooks: list[Callable[[tuple[str, int], str], None]] = []
         """Called with (peer, transport) when a WebSocket client's connection ends (the
         node's registrar drops the bindings that were reachable only through it)."""
-        self._outbound: dict[str, asyncio.Future[Response | SipError]] = {}
-        """Outgoing INVITEs' outcome: the 2xx, or the failure as a SipError value."""
         self.exempt_networks: list[str] = [*config.source_exempt, *config.trusted_sources]
         """Sources never rate-limited (balancers, trunk gateways, trusted PBXs); the node
         adds its trunks' sources before ``start()``."""
@@ -158,6 +165,32 @@ class Engine:
     @router.setter
     def router(self, fn: Callable[[Call], Handler | None] | None) -> None:
         self.routes.fallback = fn
+
+    # ------------------------------------------------------------ the book
+    @property
+    def calls(self) -> dict[str, Call]:
+        """The calls in progress that write a call log (:class:`CallBook`)."""
+        return self.book.calls
+
+    @property
+    def hooks(self) -> list[Any]:
+        """What hears of calls: started, answered, ended (call logs, recordings)."""
+        return self.book.hooks
+
+    @property
+    def results(self) -> dict[str, int]:
+        """Ended calls by result (``callengine_calls``)."""
+        return self.book.results
+
+    @property
+    def locate_user(self) -> Callable[[str, str], list[LegTarget]] | None:
+        """(tenant, user) -> where the user's registered phones are rung (the node's
+        registrar, as the B2BUA rings them): for ``originate("user:NAME", tenant=)``."""
+        return self.dialler.locate_user
+
+    @locate_user.setter
+    def locate_user(self, fn: Callable[[str, str], list[LegTarget]] | None) -> None:
+        self.dialler.locate_user = fn
 
     # ------------------------------------------------------------ lifecycle
     def now(self) -> float:
@@ -397,6 +430,10 @@ class Engine:
         self._timer_at = deadline
         self._timer = self._loop.call_at(deadline, self._on_timer)
 
+    def _local_for(self, transport: str, host: str) -> tuple[str, int]:
+        assert self.transports is not None, "engine not started"
+        return self.transports.local_for(transport, host)
+
     def _on_timer(self) -> None:
         assert self._loop is not None
         self._timer = None
@@ -451,9 +488,7 @@ class Engine:
             extra={"call_id": call.call_id},
         )
         session.context = call
-        self.calls[call.call_id + session.local_tag] = call
-        for hook in self.hooks:
-            hook.on_call_started(call)
+        self.book.open(call)
         assert self._loop is not None
         ctx = contextvars.copy_context()
         ctx.run(current_call_id.set, call.call_id)
@@ -484,20 +519,11 @@ class Engine:
 
     def _finish(self, call: Call) -> None:
         """The call and its handler are both done: write its log, forget it (once)."""
-        if call.finished:
-            return
         stopping = call.media_stopping
         if stopping is not None and not stopping.done():
             stopping.add_done_callback(functools.partial(self._finish_after, call))
             return
-        call.finished = True
-        self.calls.pop(call.call_id + call.session.local_tag, None)
-        call.session.context = None  # no session <-> call cycle: refcounting frees both
-        if not call.logged:
-            return
-        for hook in self.hooks:
-            hook.on_call_ended(call)
-        if log.isEnabledFor(logging.INFO):
+        if self.book.close(call) and log.isEnabledFor(logging.INFO):
             duration = (call.ended_at or call.started_at) - (call.answered_at or call.started_at)
             log.info(
                 "call %s %s -> %s: %s, status %s, cause %s, %.1f s",
@@ -520,13 +546,11 @@ class Engine:
     def _media_plane_lost(self, sessions: list[Any]) -> None:
         """The media plane died: every call whose media was there is hung up (Q.850 41,
         temporary failure); the plane restarts for the next calls."""
-        lost = {id(session) for session in sessions}
         assert self._loop is not None
-        for call in list(self.calls.values()):
-            if id(call.media) in lost and call.active:
-                ctx = contextvars.copy_context()
-                ctx.run(current_call_id.set, call.call_id)
-                self._loop.create_task(call.hangup(cause=41), context=ctx)
+        for call in self.book.using_media(sessions):
+            ctx = contextvars.copy_context()
+            ctx.run(current_call_id.set, call.call_id)
+            self._loop.create_task(call.hangup(cause=41), context=ctx)
 
     def _reap(self, call: Call) -> None:
         # A handler still running 5 s after its call ended is cancelled; its log follows.
@@ -544,9 +568,7 @@ class Engine:
         if not isinstance(call, Call):
             return
         call._on_ended(reason, cause)
-        if call.logged:
-            result = "answered" if call.answered else reason
-            self.results[result] = self.results.get(result, 0) + 1
+        self.book.ended(call, reason)
         if call.media is not None:
             media = call.media
             assert self._loop is not None
@@ -562,10 +584,6 @@ class Engine:
         else:
             assert self._loop is not None
             self._loop.call_later(5.0, self._reap, call)
-
-    def call_answered(self, call: Call) -> None:
-        for hook in self.hooks:
-            hook.on_call_answered(call)
 
     def on_reoffer(self, session: InviteSession, sdp: bytes) -> bytes | None:
         call = session.context
@@ -584,19 +602,12 @@ class Engine:
             call._on_progress(response)
 
     def on_answered(self, session: InviteSession, response: Response, now: float) -> None:
-        fut = self._outbound.pop(session.call_id + session.local_tag, None)
-        if fut is not None and not fut.done():
-            fut.set_result(response)
+        self.dialler.answered(session, response)
 
     def on_failed(
         self, session: InviteSession, status: int, response: Response | None, now: float
     ) -> None:
-        key = session.call_id + session.local_tag
-        fut = self._outbound.pop(key, None)
-        if fut is not None and not fut.done():
-            # a value, not set_exception: a raised exception's traceback would hold the
-            # awaiting frame, and with it the call (a cycle through the future)
-            fut.set_result(SipError(status, response.reason if response else "Request Timeout"))
+        self.dialler.failed(session, status, response)
         call = session.context
         if not isinstance(call, Call):
             return
@@ -606,7 +617,7 @@ class Engine:
         if call.media is not None:
             assert self._loop is not None
             self._loop.create_task(call.media.stop("failed"))
-        self.calls.pop(key, None)
+        self.book.forget(call)
         session.context = None
 
     def on_register(self, request: Request, now: float) -> Response | None:
@@ -663,142 +674,6 @@ class Engine:
         if self.transfer_handler is None:
             return TransferResult(answered=False, status=480, cause=18, target=None)
         return await self.transfer_handler(call, targets, strategy=strategy, timeout=timeout)
-
-    # ------------------------------------------------------------- outbound
-    async def place_call(
-        self,
-        target: str | URI,
-        *,
-        dest: tuple[str, int] | None = None,
-        from_user: str = "callengine",
-        from_uri: str | None = None,
-        from_display: str | None = None,
-        transport: str = "UDP",
-        headers: list[tuple[str, str]] | None = None,
-        credentials: tuple[str, str] | None = None,
-        max_forwards: int | None = None,
-        sdp: bytes | None = None,
-        prefer: str | None = None,
-        make_call: Callable[[InviteSession], Call] | None = None,
-        proceed: Callable[[], bool] | None = None,
-    ) -> Call:
-        """Send an INVITE: the one path for :meth:`originate` and a B2BUA's legs.
-
-        Returns as soon as the INVITE is sent; the call's ``outcome`` future gets the
-        2xx, or the failure as a :class:`SipError` value. The offer is ``sdp`` as it
-        is, or ours (media opened, codec ``prefer`` first). ``make_call`` builds the
-        call object for the session (a B2BUA's leg class); ``proceed`` is asked once
-        the offer is ready (opening media awaits): when it says no, nothing is sent,
-        the media is closed and :class:`SipError` 487 is raised."""
-        assert self.transports is not None
-        uri = parse_uri(target, where="target") if isinstance(target, str) else target
-        if dest is None:
-            dest = (uri.host.strip("[]"), uri.port or 5060)
-        local = self.transports.local_for(transport, dest[0])
-        session = self.ua.invite(
-            uri,
-            self.now(),
-            dest=dest,
-            local=local,
-            sdp=b"",
-            from_uri=from_uri or f"sip:{from_user}@{self.media_address(local[0])}",
-            from_display=from_display,
-            transport=transport,
-            headers=headers,
-            credentials=credentials,
-            defer=True,
-        )
-        if max_forwards is not None:
-            session.invite.headers.set("Max-Forwards", str(max_forwards))
-        call = (
-            make_call(session)
-            if make_call is not None
-            else Call(self, session, direction="outbound")
-        )
-        session.context = call
-        key = session.call_id + session.local_tag
-        self._outbound[key] = call.outcome
-        if call.logged:
-            self.calls[key] = call
-        try:
-            offer = sdp if sdp is not None else await call.make_offer(prefer=prefer)
-            if proceed is not None and not proceed():
-                raise SipError(487, "not sent")
-        except BaseException:
-            # nothing was sent (no RTP port: 503, a WebRTC offer refused: 488, the
-            # caller gone: 487): nothing may stay behind, the session has no timer
-            self._outbound.pop(key, None)
-            self.calls.pop(key, None)
-            self.ua.sessions.pop(key, None)
-            session.context = None
-            if call.media is not None:
-                await call.media.stop("not sent")
-            raise
-        self.ua.send_invite(session, offer, self.now())
-        self.flush()
-        return call
-
-    async def originate(
-        self,
-        target: str,
-        *,
-        dest: tuple[str, int] | None = None,
-        from_uri: str | None = None,
-        from_display: str | None = None,
-        transport: str = "UDP",
-        headers: list[tuple[str, str]] | None = None,
-        credentials: tuple[str, str] | None = None,
-        timeout: float = 60.0,
-        sdp: bytes | None = None,
-        tenant: str | None = None,
-    ) -> Call:
-        """Place a call to ``target`` (a SIP URI); returns the answered :class:`Call`.
-
-        Raises :class:`SipError` with the final status when it is not answered. ``dest``
-        defaults to the URI's host and port (an IP address).
-
-        ``user:NAME`` (or ``ext:NAME``) with ``tenant``: ring the user's registered
-        phones at once, as a ``user:`` transfer does (a browser registered with
-        ``+sip.ice`` gets a WebRTC offer); the first to answer is the call, 480 when
-        none is registered (needs a node's registrar: :attr:`locate_user`). ``dest``,
-        ``transport``, ``credentials`` and ``sdp`` are for a SIP URI only (the
-        registrar says where each phone is; each gets our own offer).
-        """
-        if target.startswith(("user:", "ext:")):
-            from ._ring import ring_user
-
-            return await ring_user(
-                self,
-                target,
-                tenant=tenant,
-                timeout=timeout,
-                from_uri=from_uri,
-                from_display=from_display,
-                headers=headers,
-            )
-        call = await self.place_call(
-            target,
-            dest=dest,
-            from_uri=from_uri,
-            from_display=from_display,
-            transport=transport,
-            headers=headers,
-            credentials=credentials,
-            sdp=sdp,
-        )
-        key = call.session.call_id + call.session.local_tag
-        try:
-            outcome = await asyncio.wait_for(asyncio.shield(call.outcome), timeout)
-        except TimeoutError:
-            await call.hangup(cause=102)  # CANCEL (or BYE if it answers meanwhile)
-            self.calls.pop(key, None)
-            self._outbound.pop(key, None)
-            raise SipError(408, "no answer") from None
-        if isinstance(outcome, SipError):
-            self.calls.pop(key, None)
-            raise SipError(outcome.status, outcome.reason, outcome.cause)
-        call.on_answered(outcome)
-        return call
 
 
 def make_transports(cfg: EngineConfig, deliver: Any, exempt: Callable[[str], bool]) -> TransportSet:

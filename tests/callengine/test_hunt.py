@@ -302,7 +302,12 @@ def test_an_abandoned_leg_s_late_progress_reaches_nobody() -> None:
     )
     _Leg._on_progress(leg, SimpleNamespace(status=180, body=b""))  # type: ignore[arg-type]
     assert heard == [180]
-    B2BUA._abandon(SimpleNamespace(engine=None), leg, 102)  # type: ignore[arg-type]
+    abandoned: list[tuple[Any, int]] = []
+    engine = SimpleNamespace(
+        dialler=SimpleNamespace(abandon=lambda leg, cause: abandoned.append((leg, cause)))
+    )
+    B2BUA._abandon(SimpleNamespace(engine=engine), leg, 102)  # type: ignore[arg-type]
+    assert abandoned == [(leg, 102)]
     _Leg._on_progress(leg, SimpleNamespace(status=183, body=b"v=0"))  # type: ignore[arg-type]
     assert heard == [180]
 

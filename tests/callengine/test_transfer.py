@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from callengine.b2bua import B2BUA
 from callengine.call import SipError, TransferResult
+from callengine.calls import CallBook
+from callengine.dialler import Dialler
 from callengine.limits import LogThrottle
 from callengine.sip.registrar import Binding
 from callengine.transfer import (
@@ -520,12 +522,17 @@ class FakeUA:
         self.hangups.append((session, cause))
 
 
+def _nowhere(transport: str, host: str) -> tuple[str, int]:
+    raise AssertionError("these tests place no call")
+
+
 class FakeEngine:
     def __init__(self, max_fork: int = 16) -> None:
         self.config = SimpleNamespace(max_fork=max_fork)
         self.log_throttle = LogThrottle()
         self.ua = FakeUA()
         self.media_manager = None
+        self.dialler = Dialler(self, CallBook(), local_for=_nowhere, max_fork=max_fork)  # type: ignore[arg-type]
 
     def now(self) -> float:
         return 100.0

@@ -223,11 +223,11 @@ def test_an_outbound_call_refused_for_want_of_a_port_leaves_nothing_behind(
         await engine.start()
         try:
             first = await engine.place_call(f"sip:a@{HOST}:9")  # takes the one pair
-            held = (dict(engine.calls), dict(engine.ua.sessions), dict(engine._outbound))
+            held = (dict(engine.calls), dict(engine.ua.sessions), dict(engine.dialler.pending))
             with pytest.raises(SipError) as refused:
                 await engine.place_call(f"sip:b@{HOST}:9")
             assert refused.value.status == 503
-            assert (engine.calls, engine.ua.sessions, engine._outbound) == held
+            assert (engine.calls, engine.ua.sessions, engine.dialler.pending) == held
             assert list(engine.calls.values()) == [first]
         finally:
             await engine.stop(grace=0.1)
