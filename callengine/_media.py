@@ -268,7 +268,7 @@ class MediaManager(SrtpPolicy):
         try:
             return await future
         except asyncio.CancelledError:
-            session.stop_recording("hangup")
+            session.stop_recording("hangup", only=future)
             raise
 
     def bridge(self, a: Any, b: Any) -> Any:

@@ -56,7 +56,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -877,7 +877,7 @@ class PlaneMedia(SrtpPolicy):
             # this play only, as in process: the command that stops it may reach the
             # plane after the next play on the session began (a bridge's relay
             # replacing ringback), and must not stop that one
-            session._command("stop_play", pid)
+            session._command("stop_request", pid)
             raise
         except PlaneLost:
             return None
@@ -895,6 +895,7 @@ class PlaneMedia(SrtpPolicy):
     ) -> RecordingResult:
         from .context import current_call_id
 
+        xid = next(self._ids)
         try:
             result: RecordingResult = await self.request(
                 "record",
@@ -905,9 +906,12 @@ class PlaneMedia(SrtpPolicy):
                 silence_timeout,
                 stop_on_dtmf,
                 current_call_id.get(),
+                xid,
             )
         except asyncio.CancelledError:
-            session._command("stop_recording", "hangup")
+            # this recording only (it ends with hangup and is kept): the command may
+            # reach the plane after the next recording on the session began
+            session._command("stop_request", xid)
             raise
         except PlaneLost:
             return RecordingResult(0.0, "hangup")
@@ -983,12 +987,13 @@ class PlaneServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.log_writer: Any = None
         """The thread writing log records (the node's format and level), once set up."""
-        self.plays: dict[int, asyncio.Task[Any]] = {}
-        """Play requests running, by play id (``stop_play``)."""
-        self.play_started = 0
-        """The highest play id whose request has begun."""
-        self.stopped_plays: set[int] = set()
-        """Plays stopped before their request began (each ends at once when it does)."""
+        self.stoppable: dict[int, asyncio.Task[Any]] = {}
+        """Play and record requests running, by their id (``stop_request``)."""
+        self.begun = 0
+        """The highest play or record id whose request has begun."""
+        self.stopped_early: set[int] = set()
+        """Plays and records stopped before their request began (each ends at once
+        when it does)."""
 
     def send(self, message: tuple[Any, ...]) -> None:
         self.connection.send(message)
@@ -1077,25 +1082,17 @@ class PlaneServer:
     async def req_play(
         self, sid: int, names: list[str], tenant: str | None, barge_in: bool, pid: int = 0
     ) -> str | None:
-        self.play_started = max(self.play_started, pid)
-        if pid in self.stopped_plays:  # stopped before it began
-            self.stopped_plays.discard(pid)
-            return None
+        play = functools.partial(self._play, sid, names, tenant, barge_in)
+        digit: str | None = await self._stoppable(pid, play, None)
+        return digit
+
+    async def _play(
+        self, sid: int, names: list[str], tenant: str | None, barge_in: bool
+    ) -> str | None:
         session = self.sessions.get(sid)
         if session is None:
             return None
-        task = asyncio.current_task()
-        assert task is not None
-        self.plays[pid] = task
-        try:
-            digit: str | None = await self.manager.play(session, names, tenant, barge_in=barge_in)
-        except asyncio.CancelledError:
-            if pid in self.plays:
-                raise  # not stop_play's: the plane is stopping
-            task.uncancel()
-            return None  # stopped: this play only (Playback.play)
-        finally:
-            self.plays.pop(pid, None)
+        digit: str | None = await self.manager.play(session, names, tenant, barge_in=barge_in)
         return digit
 
     async def req_record(
@@ -1107,13 +1104,29 @@ class PlaneServer:
         silence_timeout: float | None,
         stop_on_dtmf: bool,
         call_id: str | None,
+        xid: int = 0,
     ) -> RecordingResult:
         from .context import current_call_id
 
+        current_call_id.set(call_id or "-")  # this request's own task context
+        record = functools.partial(
+            self._record, sid, tenant, key, max_seconds, silence_timeout, stop_on_dtmf
+        )
+        result: RecordingResult = await self._stoppable(xid, record, RecordingResult(0.0, "hangup"))
+        return result
+
+    async def _record(
+        self,
+        sid: int,
+        tenant: str,
+        key: str,
+        max_seconds: float,
+        silence_timeout: float | None,
+        stop_on_dtmf: bool,
+    ) -> RecordingResult:
         session = self.sessions.get(sid)
         if session is None:
             return RecordingResult(0.0, "hangup")
-        current_call_id.set(call_id or "-")  # this request's own task context
         result: RecordingResult = await self.manager.record(
             session,
             tenant,
@@ -1123,6 +1136,29 @@ class PlaneServer:
             stop_on_dtmf=stop_on_dtmf,
         )
         return result
+
+    async def _stoppable(self, xid: int, start: Callable[[], Awaitable[Any]], stopped: Any) -> Any:
+        """Run a play or record request that ``stop_request`` may stop by its id
+        (``xid``): its task is cancelled, as the engine's own task is in process (a
+        play stops; a recording ends with ``hangup`` and is kept), and the request
+        answers ``stopped``. Ids grow in the order the engine sends requests, and
+        requests begin in that order: see :meth:`cmd_stop_request`."""
+        self.begun = max(self.begun, xid)
+        if xid in self.stopped_early:  # stopped before it began
+            self.stopped_early.discard(xid)
+            return stopped
+        task = asyncio.current_task()
+        assert task is not None
+        self.stoppable[xid] = task
+        try:
+            return await start()
+        except asyncio.CancelledError:
+            if xid in self.stoppable:
+                raise  # not stop_request's: the plane is stopping
+            task.uncancel()
+            return stopped
+        finally:
+            self.stoppable.pop(xid, None)
 
     async def req_stop(self, sid: int, reason: str) -> dict[str, Any]:
         session = self.sessions.pop(sid, None)
@@ -1213,15 +1249,15 @@ class PlaneServer:
         if session is not None:
             session.stop_playback()
 
-    def cmd_stop_play(self, sid: int, pid: int) -> None:
-        """Stop one play (the engine cancelled it), never a later one on the session:
-        its request's task is cancelled, as the engine's own task is in process. Play
-        ids grow in the order their requests are sent, and requests begin in that
-        order: one above ``play_started`` has not begun, and ends as soon as it does."""
-        if pid > self.play_started:
-            self.stopped_plays.add(pid)
+    def cmd_stop_request(self, sid: int, xid: int) -> None:
+        """Stop one play or record request (the engine cancelled it), never a later
+        one on the session: its task is cancelled, as the engine's own task is in
+        process. One whose id is above ``begun`` has not begun, and ends as soon as it
+        does."""
+        if xid > self.begun:
+            self.stopped_early.add(xid)
             return
-        task = self.plays.pop(pid, None)  # None: it has ended
+        task = self.stoppable.pop(xid, None)  # None: it has ended
         if task is not None:
             task.cancel()
 
@@ -1327,7 +1363,7 @@ class PlaneServer:
         "deliver_digit": cmd_deliver_digit,
         "send_digit": cmd_send_digit,
         "stop_playback": cmd_stop_playback,
-        "stop_play": cmd_stop_play,
+        "stop_request": cmd_stop_request,
         "stop_recording": cmd_stop_recording,
         "bridge": cmd_bridge,
         "unbridge": cmd_unbridge,

@@ -539,8 +539,14 @@ class RtpSession(Playback):
         self._record_future = future
         return future
 
-    def stop_recording(self, reason: str = "stopped") -> None:
-        """Stop recording now (the future gets ``reason``)."""
+    def stop_recording(
+        self, reason: str = "stopped", *, only: asyncio.Future[RecordingResult] | None = None
+    ) -> None:
+        """Stop recording now (the future gets ``reason``). ``only``: the recording
+        whose future that is, never one started since (a cancelled ``record`` whose
+        cancellation runs after the next recording began)."""
+        if only is not None and only is not self._record_future:
+            return
         self._finish_recording(reason)
 
     def _decode(self, payload: bytes | None) -> np.ndarray[Any, np.dtype[np.int16]]:

@@ -419,7 +419,12 @@ class WebRtcSession(Playback):
         self._record_future = future
         return future
 
-    def stop_recording(self, reason: str = "stopped") -> None:
+    def stop_recording(
+        self, reason: str = "stopped", *, only: asyncio.Future[RecordingResult] | None = None
+    ) -> None:
+        """As :meth:`media.session.RtpSession.stop_recording`."""
+        if only is not None and only is not self._record_future:
+            return
         self._finish_recording(reason)
 
     def _finish_recording(self, reason: str, digit: str | None = None) -> None:

@@ -227,7 +227,7 @@ def test_a_cancelled_prompt_does_not_stop_the_bridge_that_replaced_it(tmp_path: 
 
         def late(op: str, *args: Any) -> None:
             # the stop leaves 100 ms late (a busy engine loop): the relay plays by then
-            if op.startswith("stop_play"):
+            if op.startswith("stop_request"):
                 loop.call_later(0.1, send, op, *args)
             else:
                 send(op, *args)
@@ -266,6 +266,59 @@ def test_a_play_stopped_before_the_plane_began_it_never_plays(tmp_path: Path) ->
         await asyncio.sleep(0.3)
         tail = [p.payload for p, _ in phone.packets[count:]]
         assert tail and all(set(payload) <= {0xFF, 0x7F} for payload in tail)
+        await session.stop()
+
+    _run(body, tmp_path)
+
+
+def test_a_cancelled_recording_does_not_stop_the_next_one(tmp_path: Path) -> None:
+    """A voicemail ``record`` cancelled and the next one started in the same turn of
+    the engine's loop: the command ending the first reaches the plane after the
+    second began on the same session, and must end the first only (it used to be
+    ``stop_recording`` for the session: the second ended as a hangup at once)."""
+
+    async def body(plane: PlaneMedia, phone: Phone) -> None:
+        loop = asyncio.get_running_loop()
+        session = await _call(plane, phone)
+        to = ("127.0.0.1", session.rtp_port)
+
+        async def talk() -> None:
+            for seq in range(200):
+                packet = RtpPacket(0, False, 100 + seq, 160 * seq, 0x77, payload=b"\x10" * 160)
+                phone.transport.sendto(packet.serialize(), to)
+                await asyncio.sleep(0.02)
+
+        talking = asyncio.ensure_future(talk())
+        send = plane.command
+
+        def late(op: str, *args: Any) -> None:
+            if op.startswith("stop_"):  # whatever stops it leaves 100 ms late
+                loop.call_later(0.1, send, op, *args)
+            else:
+                send(op, *args)
+
+        def record(key: str, max_seconds: float) -> asyncio.Future[Any]:
+            return asyncio.ensure_future(
+                plane.record(
+                    session,
+                    "demo",
+                    key,
+                    max_seconds=max_seconds,
+                    silence_timeout=None,
+                    stop_on_dtmf=False,
+                )
+            )
+
+        first = record("voicemail/first.wav", 30.0)
+        await _until(lambda: len(phone.packets) >= 5)
+        plane.command = late  # type: ignore[method-assign]
+        first.cancel()
+        second = record("voicemail/second.wav", 1.0)
+        assert await asyncio.gather(first, return_exceptions=True) != [None]
+        result = await asyncio.wait_for(second, 10)
+        assert result.reason == "max_seconds" and result.seconds >= 0.9, result
+        await _until(lambda: not plane._pending)  # the first's request was answered
+        talking.cancel()
         await session.stop()
 
     _run(body, tmp_path)

@@ -86,6 +86,26 @@ def test_prompt_played_by_one_is_recorded_by_the_other(tmp_path: Path) -> None:
     assert rate == 8000 and best > 0.95
 
 
+def test_stopping_one_recording_never_stops_the_next(tmp_path: Path) -> None:
+    """``stop_recording(only=)``: a cancelled ``record`` whose cancellation runs after
+    the next recording began on the session ends its own recording, not that one."""
+
+    async def main() -> None:
+        clock = MediaClock()
+        a, b = await _pair(clock)
+        first = b.start_recording(Recorder(tmp_path / "first.wav"), stop_on_dtmf=False)
+        second = b.start_recording(Recorder(tmp_path / "second.wav"), stop_on_dtmf=False)
+        assert (await first).reason == "stopped"  # the second replaced it
+        b.stop_recording("hangup", only=first)  # the first's late stop
+        assert not second.done()
+        b.stop_recording("hangup", only=second)
+        assert (await second).reason == "hangup"
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(main())
+
+
 def test_dtmf_sent_arrives_as_digits_and_barges_in() -> None:
     async def main() -> None:
         clock = MediaClock()
