@@ -266,7 +266,7 @@ def render_env(admin_token: str) -> str:
     )
 
 
-def render_unit(layout: Layout, *, user: str, drain_grace: float) -> str:
+def render_unit(layout: Layout, *, user: str, drain_grace: float, media_priority: int = 0) -> str:
     """A systemd service for the node in ``layout`` (not installed, not started)."""
     root = str(layout.root)
     return (
@@ -293,12 +293,25 @@ def render_unit(layout: Layout, *, user: str, drain_grace: float) -> str:
         "LimitNOFILE=65536\n"
         "# SIP on a port below 1024 (5060 is not) needs this capability\n"
         "AmbientCapabilities=CAP_NET_BIND_SERVICE\n"
-        "NoNewPrivileges=yes\n"
+        + _rtprio(media_priority)
+        + "NoNewPrivileges=yes\n"
         "PrivateTmp=yes\n"
         "ProtectSystem=full\n"
         "\n"
         "[Install]\n"
         "WantedBy=multi-user.target\n"
+    )
+
+
+def _rtprio(media_priority: int) -> str:
+    """The unit's lines that let the node's user run the media plane under SCHED_FIFO
+    at its ``media_priority`` (RLIMIT_RTPRIO: no capability, no power over other
+    processes); none when it is 0."""
+    if not media_priority:
+        return ""
+    return (
+        "# the media plane's loop under SCHED_FIFO at media_priority (docs/media-plane.md)\n"
+        f"LimitRTPRIO={media_priority}\n"
     )
 
 
@@ -348,7 +361,13 @@ def init_layout(
     _write(layout.config, text, 0o640)
     _write(layout.env, render_env(secrets.token_urlsafe(24)), 0o600)
     user = user or _default_user()
-    _write(layout.unit, render_unit(layout, user=user, drain_grace=cfg.drain_grace), 0o644)
+    _write(
+        layout.unit,
+        render_unit(
+            layout, user=user, drain_grace=cfg.drain_grace, media_priority=cfg.media_priority
+        ),
+        0o644,
+    )
     layout.notes.extend(_hand_over(layout, user))
     return layout
 

@@ -516,6 +516,8 @@ class PlaneMedia(SrtpPolicy):
     ) -> None:
         self.settings = settings
         self.priority = priority
+        """``SCHED_FIFO`` priority of the plane's loop (``media_priority``); 0: normal
+        scheduling."""
         self.webrtc = webrtc
         """The node takes browsers (WebSocket): the plane loads aiortc when it starts."""
         self.log_settings = log_settings
@@ -1261,11 +1263,6 @@ class PlaneServer:
         if task is not None:
             task.cancel()
 
-    def cmd_stop_recording(self, sid: int, reason: str) -> None:
-        session = self.sessions.get(sid)
-        if session is not None:
-            session.stop_recording(reason)
-
     def cmd_bridge(self, bid: int, a: int, b: int) -> None:
         first, second = self.sessions.get(a), self.sessions.get(b)
         if first is not None and second is not None:
@@ -1364,7 +1361,6 @@ class PlaneServer:
         "send_digit": cmd_send_digit,
         "stop_playback": cmd_stop_playback,
         "stop_request": cmd_stop_request,
-        "stop_recording": cmd_stop_recording,
         "bridge": cmd_bridge,
         "unbridge": cmd_unbridge,
         "rec_start": cmd_rec_start,
@@ -1468,14 +1464,18 @@ async def _serve(fd: int) -> int:
 
 
 def _realtime_priority(priority: int) -> bool:
-    """Put the plane's loop (this thread; worker threads keep normal scheduling) under
-    ``SCHED_FIFO`` at ``priority``. The kernel still caps real-time tasks at 95 % of
-    each second (``sched_rt_runtime_us``), so a runaway plane cannot lock a core."""
+    """Put the plane's loop (this thread; threads started later get normal scheduling)
+    under ``SCHED_FIFO`` at ``priority``. The kernel still caps real-time tasks at 95 %
+    of each second (``sched_rt_runtime_us``), so a runaway plane cannot lock a core."""
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        # reset on fork: the threads it starts later (uploads, the executor's) are
+        # not real-time; they would inherit SCHED_FIFO, and one busy at the loop's
+        # priority would hold its core until it blocks
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
     except (PermissionError, OSError, AttributeError) as exc:
         log.warning("media_priority %d refused (%s): normal scheduling", priority, exc)
         return False
+    log.info("media plane under SCHED_FIFO, priority %d", priority)
     return True
 
 

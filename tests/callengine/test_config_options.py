@@ -25,6 +25,8 @@ import os
 import re
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import fields
@@ -368,19 +370,63 @@ def test_serve_runs_the_media_plane_unless_told_or_signalling_only() -> None:
 
 def _media_priority(tmp: Path) -> None:
     """media_priority: the media plane's loop runs under SCHED_FIFO at that priority
-    (this test runs as root, as CI does); 0 leaves it under normal scheduling."""
+    (this test runs as root, as CI does); 0 (the default) leaves it under normal
+    scheduling."""
     seen: dict[int, tuple[int, int]] = {}
 
     def probe(priority: int) -> Callable[[Engine, int], Awaitable[None]]:
         async def body(engine: Engine, port: int) -> None:
             pid = engine.media_manager.pid
-            seen[priority] = (os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority)
+            policy = os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK
+            seen[priority] = (policy, os.sched_getparam(pid).sched_priority)
 
         return body
 
     _run({"media_process": True, "media_priority": 7}, tmp, probe(7))
     _run({"media_process": True}, tmp, probe(0))
     assert seen == {7: (os.SCHED_FIFO, 7), 0: (os.SCHED_OTHER, 0)}
+
+
+def test_the_plane_alone_is_real_time_and_a_refusal_is_one_warning() -> None:
+    """``media_priority``'s scheduling, in a process of its own: the loop's thread
+    takes SCHED_FIFO at the priority (one INFO line), and a thread started afterwards
+    (an upload, the executor's) does not inherit it; a process without the right
+    (nobody: no capability, RLIMIT_RTPRIO 0) gets one warning and keeps normal
+    scheduling. (This test starts as root, as CI does.)"""
+    script = """
+import logging, os, sys, threading
+from callengine.mediaplane import _realtime_priority
+lines = []
+handler = logging.Handler()
+handler.emit = lambda record: lines.append(record.levelname)
+logging.getLogger().addHandler(handler)
+logging.getLogger().setLevel(logging.INFO)
+if sys.argv[1] == "nobody":
+    os.setgid(65534)
+    os.setuid(65534)
+print(_realtime_priority(10))
+policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+print(policy == os.SCHED_FIFO, os.sched_getparam(0).sched_priority)
+later = []
+thread = threading.Thread(target=lambda: later.append(os.sched_getscheduler(0)))
+thread.start()
+thread.join()
+print(later == [os.SCHED_OTHER], lines)
+"""
+
+    def run(user: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", script, user],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    assert run("root") == ["True", "True 10", "True ['INFO']"]
+    assert run("nobody") == ["False", "False 0", "True ['WARNING']"]
 
 
 def _udp_port_owners(port: int) -> set[int]:

@@ -18,6 +18,7 @@ from callengine.installer import (
     CACHE_OWNED_BY_ENGINE,
     CONFIG_FILE,
     Change,
+    Layout,
     PromptUpload,
     check,
     content_version,
@@ -29,6 +30,7 @@ from callengine.installer import (
     plan_tenants,
     prompt_uploads,
     render_config,
+    render_unit,
     stored_versions,
     with_prompt_versions,
 )
@@ -132,6 +134,7 @@ def test_init_writes_a_layout_and_refuses_to_overwrite_it(tmp_path: Path) -> Non
     assert f"EnvironmentFile={layout.env}" in unit
     assert "User=callengine" in unit
     assert "TimeoutStopSec=45" in unit  # drain_grace 30 + 15
+    assert "LimitRTPRIO" not in unit  # media_priority 0: normal scheduling, nothing granted
 
     (layout.data / "keep").write_text("state")
     layout.config.write_text("max_calls: 5\n")
@@ -314,3 +317,15 @@ def test_check_stops_at_a_configuration_error_naming_file_and_field(
         "check: 1 problem(s)",
     ]
     assert node_pid(str(tmp_path)) is None  # no LevelDB: no running node
+
+
+def test_the_unit_lets_the_media_plane_take_its_priority_and_no_more(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+
+    def unit(priority: int) -> list[str]:
+        text = render_unit(layout, user="callengine", drain_grace=30, media_priority=priority)
+        return [line for line in text.splitlines() if line.startswith("LimitRTPRIO")]
+
+    assert unit(10) == ["LimitRTPRIO=10"]
+    assert unit(30) == ["LimitRTPRIO=30"]
+    assert unit(0) == []  # normal scheduling (the default): nothing granted
