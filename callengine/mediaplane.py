@@ -1084,17 +1084,13 @@ class PlaneServer:
     async def req_play(
         self, sid: int, names: list[str], tenant: str | None, barge_in: bool, pid: int = 0
     ) -> str | None:
-        play = functools.partial(self._play, sid, names, tenant, barge_in)
-        digit: str | None = await self._stoppable(pid, play, None)
-        return digit
-
-    async def _play(
-        self, sid: int, names: list[str], tenant: str | None, barge_in: bool
-    ) -> str | None:
         session = self.sessions.get(sid)
-        if session is None:
-            return None
-        digit: str | None = await self.manager.play(session, names, tenant, barge_in=barge_in)
+        play = (
+            None
+            if session is None
+            else functools.partial(self.manager.play, session, names, tenant, barge_in=barge_in)
+        )
+        digit: str | None = await self._stoppable(pid, play, None)
         return digit
 
     async def req_record(
@@ -1111,43 +1107,37 @@ class PlaneServer:
         from .context import current_call_id
 
         current_call_id.set(call_id or "-")  # this request's own task context
-        record = functools.partial(
-            self._record, sid, tenant, key, max_seconds, silence_timeout, stop_on_dtmf
+        session = self.sessions.get(sid)
+        record = (
+            None
+            if session is None
+            else functools.partial(
+                self.manager.record,
+                session,
+                tenant,
+                key,
+                max_seconds=max_seconds,
+                silence_timeout=silence_timeout,
+                stop_on_dtmf=stop_on_dtmf,
+            )
         )
         result: RecordingResult = await self._stoppable(xid, record, RecordingResult(0.0, "hangup"))
         return result
 
-    async def _record(
-        self,
-        sid: int,
-        tenant: str,
-        key: str,
-        max_seconds: float,
-        silence_timeout: float | None,
-        stop_on_dtmf: bool,
-    ) -> RecordingResult:
-        session = self.sessions.get(sid)
-        if session is None:
-            return RecordingResult(0.0, "hangup")
-        result: RecordingResult = await self.manager.record(
-            session,
-            tenant,
-            key,
-            max_seconds=max_seconds,
-            silence_timeout=silence_timeout,
-            stop_on_dtmf=stop_on_dtmf,
-        )
-        return result
-
-    async def _stoppable(self, xid: int, start: Callable[[], Awaitable[Any]], stopped: Any) -> Any:
+    async def _stoppable(
+        self, xid: int, start: Callable[[], Awaitable[Any]] | None, stopped: Any
+    ) -> Any:
         """Run a play or record request that ``stop_request`` may stop by its id
         (``xid``): its task is cancelled, as the engine's own task is in process (a
         play stops; a recording ends with ``hangup`` and is kept), and the request
-        answers ``stopped``. Ids grow in the order the engine sends requests, and
+        answers ``stopped``, as it does when there is nothing to run (``start`` None:
+        the session has ended). Ids grow in the order the engine sends requests, and
         requests begin in that order: see :meth:`cmd_stop_request`."""
         self.begun = max(self.begun, xid)
         if xid in self.stopped_early:  # stopped before it began
             self.stopped_early.discard(xid)
+            return stopped
+        if start is None:
             return stopped
         task = asyncio.current_task()
         assert task is not None
