@@ -356,14 +356,18 @@ class Call:
         *,
         cause: int | None = None,
         retry_after: int | None = None,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """:meth:`reject` for synchronous callers; nothing once answered or ended."""
+        """:meth:`reject` for synchronous callers; nothing once answered or ended.
+        ``headers``: more header fields for the response (a digest challenge)."""
         if not self.active or self.answered:
             return
-        headers = [("Reason", format_reason(cause))] if cause is not None else []
+        fields = [*headers]
+        if cause is not None:
+            fields.append(("Reason", format_reason(cause)))
         if retry_after is not None:
-            headers.append(("Retry-After", str(retry_after)))
-        self.engine.ua.reject(self.session, status, self.engine.now(), reason, headers=headers)
+            fields.append(("Retry-After", str(retry_after)))
+        self.engine.ua.reject(self.session, status, self.engine.now(), reason, headers=fields)
         self.status = status
         self.engine.flush()
 

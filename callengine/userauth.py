@@ -246,11 +246,7 @@ def _refuse(
     status: int, reason: str | None, headers: list[tuple[str, str]] | None = None
 ) -> Handler:
     async def refuse(call: Call) -> None:
-        engine = call.engine
-        if call.active and not call.answered:
-            engine.ua.reject(call.session, status, engine.now(), reason, headers=headers)
-            call.status = status
-            engine.flush()
+        call.send_reject(status, reason, headers=headers or ())
 
     return refuse
 

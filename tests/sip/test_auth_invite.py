@@ -135,6 +135,12 @@ class FakeCall:
     answered: bool = False
     status: int | None = None
 
+    def send_reject(self, status: int, reason: str | None = None, *, headers: Any = ()) -> None:
+        """As :meth:`Call.send_reject`: the final response, once, while unanswered."""
+        if self.active and not self.answered:
+            self.engine.ua.reject(self.session, status, 0.0, reason, headers=list(headers) or None)
+            self.status = status
+
 
 def call_for(req: Request) -> FakeCall:
     return FakeCall(FakeSession(req), req.source, req.uri.user or "")
