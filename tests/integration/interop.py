@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import soundfile
-from integration.audio import CAPTURES, RATE, capture_audio, correlation
+from integration.audio import CAPTURES, RATE, capture_audio, slip_tolerant_correlation
 from integration.support import CALLENGINE, ROOT, Daemon, free_port
 
 BARESIP = shutil.which("baresip") or "/usr/bin/baresip"
@@ -63,52 +63,6 @@ def write_wav(path: Path, *parts: npt.NDArray[np.float64] | float) -> Path:
     chunks = [np.zeros(int(p * RATE)) if isinstance(p, float | int) else p for p in parts]
     soundfile.write(str(path), np.concatenate(chunks), RATE, subtype="PCM_16")
     return path
-
-
-def slip_tolerant_correlation(
-    signal: npt.NDArray[np.float64],
-    reference: npt.NDArray[np.float64],
-    *,
-    window: float = 0.25,
-    max_slip: float = 0.2,
-) -> tuple[float, int, int]:
-    """Normalised correlation of ``reference`` with ``signal`` where each ``window``
-    seconds of the reference may sit up to ``max_slip`` seconds off the overall
-    alignment. Returns ``(ncc, offset, worst_slip)`` in samples.
-
-    Why: an audio path through two jitter buffers on a loaded machine inserts or drops
-    a 20 ms frame now and then (measured here: the engine's RTP to baresip had no
-    sequence or timestamp gap, arrival gaps up to 62 ms, and baresip's recording held
-    40 ms more audio from the second second on). One slip shifts everything after it,
-    and a plain correlation of 6 s of speech then drops to 0.6-0.8 although every
-    frame arrived intact. Here a slip costs at most the window it falls in, so the
-    figure still says "this is that audio" (>= 0.9) and not "some other audio".
-    Quarter-second windows: linphone once heard the voicemail greeting's first part
-    27 ms late, every frame intact and the rest exact; the half-second window holding
-    the slip scored 0.616 and the whole 0.8986 (a failed test), 0.9987 in quarters."""
-    _, base = correlation(signal, reference)
-    size, drift = int(window * RATE), int(max_slip * RATE)
-    dot_sum = energy = 0.0
-    worst = 0
-    for start in range(0, len(reference), size):
-        piece = reference[start : start + size]
-        at = base + start
-        lo, hi = at - drift, at + len(piece) + drift
-        segment = np.zeros(hi - lo)
-        s_lo, s_hi = max(lo, 0), min(hi, len(signal))
-        if s_hi > s_lo:
-            segment[s_lo - lo : s_hi - lo] = signal[s_lo:s_hi]
-        dots = np.correlate(segment, piece, mode="valid")  # one per lag -drift..+drift
-        squares = np.concatenate([[0.0], np.cumsum(segment**2)])
-        energies = squares[len(piece) :] - squares[: len(segment) - len(piece) + 1]
-        scores = dots / np.sqrt(np.maximum(energies, 1e-12))
-        lag = int(np.argmax(scores))
-        dot_sum += float(dots[lag])
-        energy += float(energies[lag])
-        if float(np.dot(piece, piece)) > 1e-6:
-            worst = max(worst, abs(lag - drift))
-    denom = float(np.sqrt(energy * np.dot(reference, reference)))
-    return (dot_sum / denom if denom else 0.0), base, worst
 
 
 def recorded_so_far(path: Path) -> npt.NDArray[np.float64]:

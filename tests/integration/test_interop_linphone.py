@@ -19,14 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from integration.audio import MIN_CORRELATION, RATE, prompt_pcm, read_wav
+from integration.audio import (
+    MIN_CORRELATION,
+    RATE,
+    prompt_pcm,
+    read_wav,
+    slip_tolerant_correlation,
+)
 from integration.interop import (
     Account,
     Linphone,
     Softphone,
     call_logs,
     recorded_so_far,
-    slip_tolerant_correlation,
     speech,
     wait_for,
     wait_heard,

@@ -38,6 +38,7 @@ from integration.audio import (
     correlation,
     prompt_pcm,
     read_wav,
+    slip_tolerant_correlation,
 )
 from integration.support import CALLENGINE, ROOT, SIPP, Daemon, free_port, run_sipp
 
@@ -248,13 +249,17 @@ def test_pjsua2_leaves_a_voicemail_with_its_own_audio(
     )
     assert result["answered"] and result["dtmf_sent"] == "3", result
     assert result["hangup_by"] == "local", result  # the IVR did not hang up on us
+    assert result["stats"]["rx_lost"] == 0, result["stats"]  # every frame reached pjsua2
     log = only_log(stop_and_read_logs(node))
     vm = assert_voicemail_path(log)
 
     # What the caller heard: the greeting, then the beep, before it started talking.
+    # Slip-tolerant: pjsua2's adaptive jitter buffer, on a loaded machine, drops or
+    # inserts a frame now and then, which shifts the rest of what it heard (CI once:
+    # 0.588 for the whole greeting, with no packet lost).
     greeting = prompt_pcm("voicemail_greeting")
-    heard_ncc, greeting_at = correlation(read_wav(heard), greeting)
-    beep_end = (greeting_at + len(greeting)) / RATE + 0.25
+    heard_ncc, greeting_at, slip = slip_tolerant_correlation(read_wav(heard), greeting)
+    beep_end = (greeting_at + len(greeting) + slip) / RATE + 0.25
     assert heard_ncc >= MIN_CORRELATION, f"greeting not heard (ncc {heard_ncc:.3f})"
     assert beep_end < play_delay, f"the beep ended at {beep_end:.2f} s, after the caller spoke"
 
@@ -266,7 +271,7 @@ def test_pjsua2_leaves_a_voicemail_with_its_own_audio(
         f"pjsua2 -> IVR voicemail: correlation {ncc:.4f} at {offset / RATE:.3f} s, "
         f"file {len(recording) / RATE:.3f} s ({vm['details']['reason']}), content after "
         f"offset {content:.3f} s vs played {len(reference) / RATE:.3f} s; greeting heard "
-        f"(ncc {heard_ncc:.4f}), beep ended {beep_end:.2f} s, caller spoke at {play_delay} s"
+        f"(ncc {heard_ncc:.4f}, worst slip {slip / RATE * 1000:.1f} ms), beep ended {beep_end:.2f} s, caller spoke at {play_delay} s"
     )
     assert ncc >= MIN_CORRELATION, ncc
     assert offset >= 0, "the start of the caller's audio is missing from the voicemail"

@@ -38,10 +38,10 @@ from integration.audio import (
     correlation,
     prompt_pcm,
     read_wav,
+    slip_tolerant_correlation,
     windowed_correlation,
 )
 from integration.chromium import Browser
-from integration.interop import slip_tolerant_correlation
 from integration.support import SIPP, free_port
 from integration.test_call_recording import sipp_workdir
 from integration.test_ring_user import register

@@ -32,13 +32,13 @@ from integration.audio import (
     correlation,
     envelope_correlation,
     read_wav,
+    slip_tolerant_correlation,
     windowed_correlation,
 )
 from integration.chromium import Browser
 from integration.interop import (
     Account,
     Baresip,
-    slip_tolerant_correlation,
     speech,
     write_wav,
 )
