@@ -262,6 +262,33 @@ class PortPair:
         rtp_protocol._callback = on_rtp
         rtcp_protocol._callback = on_rtcp
 
+    def receive_waiting(self) -> int:
+        """Hand what waits in the RTP socket's buffer to the routed callback now;
+        returns the count (at most ``_DRAIN_LIMIT``).
+
+        For a media clock that fired late: after this process did not run for a while
+        (descheduled on a loaded machine, a long pause), the event loop runs its due
+        timers before it polls the sockets, so the tick would decide what was lost
+        (a recording's jitter buffer writes silence for each frame with no packet)
+        while the packets of those frames wait in the kernel; read them first."""
+        sock = self.rtp_sock
+        if not _queued(sock):
+            return 0
+        protocol = self.rtp.get_protocol()
+        assert isinstance(protocol, _RtpProtocol)
+        count = 0
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # e.g. ICMP errors queued on the socket: read past them
+            count += 1
+            # the callback in force for each datagram (one may close the session)
+            protocol._callback(data, (addr[0], addr[1]))
+        return count
+
     def drain(self) -> int:
         """Read and drop what waits in both sockets' buffers; returns the count."""
         count = 0

@@ -325,6 +325,9 @@ class RtpSession(Playback):
         self._record_stop_on_dtmf = False
         self._jitter: RecordingJitterBuffer | None = None
         self._rx_codec: Codec | None = None
+        # When a recording ticked last, and a gap after which the clock was late.
+        self._ticked_at = -math.inf
+        self._stalled_after = 1.5 * clock.interval
         self._inband = InbandDtmfDetector(stream.codec.sample_rate) if inband_dtmf else None
         self.timed_out = asyncio.Event()
         #: Called with each received audio payload (before recording): a B2BUA's
@@ -651,10 +654,16 @@ class RtpSession(Playback):
         datagram = stream.tick(payload)
         if datagram is not None:
             self._sendto(datagram, stream.remote)
-        if self.recording is not None:
-            self.recording.tick(payload if datagram is not None else None, now)
-        if self._jitter is not None:
-            self._record_tick(now)
+        if self.recording is not None or self._jitter is not None:
+            if now - self._ticked_at > self._stalled_after:
+                # A late tick: what arrived while this process did not run is still in
+                # the socket (the loop reads it after its timers); recorded, not lost.
+                self._pair.receive_waiting()
+            self._ticked_at = now
+            if self.recording is not None:
+                self.recording.tick(payload if datagram is not None else None, now)
+            if self._jitter is not None:
+                self._record_tick(now)
         if now >= self._checks_at:
             self._checks(now)
 

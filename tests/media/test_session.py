@@ -106,6 +106,69 @@ def test_stopping_one_recording_never_stops_the_next(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_stalled_loop_records_what_arrived_meanwhile(tmp_path: Path) -> None:
+    """The process stops running for 300 ms (descheduled on a loaded machine) while a
+    caller talks: the packets wait in the socket, and the late tick reads them before
+    its recording decides what is missing. Every frame is in the recording, in place.
+    (Before: the loop ran its late timers first, the jitter buffer wrote silence for
+    the 15 frames, and their packets, read next, were dropped as late.)"""
+    import socket
+    import threading
+    import time
+
+    payloads = PromptCache().payloads("welcome", PCMU)[:60]  # 1.2 s of speech
+    packets = [
+        RtpPacket(
+            payload_type=0,
+            sequence_number=100 + i,
+            timestamp=8000 + 160 * i,
+            ssrc=0x1234,
+            payload=p,
+        ).serialize()
+        for i, p in enumerate(payloads)
+    ]
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller.bind((HOST, 0))
+
+    def talk(port: int) -> None:
+        start = time.monotonic()
+        for i, packet in enumerate(packets):  # one every 20 ms of wall time
+            time.sleep(max(0.0, start + 0.02 * i - time.monotonic()))
+            caller.sendto(packet, (HOST, port))
+
+    async def main() -> None:
+        clock = MediaClock()
+        session = await RtpSession.open(PCMU, clock=clock, host=HOST, port_range=(20000, 30000))
+        session.set_remote(caller.getsockname())
+        done = session.start_recording(Recorder(tmp_path / "rec.wav"), stop_on_dtmf=False)
+        talker = threading.Thread(target=talk, args=(session.rtp_port,))
+        talker.start()
+        await asyncio.sleep(0.4)
+        time.sleep(0.3)  # the whole process stops: no tick, no read
+        await asyncio.to_thread(talker.join)
+        await asyncio.sleep(0.2)  # the last frames played out by the clock
+        session.stop_recording()
+        await done
+        assert session.quality()["packets_received"] == len(packets)
+        await session.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        caller.close()
+    rec, rate = soundfile.read(str(tmp_path / "rec.wav"), dtype="int16")
+    sent = create_codec(PCMU).decode(b"".join(payloads))
+    assert rate == 8000
+    # where the first frame sent is in the recording, sample for sample
+    windows = np.lib.stride_tricks.sliding_window_view(rec, 160)
+    (starts,) = np.nonzero((windows == sent[:160]).all(axis=1))
+    assert len(starts) == 1, starts
+    kept = rec[starts[0] : starts[0] + len(sent)]
+    assert len(kept) == len(sent) and np.array_equal(kept, sent), (
+        f"{int(np.sum(kept != sent[: len(kept)]))} of {len(sent)} samples differ"
+    )
+
+
 def test_dtmf_sent_arrives_as_digits_and_barges_in() -> None:
     async def main() -> None:
         clock = MediaClock()
