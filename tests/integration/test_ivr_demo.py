@@ -254,11 +254,15 @@ def test_pjsua2_leaves_a_voicemail_with_its_own_audio(
     vm = assert_voicemail_path(log)
 
     # What the caller heard: the greeting, then the beep, before it started talking.
-    # Slip-tolerant: pjsua2's adaptive jitter buffer, on a loaded machine, drops or
-    # inserts a frame now and then, which shifts the rest of what it heard (CI once:
-    # 0.588 for the whole greeting, with no packet lost).
+    # Slip-tolerant: on a loaded machine pjsua2's adaptive jitter buffer drops or
+    # inserts a frame now and then, and a media plane that is not scheduled for a
+    # while resumes the prompt where it was; either shifts the rest of what the caller
+    # heard, intact (CI once: 0.588 for the whole greeting, no packet lost; the plane
+    # stopped for 300 ms mid-greeting: 0.616, and every quarter second >= 0.98).
     greeting = prompt_pcm("voicemail_greeting")
-    heard_ncc, greeting_at, slip = slip_tolerant_correlation(read_wav(heard), greeting)
+    heard_ncc, greeting_at, slip = slip_tolerant_correlation(
+        read_wav(heard), greeting, max_slip=0.5
+    )
     beep_end = (greeting_at + len(greeting) + slip) / RATE + 0.25
     assert heard_ncc >= MIN_CORRELATION, f"greeting not heard (ncc {heard_ncc:.3f})"
     assert beep_end < play_delay, f"the beep ended at {beep_end:.2f} s, after the caller spoke"
