@@ -177,6 +177,25 @@ class PoolCore(Generic[T]):
         return pairs
 
 
+def _read_queued(sock: socket.socket, deliver: Callable[[bytes, Any], None] | None) -> int:
+    """Read what waits in ``sock``'s receive buffer (at most ``_DRAIN_LIMIT``
+    datagrams), handing each to ``deliver`` when given; returns the count."""
+    if not _queued(sock):
+        return 0
+    count = 0
+    for _ in range(_DRAIN_LIMIT):
+        try:
+            data, addr = sock.recvfrom(2048)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            continue  # e.g. ICMP errors queued on the socket: read past them
+        count += 1
+        if deliver is not None:
+            deliver(data, addr)
+    return count
+
+
 class _RtpProtocol(asyncio.DatagramProtocol):
     """Hands each datagram to ``_callback`` (the session's, or a drop while pooled)."""
 
@@ -271,41 +290,19 @@ class PortPair:
         timers before it polls the sockets, so the tick would decide what was lost
         (a recording's jitter buffer writes silence for each frame with no packet)
         while the packets of those frames wait in the kernel; read them first."""
-        sock = self.rtp_sock
-        if not _queued(sock):
-            return 0
         protocol = self.rtp.get_protocol()
         assert isinstance(protocol, _RtpProtocol)
-        count = 0
-        for _ in range(_DRAIN_LIMIT):
-            try:
-                data, addr = sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue  # e.g. ICMP errors queued on the socket: read past them
-            count += 1
-            # the callback in force for each datagram (one may close the session)
+
+        def deliver(data: bytes, addr: Any) -> None:
+            # the callback in force for each datagram (one may end the session)
             protocol._callback(data, (addr[0], addr[1]))
-        return count
+
+        return _read_queued(self.rtp_sock, deliver)
 
     def drain(self) -> int:
         """Read and drop what waits in both sockets' buffers; returns the count."""
-        count = 0
-        for sock in (self.rtp_sock, self.rtcp_sock):
-            if not _queued(sock):
-                # the usual case: the loop read (and dropped) all while the pair rested
-                continue
-            for _ in range(_DRAIN_LIMIT):
-                try:
-                    sock.recv(2048)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    # e.g. ICMP errors queued on the socket: read past them
-                    continue
-                count += 1
-        return count
+        # the usual case: nothing, the loop read (and dropped) all while the pair rested
+        return _read_queued(self.rtp_sock, None) + _read_queued(self.rtcp_sock, None)
 
     def close(self) -> None:
         # What still refers to the owner goes first (session -> transport -> protocol
