@@ -111,7 +111,8 @@ def test_a_stalled_loop_records_what_arrived_meanwhile(tmp_path: Path) -> None:
     caller talks: the packets wait in the socket, and the late tick reads them before
     its recording decides what is missing. Every frame is in the recording, in place.
     (Before: the loop ran its late timers first, the jitter buffer wrote silence for
-    the 15 frames, and their packets, read next, were dropped as late.)"""
+    the 15 frames, and their packets, read next, were dropped as late.) A hostile peer
+    adds 100 malformed datagrams among them during the stall: read, counted, dropped."""
     import socket
     import threading
     import time
@@ -129,12 +130,16 @@ def test_a_stalled_loop_records_what_arrived_meanwhile(tmp_path: Path) -> None:
     ]
     caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     caller.bind((HOST, 0))
+    hostile = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def talk(port: int) -> None:
         start = time.monotonic()
         for i, packet in enumerate(packets):  # one every 20 ms of wall time
             time.sleep(max(0.0, start + 0.02 * i - time.monotonic()))
             caller.sendto(packet, (HOST, port))
+            if i == 25:  # 0.5 s: the loop is stopped
+                for _ in range(100):
+                    hostile.sendto(b"\x80\x00\x01", (HOST, port))
 
     async def main() -> None:
         clock = MediaClock()
@@ -149,13 +154,15 @@ def test_a_stalled_loop_records_what_arrived_meanwhile(tmp_path: Path) -> None:
         await asyncio.sleep(0.2)  # the last frames played out by the clock
         session.stop_recording()
         await done
-        assert session.quality()["packets_received"] == len(packets)
+        quality = session.quality()
+        assert quality["packets_received"] == len(packets) and quality["malformed"] == 100
         await session.stop()
 
     try:
         asyncio.run(main())
     finally:
         caller.close()
+        hostile.close()
     rec, rate = soundfile.read(str(tmp_path / "rec.wav"), dtype="int16")
     sent = create_codec(PCMU).decode(b"".join(payloads))
     assert rate == 8000
