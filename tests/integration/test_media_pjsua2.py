@@ -98,9 +98,10 @@ def test_softphone_hears_the_prompt_the_engine_plays(tmp_path: Path) -> None:
     assert played == ["welcome"]
     assert result["stats"]["rx_lost"] == 0, result["stats"]
     reference = prompt_pcm("welcome")
-    # Slip-tolerant: every frame arrived (above), but pjsua2's adaptive jitter buffer may
-    # drop or insert one on a loaded machine, shifting the rest of what it heard.
-    ncc, offset, slip = slip_tolerant_correlation(read_wav(heard), reference)
+    # Slip-tolerant (as in test_ivr_demo.py): every frame arrived (above), but on a
+    # loaded machine pjsua2's adaptive jitter buffer may drop or insert one, and a loop
+    # not scheduled for a while resumes the prompt where it was: the rest shifts, intact.
+    ncc, offset, slip = slip_tolerant_correlation(read_wav(heard), reference, max_slip=0.5)
     print(
         f"engine -> pjsua2: correlation {ncc:.4f} at offset {offset / RATE:.3f} s, "
         f"worst slip {slip / RATE * 1000:.1f} ms"

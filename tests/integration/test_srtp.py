@@ -200,11 +200,12 @@ def test_tls_softphone_with_mandatory_srtp_hears_the_ivr_encrypted(
 
     # pjsua2 decrypted the node's SRTP: it heard the IVR's menu prompt (its first 2 s;
     # the menu starts 1.8 s after the answer, after "welcome", so a recorder that pjsua2
-    # starts a moment after the answer has all of it). Slip-tolerant: on a loaded machine
-    # pjsua2's adaptive jitter buffer drops or inserts a frame now and then, which would
-    # shift a single long comparison.
+    # starts a moment after the answer has all of it). Slip-tolerant (as in
+    # test_ivr_demo.py): on a loaded machine pjsua2's adaptive jitter buffer drops or
+    # inserts a frame now and then, and a media plane not scheduled for a while resumes
+    # the prompt where it was; either shifts the rest of what pjsua2 heard, intact.
     menu = prompt_pcm("menu")[: 2 * RATE]
-    ncc, _, slip = slip_tolerant_correlation(read_wav(heard), menu)
+    ncc, _, slip = slip_tolerant_correlation(read_wav(heard), menu, max_slip=0.5)
     print(f"SRTP node -> pjsua2: menu correlates {ncc:.4f}, worst slip {slip / RATE * 1000:.1f} ms")
     assert ncc >= MIN_CORRELATION, ncc
 
